@@ -1,0 +1,17 @@
+//! sluice configuration: the TOML schema of SPEC §8, `${VAR}` interpolation, loading with
+//! errors that point at `file:line:col`, and validation.
+//!
+//! The proxy never reads TOML itself: it gets a validated [`Config`] from [`load_file`],
+//! [`load_str`] or [`Config::embedded_default`].
+
+mod interpolate;
+mod load;
+mod schema;
+mod units;
+
+pub use interpolate::interpolate;
+pub use load::{load_file, load_str, ConfigError};
+pub use schema::{
+    AuthConfig, Config, Format, Role, ServerConfig, StorageConfig, TokenConfig, UpstreamConfig,
+};
+pub use units::{ByteSize, Duration};

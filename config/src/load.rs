@@ -1,0 +1,278 @@
+//! Loading: read, interpolate, parse, validate; every error says where it is.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::interpolate::interpolate;
+use crate::schema::{Config, Format};
+
+/// A configuration that could not be loaded, with its location when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Syntax, unknown key, wrong type or bad value, at `file:line:col`.
+    #[error("{file}:{line}:{col}: {message}")]
+    At {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A problem without a single location (e.g. a missing environment variable).
+    #[error("{file}: {message}")]
+    File {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Loads and validates the config file at `path`, interpolating from the process
+/// environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string(), |k| std::env::var(k).ok())
+}
+
+/// Loads and validates config `text` (named `file` in errors) with `env` for `${VAR}`.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = interpolate(text, env).map_err(|message| ConfigError::File {
+        file: file.to_string(),
+        message,
+    })?;
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| line_col(&text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::At {
+            file: file.to_string(),
+            line,
+            col,
+            message: e.message().to_string(),
+        }
+    })?;
+    validate(&config, &text, file)?;
+    Ok(config)
+}
+
+/// Spans of the keys that validation talks about; parsed separately so the schema types
+/// stay plain.
+#[derive(Deserialize, Default)]
+struct Spans {
+    #[serde(default)]
+    server: Option<ServerSpans>,
+    #[serde(default)]
+    upstream: Vec<UpstreamSpans>,
+}
+
+#[derive(Deserialize)]
+struct ServerSpans {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct UpstreamSpans {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    default: Option<Spanned<bool>>,
+}
+
+fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> {
+    let spans: Spans = toml::from_str(text).unwrap_or_default();
+    let at = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::At {
+            file: file.to_string(),
+            line,
+            col,
+            message,
+        }
+    };
+    let server_span = |f: fn(&ServerSpans) -> Option<std::ops::Range<usize>>| {
+        spans.server.as_ref().and_then(f)
+    };
+
+    if config.server.listen.parse::<SocketAddr>().is_err() {
+        return Err(at(
+            server_span(|s| s.listen.as_ref().map(|v| v.span())),
+            format!(
+                "listen = {:?} is not an IP:PORT address (e.g. \"127.0.0.1:5080\")",
+                config.server.listen
+            ),
+        ));
+    }
+    if let Some(u) = &config.server.public_url {
+        check_http_url(u).map_err(|m| {
+            at(server_span(|s| s.public_url.as_ref().map(|v| v.span())), m)
+        })?;
+    }
+
+    let mut names = HashSet::new();
+    let mut defaults = Vec::new();
+    for (i, up) in config.upstreams.iter().enumerate() {
+        let span = spans.upstream.get(i);
+        let name_span = span.map(|s| s.name.span());
+        if up.name.is_empty()
+            || !up
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(at(
+                name_span,
+                format!(
+                    "upstream name {:?} must be non-empty lowercase letters, digits, '-' or '_'",
+                    up.name
+                ),
+            ));
+        }
+        if !names.insert(up.name.as_str()) {
+            return Err(at(name_span, format!("upstream name {:?} is used twice", up.name)));
+        }
+        check_http_url(&up.url).map_err(|m| {
+            at(
+                span.map(|s| s.url.span()),
+                format!("upstream {:?}: {m}", up.name),
+            )
+        })?;
+        if up.username.is_some() != up.password.is_some() {
+            return Err(at(
+                name_span,
+                format!(
+                    "upstream {:?}: username and password must be given together",
+                    up.name
+                ),
+            ));
+        }
+        if up.default {
+            defaults.push((i, span.and_then(|s| s.default.as_ref().map(|d| d.span()))));
+        }
+    }
+    let oci_count = config
+        .upstreams
+        .iter()
+        .filter(|u| u.format == Format::Oci)
+        .count();
+    if defaults.len() > 1 {
+        return Err(at(
+            defaults[1].1.clone(),
+            "more than one upstream has default = true; exactly one OCI upstream may be the default"
+                .into(),
+        ));
+    }
+    if oci_count > 0 && defaults.is_empty() {
+        return Err(ConfigError::File {
+            file: file.to_string(),
+            message: "no upstream has default = true; mark the OCI upstream that un-prefixed /v2/ names go to".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_http_url(u: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("url {u:?} is not a valid URL: {e}"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(format!("url {u:?} must be http:// or https://"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(format!("url {u:?} has no host"));
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of byte offset `pos` in `text`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before = &text[..pos.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Config;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        load_str(text, "test.toml", |k| (k == "TOKEN").then(|| "t0k".to_string()))
+    }
+
+    #[test]
+    fn embedded_default_listens_on_5080_and_proxies_docker_hub() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:5080");
+        assert_eq!(c.storage.data_dir.to_str(), Some("./sluice-data"));
+        assert_eq!(c.upstreams.len(), 1);
+        assert!(c.upstreams[0].default && c.upstreams[0].is_docker_hub());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line_and_column() {
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\n  colour = \"blue\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:3:3:"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_is_rejected_with_its_location() {
+        let text = "[[upstream]]\nname = \"a\"\nformat = \"oci\"\nurl = \"http://x\"\ndefault = true\ntag_ttl = \"5 minutes\"\n";
+        let msg = load(text).unwrap_err().to_string();
+        assert!(msg.starts_with("test.toml:6:"), "{msg}");
+        assert!(msg.contains("invalid duration"), "{msg}");
+    }
+
+    #[test]
+    fn unsupported_format_and_bad_listen_are_rejected() {
+        let text = "[[upstream]]\nname = \"a\"\nformat = \"cobol\"\nurl = \"http://x\"\n";
+        assert!(load(text).unwrap_err().to_string().contains("test.toml:3:"));
+        let msg = load("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+        assert!(msg.starts_with("test.toml:2:10:"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_names_and_two_defaults_are_rejected() {
+        let up = |n: &str| {
+            format!("[[upstream]]\nname = \"{n}\"\nformat = \"oci\"\nurl = \"http://h\"\ndefault = true\n")
+        };
+        let msg = load(&(up("a") + &up("a"))).unwrap_err().to_string();
+        assert!(msg.contains("used twice") && msg.starts_with("test.toml:7:"), "{msg}");
+        let msg = load(&(up("a") + &up("b"))).unwrap_err().to_string();
+        assert!(msg.contains("more than one") && msg.starts_with("test.toml:10:"), "{msg}");
+    }
+
+    #[test]
+    fn interpolation_fills_credentials_from_environment() {
+        let text = "[[upstream]]\nname = \"a\"\nformat = \"oci\"\nurl = \"${URL:-https://r.example}\"\ndefault = true\nusername = \"u\"\npassword = \"${TOKEN}\"\n";
+        let c = load(text).unwrap();
+        assert_eq!(c.upstreams[0].password.as_deref(), Some("t0k"));
+        assert_eq!(c.upstreams[0].url, "https://r.example");
+        let msg = load("[server]\nlisten = \"${NOPE}\"\n").unwrap_err().to_string();
+        assert!(msg.contains("NOPE") && msg.contains("line 2"), "{msg}");
+    }
+}

@@ -1,0 +1,277 @@
+//! The configuration schema (SPEC §8). Every table rejects unknown keys, and every key has
+//! a default, so an empty file is a valid configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::units::{ByteSize, Duration};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listener and public URL.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`: where the cache lives.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[auth]`: client authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[[upstream]]`: the registries sluice proxies.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `IP:PORT`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Base URL clients reach sluice at; defaults to `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Never contact any upstream: serve what is cached, fail clearly for the rest.
+    #[serde(default)]
+    pub offline: bool,
+    /// Worker threads of the HTTP server (default: number of CPUs).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Largest metadata document (manifest, tag list) held in memory.
+    #[serde(default = "default_max_metadata_size")]
+    pub max_metadata_size: ByteSize,
+    /// Seconds pingora waits for in-flight requests on SIGTERM before exiting.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root of the content-addressed store, temp files and index.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Role granted to requests without a token: `read` or `none`.
+    #[serde(default = "default_anonymous")]
+    pub anonymous: Role,
+    /// `[[auth.token]]` entries.
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// A client role.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// No access.
+    None,
+    /// Pull artifacts.
+    Read,
+    /// Pull artifacts and use the admin API.
+    Admin,
+}
+
+/// `[[auth.token]]`: a bearer token clients send as `Authorization: Bearer <token>`
+/// (or as the password of basic auth).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A label for logs.
+    pub name: String,
+    /// The secret.
+    pub token: String,
+    /// What the token may do.
+    pub role: Role,
+}
+
+/// The protocol an upstream speaks. Only formats this build implements are accepted.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// OCI Distribution / Docker registry API.
+    Oci,
+}
+
+impl Format {
+    /// The lowercase name used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Oci => "oci",
+        }
+    }
+}
+
+/// `[[upstream]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name: path prefix (`/v2/<name>/...`) and label in metrics.
+    pub name: String,
+    /// Protocol.
+    pub format: Format,
+    /// Base URL, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    /// Registry host name matched against containerd's `?ns=` (e.g. `docker.io`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The OCI upstream for names without an upstream prefix.
+    #[serde(default)]
+    pub default: bool,
+    /// How long a cached tag → digest mapping is trusted before a `HEAD` revalidation.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl: Duration,
+    /// How long a 404 from the upstream is remembered.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Duration,
+    /// Serve only from cache for this upstream.
+    #[serde(default)]
+    pub offline: bool,
+    /// Username for the registry's token service.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password or access token for the registry's token service.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TCP + TLS connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers, and for each chunk of a body.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The `?ns=` host of this upstream: `host`, or the URL's host (with port) if unset.
+    pub fn ns_host(&self) -> String {
+        if let Some(h) = &self.host {
+            return h.clone();
+        }
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| match u.port() {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.to_string(),
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// True for Docker Hub, whose single-segment names live under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        let h = self.ns_host();
+        h == "docker.io" || h == "registry-1.docker.io" || h == "index.docker.io"
+    }
+}
+
+impl Config {
+    /// The embedded default: listen on 127.0.0.1:5080, store in `./sluice-data`, proxy
+    /// Docker Hub as the default OCI upstream.
+    pub fn embedded_default() -> Config {
+        crate::load_str(EMBEDDED_DEFAULT, "<embedded default>", |_| None)
+            .expect("the embedded default config is valid")
+    }
+
+    /// The socket address to listen on (validated at load time).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("listen address validated at load")
+    }
+
+    /// Base URL for links sluice writes into documents.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
+}
+
+/// The configuration `sluice serve` runs without a file.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+listen = "127.0.0.1:5080"
+
+[storage]
+data_dir = "./sluice-data"
+
+[[upstream]]
+name = "dockerhub"
+format = "oci"
+url = "https://registry-1.docker.io"
+host = "docker.io"
+default = true
+tag_ttl = "5m"
+"#;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            public_url: None,
+            offline: false,
+            threads: None,
+            max_metadata_size: default_max_metadata_size(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: default_anonymous(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:5080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+fn default_anonymous() -> Role {
+    Role::Read
+}
+fn default_max_metadata_size() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}

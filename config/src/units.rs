@@ -1,0 +1,132 @@
+//! Human-written durations (`30s`, `5m`, `7d`) and sizes (`500MiB`, `50GiB`).
+//!
+//! Both deserialize from strings and reject anything else with a message saying what form
+//! is expected, so a typo surfaces at `sluice config check` with its line and column.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{de, Deserialize, Deserializer};
+
+/// A duration written as `<number><unit>`, unit one of `ms`, `s`, `m`, `h`, `d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    /// The standard-library duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+    /// A duration of `s` seconds.
+    pub const fn from_secs(s: u64) -> Self {
+        Duration(std::time::Duration::from_secs(s))
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"7d\""))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
+                ))
+            }
+        };
+        n.checked_mul(ms)
+            .map(|v| Duration(std::time::Duration::from_millis(v)))
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A size in bytes written as `<number><unit>`: `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000) or
+/// `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"500MiB\", \"50GiB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "invalid size {s:?}: unit must be one of B, KB, MB, GB, TB, KiB, MiB, GiB, TiB"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_garbage() {
+        assert_eq!("30s".parse::<Duration>().unwrap().get().as_secs(), 30);
+        assert_eq!("5m".parse::<Duration>().unwrap().get().as_secs(), 300);
+        assert_eq!("7d".parse::<Duration>().unwrap().get().as_secs(), 7 * 86400);
+        assert_eq!("250ms".parse::<Duration>().unwrap().get().as_millis(), 250);
+        assert!("5".parse::<Duration>().is_err());
+        assert!("5x".parse::<Duration>().is_err());
+        assert!("m".parse::<Duration>().is_err());
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        assert_eq!("500MiB".parse::<ByteSize>().unwrap().0, 500 << 20);
+        assert_eq!("50GiB".parse::<ByteSize>().unwrap().0, 50 << 30);
+        assert_eq!("2GB".parse::<ByteSize>().unwrap().0, 2_000_000_000);
+        assert_eq!("1024".parse::<ByteSize>().unwrap().0, 1024);
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+    }
+}
