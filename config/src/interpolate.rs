@@ -7,10 +7,7 @@
 /// Replaces every `${VAR}` / `${VAR:-default}` in `text` using `lookup`.
 ///
 /// An unset variable without a default is an error naming the variable and its line.
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut line = 1;
@@ -37,7 +34,9 @@ pub fn interpolate(
             None => (expr, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("line {line}: invalid variable name {name:?} in ${{...}}"));
+            return Err(format!(
+                "line {line}: invalid variable name {name:?} in ${{...}}"
+            ));
         }
         let value = match lookup(name).filter(|v| !v.is_empty()) {
             Some(v) => v,
@@ -91,9 +90,15 @@ mod tests {
             "a = \"s3cr\\\"et\""
         );
         assert_eq!(interpolate("u = \"${NOPE:-x}\"", env).unwrap(), "u = \"x\"");
-        assert_eq!(interpolate("u = \"${EMPTY:-d}\"", env).unwrap(), "u = \"d\"");
+        assert_eq!(
+            interpolate("u = \"${EMPTY:-d}\"", env).unwrap(),
+            "u = \"d\""
+        );
         assert_eq!(interpolate("u = \"${NOPE:-}\"", env).unwrap(), "u = \"\"");
-        assert_eq!(interpolate("p = \"$${X} $5\"", env).unwrap(), "p = \"${X} $5\"");
+        assert_eq!(
+            interpolate("p = \"$${X} $5\"", env).unwrap(),
+            "p = \"${X} $5\""
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         path: path.display().to_string(),
         source,
     })?;
-    load_str(&text, &path.display().to_string(), |k| std::env::var(k).ok())
+    load_str(&text, &path.display().to_string(), |k| {
+        std::env::var(k).ok()
+    })
 }
 
 /// Loads and validates config `text` (named `file` in errors) with `env` for `${VAR}`.
@@ -64,10 +66,7 @@ pub fn load_str(
         message,
     })?;
     let config: Config = toml::from_str(&text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| line_col(&text, s.start))
-            .unwrap_or((1, 1));
+        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
         ConfigError::At {
             file: file.to_string(),
             line,
@@ -113,9 +112,8 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
             message,
         }
     };
-    let server_span = |f: fn(&ServerSpans) -> Option<std::ops::Range<usize>>| {
-        spans.server.as_ref().and_then(f)
-    };
+    let server_span =
+        |f: fn(&ServerSpans) -> Option<std::ops::Range<usize>>| spans.server.as_ref().and_then(f);
 
     if config.server.listen.parse::<SocketAddr>().is_err() {
         return Err(at(
@@ -127,9 +125,8 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
         ));
     }
     if let Some(u) = &config.server.public_url {
-        check_http_url(u).map_err(|m| {
-            at(server_span(|s| s.public_url.as_ref().map(|v| v.span())), m)
-        })?;
+        check_http_url(u)
+            .map_err(|m| at(server_span(|s| s.public_url.as_ref().map(|v| v.span())), m))?;
     }
 
     let mut names = HashSet::new();
@@ -152,7 +149,10 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
             ));
         }
         if !names.insert(up.name.as_str()) {
-            return Err(at(name_span, format!("upstream name {:?} is used twice", up.name)));
+            return Err(at(
+                name_span,
+                format!("upstream name {:?} is used twice", up.name),
+            ));
         }
         check_http_url(&up.url).map_err(|m| {
             at(
@@ -219,7 +219,9 @@ mod tests {
     use crate::schema::Config;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        load_str(text, "test.toml", |k| (k == "TOKEN").then(|| "t0k".to_string()))
+        load_str(text, "test.toml", |k| {
+            (k == "TOKEN").then(|| "t0k".to_string())
+        })
     }
 
     #[test]
@@ -251,7 +253,9 @@ mod tests {
     fn unsupported_format_and_bad_listen_are_rejected() {
         let text = "[[upstream]]\nname = \"a\"\nformat = \"cobol\"\nurl = \"http://x\"\n";
         assert!(load(text).unwrap_err().to_string().contains("test.toml:3:"));
-        let msg = load("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+        let msg = load("[server]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("test.toml:2:10:"), "{msg}");
     }
 
@@ -261,9 +265,15 @@ mod tests {
             format!("[[upstream]]\nname = \"{n}\"\nformat = \"oci\"\nurl = \"http://h\"\ndefault = true\n")
         };
         let msg = load(&(up("a") + &up("a"))).unwrap_err().to_string();
-        assert!(msg.contains("used twice") && msg.starts_with("test.toml:7:"), "{msg}");
+        assert!(
+            msg.contains("used twice") && msg.starts_with("test.toml:7:"),
+            "{msg}"
+        );
         let msg = load(&(up("a") + &up("b"))).unwrap_err().to_string();
-        assert!(msg.contains("more than one") && msg.starts_with("test.toml:10:"), "{msg}");
+        assert!(
+            msg.contains("more than one") && msg.starts_with("test.toml:10:"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -272,7 +282,9 @@ mod tests {
         let c = load(text).unwrap();
         assert_eq!(c.upstreams[0].password.as_deref(), Some("t0k"));
         assert_eq!(c.upstreams[0].url, "https://r.example");
-        let msg = load("[server]\nlisten = \"${NOPE}\"\n").unwrap_err().to_string();
+        let msg = load("[server]\nlisten = \"${NOPE}\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("NOPE") && msg.contains("line 2"), "{msg}");
     }
 }

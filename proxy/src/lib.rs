@@ -1,1 +1,76 @@
+//! sluice's proxy: the HTTP server, client protocols (formats), the content-addressed
+//! store, single-flight fills and upstream clients.
+//!
+//! A request flows: [`server`] (pingora) → [`formats`] (parse, shape) → [`store`] (hit) or
+//! [`fill`] / [`flight`] (miss) → [`upstream`] (auth, redirects, timeouts). Errors are one
+//! type, [`error::ProxyError`], rendered per client protocol in one place.
 
+pub mod app;
+pub mod digest;
+pub mod error;
+pub mod fill;
+pub mod flight;
+pub mod formats;
+pub mod metrics;
+pub mod names;
+pub mod response;
+pub mod server;
+pub mod store;
+mod upkeep;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use sluice_config::Config;
+
+/// Sets up JSON logging to stderr (`RUST_LOG` filters; default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the proxy until SIGTERM (graceful) or SIGINT (fast). Blocks the calling thread.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let handle = metrics::install()?;
+    let listen = config.listen_addr();
+    let threads = config
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let grace = config.server.shutdown_grace.get().as_secs();
+    let app = Arc::new(app::App::new(config, handle)?);
+    tracing::info!(
+        listen = %listen,
+        data_dir = %app.config.storage.data_dir.display(),
+        upstreams = app.oci.len(),
+        stored_bytes = app.store.total_bytes(),
+        "sluice starting"
+    );
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        pid_file: String::new(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut http = Service::new("sluice http".to_string(), server::HttpApp::new(app.clone()));
+    http.add_tcp(&listen.to_string());
+    server.add_service(http);
+    server.add_service(background_service(
+        "upkeep",
+        upkeep::Upkeep::new(app.clone()),
+    ));
+    server.run_forever();
+}

@@ -1,0 +1,200 @@
+//! The shared state of a running sluice: configuration, store, fills, upstream clients.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_config::{Config, Format, Role};
+
+use crate::error::ProxyError;
+use crate::fill::Fills;
+use crate::flight::Flights;
+use crate::formats::oci::Manifest;
+use crate::names::RepoName;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// The content-addressed store.
+    pub store: Arc<Store>,
+    /// Blob fills in flight.
+    pub fills: Fills,
+    /// Manifest fetches in flight.
+    pub manifest_flights: Flights<Manifest>,
+    /// OCI upstreams, in config order.
+    pub oci: Vec<Arc<Upstream>>,
+    /// Index into `oci` of the default upstream.
+    pub default_oci: Option<usize>,
+    /// Remembered upstream 404s: key → expiry.
+    pub negative: moka::sync::Cache<String, Instant>,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+impl App {
+    /// Opens the store and builds the upstream clients.
+    pub fn new(config: Config, metrics: PrometheusHandle) -> anyhow::Result<App> {
+        let store = Arc::new(Store::open(&config.storage.data_dir)?);
+        let mut oci = Vec::new();
+        let mut default_oci = None;
+        for up in &config.upstreams {
+            match up.format {
+                Format::Oci => {
+                    if up.default {
+                        default_oci = Some(oci.len());
+                    }
+                    oci.push(Arc::new(Upstream::new(up.clone(), config.server.offline)?));
+                }
+            }
+        }
+        Ok(App {
+            fills: Fills::new(store.clone()),
+            store,
+            manifest_flights: Flights::default(),
+            oci,
+            default_oci,
+            negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            metrics,
+            config,
+        })
+    }
+
+    /// Picks the OCI upstream for a `/v2/<name>` path: a configured upstream name as first
+    /// segment, else containerd's `?ns=` host, else the default. Returns it with the
+    /// repository name as the upstream knows it (`library/` added for Docker Hub).
+    pub fn resolve_oci(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+    ) -> Result<(Arc<Upstream>, RepoName), ProxyError> {
+        let mut chosen = None;
+        let mut rest = name;
+        if let Some((first, tail)) = name.split_once('/') {
+            if let Some(up) = self.oci.iter().find(|u| u.name() == first) {
+                chosen = Some(up.clone());
+                rest = tail;
+            }
+        }
+        if chosen.is_none() {
+            if let Some(ns) = ns.filter(|n| !n.is_empty()) {
+                let hub = matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io");
+                chosen = self
+                    .oci
+                    .iter()
+                    .find(|u| u.cfg.ns_host() == ns || (hub && u.cfg.is_docker_hub()))
+                    .cloned();
+                if chosen.is_none() {
+                    return Err(ProxyError::NotFound {
+                        code: "NAME_UNKNOWN",
+                        message: format!("no upstream is configured for registry {ns:?}"),
+                    });
+                }
+            }
+        }
+        let up = match chosen {
+            Some(u) => u,
+            None => self
+                .default_oci
+                .and_then(|i| self.oci.get(i).cloned())
+                .ok_or_else(|| ProxyError::NotFound {
+                    code: "NAME_UNKNOWN",
+                    message: "no default OCI upstream is configured".into(),
+                })?,
+        };
+        let repo = RepoName::parse(rest).map_err(|m| ProxyError::BadRequest {
+            code: "NAME_INVALID",
+            message: m,
+        })?;
+        let repo = if up.cfg.is_docker_hub() {
+            repo.with_library_prefix()
+        } else {
+            repo
+        };
+        Ok((up, repo))
+    }
+
+    /// Whether `key` had an upstream 404 recently.
+    pub fn is_negative(&self, key: &str) -> bool {
+        self.negative
+            .get(key)
+            .is_some_and(|exp| Instant::now() < exp)
+    }
+
+    /// Remembers an upstream 404 for `ttl`.
+    pub fn remember_negative(&self, key: String, ttl: Duration) {
+        if !ttl.is_zero() {
+            self.negative.insert(key, Instant::now() + ttl);
+        }
+    }
+
+    /// The role of a request with this `Authorization` header value.
+    pub fn role_of(&self, authorization: Option<&str>) -> Role {
+        let Some(a) = authorization else {
+            return self.config.auth.anonymous;
+        };
+        let secret = if let Some(t) = a.strip_prefix("Bearer ") {
+            Some(t.trim().to_string())
+        } else if let Some(b) = a.strip_prefix("Basic ") {
+            decode_basic_password(b.trim())
+        } else {
+            None
+        };
+        secret
+            .and_then(|s| {
+                self.config
+                    .auth
+                    .tokens
+                    .iter()
+                    .find(|t| constant_time_eq(t.token.as_bytes(), s.as_bytes()))
+                    .map(|t| t.role)
+            })
+            .unwrap_or(Role::None)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The password of a basic-auth credential (`user:token`), where sluice expects a token.
+fn decode_basic_password(b64: &str) -> Option<String> {
+    let mut bits: u32 = 0;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in b64.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    s.split_once(':').map(|(_, p)| p.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_yield_the_password() {
+        assert_eq!(
+            decode_basic_password("dXNlcjpwYXNz").as_deref(),
+            Some("pass")
+        );
+        assert_eq!(decode_basic_password("!!!"), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! One error type for the proxy, with a variant per cause, and the one place that turns it
+//! into each client's error format (the OCI JSON error body here; npm and pip later).
+
+use http::StatusCode;
+
+use crate::digest::Digest;
+
+/// Everything that can go wrong while answering a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// The thing asked for does not exist upstream (or is not cached while offline).
+    #[error("{message}")]
+    NotFound {
+        /// OCI error code: `MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, `NAME_UNKNOWN`.
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// The request itself is malformed.
+    #[error("{message}")]
+    BadRequest {
+        /// OCI error code: `NAME_INVALID`, `DIGEST_INVALID`, `TAG_INVALID`, ...
+        code: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// A write operation on a read-only pull-through cache.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The client did not authenticate.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The client authenticated but may not do this.
+    #[error("{0}")]
+    Denied(String),
+    /// Offline mode and the artifact is not cached.
+    #[error("{0}")]
+    Offline(String),
+    /// The upstream could not be reached or failed (connect, timeout, 5xx, 429).
+    #[error("upstream {upstream}: {message}")]
+    Upstream {
+        /// Upstream name.
+        upstream: String,
+        /// What happened.
+        message: String,
+        /// The upstream's status, when it answered.
+        status: Option<u16>,
+    },
+    /// The upstream's bytes do not match the digest they were asked for.
+    #[error("digest mismatch: expected {expected}, upstream sent content with digest {actual}")]
+    DigestMismatch {
+        /// What was asked for.
+        expected: Digest,
+        /// What arrived.
+        actual: Digest,
+    },
+    /// A document is larger than the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A `Range` outside the artifact.
+    #[error("requested range not satisfiable (size {size})")]
+    RangeNotSatisfiable {
+        /// Artifact size.
+        size: u64,
+    },
+    /// A bug or a local I/O failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// Wraps a local I/O or index failure.
+    pub fn internal(e: impl std::fmt::Display) -> ProxyError {
+        ProxyError::Internal(e.to_string())
+    }
+
+    /// Whether this is a failure of the upstream (as opposed to an answer from it), so a
+    /// stale cached copy may be served instead.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            ProxyError::Upstream { status, .. } => {
+                status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
+            }
+            ProxyError::DigestMismatch { .. } | ProxyError::TooLarge(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream {
+                status: Some(429), ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Upstream {
+                status: Some(401 | 403),
+                ..
+            } => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::DigestMismatch { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::TooLarge(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OCI distribution error code for this error.
+    pub fn oci_code(&self) -> &'static str {
+        match self {
+            ProxyError::NotFound { code, .. } | ProxyError::BadRequest { code, .. } => code,
+            ProxyError::Unsupported(_) => "UNSUPPORTED",
+            ProxyError::Unauthorized(_) => "UNAUTHORIZED",
+            ProxyError::Denied(_) => "DENIED",
+            ProxyError::Upstream {
+                status: Some(429), ..
+            } => "TOOMANYREQUESTS",
+            ProxyError::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
+            _ => "UNAVAILABLE",
+        }
+    }
+
+    /// The OCI JSON error body, carrying the request id so a user can quote it.
+    pub fn oci_body(&self, request_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "errors": [{
+                "code": self.oci_code(),
+                "message": self.to_string(),
+                "detail": { "request_id": request_id },
+            }]
+        }))
+        .unwrap_or_default()
+    }
+
+    /// A plain-text body for non-OCI routes.
+    pub fn text_body(&self, request_id: &str) -> Vec<u8> {
+        format!("{} (request id {request_id})\n", self).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_body_has_code_message_and_request_id() {
+        let e = ProxyError::Unsupported("push is not supported".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.oci_body("rid-1")).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
+        assert_eq!(v["errors"][0]["detail"]["request_id"], "rid-1");
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn only_upstream_failures_allow_stale_serving() {
+        let up = |s| ProxyError::Upstream {
+            upstream: "u".into(),
+            message: "x".into(),
+            status: s,
+        };
+        assert!(up(None).is_upstream_failure());
+        assert!(up(Some(503)).is_upstream_failure());
+        assert!(up(Some(429)).is_upstream_failure());
+        assert!(!up(Some(404)).is_upstream_failure());
+        assert!(!ProxyError::Unsupported("x".into()).is_upstream_failure());
+    }
+}

@@ -1,0 +1,296 @@
+//! Single-flight fills: one upstream fetch per missing digest, however many clients ask.
+//!
+//! The first request creates a [`Fill`] and spawns one task that streams the upstream body
+//! into a temp file while hashing it, publishing progress on a `watch` channel. Every client
+//! (the first one too) is a [`Follower`] that reads the temp file at its own offset with
+//! positional reads as progress advances: each streams at upstream speed, a slow client
+//! never slows the fill or the others, and memory stays at one read buffer per client.
+//!
+//! Only when the body is complete and its digest matches is the file fsynced and renamed
+//! into the store. On a mismatch, a short body or an upstream error the fill fails, the
+//! temp file is removed, and followers return an error so the server drops the connection
+//! instead of completing a response with wrong bytes.
+//!
+//! The fill runs to completion even if every client goes away: the next pull is a hit.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use crate::store::Store;
+
+/// Bytes a follower reads per step. Small enough that a thousand followers stay within a
+/// few tens of MB, large enough to keep syscalls few.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
+
+/// An upstream body about to be streamed into a fill.
+pub struct UpstreamBody {
+    /// Length announced by the upstream, if any.
+    pub len: Option<u64>,
+    /// The body.
+    pub stream: BoxStream<'static, Result<Bytes, ProxyError>>,
+}
+
+/// Starts the upstream request of a fill.
+pub type Opener = Box<dyn FnOnce() -> BoxFuture<'static, Result<UpstreamBody, ProxyError>> + Send>;
+
+#[derive(Clone, Debug)]
+enum State {
+    Connecting,
+    Streaming,
+    Done,
+    Failed(ProxyError),
+}
+
+#[derive(Clone, Debug)]
+struct Progress {
+    state: State,
+    len: Option<u64>,
+    written: u64,
+}
+
+/// One in-progress (or just finished) fill.
+pub struct Fill {
+    digest: Digest,
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The registry of in-flight fills.
+pub struct Fills {
+    store: Arc<Store>,
+    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+impl Fills {
+    /// An empty registry filling into `store`.
+    pub fn new(store: Arc<Store>) -> Fills {
+        Fills {
+            store,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Joins the fill of `digest`, starting it with `open` if none is running.
+    /// Returns `None` if the digest is already stored (a fill finished meanwhile).
+    pub fn join_or_start(
+        &self,
+        digest: Digest,
+        open: Opener,
+    ) -> Result<Option<Arc<Fill>>, ProxyError> {
+        let mut map = self.inflight.lock();
+        if let Some(f) = map.get(&digest) {
+            return Ok(Some(f.clone()));
+        }
+        // A fill removes itself from the map only after indexing its file, so under the
+        // lock "not in flight" and "not indexed" together mean it really is missing.
+        if self.store.size_of(&digest).is_some() {
+            return Ok(None);
+        }
+        let tmp = self.store.temp_file()?;
+        let (tx, rx) = watch::channel(Progress {
+            state: State::Connecting,
+            len: None,
+            written: 0,
+        });
+        let fill = Arc::new(Fill {
+            digest,
+            file: tmp.file().clone(),
+            progress: rx,
+        });
+        map.insert(digest, fill.clone());
+        drop(map);
+        metrics::gauge!("sluice_inflight_fills").increment(1.0);
+        let store = self.store.clone();
+        let inflight = self.inflight.clone();
+        tokio::spawn(async move {
+            let result = run_fill(&store, tmp, digest, open, &tx).await;
+            // Remove from the registry before publishing the outcome: a request arriving
+            // after this sees the store (on success) or starts a fresh fill (on failure).
+            inflight.lock().remove(&digest);
+            metrics::gauge!("sluice_inflight_fills").decrement(1.0);
+            match result {
+                Ok(()) => {
+                    tx.send_modify(|p| p.state = State::Done);
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "fill failed; nothing stored");
+                    metrics::counter!("sluice_fill_failures_total").increment(1);
+                    tx.send_modify(|p| p.state = State::Failed(e));
+                }
+            }
+        });
+        Ok(Some(fill))
+    }
+}
+
+async fn run_fill(
+    store: &Arc<Store>,
+    tmp: crate::store::TempFile,
+    digest: Digest,
+    open: Opener,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), ProxyError> {
+    let UpstreamBody { len, mut stream } = open().await?;
+    tx.send_modify(|p| {
+        p.state = State::Streaming;
+        p.len = len;
+    });
+    let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if len.is_some_and(|l| written + chunk.len() as u64 > l) {
+            return Err(ProxyError::Upstream {
+                upstream: String::new(),
+                message: format!("{digest}: upstream sent more bytes than its Content-Length"),
+                status: None,
+            });
+        }
+        hasher.update(&chunk);
+        (&**tmp.file())
+            .write_all(&chunk)
+            .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
+        written += chunk.len() as u64;
+        tx.send_modify(|p| p.written = written);
+    }
+    if let Some(l) = len {
+        if written != l {
+            return Err(ProxyError::Upstream {
+                upstream: String::new(),
+                message: format!("{digest}: upstream body ended after {written} of {l} bytes"),
+                status: None,
+            });
+        }
+    }
+    let actual = Digest::from_hasher(hasher);
+    if actual != digest {
+        return Err(ProxyError::DigestMismatch {
+            expected: digest,
+            actual,
+        });
+    }
+    // Publish the final length before committing so followers of a chunked body can finish.
+    tx.send_modify(|p| p.len = Some(written));
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.commit(tmp, &digest, written))
+        .await
+        .map_err(ProxyError::internal)??;
+    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
+        .increment(written);
+    Ok(())
+}
+
+impl Fill {
+    /// Waits until the upstream answered; returns the body length if it is known.
+    pub async fn started(&self) -> Result<Option<u64>, ProxyError> {
+        let mut rx = self.progress.clone();
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                match &p.state {
+                    State::Connecting => {}
+                    State::Failed(e) => return Err(e.clone()),
+                    State::Streaming | State::Done => return Ok(p.len),
+                }
+            }
+            rx.changed()
+                .await
+                .map_err(|_| ProxyError::internal("fill task ended without a result"))?;
+        }
+    }
+
+    /// The digest being filled.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// A reader of bytes `[start, end)` (`end = None`: to the end of the body).
+    pub fn follow(self: &Arc<Self>, start: u64, end: Option<u64>) -> Follower {
+        Follower {
+            fill: self.clone(),
+            rx: self.progress.clone(),
+            pos: start,
+            end,
+        }
+    }
+}
+
+/// Reads a fill's bytes as they arrive.
+pub struct Follower {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<Progress>,
+    pos: u64,
+    end: Option<u64>,
+}
+
+impl Follower {
+    /// Body length of this reader, if known.
+    pub fn len(&self) -> Option<u64> {
+        let total = self.rx.borrow().len;
+        match (self.end, total) {
+            (Some(e), _) => Some(e - self.pos),
+            (None, Some(t)) => Some(t.saturating_sub(self.pos)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the body is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// The next chunk; `Ok(None)` at the end; `Err` if the fill failed, in which case the
+    /// response must be aborted.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ProxyError> {
+        loop {
+            let (state, len, written) = {
+                let p = self.rx.borrow_and_update();
+                (p.state.clone(), p.len, p.written)
+            };
+            if let State::Failed(e) = state {
+                return Err(e);
+            }
+            let end = match (self.end, len) {
+                (Some(e), Some(l)) => e.min(l),
+                (Some(e), None) => e,
+                (None, Some(l)) => l,
+                (None, None) => u64::MAX,
+            };
+            if self.pos >= end {
+                return Ok(None);
+            }
+            let avail = written.min(end);
+            if self.pos < avail {
+                let n = (avail - self.pos).min(FOLLOW_CHUNK) as usize;
+                let mut buf = BytesMut::zeroed(n);
+                let file = self.fill.file.clone();
+                let pos = self.pos;
+                file.read_exact_at(&mut buf, pos)
+                    .map_err(|e| ProxyError::internal(format!("reading fill temp file: {e}")))?;
+                self.pos += n as u64;
+                return Ok(Some(buf.freeze()));
+            }
+            if matches!(state, State::Done) {
+                // Done but short of `end`: the range went past the body.
+                return Ok(None);
+            }
+            self.rx
+                .changed()
+                .await
+                .map_err(|_| ProxyError::internal("fill task ended without a result"))?;
+        }
+    }
+}

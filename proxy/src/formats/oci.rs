@@ -1,0 +1,693 @@
+//! OCI Distribution (pull side): `/v2/`, manifests by tag and digest, blobs (with `Range`),
+//! tag lists. Push, delete and uploads answer `405 UNSUPPORTED`.
+//!
+//! Manifests are small: fetched whole (single flight per reference), verified against the
+//! requested digest and the upstream's `Docker-Content-Digest`, stored by digest and served
+//! byte-exact. Tags map to manifest digests and are revalidated with a `HEAD` after the
+//! upstream's `tag_ttl`; when the upstream fails, the stale mapping is served. Blobs are
+//! streamed through [`crate::fill`].
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::app::App;
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use crate::fill::UpstreamBody;
+use crate::names::{Reference, RepoName, Tag};
+use crate::response::{Body, ByteRange, CacheStatus, Reply};
+use crate::store::index::{IndexExt, ManifestRecord, MetaRecord, TagRecord, Tree};
+use crate::store::unix_ms;
+use crate::upstream::{accept, Upstream};
+
+/// Every manifest media type sluice asks upstreams for.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
+
+/// A request on `/v2/`, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OciRoute<'a> {
+    /// `/v2/`
+    Base,
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(&'a str, &'a str),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(&'a str, &'a str),
+    /// `/v2/<name>/tags/list`
+    Tags(&'a str),
+    /// Upload sessions, catalog, referrers-write ...: not for a pull-through cache.
+    Unsupported,
+    /// Anything else.
+    Unknown,
+}
+
+impl<'a> OciRoute<'a> {
+    /// Parses the part of the path after `/v2/`.
+    pub fn parse(rest: &'a str) -> OciRoute<'a> {
+        if rest.is_empty() {
+            return OciRoute::Base;
+        }
+        if rest == "_catalog" || rest.contains("/blobs/uploads") {
+            return OciRoute::Unsupported;
+        }
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            return OciRoute::Tags(name);
+        }
+        if let Some((name, r)) = rest.rsplit_once("/manifests/") {
+            return OciRoute::Manifest(name, r);
+        }
+        if let Some((name, d)) = rest.rsplit_once("/blobs/") {
+            return OciRoute::Blob(name, d);
+        }
+        OciRoute::Unknown
+    }
+}
+
+/// What an OCI handler needs from the request.
+pub struct OciRequest<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Path after `/v2/`.
+    pub rest: &'a str,
+    /// containerd's `?ns=`.
+    pub ns: Option<&'a str>,
+    /// Raw query (tags list pagination).
+    pub query: Option<&'a str>,
+    /// `Range` header.
+    pub range: Option<&'a str>,
+}
+
+/// A fetched manifest.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// Its digest (of the exact bytes).
+    pub digest: Digest,
+    /// `Content-Type`.
+    pub media_type: String,
+    /// The exact bytes.
+    pub bytes: Bytes,
+}
+
+/// Answers one `/v2/` request.
+pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyError> {
+    let route = OciRoute::parse(req.rest);
+    let read = matches!(*req.method, Method::GET | Method::HEAD);
+    if !read || route == OciRoute::Unsupported {
+        return Err(ProxyError::Unsupported(format!(
+            "{} {} is not supported: sluice is a read-only pull-through cache",
+            req.method,
+            if route == OciRoute::Unsupported {
+                "on this endpoint"
+            } else {
+                "(push, delete and uploads)"
+            }
+        )));
+    }
+    let head = *req.method == Method::HEAD;
+    match route {
+        OciRoute::Base => Ok(Reply::new(StatusCode::OK, CacheStatus::Bypass)
+            .header(API_VERSION.0, API_VERSION.1)
+            .header("Content-Type", "application/json")
+            .body(Body::Full(Bytes::from_static(b"{}")))),
+        OciRoute::Manifest(name, reference) => {
+            let (up, repo) = app.resolve_oci(name, req.ns)?;
+            let reference = Reference::parse(reference).map_err(|m| ProxyError::BadRequest {
+                code: if reference.contains(':') {
+                    "DIGEST_INVALID"
+                } else {
+                    "TAG_INVALID"
+                },
+                message: m,
+            })?;
+            let (m, cache) = match reference {
+                Reference::Digest(d) => manifest_by_digest(app, &up, &repo, d).await?,
+                Reference::Tag(t) => manifest_by_tag(app, &up, &repo, &t).await?,
+            };
+            app.store.touch(&m.digest);
+            Ok(manifest_reply(m, cache))
+        }
+        OciRoute::Blob(name, digest) => {
+            let (up, repo) = app.resolve_oci(name, req.ns)?;
+            let digest: Digest =
+                digest
+                    .parse()
+                    .map_err(|e: crate::digest::DigestError| ProxyError::BadRequest {
+                        code: "DIGEST_INVALID",
+                        message: e.to_string(),
+                    })?;
+            let range = req.range.and_then(ByteRange::parse);
+            blob(app, &up, &repo, digest, range, head).await
+        }
+        OciRoute::Tags(name) => {
+            let (up, repo) = app.resolve_oci(name, req.ns)?;
+            tags_list(app, &up, &repo, req.query).await
+        }
+        OciRoute::Unknown | OciRoute::Unsupported => Err(ProxyError::NotFound {
+            code: "NAME_UNKNOWN",
+            message: format!(
+                "no such OCI endpoint: /v2/{}",
+                req.rest.chars().take(200).collect::<String>()
+            ),
+        }),
+    }
+}
+
+fn manifest_reply(m: Manifest, cache: CacheStatus) -> Reply {
+    Reply::new(StatusCode::OK, cache)
+        .header(API_VERSION.0, API_VERSION.1)
+        .header("Content-Type", m.media_type)
+        .header("Docker-Content-Digest", m.digest.to_string())
+        .header("ETag", format!("\"{}\"", m.digest))
+        .body(Body::Full(m.bytes))
+}
+
+fn scope(repo: &RepoName) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// A stored manifest, if both its bytes and its media type are known.
+fn cached_manifest(app: &App, d: &Digest) -> Option<Manifest> {
+    let rec: ManifestRecord = app
+        .store
+        .index()
+        .get_rec(Tree::Manifests, d.as_bytes())
+        .ok()??;
+    let bytes = app.store.read(d)?;
+    Some(Manifest {
+        digest: *d,
+        media_type: rec.media_type,
+        bytes,
+    })
+}
+
+async fn manifest_by_digest(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    d: Digest,
+) -> Result<(Manifest, CacheStatus), ProxyError> {
+    if let Some(m) = cached_manifest(app, &d) {
+        return Ok((m, CacheStatus::Hit));
+    }
+    let m = fetch_manifest(app, up, repo, &d.to_string(), Some(d)).await?;
+    Ok((m, CacheStatus::Miss))
+}
+
+fn tag_key(up: &Upstream, repo: &RepoName, tag: &Tag) -> String {
+    format!("{}/{}:{}", up.name(), repo, tag.as_str())
+}
+
+async fn manifest_by_tag(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    tag: &Tag,
+) -> Result<(Manifest, CacheStatus), ProxyError> {
+    let key = tag_key(up, repo, tag);
+    let rec: Option<TagRecord> = app
+        .store
+        .index()
+        .get_rec(Tree::Tags, key.as_bytes())
+        .map_err(ProxyError::internal)?;
+    if let Some(rec) = rec {
+        if let Some(cached) = cached_manifest(app, &rec.digest) {
+            let age = unix_ms().saturating_sub(rec.fetched_at_ms);
+            if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
+                return Ok((cached, CacheStatus::Hit));
+            }
+            match head_digest(up, repo, tag).await {
+                Ok(Some(d)) if d == rec.digest => {
+                    put_tag(app, &key, d)?;
+                    return Ok((cached, CacheStatus::Revalidated));
+                }
+                Ok(_) => {}
+                Err(e) if e.is_upstream_failure() => {
+                    tracing::warn!(tag = %key, error = %e, "tag revalidation failed; serving stale");
+                    return Ok((cached, CacheStatus::Stale));
+                }
+                Err(e) => return Err(e),
+            }
+            return match fetch_manifest(app, up, repo, tag.as_str(), None).await {
+                Ok(m) => {
+                    put_tag(app, &key, m.digest)?;
+                    Ok((m, CacheStatus::Miss))
+                }
+                Err(e) if e.is_upstream_failure() => Ok((cached, CacheStatus::Stale)),
+                Err(e) => Err(e),
+            };
+        }
+    }
+    if app.is_negative(&key) {
+        return Err(manifest_unknown(repo, tag.as_str()));
+    }
+    match fetch_manifest(app, up, repo, tag.as_str(), None).await {
+        Ok(m) => {
+            put_tag(app, &key, m.digest)?;
+            Ok((m, CacheStatus::Miss))
+        }
+        Err(e) => {
+            if matches!(e, ProxyError::NotFound { .. }) {
+                app.remember_negative(key, up.cfg.negative_ttl.get());
+            }
+            Err(e)
+        }
+    }
+}
+
+fn put_tag(app: &App, key: &str, digest: Digest) -> Result<(), ProxyError> {
+    app.store
+        .index()
+        .put_rec(
+            Tree::Tags,
+            key.as_bytes(),
+            &TagRecord {
+                digest,
+                fetched_at_ms: unix_ms(),
+            },
+        )
+        .map_err(ProxyError::internal)
+}
+
+fn manifest_unknown(repo: &RepoName, reference: &str) -> ProxyError {
+    ProxyError::NotFound {
+        code: "MANIFEST_UNKNOWN",
+        message: format!("manifest {repo}:{reference} not found upstream"),
+    }
+}
+
+/// `HEAD` the tag upstream: the digest it points to now, if the upstream says.
+async fn head_digest(
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    tag: &Tag,
+) -> Result<Option<Digest>, ProxyError> {
+    let path = format!("/v2/{repo}/manifests/{}", tag.as_str());
+    let resp = up
+        .send(Method::HEAD, &path, accept(MANIFEST_ACCEPT), &scope(repo))
+        .await?;
+    if !resp.status().is_success() {
+        return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, tag.as_str())));
+    }
+    Ok(resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok()))
+}
+
+/// GETs a manifest (single flight per upstream/repo/reference), verifies and stores it.
+async fn fetch_manifest(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    reference: &str,
+    expected: Option<Digest>,
+) -> Result<Manifest, ProxyError> {
+    let key = format!("{}/{}@{}", up.name(), repo, reference);
+    let (app2, up2, repo2, reference2) =
+        (app.clone(), up.clone(), repo.clone(), reference.to_string());
+    app.manifest_flights
+        .run(&key, move || {
+            async move { fetch_manifest_once(&app2, &up2, &repo2, &reference2, expected).await }
+                .boxed()
+        })
+        .await
+}
+
+async fn fetch_manifest_once(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    reference: &str,
+    expected: Option<Digest>,
+) -> Result<Manifest, ProxyError> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let resp = up
+        .send(Method::GET, &path, accept(MANIFEST_ACCEPT), &scope(repo))
+        .await?;
+    if !resp.status().is_success() {
+        return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, reference)));
+    }
+    let content_type = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let announced: Option<Digest> = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let limit = app.config.server.max_metadata_size.0;
+    let bytes = read_limited(up, resp, limit, &path).await?;
+    let actual = Digest::of(&bytes);
+    if let Some(exp) = expected.or(announced) {
+        if exp != actual {
+            metrics::counter!("sluice_digest_mismatches_total", "format" => "oci").increment(1);
+            return Err(ProxyError::DigestMismatch {
+                expected: exp,
+                actual,
+            });
+        }
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ProxyError::Upstream {
+            upstream: up.name().to_string(),
+            message: format!("{path}: upstream sent a manifest that is not JSON: {e}"),
+            status: None,
+        })?;
+    let media_type = match content_type.as_str() {
+        "" | "application/json" | "text/plain" | "application/octet-stream" => doc
+            .get("mediaType")
+            .and_then(|v| v.as_str())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string(),
+        ct => ct.to_string(),
+    };
+    let store = app.store.clone();
+    let b2 = bytes.clone();
+    let digest = tokio::task::spawn_blocking(move || store.put_bytes(&b2))
+        .await
+        .map_err(ProxyError::internal)??;
+    app.store
+        .index()
+        .put_rec(
+            Tree::Manifests,
+            digest.as_bytes(),
+            &ManifestRecord {
+                media_type: media_type.clone(),
+                size: bytes.len() as u64,
+            },
+        )
+        .map_err(ProxyError::internal)?;
+    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
+        .increment(bytes.len() as u64);
+    Ok(Manifest {
+        digest,
+        media_type,
+        bytes,
+    })
+}
+
+/// Reads a whole (small) upstream body, refusing more than `limit` bytes.
+async fn read_limited(
+    up: &Upstream,
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Bytes, ProxyError> {
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(ProxyError::TooLarge(format!(
+            "{what}: upstream document is larger than the {limit}-byte limit"
+        )));
+    }
+    let mut buf = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| up.body_error(e))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ProxyError::TooLarge(format!(
+                "{what}: upstream document is larger than the {limit}-byte limit"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn blob_unknown(d: &Digest) -> ProxyError {
+    ProxyError::NotFound {
+        code: "BLOB_UNKNOWN",
+        message: format!("blob {d} not found upstream"),
+    }
+}
+
+fn blob_headers(reply: Reply, d: &Digest) -> Reply {
+    reply
+        .header(API_VERSION.0, API_VERSION.1)
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", d.to_string())
+        .header("ETag", format!("\"{d}\""))
+        .header("Accept-Ranges", "bytes")
+}
+
+async fn blob(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    d: Digest,
+    range: Option<ByteRange>,
+    head: bool,
+) -> Result<Reply, ProxyError> {
+    if let Some(bytes) = app.store.read(&d) {
+        return serve_stored(d, bytes, range, CacheStatus::Hit);
+    }
+    let neg_key = format!("{}/blob/{d}", up.name());
+    if app.is_negative(&neg_key) {
+        return Err(blob_unknown(&d));
+    }
+    let path = format!("/v2/{repo}/blobs/{d}");
+    if head {
+        // A HEAD does not start a fill: ask the upstream whether (and how big) it is.
+        let resp = up
+            .send(Method::HEAD, &path, HeaderMap::new(), &scope(repo))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(up.status_error(resp.status(), &path, blob_unknown(&d)));
+        }
+        let mut r = blob_headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), &d);
+        r.head_length = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        return Ok(r);
+    }
+    let (up2, scope2) = (up.clone(), scope(repo));
+    let opener = Box::new(move || {
+        async move {
+            let resp = up2
+                .send(Method::GET, &path, HeaderMap::new(), &scope2)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
+            }
+            let len = resp.content_length();
+            let up3 = up2.clone();
+            let stream = resp
+                .bytes_stream()
+                .map(move |r| r.map_err(|e| up3.body_error(e)))
+                .boxed();
+            Ok(UpstreamBody { len, stream })
+        }
+        .boxed()
+    });
+    let Some(fill) = app.fills.join_or_start(d, opener)? else {
+        // Stored between our lookup and the fill registry check.
+        let bytes = app
+            .store
+            .read(&d)
+            .ok_or_else(|| ProxyError::internal("stored blob vanished"))?;
+        return serve_stored(d, bytes, range, CacheStatus::Hit);
+    };
+    let len = match fill.started().await {
+        Ok(len) => len,
+        Err(e) => {
+            if matches!(e, ProxyError::NotFound { .. }) {
+                app.remember_negative(neg_key, up.cfg.negative_ttl.get());
+            }
+            return Err(e);
+        }
+    };
+    match (range, len) {
+        (Some(r), Some(total)) => {
+            let (start, end) = r
+                .resolve(total)
+                .map_err(|_| ProxyError::RangeNotSatisfiable { size: total })?;
+            Ok(blob_headers(
+                Reply::new(StatusCode::PARTIAL_CONTENT, CacheStatus::Miss),
+                &d,
+            )
+            .header(
+                "Content-Range",
+                format!("bytes {start}-{}/{total}", end - 1),
+            )
+            .body(Body::Follow(fill.follow(start, Some(end)))))
+        }
+        _ => Ok(
+            blob_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d)
+                .body(Body::Follow(fill.follow(0, None))),
+        ),
+    }
+}
+
+fn serve_stored(
+    d: Digest,
+    bytes: Bytes,
+    range: Option<ByteRange>,
+    cache: CacheStatus,
+) -> Result<Reply, ProxyError> {
+    let total = bytes.len() as u64;
+    match range {
+        Some(r) => {
+            let (start, end) = r
+                .resolve(total)
+                .map_err(|_| ProxyError::RangeNotSatisfiable { size: total })?;
+            Ok(
+                blob_headers(Reply::new(StatusCode::PARTIAL_CONTENT, cache), &d)
+                    .header(
+                        "Content-Range",
+                        format!("bytes {start}-{}/{total}", end - 1),
+                    )
+                    .body(Body::Mapped(bytes.slice(start as usize..end as usize))),
+            )
+        }
+        None => Ok(blob_headers(Reply::new(StatusCode::OK, cache), &d).body(Body::Mapped(bytes))),
+    }
+}
+
+/// Tag lists: cached for `tag_ttl`, served stale when the upstream fails.
+async fn tags_list(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    query: Option<&str>,
+) -> Result<Reply, ProxyError> {
+    let mut q = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "n" if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() && v.len() < 8 => {
+                q.push(format!("n={v}"))
+            }
+            "last" => {
+                Tag::parse(&v).map_err(|m| ProxyError::BadRequest {
+                    code: "TAG_INVALID",
+                    message: m,
+                })?;
+                q.push(format!("last={v}"));
+            }
+            "n" => {
+                return Err(ProxyError::BadRequest {
+                    code: "PAGINATION_NUMBER_INVALID",
+                    message: format!("invalid n={v:?}"),
+                })
+            }
+            _ => {}
+        }
+    }
+    let suffix = if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    };
+    let key = format!("tags/{}/{}{}", up.name(), repo, suffix);
+    let cached: Option<MetaRecord> = app
+        .store
+        .index()
+        .get_rec(Tree::Meta, key.as_bytes())
+        .map_err(ProxyError::internal)?;
+    let cached = cached.and_then(|r| app.store.read(&r.digest).map(|b| (r, b)));
+    let reply = |bytes: Bytes, ct: String, cache| {
+        Reply::new(StatusCode::OK, cache)
+            .header(API_VERSION.0, API_VERSION.1)
+            .header("Content-Type", ct)
+            .body(Body::Full(bytes))
+    };
+    if let Some((rec, bytes)) = &cached {
+        let age = unix_ms().saturating_sub(rec.fetched_at_ms);
+        if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
+            return Ok(reply(
+                bytes.clone(),
+                rec.content_type.clone(),
+                CacheStatus::Hit,
+            ));
+        }
+    }
+    let path = format!("/v2/{repo}/tags/list{suffix}");
+    let fetched = async {
+        let resp = up
+            .send(Method::GET, &path, HeaderMap::new(), &scope(repo))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(up.status_error(
+                resp.status(),
+                &path,
+                ProxyError::NotFound {
+                    code: "NAME_UNKNOWN",
+                    message: format!("repository {repo} not found upstream"),
+                },
+            ));
+        }
+        let ct = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let bytes = read_limited(up, resp, app.config.server.max_metadata_size.0, &path).await?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| ProxyError::Upstream {
+            upstream: up.name().to_string(),
+            message: format!("{path}: tag list is not JSON: {e}"),
+            status: None,
+        })?;
+        Ok((bytes, ct))
+    }
+    .await;
+    match fetched {
+        Ok((bytes, ct)) => {
+            let digest = app.store.put_bytes(&bytes)?;
+            app.store
+                .index()
+                .put_rec(
+                    Tree::Meta,
+                    key.as_bytes(),
+                    &MetaRecord {
+                        digest,
+                        content_type: ct.clone(),
+                        fetched_at_ms: unix_ms(),
+                    },
+                )
+                .map_err(ProxyError::internal)?;
+            Ok(reply(bytes, ct, CacheStatus::Miss))
+        }
+        Err(e) if e.is_upstream_failure() || matches!(e, ProxyError::Offline(_)) => match cached {
+            Some((rec, bytes)) => Ok(reply(bytes, rec.content_type, CacheStatus::Stale)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_from_the_right() {
+        assert_eq!(OciRoute::parse(""), OciRoute::Base);
+        assert_eq!(
+            OciRoute::parse("a/b/manifests/1.0"),
+            OciRoute::Manifest("a/b", "1.0")
+        );
+        assert_eq!(
+            OciRoute::parse("manifests/manifests/x"),
+            OciRoute::Manifest("manifests", "x")
+        );
+        assert_eq!(
+            OciRoute::parse("a/blobs/sha256:00"),
+            OciRoute::Blob("a", "sha256:00")
+        );
+        assert_eq!(OciRoute::parse("a/tags/list"), OciRoute::Tags("a"));
+        assert_eq!(OciRoute::parse("a/blobs/uploads/"), OciRoute::Unsupported);
+        assert_eq!(OciRoute::parse("_catalog"), OciRoute::Unsupported);
+        assert_eq!(OciRoute::parse("a/b"), OciRoute::Unknown);
+    }
+}

@@ -1,0 +1,195 @@
+//! What a handler answers: status, headers, how it was served, and a body that is either
+//! in memory, a memory-mapped store file, or a follower of an in-progress fill.
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::fill::Follower;
+
+/// How a response was served (`X-Sluice-Cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the store, no upstream contact.
+    Hit,
+    /// Fetched from the upstream (and stored).
+    Miss,
+    /// From the store after the upstream failed to revalidate it.
+    Stale,
+    /// From the store after the upstream confirmed it unchanged.
+    Revalidated,
+    /// Not cacheable; answered by or passed to the upstream.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// Header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// A response body.
+pub enum Body {
+    /// No body (HEAD, 304, errors without body).
+    Empty,
+    /// Small in-memory bodies.
+    Full(Bytes),
+    /// A store file mapped into memory (or a slice of one), sent in ~1 MiB slices.
+    Mapped(Bytes),
+    /// Bytes of a fill in progress, delivered as the upstream sends them.
+    Follow(Follower),
+}
+
+/// A handler's answer.
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Headers other than `X-Sluice-Cache`, `X-Request-Id` (added by the server).
+    pub headers: Vec<(&'static str, String)>,
+    /// How it was served.
+    pub cache: CacheStatus,
+    /// The body.
+    pub body: Body,
+    /// `Content-Length` to announce when the body is `Empty` (HEAD).
+    pub head_length: Option<u64>,
+}
+
+impl Reply {
+    /// A reply with status and cache status, no headers, no body.
+    pub fn new(status: StatusCode, cache: CacheStatus) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            cache,
+            body: Body::Empty,
+            head_length: None,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: Body) -> Reply {
+        self.body = body;
+        self
+    }
+
+    /// For HEAD: drop the body but keep its length in `Content-Length`.
+    pub fn into_head(mut self) -> Reply {
+        let len = match &self.body {
+            Body::Empty => self.head_length,
+            Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
+            Body::Follow(f) => f.len(),
+        };
+        self.head_length = len;
+        self.body = Body::Empty;
+        self
+    }
+}
+
+/// A parsed single `Range: bytes=...` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b` or `bytes=a-` (b exclusive here; `None` = to the end).
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a `Range` header value; `None` for anything but one byte range (the whole
+    /// body is then served, which HTTP allows).
+    pub fn parse(v: &str) -> Option<ByteRange> {
+        let spec = v.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        if a.is_empty() {
+            return b.parse().ok().map(ByteRange::Suffix);
+        }
+        let start: u64 = a.parse().ok()?;
+        if b.is_empty() {
+            return Some(ByteRange::From(start, None));
+        }
+        let end: u64 = b.parse().ok()?;
+        if end < start {
+            return None;
+        }
+        Some(ByteRange::From(start, Some(end.saturating_add(1))))
+    }
+
+    /// Resolves against a total size into `[start, end)`, or `Err` if unsatisfiable.
+    pub fn resolve(self, size: u64) -> Result<(u64, u64), ()> {
+        match self {
+            ByteRange::From(s, e) => {
+                if s >= size {
+                    return Err(());
+                }
+                Ok((s, e.unwrap_or(size).min(size)))
+            }
+            ByteRange::Suffix(n) => {
+                if n == 0 {
+                    return Err(());
+                }
+                Ok((size.saturating_sub(n), size))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_resolve() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-9").unwrap().resolve(100),
+            Ok((0, 10))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=90-").unwrap().resolve(100),
+            Ok((90, 100))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-10").unwrap().resolve(100),
+            Ok((90, 100))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=50-500").unwrap().resolve(100),
+            Ok((50, 100))
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=100-").unwrap().resolve(100),
+            Err(())
+        );
+        assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), Err(()));
+        assert!(ByteRange::parse("bytes=5-1").is_none());
+        assert!(ByteRange::parse("bytes=0-1,3-4").is_none());
+        assert!(ByteRange::parse("items=0-1").is_none());
+        assert!(ByteRange::parse("bytes=x-1").is_none());
+    }
+}

@@ -1,0 +1,337 @@
+//! The HTTP server: a pingora `HttpServerApp` that reads a request, routes it (OCI, health,
+//! metrics), streams the reply, and logs and counts it.
+//!
+//! Bodies are written as they come: a stored file in ~1 MiB slices of its memory map, a
+//! fill in progress chunk by chunk. When a fill fails mid-body the connection is dropped
+//! without finishing the response, so the client sees a truncated body (short
+//! `Content-Length` or missing final chunk), never a complete one with wrong bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use sluice_config::Role;
+
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::formats::oci::{self, OciRequest};
+use crate::response::{Body, CacheStatus, Reply};
+
+/// Slice size for memory-mapped bodies (measured at or above nginx's sendfile).
+const SEND_CHUNK: usize = 1 << 20;
+
+/// The pingora application.
+pub struct HttpApp {
+    app: Arc<App>,
+    seq: AtomicU64,
+    prefix: u32,
+}
+
+impl HttpApp {
+    /// Wraps the shared state.
+    pub fn new(app: Arc<App>) -> HttpApp {
+        HttpApp {
+            app,
+            seq: AtomicU64::new(0),
+            prefix: rand::random(),
+        }
+    }
+
+    fn request_id(&self) -> String {
+        format!(
+            "{:08x}{:08x}",
+            self.prefix,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Which client protocol a path belongs to (metrics label, error format).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Oci,
+    Ops,
+    Other,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Oci => "oci",
+            Kind::Ops => "ops",
+            Kind::Other => "other",
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for HttpApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        let started = Instant::now();
+        let request_id = self.request_id();
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let header = |n: &str| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let range = header("range");
+        let authorization = header("authorization");
+        let client = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+
+        let keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
+        session.set_keepalive(if keepalive { Some(60) } else { None });
+
+        let (kind, result) = self
+            .route(
+                &method,
+                &path,
+                query.as_deref(),
+                range.as_deref(),
+                authorization.as_deref(),
+            )
+            .await;
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => error_reply(&e, kind, &request_id),
+        };
+        let reply = if method == Method::HEAD {
+            reply.into_head()
+        } else {
+            reply
+        };
+        let status = reply.status.as_u16();
+        let cache = reply.cache;
+        let (ok, sent) = write_reply(&mut session, reply, &request_id).await;
+        let cached_bytes = if matches!(
+            cache,
+            CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated
+        ) {
+            sent
+        } else {
+            0
+        };
+        let counted = (kind == Kind::Oci && path != "/v2/" && status < 500 && status != 405)
+            .then(|| cache.label());
+        crate::metrics::record_response(kind.label(), status, counted, cached_bytes);
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            client = %client,
+            method = %method,
+            path = %path,
+            status,
+            cache = cache.as_str(),
+            bytes = sent,
+            complete = ok,
+            ms = started.elapsed().as_millis() as u64,
+        );
+        if !ok {
+            // Dropping the session closes the connection mid-body.
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(_) => None,
+        }
+    }
+}
+
+impl HttpApp {
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        range: Option<&str>,
+        authorization: Option<&str>,
+    ) -> (Kind, Result<Reply, ProxyError>) {
+        let app = &self.app;
+        if let Some(rest) = path.strip_prefix("/v2/").or((path == "/v2").then_some("")) {
+            if app.role_of(authorization) < Role::Read {
+                return (
+                    Kind::Oci,
+                    Err(ProxyError::Unauthorized(
+                        "authentication required: send a sluice token".into(),
+                    )),
+                );
+            }
+            let ns = query.and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "ns")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let req = OciRequest {
+                method,
+                rest,
+                ns: ns.as_deref(),
+                query,
+                range,
+            };
+            return (Kind::Oci, oci::handle(app, req).await);
+        }
+        let text = |status: StatusCode, body: &'static str| {
+            Ok(Reply::new(status, CacheStatus::Bypass)
+                .header("Content-Type", "text/plain; charset=utf-8")
+                .body(Body::Full(Bytes::from_static(body.as_bytes()))))
+        };
+        match path {
+            "/-/healthz" => (Kind::Ops, text(StatusCode::OK, "ok\n")),
+            "/-/readyz" => {
+                let ready = app.store.writable()
+                    && app
+                        .store
+                        .index()
+                        .get(crate::store::index::Tree::Blobs, b"")
+                        .is_ok();
+                if ready {
+                    (Kind::Ops, text(StatusCode::OK, "ready\n"))
+                } else {
+                    (
+                        Kind::Ops,
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: store not writable or index not open\n",
+                        ),
+                    )
+                }
+            }
+            "/-/metrics" => (
+                Kind::Ops,
+                Ok(Reply::new(StatusCode::OK, CacheStatus::Bypass)
+                    .header("Content-Type", "text/plain; version=0.0.4")
+                    .body(Body::Full(Bytes::from(app.metrics.render())))),
+            ),
+            _ => (
+                Kind::Other,
+                Err(ProxyError::NotFound {
+                    code: "NAME_UNKNOWN",
+                    message: format!("no route for {}", truncate(path)),
+                }),
+            ),
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
+    let (ct, body) = match kind {
+        Kind::Oci => ("application/json", e.oci_body(request_id)),
+        _ => ("text/plain; charset=utf-8", e.text_body(request_id)),
+    };
+    let mut r = Reply::new(e.status(), CacheStatus::Bypass)
+        .header("Content-Type", ct)
+        .body(Body::Full(Bytes::from(body)));
+    if kind == Kind::Oci {
+        r = r.header("Docker-Distribution-API-Version", "registry/2.0");
+    }
+    match e {
+        ProxyError::Unauthorized(_) => r = r.header("WWW-Authenticate", "Basic realm=\"sluice\""),
+        ProxyError::RangeNotSatisfiable { size } => {
+            r = r.header("Content-Range", format!("bytes */{size}"))
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Writes the reply; returns whether it completed and how many body bytes were sent.
+async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str) -> (bool, u64) {
+    let Ok(mut resp) = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4)) else {
+        return (false, 0);
+    };
+    for (k, v) in &reply.headers {
+        let _ = resp.append_header(*k, v.as_str());
+    }
+    let _ = resp.insert_header("X-Request-Id", request_id);
+    let _ = resp.insert_header("X-Sluice-Cache", reply.cache.as_str());
+    let length = match &reply.body {
+        Body::Empty => reply.head_length.or(Some(0)),
+        Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
+        Body::Follow(f) => f.len(),
+    };
+    match length {
+        Some(l) => {
+            let _ = resp.insert_header("Content-Length", l.to_string());
+        }
+        // Unknown length: chunked, so that an aborted body is distinguishable from a
+        // complete one (a close-delimited body would not be).
+        None => {
+            let _ = resp.insert_header("Transfer-Encoding", "chunked");
+        }
+    }
+    if session.write_response_header(Box::new(resp)).await.is_err() {
+        return (false, 0);
+    }
+    let mut sent = 0u64;
+    match reply.body {
+        Body::Empty => {}
+        Body::Full(b) => {
+            sent = b.len() as u64;
+            if session.write_response_body(b, true).await.is_err() {
+                return (false, 0);
+            }
+        }
+        Body::Mapped(b) => {
+            let mut off = 0;
+            while off < b.len() {
+                let end = (off + SEND_CHUNK).min(b.len());
+                if session
+                    .write_response_body(b.slice(off..end), end == b.len())
+                    .await
+                    .is_err()
+                {
+                    return (false, sent);
+                }
+                sent += (end - off) as u64;
+                off = end;
+            }
+        }
+        Body::Follow(mut f) => loop {
+            match f.next().await {
+                Ok(Some(chunk)) => {
+                    let n = chunk.len() as u64;
+                    if session.write_response_body(chunk, false).await.is_err() {
+                        return (false, sent);
+                    }
+                    sent += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(request_id, error = %e, "aborting response: upstream body failed");
+                    return (false, sent);
+                }
+            }
+        },
+    }
+    if session.finish_body().await.is_err() {
+        return (false, sent);
+    }
+    (true, sent)
+}

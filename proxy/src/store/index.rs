@@ -1,0 +1,153 @@
+//! The index: small records about stored content, behind the [`Index`] trait so sled can
+//! be replaced (redb is the maintained alternative).
+//!
+//! Trees: `blobs` (digest → [`BlobRecord`]), `manifests` (digest → [`ManifestRecord`]),
+//! `tags` (upstream/repo:tag → [`TagRecord`]), `meta` (other documents → [`MetaRecord`]).
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// A tree of the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tree {
+    /// Every stored file.
+    Blobs,
+    /// Media types of stored manifests.
+    Manifests,
+    /// Tag → manifest digest.
+    Tags,
+    /// Other cached documents (tag lists).
+    Meta,
+}
+
+impl Tree {
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Blobs => "blobs",
+            Tree::Manifests => "manifests",
+            Tree::Tags => "tags",
+            Tree::Meta => "meta",
+        }
+    }
+}
+
+/// Key-value storage for index records.
+pub trait Index: Send + Sync {
+    /// Reads a value.
+    fn get(&self, tree: Tree, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Writes a value.
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> anyhow::Result<()>;
+    /// Removes a value.
+    fn remove(&self, tree: Tree, key: &[u8]) -> anyhow::Result<()>;
+    /// All entries of a tree.
+    fn scan(&self, tree: Tree) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> anyhow::Result<()>;
+}
+
+/// A stored file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Bytes.
+    pub size: u64,
+    /// Unix seconds when it was stored.
+    pub created: u64,
+    /// Unix seconds of the last serve (flushed in batches).
+    pub last_access: u64,
+}
+
+/// A stored manifest's media type.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// `Content-Type` to serve it with.
+    pub media_type: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A tag's current manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagRecord {
+    /// Manifest digest.
+    pub digest: Digest,
+    /// Unix milliseconds of the last fetch or successful revalidation.
+    pub fetched_at_ms: u64,
+}
+
+/// Another cached document, stored by digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MetaRecord {
+    /// Where the bytes are.
+    pub digest: Digest,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Unix milliseconds of the last fetch.
+    pub fetched_at_ms: u64,
+}
+
+/// Typed access on top of any [`Index`].
+pub trait IndexExt {
+    /// Reads and decodes a record; an undecodable record reads as absent.
+    fn get_rec<T: DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> anyhow::Result<Option<T>>;
+    /// Encodes and writes a record.
+    fn put_rec<T: Serialize>(&self, tree: Tree, key: &[u8], rec: &T) -> anyhow::Result<()>;
+}
+
+impl<I: Index + ?Sized> IndexExt for I {
+    fn get_rec<T: DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> anyhow::Result<Option<T>> {
+        Ok(self
+            .get(tree, key)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+    fn put_rec<T: Serialize>(&self, tree: Tree, key: &[u8], rec: &T) -> anyhow::Result<()> {
+        self.put(tree, key, &serde_json::to_vec(rec)?)
+    }
+}
+
+/// The sled implementation.
+pub struct SledIndex {
+    db: sled::Db,
+}
+
+impl SledIndex {
+    /// Opens (or creates) the index in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<SledIndex> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| anyhow::anyhow!("cannot open index at {}: {e}", dir.display()))?;
+        Ok(SledIndex { db })
+    }
+
+    fn tree(&self, t: Tree) -> anyhow::Result<sled::Tree> {
+        Ok(self.db.open_tree(t.name())?)
+    }
+}
+
+impl Index for SledIndex {
+    fn get(&self, tree: Tree, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+    }
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.tree(tree)?.insert(key, value)?;
+        Ok(())
+    }
+    fn remove(&self, tree: Tree, key: &[u8]) -> anyhow::Result<()> {
+        self.tree(tree)?.remove(key)?;
+        Ok(())
+    }
+    fn scan(&self, tree: Tree) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree(tree)?
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+            .collect()
+    }
+    fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! The content-addressed store: immutable files under `blobs/sha256/<2 hex>/<hex>`, fills
+//! in progress under `tmp/`, and the index that describes them.
+//!
+//! A file only ever appears under `blobs/` by an atomic rename after its digest was checked
+//! and its bytes fsynced, and it is never rewritten in place: that is what makes memory
+//! mapping a hit safe even if the file is removed while a client still reads it.
+
+pub mod index;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use index::{BlobRecord, Index, IndexExt, SledIndex, Tree};
+
+/// Files at most this large are kept in memory after first use (manifests, configs).
+const SMALL_FILE: u64 = 256 * 1024;
+
+/// The store: files plus index.
+pub struct Store {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    index: Arc<dyn Index>,
+    small: moka::sync::Cache<Digest, Bytes>,
+    /// Last-access times not yet written to the index (flushed in batches so a hit does
+    /// not write).
+    pending_access: Mutex<HashMap<Digest, u64>>,
+    total_bytes: AtomicU64,
+}
+
+/// A temp file for a fill in progress; removed on drop unless committed.
+pub struct TempFile {
+    path: PathBuf,
+    file: Arc<File>,
+    committed: bool,
+}
+
+impl TempFile {
+    /// The open file (read + write), shared with readers of the fill.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store under `data_dir`: creates directories, empties `tmp/`, drops index
+    /// entries whose file is gone and indexes files the index lost.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        let blobs_dir = data_dir.join("blobs").join("sha256");
+        let tmp_dir = data_dir.join("tmp");
+        fs::create_dir_all(&blobs_dir)?;
+        fs::create_dir_all(&tmp_dir)?;
+        let mut removed = 0;
+        for e in fs::read_dir(&tmp_dir)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                fs::remove_dir_all(e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed unfinished temp files from a previous run");
+        }
+        let index: Arc<dyn Index> = Arc::new(SledIndex::open(&data_dir.join("index"))?);
+        let store = Store {
+            blobs_dir,
+            tmp_dir,
+            index,
+            small: moka::sync::Cache::builder()
+                .weigher(|_k: &Digest, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+                .max_capacity(64 << 20)
+                .build(),
+            pending_access: Mutex::new(HashMap::new()),
+            total_bytes: AtomicU64::new(0),
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    /// Makes the index and the files agree, and computes the stored size.
+    fn reconcile(&self) -> anyhow::Result<()> {
+        let mut indexed = HashMap::new();
+        for (k, v) in self.index.scan(Tree::Blobs)? {
+            let Some(d) = Digest::from_bytes(&k) else {
+                self.index.remove(Tree::Blobs, &k)?;
+                continue;
+            };
+            let rec: Option<BlobRecord> = serde_json::from_slice(&v).ok();
+            indexed.insert(d, rec);
+        }
+        let mut on_disk = HashMap::new();
+        for shard in fs::read_dir(&self.blobs_dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path())? {
+                let f = f?;
+                let name = f.file_name();
+                let Some(d) = name
+                    .to_str()
+                    .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+                else {
+                    tracing::warn!(path = %f.path().display(), "removing stray file in blob store");
+                    let _ = fs::remove_file(f.path());
+                    continue;
+                };
+                on_disk.insert(d, f.metadata()?.len());
+            }
+        }
+        let mut total = 0;
+        let now = unix_secs();
+        for (d, size) in &on_disk {
+            total += size;
+            match indexed.get(d) {
+                Some(Some(rec)) if rec.size == *size => {}
+                _ => {
+                    // A file is only renamed into place after verification, so one the index
+                    // lost (crash between rename and index write) is re-indexed; `sluice
+                    // verify` re-hashes when in doubt.
+                    self.index.put_rec(
+                        Tree::Blobs,
+                        d.as_bytes(),
+                        &BlobRecord {
+                            size: *size,
+                            created: now,
+                            last_access: now,
+                        },
+                    )?;
+                }
+            }
+        }
+        for d in indexed.keys() {
+            if !on_disk.contains_key(d) {
+                self.index.remove(Tree::Blobs, d.as_bytes())?;
+            }
+        }
+        self.total_bytes.store(total, Ordering::Relaxed);
+        metrics::gauge!("sluice_storage_bytes").set(total as f64);
+        self.index.flush()?;
+        Ok(())
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Arc<dyn Index> {
+        &self.index
+    }
+
+    /// Total bytes of stored files.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    fn path_of(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.blobs_dir.join(&hex[..2]).join(hex)
+    }
+
+    /// The stored size of `d`, if it is stored.
+    pub fn size_of(&self, d: &Digest) -> Option<u64> {
+        if let Some(b) = self.small.get(d) {
+            return Some(b.len() as u64);
+        }
+        let rec: BlobRecord = self.index.get_rec(Tree::Blobs, d.as_bytes()).ok()??;
+        Some(rec.size)
+    }
+
+    /// The content of `d` as one `Bytes` (memory-mapped for large files), or `None` if it
+    /// is not stored.
+    pub fn read(&self, d: &Digest) -> Option<Bytes> {
+        if let Some(b) = self.small.get(d) {
+            self.touch(d);
+            return Some(b);
+        }
+        let file = File::open(self.path_of(d)).ok()?;
+        let len = file.metadata().ok()?.len();
+        let bytes = if len == 0 {
+            Bytes::new()
+        } else if len <= SMALL_FILE {
+            let b = Bytes::from(fs::read(self.path_of(d)).ok()?);
+            self.small.insert(*d, b.clone());
+            b
+        } else {
+            // SAFETY: store files are immutable once renamed into place (never truncated or
+            // rewritten); unlinking keeps an existing mapping valid.
+            let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+            Bytes::from_owner(map)
+        };
+        self.touch(d);
+        Some(bytes)
+    }
+
+    /// Records an access, written to the index at the next [`Store::flush_access`].
+    pub fn touch(&self, d: &Digest) {
+        self.pending_access.lock().insert(*d, unix_secs());
+    }
+
+    /// Writes batched last-access times to the index.
+    pub fn flush_access(&self) -> anyhow::Result<()> {
+        let batch = std::mem::take(&mut *self.pending_access.lock());
+        for (d, t) in batch {
+            if let Some(mut rec) = self
+                .index
+                .get_rec::<BlobRecord>(Tree::Blobs, d.as_bytes())?
+            {
+                rec.last_access = t;
+                self.index.put_rec(Tree::Blobs, d.as_bytes(), &rec)?;
+            }
+        }
+        self.index.flush()
+    }
+
+    /// A new temp file for a fill.
+    pub fn temp_file(&self) -> Result<TempFile, ProxyError> {
+        let name: u128 = rand::random();
+        let path = self.tmp_dir.join(format!("{name:032x}"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| ProxyError::internal(format!("cannot create temp file: {e}")))?;
+        Ok(TempFile {
+            path,
+            file: Arc::new(file),
+            committed: false,
+        })
+    }
+
+    /// Makes a fully written and verified temp file the stored content of `d`: fsync,
+    /// rename into place, fsync the directory, index. Blocking: call off the async path.
+    pub fn commit(&self, mut tmp: TempFile, d: &Digest, size: u64) -> Result<(), ProxyError> {
+        let io = |e: std::io::Error| ProxyError::internal(format!("storing {d}: {e}"));
+        tmp.file.sync_all().map_err(io)?;
+        let dest = self.path_of(d);
+        let shard = dest.parent().expect("blob path has a shard directory");
+        fs::create_dir_all(shard).map_err(io)?;
+        let existed = dest.exists();
+        fs::rename(&tmp.path, &dest).map_err(io)?;
+        tmp.committed = true;
+        File::open(shard).and_then(|f| f.sync_all()).map_err(io)?;
+        let now = unix_secs();
+        self.index
+            .put_rec(
+                Tree::Blobs,
+                d.as_bytes(),
+                &BlobRecord {
+                    size,
+                    created: now,
+                    last_access: now,
+                },
+            )
+            .map_err(ProxyError::internal)?;
+        if !existed {
+            let total = self.total_bytes.fetch_add(size, Ordering::Relaxed) + size;
+            metrics::gauge!("sluice_storage_bytes").set(total as f64);
+        }
+        Ok(())
+    }
+
+    /// Stores a small document whose bytes are in memory (manifests, tag lists). The digest
+    /// is computed here, so what is stored always matches its name.
+    pub fn put_bytes(&self, bytes: &Bytes) -> Result<Digest, ProxyError> {
+        let d = Digest::of(bytes);
+        if self.size_of(&d).is_some() && self.path_of(&d).exists() {
+            return Ok(d);
+        }
+        let tmp = self.temp_file()?;
+        (&*tmp.file)
+            .write_all(bytes)
+            .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
+        self.commit(tmp, &d, bytes.len() as u64)?;
+        if bytes.len() as u64 <= SMALL_FILE {
+            self.small.insert(d, bytes.clone());
+        }
+        Ok(d)
+    }
+
+    /// Whether the store can be written (readiness).
+    pub fn writable(&self) -> bool {
+        let p = self.tmp_dir.join(".ready-probe");
+        let ok = fs::write(&p, b"ok").is_ok();
+        let _ = fs::remove_file(&p);
+        ok
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_then_open_returns_the_same_bytes_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Bytes::from(vec![7u8; 300 * 1024]);
+        let d = {
+            let s = Store::open(dir.path()).unwrap();
+            let d = s.put_bytes(&big).unwrap();
+            assert_eq!(s.read(&d).unwrap(), big);
+            assert_eq!(s.total_bytes(), big.len() as u64);
+            s.flush_access().unwrap();
+            d
+        };
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.read(&d).unwrap(), big);
+        assert_eq!(s.size_of(&d), Some(big.len() as u64));
+        assert_eq!(s.total_bytes(), big.len() as u64);
+    }
+
+    #[test]
+    fn open_cleans_tmp_and_reconciles_index_with_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, lost) = {
+            let s = Store::open(dir.path()).unwrap();
+            let kept = s.put_bytes(&Bytes::from_static(b"kept")).unwrap();
+            let lost = s.put_bytes(&Bytes::from_static(b"lost")).unwrap();
+            s.index.flush().unwrap();
+            (kept, lost)
+        };
+        std::fs::remove_file(
+            dir.path()
+                .join("blobs/sha256")
+                .join(&lost.hex()[..2])
+                .join(lost.hex()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("tmp/half-written"), b"partial").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+        assert!(s.read(&kept).is_some());
+        assert!(s.read(&lost).is_none());
+        assert_eq!(s.size_of(&lost), None);
+        assert_eq!(s.total_bytes(), 4);
+    }
+
+    #[test]
+    fn uncommitted_temp_file_is_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.temp_file().unwrap();
+        (&**t.file()).write_all(b"abc").unwrap();
+        drop(t);
+        assert!(std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+}

@@ -1,0 +1,345 @@
+//! One client per upstream: timeouts, registry auth (bearer flow, basic), redirects that
+//! never leak credentials, and metrics for every upstream request.
+//!
+//! URLs only ever come from configuration (the upstream's base URL), from the upstream's own
+//! answers (token realm, redirect `Location`), never from a client's request: the formats
+//! pass a path that they built from validated names and digests.
+
+pub mod auth;
+
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use sluice_config::UpstreamConfig;
+use url::Url;
+
+use crate::error::ProxyError;
+use auth::{Challenge, TokenCache, TokenResponse};
+
+/// Redirect hops followed before giving up.
+const MAX_REDIRECTS: usize = 5;
+
+/// A configured upstream registry.
+pub struct Upstream {
+    /// Its configuration.
+    pub cfg: UpstreamConfig,
+    base: Url,
+    http: reqwest::Client,
+    tokens: TokenCache,
+    offline: bool,
+}
+
+impl Upstream {
+    /// Builds the client for `cfg`; `offline` forbids any upstream contact.
+    pub fn new(cfg: UpstreamConfig, offline: bool) -> anyhow::Result<Upstream> {
+        let base = Url::parse(&cfg.url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout.get())
+            .read_timeout(cfg.read_timeout.get())
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Upstream {
+            offline: offline || cfg.offline,
+            cfg,
+            base,
+            http,
+            tokens: TokenCache::default(),
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Whether this upstream may be contacted.
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    fn err(&self, message: impl Into<String>, status: Option<u16>) -> ProxyError {
+        ProxyError::Upstream {
+            upstream: self.cfg.name.clone(),
+            message: message.into(),
+            status,
+        }
+    }
+
+    /// Sends `method path` (path starting with `/`, built by the caller from validated
+    /// parts) with `headers`, authenticating for `scope` if challenged and following
+    /// redirects. Returns the final response whatever its status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, ProxyError> {
+        if self.offline {
+            return Err(ProxyError::Offline(format!(
+                "upstream {} is offline and {path} is not cached",
+                self.cfg.name
+            )));
+        }
+        let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
+        let url =
+            Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))?;
+        let mut auth = self.tokens.get(scope).map(|t| format!("Bearer {t}"));
+        let mut retried = false;
+        loop {
+            let resp = self
+                .send_following(&method, url.clone(), &headers, auth.as_deref())
+                .await?;
+            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+                return Ok(resp);
+            }
+            retried = true;
+            let challenge = resp
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            auth = match challenge {
+                Some(Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: ch_scope,
+                }) => {
+                    self.tokens.forget(scope);
+                    let token = self
+                        .fetch_token(
+                            &realm,
+                            service.as_deref(),
+                            ch_scope.as_deref().unwrap_or(scope),
+                        )
+                        .await?;
+                    self.tokens.put(scope, token.0.clone(), token.1);
+                    Some(format!("Bearer {}", token.0))
+                }
+                Some(Challenge::Basic) => match self.basic_auth() {
+                    Some(b) => Some(b),
+                    None => return Ok(resp),
+                },
+                None => return Ok(resp),
+            };
+        }
+    }
+
+    fn basic_auth(&self) -> Option<String> {
+        use base64_lite::encode;
+        let (u, p) = (self.cfg.username.as_ref()?, self.cfg.password.as_ref()?);
+        Some(format!("Basic {}", encode(format!("{u}:{p}").as_bytes())))
+    }
+
+    /// Asks the token service `realm` for a token for `scope`. Credentials go only to a
+    /// realm on https or on the upstream's own host.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, std::time::Duration), ProxyError> {
+        let mut url = Url::parse(realm)
+            .map_err(|e| self.err(format!("token realm {realm:?} is not a URL: {e}"), None))?;
+        if url.scheme() != "https" && !(url.scheme() == "http" && self.base.scheme() == "http") {
+            return Err(self.err(format!("refusing token realm {realm:?}: not https"), None));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let creds_allowed = url.scheme() == "https" || same_origin(&url, &self.base);
+        let mut req = self.http.get(url.clone());
+        if creds_allowed {
+            if let Some(b) = self.basic_auth() {
+                req = req.header(http::header::AUTHORIZATION, b);
+            }
+        }
+        let started = Instant::now();
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.err(format!("token request failed: {e}"), None))?;
+        self.observe("GET", resp.status().as_u16(), started);
+        metrics::counter!("sluice_upstream_token_requests_total", "upstream" => self.cfg.name.clone())
+            .increment(1);
+        if !resp.status().is_success() {
+            return Err(self.err(
+                format!("token service answered {} for scope {scope}", resp.status()),
+                Some(resp.status().as_u16()),
+            ));
+        }
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| self.err(format!("token service sent invalid JSON: {e}"), None))?;
+        body.into_token()
+            .ok_or_else(|| self.err("token service answered without a token", None))
+    }
+
+    /// One request plus redirects. `Authorization` goes only to the upstream's own origin;
+    /// a redirect elsewhere must be https (unless the upstream itself is plain http).
+    async fn send_following(
+        &self,
+        method: &Method,
+        mut url: Url,
+        headers: &HeaderMap,
+        auth: Option<&str>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(a) = auth.filter(|_| same_origin(&url, &self.base)) {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let started = Instant::now();
+            let fut = req.send();
+            let resp = match tokio::time::timeout(self.cfg.read_timeout.get(), fut).await {
+                Err(_) => {
+                    self.observe(method.as_str(), 0, started);
+                    return Err(self.err(
+                        format!("no response within {:?}", self.cfg.read_timeout.get()),
+                        None,
+                    ));
+                }
+                Ok(Err(e)) => {
+                    self.observe(method.as_str(), 0, started);
+                    return Err(self.err(describe(&e), None));
+                }
+                Ok(Ok(r)) => r,
+            };
+            self.observe(method.as_str(), resp.status().as_u16(), started);
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let loc = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    self.err("redirect without Location", Some(resp.status().as_u16()))
+                })?;
+            let next = url
+                .join(loc)
+                .map_err(|e| self.err(format!("bad redirect Location {loc:?}: {e}"), None))?;
+            let allowed = next.scheme() == "https"
+                || (next.scheme() == "http"
+                    && (same_origin(&next, &self.base) || self.base.scheme() == "http"));
+            if !allowed {
+                return Err(self.err(
+                    format!(
+                        "refusing redirect to {}: not https",
+                        next.origin().ascii_serialization()
+                    ),
+                    None,
+                ));
+            }
+            url = next;
+        }
+        Err(self.err(format!("more than {MAX_REDIRECTS} redirects"), None))
+    }
+
+    fn observe(&self, method: &str, status: u16, started: Instant) {
+        let status = if status == 0 {
+            "error".to_string()
+        } else {
+            status.to_string()
+        };
+        metrics::counter!(
+            "sluice_upstream_requests_total",
+            "upstream" => self.cfg.name.clone(),
+            "method" => method.to_string(),
+            "status" => status
+        )
+        .increment(1);
+        metrics::histogram!("sluice_upstream_request_seconds", "upstream" => self.cfg.name.clone())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Maps a non-success status to an error (404 → `not_found`).
+    pub fn status_error(
+        &self,
+        status: StatusCode,
+        what: &str,
+        not_found: ProxyError,
+    ) -> ProxyError {
+        if status == StatusCode::NOT_FOUND {
+            not_found
+        } else {
+            self.err(
+                format!("{what}: upstream answered {status}"),
+                Some(status.as_u16()),
+            )
+        }
+    }
+
+    /// Error for a failure while reading a body.
+    pub fn body_error(&self, e: reqwest::Error) -> ProxyError {
+        self.err(format!("reading body: {}", describe(&e)), None)
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Header map with one `Accept` value.
+pub fn accept(v: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(v) {
+        h.insert(http::header::ACCEPT, v);
+    }
+    h
+}
+
+/// Minimal standard base64 (no dependency for one header).
+mod base64_lite {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+        for c in input.chunks(3) {
+            let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            out.push(T[(n >> 18) as usize & 63] as char);
+            out.push(T[(n >> 12) as usize & 63] as char);
+            out.push(if c.len() > 1 {
+                T[(n >> 6) as usize & 63] as char
+            } else {
+                '='
+            });
+            out.push(if c.len() > 2 {
+                T[n as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+        out
+    }
+    #[cfg(test)]
+    #[test]
+    fn encodes_like_rfc4648() {
+        assert_eq!(encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(encode(b"a"), "YQ==");
+        assert_eq!(encode(b"ab"), "YWI=");
+    }
+}
