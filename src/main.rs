@@ -82,11 +82,12 @@ fn main() -> ExitCode {
                 cfg.storage.data_dir = d;
             }
             sluice_proxy::init_logging();
-            if let Err(e) = sluice_proxy::serve(cfg) {
-                eprintln!("sluice: {e:#}");
-                return ExitCode::FAILURE;
+            match sluice_proxy::serve(cfg) {
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            ExitCode::SUCCESS
         }
         Command::Config {
             command: ConfigCommand::Check { file, config },

@@ -22,7 +22,7 @@ pub mod upstream;
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use sluice_config::Config;
@@ -38,8 +38,8 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Runs the proxy until SIGTERM (graceful) or SIGINT (fast). Blocks the calling thread.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the proxy until SIGTERM or SIGINT, then exits the process.
+pub fn serve(config: Config) -> anyhow::Result<std::convert::Infallible> {
     let handle = metrics::install()?;
     let listen = config.listen_addr();
     let threads = config
@@ -58,8 +58,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(grace),
+        // Connections drain during the grace period; then runtimes stop within 1 s.
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: String::new(),
         ..ServerConf::default()
     };
@@ -72,5 +73,34 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         "upkeep",
         upkeep::Upkeep::new(app.clone()),
     ));
-    server.run_forever();
+    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
+    tracing::info!("sluice stopped");
+    std::process::exit(0);
+}
+
+/// SIGTERM and SIGINT (and SIGQUIT) all stop sluice gracefully: stop accepting, let
+/// in-flight responses finish within `server.shutdown_grace`, flush the index. pingora's
+/// default treats SIGINT as an immediate exit.
+struct GracefulOnSignals;
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for GracefulOnSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop sluice with SIGKILL");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => "SIGQUIT",
+        };
+        tracing::info!(signal = name, "shutting down gracefully");
+        ShutdownSignal::GracefulTerminate
+    }
 }

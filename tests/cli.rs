@@ -1,0 +1,151 @@
+//! The `sluice` command line: `config check`, `serve` on the embedded default, signals.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.env_remove("SLUICE_CONFIG");
+    c
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn wait_healthy(addr: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(r) = http_get(addr, "/-/healthz") {
+            if r.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("sluice exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("sluice did not become healthy on {addr}");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} failed");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn config_check_rejects_unknown_key_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "bad.toml", "[server]\nlisten = \"127.0.0.1:5080\"\nlisten_port = 1\n");
+    let out = sluice().args(["config", "check"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:1:", p.display())), "{err}");
+    assert!(err.contains("listen_port"), "{err}");
+}
+
+#[test]
+fn config_check_accepts_a_valid_file_and_names_its_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "ok.toml",
+        "[[upstream]]\nname = \"hub\"\nformat = \"oci\"\nurl = \"${HUB_URL:-https://registry-1.docker.io}\"\nhost = \"docker.io\"\ndefault = true\ntag_ttl = \"5m\"\n",
+    );
+    let out = sluice().args(["config", "check", "--config"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 upstream"));
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "bad.toml", "[storage]\ndata_dir = \"x\"\nmax_sise = \"1GiB\"\n");
+    let out = sluice().args(["serve", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":3:1:"));
+}
+
+/// The README's first command: `sluice serve` with no config at all.
+#[test]
+fn serve_without_config_runs_the_embedded_default_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:5080").is_ok(),
+        "port 5080 is busy: this test checks the embedded default listener"
+    );
+    let mut child = sluice()
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy("127.0.0.1:5080", &mut child);
+    let v2 = http_get("127.0.0.1:5080", "/v2/").unwrap();
+    assert!(v2.starts_with("HTTP/1.1 200"), "{v2}");
+    assert!(v2.contains("Docker-Distribution-API-Version: registry/2.0"), "{v2}");
+    assert!(dir.path().join("sluice-data/blobs/sha256").is_dir());
+    assert!(dir.path().join("sluice-data/tmp").is_dir());
+    signal(&child, "-TERM");
+    let st = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+}
+
+#[test]
+fn sigint_shuts_down_gracefully_and_flushes_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = write(
+        dir.path(),
+        "s.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[storage]\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = sluice()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_healthy(&addr, &mut child);
+    signal(&child, "-INT");
+    let st = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "exit status after SIGINT: {st}");
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(log.contains("shutting down gracefully") && log.contains("index flushed"), "{log}");
+}
