@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -31,9 +31,12 @@ use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::store::Store;
 
-/// Bytes a follower reads per step. Small enough that a thousand followers stay within a
-/// few tens of MB, large enough to keep syscalls few.
-const FOLLOW_CHUNK: u64 = 64 * 1024;
+/// Bytes a follower reads per step: a thousand followers lagging at once stay within a
+/// few hundred MB worst case (in practice they read what just arrived), few syscalls.
+const FOLLOW_CHUNK: u64 = 256 * 1024;
+
+/// Bytes written between progress notifications while the upstream keeps data coming.
+const PUBLISH_EVERY: u64 = 256 * 1024;
 
 /// An upstream body about to be streamed into a fill.
 pub struct UpstreamBody {
@@ -150,7 +153,22 @@ async fn run_fill(
     });
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
-    while let Some(chunk) = stream.next().await {
+    let mut published: u64 = 0;
+    loop {
+        // Wake followers once per PUBLISH_EVERY bytes, or whenever the upstream has
+        // nothing more ready right now: few wake-ups on a fast upstream, no held-back
+        // bytes on a slow one.
+        let next = match stream.next().now_or_never() {
+            Some(n) => n,
+            None => {
+                if written > published {
+                    tx.send_modify(|p| p.written = written);
+                    published = written;
+                }
+                stream.next().await
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk?;
         if len.is_some_and(|l| written + chunk.len() as u64 > l) {
             return Err(ProxyError::Upstream {
@@ -164,8 +182,12 @@ async fn run_fill(
             .write_all(&chunk)
             .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
         written += chunk.len() as u64;
-        tx.send_modify(|p| p.written = written);
+        if written - published >= PUBLISH_EVERY {
+            tx.send_modify(|p| p.written = written);
+            published = written;
+        }
     }
+    tx.send_modify(|p| p.written = written);
     if let Some(l) = len {
         if written != l {
             return Err(ProxyError::Upstream {
