@@ -84,7 +84,7 @@ impl App {
                 chosen = self
                     .oci
                     .iter()
-                    .find(|u| u.cfg.ns_host() == ns || (hub && u.cfg.is_docker_hub()))
+                    .find(|u| u.ns_host() == ns || (hub && u.is_docker_hub()))
                     .cloned();
                 if chosen.is_none() {
                     return Err(ProxyError::NotFound {
@@ -108,7 +108,7 @@ impl App {
             code: "NAME_INVALID",
             message: m,
         })?;
-        let repo = if up.cfg.is_docker_hub() {
+        let repo = if up.is_docker_hub() {
             repo.with_library_prefix()
         } else {
             repo

@@ -12,6 +12,7 @@ use crate::digest::Digest;
 
 /// A tree of the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Tree {
     /// Every stored file.
     Blobs,
@@ -110,6 +111,8 @@ impl<I: Index + ?Sized> IndexExt for I {
 /// The sled implementation.
 pub struct SledIndex {
     db: sled::Db,
+    /// Opened once: `open_tree` is a lookup of its own.
+    trees: [sled::Tree; 4],
 }
 
 impl SledIndex {
@@ -120,11 +123,14 @@ impl SledIndex {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open index at {}: {e}", dir.display()))?;
-        Ok(SledIndex { db })
+        let trees = [Tree::Blobs, Tree::Manifests, Tree::Tags, Tree::Meta]
+            .map(|t| db.open_tree(t.name()));
+        let [a, b, c, d] = trees;
+        Ok(SledIndex { trees: [a?, b?, c?, d?], db })
     }
 
-    fn tree(&self, t: Tree) -> anyhow::Result<sled::Tree> {
-        Ok(self.db.open_tree(t.name())?)
+    fn tree(&self, t: Tree) -> anyhow::Result<&sled::Tree> {
+        Ok(&self.trees[t as usize])
     }
 }
 

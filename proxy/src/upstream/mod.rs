@@ -27,6 +27,8 @@ pub struct Upstream {
     http: reqwest::Client,
     tokens: TokenCache,
     offline: bool,
+    ns_host: String,
+    docker_hub: bool,
 }
 
 impl Upstream {
@@ -41,6 +43,8 @@ impl Upstream {
             .build()?;
         Ok(Upstream {
             offline: offline || cfg.offline,
+            ns_host: cfg.ns_host(),
+            docker_hub: cfg.is_docker_hub(),
             cfg,
             base,
             http,
@@ -51,6 +55,16 @@ impl Upstream {
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// The registry host containerd names in `?ns=`.
+    pub fn ns_host(&self) -> &str {
+        &self.ns_host
+    }
+
+    /// Docker Hub, whose single-segment names live under `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        self.docker_hub
     }
 
     /// Whether this upstream may be contacted.
