@@ -30,12 +30,18 @@ struct Upstream {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn serve_upstream(listener: TcpListener, up: Arc<Upstream>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { return };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
         let up = up.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -54,8 +60,15 @@ async fn serve_upstream(listener: TcpListener, up: Arc<Upstream>) {
                 let method = parts.next().unwrap_or("").to_string();
                 let path = parts.next().unwrap_or("").to_string();
                 let (status, ct, body, extra) = if path == "/v2/" {
-                    ("200 OK", "application/json", Bytes::from_static(b"{}"), String::new())
-                } else if path.ends_with("/manifests/latest") || path.ends_with(&format!("/manifests/{}", up.manifest_digest)) {
+                    (
+                        "200 OK",
+                        "application/json",
+                        Bytes::from_static(b"{}"),
+                        String::new(),
+                    )
+                } else if path.ends_with("/manifests/latest")
+                    || path.ends_with(&format!("/manifests/{}", up.manifest_digest))
+                {
                     (
                         "200 OK",
                         "application/vnd.oci.image.manifest.v1+json",
@@ -63,9 +76,19 @@ async fn serve_upstream(listener: TcpListener, up: Arc<Upstream>) {
                         format!("Docker-Content-Digest: {}\r\n", up.manifest_digest),
                     )
                 } else if path.ends_with(&format!("/blobs/{}", up.blob_digest)) {
-                    ("200 OK", "application/octet-stream", up.blob.clone(), String::new())
+                    (
+                        "200 OK",
+                        "application/octet-stream",
+                        up.blob.clone(),
+                        String::new(),
+                    )
                 } else {
-                    ("404 Not Found", "application/json", Bytes::from_static(b"{\"errors\":[]}"), String::new())
+                    (
+                        "404 Not Found",
+                        "application/json",
+                        Bytes::from_static(b"{\"errors\":[]}"),
+                        String::new(),
+                    )
                 };
                 let hdr = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n{extra}\r\n",
@@ -114,9 +137,18 @@ impl Drop for Kill {
 }
 
 fn wrk_rps(url: &str) -> Option<(f64, String)> {
-    let out = Command::new("wrk").args(["-t2", "-c32", "-d5s", "--latency", url]).output().ok()?;
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", "-d5s", "--latency", url])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let rps = text.lines().find(|l| l.starts_with("Requests/sec:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     let p99 = text
         .lines()
         .find(|l| l.trim_start().starts_with("99%"))
@@ -175,7 +207,12 @@ async fn main() {
         blob.len()
     ));
     let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-    let up = Arc::new(Upstream { blob, blob_digest: blob_digest.clone(), manifest, manifest_digest });
+    let up = Arc::new(Upstream {
+        blob,
+        blob_digest: blob_digest.clone(),
+        manifest,
+        manifest_digest,
+    });
 
     let up_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr: SocketAddr = up_listener.local_addr().unwrap();
@@ -228,21 +265,36 @@ async fn main() {
     let _ = fetch_all(&client, &manifest_url).await;
     let (rps, p99, tool) = match wrk_rps(&manifest_url) {
         Some((r, p)) => (r, p, "wrk -t2 -c32 -d5s"),
-        None => (builtin_rps(&manifest_url).await, "?".into(), "built-in client, 32 conns, 5 s"),
+        None => (
+            builtin_rps(&manifest_url).await,
+            "?".into(),
+            "built-in client, 32 conns, 5 s",
+        ),
     };
     let load_rss = rss_kib(pid);
 
     println!("\nsluice OCI serving benchmark ({blob_mb} MiB blob, loopback, release build)\n");
     println!("| what | figure |");
     println!("|---|---|");
-    println!("| direct fetch from upstream | {:.0} MB/s ({:.2} s) |", mb / direct.as_secs_f64(), direct.as_secs_f64());
+    println!(
+        "| direct fetch from upstream | {:.0} MB/s ({:.2} s) |",
+        mb / direct.as_secs_f64(),
+        direct.as_secs_f64()
+    );
     println!(
         "| cold fetch through sluice | {:.0} MB/s ({:.2} s, {:.2}x direct time) |",
         mb / cold.as_secs_f64(),
         cold.as_secs_f64(),
         cold.as_secs_f64() / direct.as_secs_f64()
     );
-    println!("| warm blob, one stream (median of 5) | {warm_med:.0} MB/s (min {:.0}, max {:.0}) |", warm[0], warm[4]);
+    println!(
+        "| warm blob, one stream (median of 5) | {warm_med:.0} MB/s (min {:.0}, max {:.0}) |",
+        warm[0], warm[4]
+    );
     println!("| warm manifest by tag, 32 conns | {rps:.0} req/s, p99 {p99} ({tool}) |");
-    println!("| RSS idle / after load | {} MiB / {} MiB |", idle_rss / 1024, load_rss / 1024);
+    println!(
+        "| RSS idle / after load | {} MiB / {} MiB |",
+        idle_rss / 1024,
+        load_rss / 1024
+    );
 }

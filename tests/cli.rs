@@ -16,7 +16,11 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::Write;
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -39,7 +43,11 @@ fn wait_healthy(addr: &str, child: &mut Child) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} failed");
 }
 
@@ -66,7 +74,11 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn config_check_rejects_unknown_key_with_file_line_col() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "bad.toml", "[server]\nlisten = \"127.0.0.1:5080\"\nlisten_port = 1\n");
+    let p = write(
+        dir.path(),
+        "bad.toml",
+        "[server]\nlisten = \"127.0.0.1:5080\"\nlisten_port = 1\n",
+    );
     let out = sluice().args(["config", "check"]).arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -82,16 +94,32 @@ fn config_check_accepts_a_valid_file_and_names_its_upstreams() {
         "ok.toml",
         "[[upstream]]\nname = \"hub\"\nformat = \"oci\"\nurl = \"${HUB_URL:-https://registry-1.docker.io}\"\nhost = \"docker.io\"\ndefault = true\ntag_ttl = \"5m\"\n",
     );
-    let out = sluice().args(["config", "check", "--config"]).arg(&p).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sluice()
+        .args(["config", "check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 upstream"));
 }
 
 #[test]
 fn serve_refuses_an_invalid_config_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "bad.toml", "[storage]\ndata_dir = \"x\"\nmax_sise = \"1GiB\"\n");
-    let out = sluice().args(["serve", "--config"]).arg(&p).output().unwrap();
+    let p = write(
+        dir.path(),
+        "bad.toml",
+        "[storage]\ndata_dir = \"x\"\nmax_sise = \"1GiB\"\n",
+    );
+    let out = sluice()
+        .args(["serve", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":3:1:"));
 }
@@ -114,7 +142,10 @@ fn serve_without_config_runs_the_embedded_default_and_stops_on_sigterm() {
     wait_healthy("127.0.0.1:5080", &mut child);
     let v2 = http_get("127.0.0.1:5080", "/v2/").unwrap();
     assert!(v2.starts_with("HTTP/1.1 200"), "{v2}");
-    assert!(v2.contains("Docker-Distribution-API-Version: registry/2.0"), "{v2}");
+    assert!(
+        v2.contains("Docker-Distribution-API-Version: registry/2.0"),
+        "{v2}"
+    );
     assert!(dir.path().join("sluice-data/blobs/sha256").is_dir());
     assert!(dir.path().join("sluice-data/tmp").is_dir());
     signal(&child, "-TERM");
@@ -125,7 +156,11 @@ fn serve_without_config_runs_the_embedded_default_and_stops_on_sigterm() {
 #[test]
 fn sigint_shuts_down_gracefully_and_flushes_the_index() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = write(
         dir.path(),
         "s.toml",
@@ -147,5 +182,8 @@ fn sigint_shuts_down_gracefully_and_flushes_the_index() {
     let st = wait_exit(&mut child, Duration::from_secs(10));
     assert!(st.success(), "exit status after SIGINT: {st}");
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
-    assert!(log.contains("shutting down gracefully") && log.contains("index flushed"), "{log}");
+    assert!(
+        log.contains("shutting down gracefully") && log.contains("index flushed"),
+        "{log}"
+    );
 }

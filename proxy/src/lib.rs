@@ -73,7 +73,9 @@ pub fn serve(config: Config) -> anyhow::Result<std::convert::Infallible> {
         "upkeep",
         upkeep::Upkeep::new(app.clone()),
     ));
-    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulOnSignals),
+    });
     tracing::info!("sluice stopped");
     std::process::exit(0);
 }

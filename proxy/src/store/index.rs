@@ -123,10 +123,13 @@ impl SledIndex {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open index at {}: {e}", dir.display()))?;
-        let trees = [Tree::Blobs, Tree::Manifests, Tree::Tags, Tree::Meta]
-            .map(|t| db.open_tree(t.name()));
+        let trees =
+            [Tree::Blobs, Tree::Manifests, Tree::Tags, Tree::Meta].map(|t| db.open_tree(t.name()));
         let [a, b, c, d] = trees;
-        Ok(SledIndex { trees: [a?, b?, c?, d?], db })
+        Ok(SledIndex {
+            trees: [a?, b?, c?, d?],
+            db,
+        })
     }
 
     fn tree(&self, t: Tree) -> anyhow::Result<&sled::Tree> {
