@@ -141,20 +141,20 @@ impl ByteRange {
         Some(ByteRange::From(start, Some(end.saturating_add(1))))
     }
 
-    /// Resolves against a total size into `[start, end)`, or `Err` if unsatisfiable.
-    pub fn resolve(self, size: u64) -> Result<(u64, u64), ()> {
+    /// Resolves against a total size into `[start, end)`, or `None` if unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
         match self {
             ByteRange::From(s, e) => {
                 if s >= size {
-                    return Err(());
+                    return None;
                 }
-                Ok((s, e.unwrap_or(size).min(size)))
+                Some((s, e.unwrap_or(size).min(size)))
             }
             ByteRange::Suffix(n) => {
                 if n == 0 {
-                    return Err(());
+                    return None;
                 }
-                Ok((size.saturating_sub(n), size))
+                Some((size.saturating_sub(n), size))
             }
         }
     }
@@ -168,25 +168,25 @@ mod tests {
     fn ranges_parse_and_resolve() {
         assert_eq!(
             ByteRange::parse("bytes=0-9").unwrap().resolve(100),
-            Ok((0, 10))
+            Some((0, 10))
         );
         assert_eq!(
             ByteRange::parse("bytes=90-").unwrap().resolve(100),
-            Ok((90, 100))
+            Some((90, 100))
         );
         assert_eq!(
             ByteRange::parse("bytes=-10").unwrap().resolve(100),
-            Ok((90, 100))
+            Some((90, 100))
         );
         assert_eq!(
             ByteRange::parse("bytes=50-500").unwrap().resolve(100),
-            Ok((50, 100))
+            Some((50, 100))
         );
         assert_eq!(
             ByteRange::parse("bytes=100-").unwrap().resolve(100),
-            Err(())
+            None
         );
-        assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), Err(()));
+        assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), None);
         assert!(ByteRange::parse("bytes=5-1").is_none());
         assert!(ByteRange::parse("bytes=0-1,3-4").is_none());
         assert!(ByteRange::parse("items=0-1").is_none());

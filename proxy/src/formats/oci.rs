@@ -511,7 +511,7 @@ async fn blob(
         (Some(r), Some(total)) => {
             let (start, end) = r
                 .resolve(total)
-                .map_err(|_| ProxyError::RangeNotSatisfiable { size: total })?;
+                .ok_or(ProxyError::RangeNotSatisfiable { size: total })?;
             Ok(blob_headers(
                 Reply::new(StatusCode::PARTIAL_CONTENT, CacheStatus::Miss),
                 &d,
@@ -540,7 +540,7 @@ fn serve_stored(
         Some(r) => {
             let (start, end) = r
                 .resolve(total)
-                .map_err(|_| ProxyError::RangeNotSatisfiable { size: total })?;
+                .ok_or(ProxyError::RangeNotSatisfiable { size: total })?;
             Ok(
                 blob_headers(Reply::new(StatusCode::PARTIAL_CONTENT, cache), &d)
                     .header(
