@@ -291,22 +291,26 @@ impl Follower {
                 (None, Some(l)) => l,
                 (None, None) => u64::MAX,
             };
-            if self.pos >= end {
-                return Ok(None);
-            }
-            let avail = written.min(end);
-            if self.pos < avail {
-                let n = (avail - self.pos).min(FOLLOW_CHUNK) as usize;
+            let verified = matches!(state, State::Done);
+            // The last byte of a response is held back until the whole body's digest is
+            // verified: a client can never receive a complete body that turns out wrong.
+            let readable = if verified {
+                written.min(end)
+            } else {
+                written.min(end.saturating_sub(1))
+            };
+            if self.pos < readable {
+                let n = (readable - self.pos).min(FOLLOW_CHUNK) as usize;
                 let mut buf = BytesMut::zeroed(n);
-                let file = self.fill.file.clone();
-                let pos = self.pos;
-                file.read_exact_at(&mut buf, pos)
+                self.fill
+                    .file
+                    .read_exact_at(&mut buf, self.pos)
                     .map_err(|e| ProxyError::internal(format!("reading fill temp file: {e}")))?;
                 self.pos += n as u64;
                 return Ok(Some(buf.freeze()));
             }
-            if matches!(state, State::Done) {
-                // Done but short of `end`: the range went past the body.
+            if verified {
+                // Everything up to `end` was sent (or the range went past the body).
                 return Ok(None);
             }
             self.rx

@@ -182,10 +182,7 @@ mod tests {
             ByteRange::parse("bytes=50-500").unwrap().resolve(100),
             Some((50, 100))
         );
-        assert_eq!(
-            ByteRange::parse("bytes=100-").unwrap().resolve(100),
-            None
-        );
+        assert_eq!(ByteRange::parse("bytes=100-").unwrap().resolve(100), None);
         assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), None);
         assert!(ByteRange::parse("bytes=5-1").is_none());
         assert!(ByteRange::parse("bytes=0-1,3-4").is_none());

@@ -98,9 +98,9 @@ pub fn tar_bytes(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         }
         out.extend_from_slice(&tar_header(name, data.len() as u64, false));
         out.extend_from_slice(data);
-        out.extend(std::iter::repeat(0u8).take(pad512(data.len() as u64)));
+        out.resize(out.len() + pad512(data.len() as u64), 0);
     }
-    out.extend(std::iter::repeat(0u8).take(1024));
+    out.resize(out.len() + 1024, 0);
     out
 }
 

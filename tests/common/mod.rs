@@ -389,8 +389,40 @@ impl Sluice {
         }
     }
 
-    /// Stops the process and starts it again on the same port, config and data dir.
-    pub fn restart(&mut self) {
+    /// Stops sluice gracefully: SIGTERM to its pid, then waits up to 20 s (SIGKILL after
+    /// that). Returns the exit status, `None` if it had to be killed or was not running.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // The shell's builtin `kill`: no dependency on procps being installed.
+        let term = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", c.id()))
+            .status();
+        if term.map(|s| s.success()).unwrap_or(false) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return Some(st);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Stops sluice gracefully ([`Sluice::stop`]) and starts it again on the same port,
+    /// config and data dir. Returns the exit status of the stopped process.
+    pub fn restart(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.stop();
+        self.spawn();
+        st
+    }
+
+    /// Kills sluice with SIGKILL (a crash: no chance to flush anything) and starts it again
+    /// on the same port, config and data dir.
+    pub fn crash_restart(&mut self) {
         self.kill();
         self.spawn();
     }

@@ -13,7 +13,8 @@ use super::{file_tail, free_port, no_proxy_env, raw_get_status};
 /// A running `docker-registry serve` child; killed on drop.
 pub struct Registry {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    /// Storage, config and log; removed on drop (after the child is killed).
+    _dir: tempfile::TempDir,
     port: u16,
     log_path: PathBuf,
 }
@@ -71,7 +72,7 @@ http:
             .expect("spawn docker-registry (is it installed? scripts/test installs it)");
         let mut reg = Registry {
             child: Some(child),
-            dir,
+            _dir: dir,
             port,
             log_path,
         };
@@ -175,6 +176,5 @@ impl Drop for Registry {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = &self.dir;
     }
 }

@@ -26,6 +26,12 @@ pub enum Fault {
     Normal,
     /// Right status and length, different bytes (digest mismatch).
     WrongBytes,
+    /// [`Fault::WrongBytes`] delivered like [`Fault::Slow`]: a proxy streaming to its client
+    /// as bytes arrive has sent all of them before the upstream body ends.
+    WrongBytesSlow {
+        chunk: usize,
+        delay: Duration,
+    },
     /// Full `Content-Length` announced, connection closed after half the body.
     CutMidBody,
     /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
@@ -478,19 +484,29 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
         w.flush().await?;
         return Ok(true);
     }
+    let corrupt = |body: &Bytes| {
+        let mut v = body.to_vec();
+        if !v.is_empty() {
+            let mid = v.len() / 2;
+            v[0] ^= 0xff;
+            v[mid] ^= 0x5a;
+        }
+        Bytes::from(v)
+    };
     let body = resp.body;
     match resp.fault {
         Fault::Normal | Fault::Status(_) => {
             w.write_all(&body).await?;
         }
         Fault::WrongBytes => {
-            let mut v = body.to_vec();
-            if !v.is_empty() {
-                let mid = v.len() / 2;
-                v[0] ^= 0xff;
-                v[mid] ^= 0x5a;
+            w.write_all(&corrupt(&body)).await?;
+        }
+        Fault::WrongBytesSlow { chunk, delay } => {
+            for c in corrupt(&body).chunks(chunk.max(1)) {
+                w.write_all(c).await?;
+                w.flush().await?;
+                tokio::time::sleep(delay).await;
             }
-            w.write_all(&v).await?;
         }
         Fault::CutMidBody => {
             w.write_all(&body[..body.len() / 2]).await?;
@@ -547,20 +563,17 @@ fn base64(input: &[u8]) -> String {
 }
 
 /// Splits `/v2/<name>/<kind>/<rest>` on the last `/manifests/`, `/blobs/` or `/tags/`.
-fn parse_v2(path: &str) -> Option<(&str, &str, &str)> {
+fn parse_v2(path: &str) -> Option<(&str, &'static str, &str)> {
     let rest = path.strip_prefix("/v2/")?;
-    for kind in ["manifests", "blobs", "tags"] {
-        let pat = format!("/{kind}/");
-        if let Some(i) = rest.rfind(&pat) {
+    for (pat, kind) in [
+        ("/manifests/", "manifests"),
+        ("/blobs/", "blobs"),
+        ("/tags/", "tags"),
+    ] {
+        if let Some(i) = rest.rfind(pat) {
             let name = &rest[..i];
-            let tail = &rest[i + pat.len()..];
             if !name.is_empty() {
-                let kind = match kind {
-                    "manifests" => "manifests",
-                    "blobs" => "blobs",
-                    _ => "tags",
-                };
-                return Some((name, kind, tail));
+                return Some((name, kind, &rest[i + pat.len()..]));
             }
         }
     }

@@ -373,21 +373,24 @@ async fn fetch_manifest_once(
         ct => ct.to_string(),
     };
     let store = app.store.clone();
-    let b2 = bytes.clone();
-    let digest = tokio::task::spawn_blocking(move || store.put_bytes(&b2))
-        .await
-        .map_err(ProxyError::internal)??;
-    app.store
-        .index()
-        .put_rec(
-            Tree::Manifests,
-            digest.as_bytes(),
-            &ManifestRecord {
-                media_type: media_type.clone(),
-                size: bytes.len() as u64,
-            },
-        )
-        .map_err(ProxyError::internal)?;
+    let (b2, mt) = (bytes.clone(), media_type.clone());
+    // The media type lives only in the index, so it is flushed before the manifest is
+    // served: after a crash a stored manifest is still servable without the upstream.
+    let digest = tokio::task::spawn_blocking(move || -> Result<Digest, ProxyError> {
+        let digest = store.put_bytes(&b2)?;
+        let rec = ManifestRecord {
+            media_type: mt,
+            size: b2.len() as u64,
+        };
+        store
+            .index()
+            .put_rec(Tree::Manifests, digest.as_bytes(), &rec)
+            .map_err(ProxyError::internal)?;
+        store.index().flush().map_err(ProxyError::internal)?;
+        Ok(digest)
+    })
+    .await
+    .map_err(ProxyError::internal)??;
     metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
         .increment(bytes.len() as u64);
     Ok(Manifest {
