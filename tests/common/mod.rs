@@ -301,7 +301,7 @@ impl Sluice {
     pub fn start(body: &str) -> Sluice {
         Self::start_with(|port, data_dir| {
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\n\
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n\n\
                  [storage]\ndata_dir = \"{}\"\n\n{body}\n",
                 data_dir.display()
             )

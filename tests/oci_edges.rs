@@ -1,0 +1,171 @@
+//! OCI edges: hostile names and digests, offline mode, client authentication. Upstream is
+//! the in-process simulator (`common::sim`).
+
+mod common;
+
+use common::sim::Sim;
+use common::{http_client, random_bytes, sluice_cache_header, within, Sluice};
+
+fn upstream(sim: &Sim, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"sim\"\nformat = \"oci\"\nurl = \"{}\"\nhost = \"{}\"\ndefault = true\ntag_ttl = \"1h\"\n{extra}\n",
+        sim.url(),
+        sim.host()
+    )
+}
+
+async fn oci_error(c: &reqwest::Client, url: &str) -> (u16, String, serde_json::Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let cache = sluice_cache_header(&r);
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, cache, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_names_and_digests_get_oci_400s_and_never_reach_upstream() {
+    let sim = Sim::start().await;
+    let s = Sluice::start(&upstream(&sim, ""));
+    let c = http_client();
+    let base = s.base_url();
+    within(30, "hostile input", async {
+        let before = sim.requests().len();
+        let cases = [
+            ("/v2/app/blobs/sha256:..%2F..%2Fetc%2Fpasswd", "DIGEST_INVALID"),
+            ("/v2/app/blobs/sha256:abc", "DIGEST_INVALID"),
+            ("/v2/app/blobs/md5:0123", "DIGEST_INVALID"),
+            (
+                "/v2/app/blobs/sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                "DIGEST_INVALID",
+            ),
+            ("/v2/App/manifests/latest", "NAME_INVALID"),
+            ("/v2/a/..%2F..%2Fb/manifests/latest", "NAME_INVALID"),
+            ("/v2/a//b/manifests/latest", "NAME_INVALID"),
+            ("/v2/app/manifests/-bad-tag", "TAG_INVALID"),
+        ];
+        for (path, code) in cases {
+            let (status, _, body) = oci_error(&c, &format!("{base}{path}")).await;
+            assert_eq!(status, 400, "{path}");
+            assert_eq!(body["errors"][0]["code"], code, "{path}: {body}");
+            assert!(body["errors"][0]["detail"]["request_id"].is_string(), "{path}: {body}");
+        }
+        let long = format!("{base}/v2/{}/manifests/latest", "a/".repeat(200) + "a");
+        assert_eq!(oci_error(&c, &long).await.0, 400, "over-long name");
+        assert_eq!(sim.requests().len(), before, "hostile input reached the upstream");
+        assert!(common::tmp_files(&s.data_dir()).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_upstream_serves_cache_and_refuses_the_rest_clearly() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("app", "v1", &[random_bytes(50_000, 7)]);
+    let other = sim.add_blob(random_bytes(1000, 8));
+    let mut s = Sluice::start(&upstream(&sim, ""));
+    let c = http_client();
+    within(30, "warm", async {
+        for p in [
+            "/v2/app/manifests/v1".to_string(),
+            format!("/v2/app/blobs/{}", img.layer_digests[0]),
+        ] {
+            let r = c
+                .get(format!("{}{p}", s.base_url()))
+                .header("Accept", common::images::OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{p}");
+            r.bytes().await.unwrap();
+        }
+    })
+    .await;
+    // Same store, now offline.
+    let data = s.data_dir();
+    s.stop();
+    let cfg = upstream(&sim, "offline = true");
+    let s2 = Sluice::start_with(|port, _| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[storage]\ndata_dir = \"{}\"\n{cfg}",
+            data.display()
+        )
+    });
+    let before = sim.requests().len();
+    within(30, "offline", async {
+        let r = c
+            .get(format!("{}/v2/app/manifests/v1", s2.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(sluice_cache_header(&r), "HIT");
+        let r = c
+            .get(format!(
+                "{}/v2/app/blobs/{}",
+                s2.base_url(),
+                img.layer_digests[0]
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 50_000);
+        let (status, _, body) =
+            oci_error(&c, &format!("{}/v2/app/blobs/{other}", s2.base_url())).await;
+        assert_eq!(status, 503, "uncached blob while offline");
+        let msg = body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(msg.contains("offline"), "{body}");
+        assert_eq!(
+            sim.requests().len(),
+            before,
+            "an offline upstream was contacted"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_token_are_refused_when_anonymous_is_none() {
+    let sim = Sim::start().await;
+    sim.push_image("app", "v1", &[random_bytes(100, 9)]);
+    let s = Sluice::start(&format!(
+        "[auth]\nanonymous = \"none\"\n[[auth.token]]\nname = \"ci\"\ntoken = \"s3cret\"\nrole = \"read\"\n{}",
+        upstream(&sim, "")
+    ));
+    let c = http_client();
+    let url = format!("{}/v2/app/manifests/v1", s.base_url());
+    within(30, "auth", async {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(common::header(&r, "www-authenticate").starts_with("Basic"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+        let r = c.get(&url).bearer_auth("wrong").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            sim.requests().len(),
+            0,
+            "unauthenticated requests reached the upstream"
+        );
+        let r = c.get(&url).bearer_auth("s3cret").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        // docker login sends basic auth: the token is the password.
+        let r = c
+            .get(&url)
+            .basic_auth("anyone", Some("s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let h = c
+            .get(format!("{}/-/healthz", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(h.status(), 200, "health stays open for probes");
+    })
+    .await;
+}
