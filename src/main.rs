@@ -82,6 +82,9 @@ fn main() -> ExitCode {
                 cfg.storage.data_dir = d;
             }
             sluice_proxy::init_logging();
+            for problem in sluice_config::discover::fill_missing_urls(&mut cfg) {
+                eprintln!("sluice: warning: {problem}");
+            }
             match sluice_proxy::serve(cfg) {
                 Err(e) => {
                     eprintln!("sluice: {e:#}");
@@ -97,7 +100,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             match load(Some(&path)) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    for problem in sluice_config::discover::fill_missing_urls(&mut c) {
+                        eprintln!("warning: {problem}");
+                    }
                     println!(
                         "{}: ok ({} upstream{}, listen {})",
                         path.display(),

@@ -4,6 +4,7 @@
 //! The proxy never reads TOML itself: it gets a validated [`Config`] from [`load_file`],
 //! [`load_str`] or [`Config::embedded_default`].
 
+pub mod discover;
 mod interpolate;
 mod load;
 mod schema;

@@ -97,7 +97,7 @@ struct ServerSpans {
 #[derive(Deserialize)]
 struct UpstreamSpans {
     name: Spanned<String>,
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
     default: Option<Spanned<bool>>,
 }
 
@@ -154,12 +154,29 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
                 format!("upstream name {:?} is used twice", up.name),
             ));
         }
-        check_http_url(&up.url).map_err(|m| {
-            at(
-                span.map(|s| s.url.span()),
+        if up.url.is_empty() && up.format != Format::Oci {
+            // npm / PyPI: discovered from the local client at start (crate::discover).
+        } else if let Err(m) = check_http_url(&up.url) {
+            return Err(at(
+                span.and_then(|s| s.url.as_ref().map(|u| u.span())),
                 format!("upstream {:?}: {m}", up.name),
-            )
-        })?;
+            ));
+        }
+        if up.default && up.format != Format::Oci {
+            return Err(at(
+                name_span,
+                format!(
+                    "upstream {:?}: only an OCI upstream can be the default (npm and PyPI upstreams are mounted at /{}/)",
+                    up.name, up.name
+                ),
+            ));
+        }
+        if matches!(up.name.as_str(), "v2" | "-") {
+            return Err(at(
+                name_span,
+                format!("upstream name {:?} is reserved", up.name),
+            ));
+        }
         if up.username.is_some() != up.password.is_some() {
             return Err(at(
                 name_span,
@@ -229,8 +246,11 @@ mod tests {
         let c = Config::embedded_default();
         assert_eq!(c.listen_addr().to_string(), "127.0.0.1:5080");
         assert_eq!(c.storage.data_dir.to_str(), Some("./sluice-data"));
-        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams.len(), 3);
         assert!(c.upstreams[0].default && c.upstreams[0].is_docker_hub());
+        assert_eq!(c.upstreams[1].format, crate::Format::Npm);
+        assert_eq!(c.upstreams[2].format, crate::Format::Pypi);
+        assert_eq!(c.upstreams[1].metadata_ttl.get().as_secs(), 300);
     }
 
     #[test]
@@ -274,6 +294,24 @@ mod tests {
             msg.contains("more than one") && msg.starts_with("test.toml:10:"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn npm_and_pypi_upstreams_may_omit_url_but_not_be_default() {
+        let ok = "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\n";
+        assert!(load(ok).is_ok());
+        let oci = "[[upstream]]\nname = \"hub\"\nformat = \"oci\"\ndefault = true\n";
+        assert!(load(oci)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid URL"));
+        let bad = "[[upstream]]\nname = \"p\"\nformat = \"pypi\"\nurl = \"http://x/simple/\"\ndefault = true\n";
+        assert!(load(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("only an OCI upstream"));
+        let reserved = "[[upstream]]\nname = \"v2\"\nformat = \"npm\"\n";
+        assert!(load(reserved).unwrap_err().to_string().contains("reserved"));
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct TokenConfig {
 pub enum Format {
     /// OCI Distribution / Docker registry API.
     Oci,
+    /// The npm registry API (packuments, tarballs), mounted at `/<name>/`.
+    Npm,
+    /// The Python package index (simple API, JSON API, files), mounted at `/<name>/`.
+    Pypi,
 }
 
 impl Format {
@@ -109,6 +113,8 @@ impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Oci => "oci",
+            Format::Npm => "npm",
+            Format::Pypi => "pypi",
         }
     }
 }
@@ -121,7 +127,9 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Protocol.
     pub format: Format,
-    /// Base URL, e.g. `https://registry-1.docker.io`.
+    /// Base URL, e.g. `https://registry-1.docker.io`; for npm the registry root, for PyPI
+    /// the simple index URL. Empty for npm/PyPI: asked from the local `npm` / `pip`.
+    #[serde(default)]
     pub url: String,
     /// Registry host name matched against containerd's `?ns=` (e.g. `docker.io`).
     #[serde(default)]
@@ -132,6 +140,9 @@ pub struct UpstreamConfig {
     /// How long a cached tag → digest mapping is trusted before a `HEAD` revalidation.
     #[serde(default = "default_tag_ttl")]
     pub tag_ttl: Duration,
+    /// How long cached metadata (packuments, simple pages) is served without revalidation.
+    #[serde(default = "default_metadata_ttl")]
+    pub metadata_ttl: Duration,
     /// How long a 404 from the upstream is remembered.
     #[serde(default = "default_negative_ttl")]
     pub negative_ttl: Duration,
@@ -178,10 +189,14 @@ impl UpstreamConfig {
 
 impl Config {
     /// The embedded default: listen on 127.0.0.1:5080, store in `./sluice-data`, proxy
-    /// Docker Hub as the default OCI upstream.
+    /// Docker Hub (default OCI upstream), the npm registry (`/npmjs/`) and PyPI (`/pypi/`).
+    /// The npm and PyPI URLs come from `SLUICE_NPM_UPSTREAM` / `SLUICE_PYPI_UPSTREAM`, else
+    /// from the local clients (see [`crate::discover`]).
     pub fn embedded_default() -> Config {
-        crate::load_str(EMBEDDED_DEFAULT, "<embedded default>", |_| None)
-            .expect("the embedded default config is valid")
+        crate::load_str(EMBEDDED_DEFAULT, "<embedded default>", |k| {
+            std::env::var(k).ok()
+        })
+        .expect("the embedded default config is valid")
     }
 
     /// The socket address to listen on (validated at load time).
@@ -216,6 +231,18 @@ url = "https://registry-1.docker.io"
 host = "docker.io"
 default = true
 tag_ttl = "5m"
+
+[[upstream]]
+name = "npmjs"
+format = "npm"
+url = "${SLUICE_NPM_UPSTREAM:-}"
+metadata_ttl = "5m"
+
+[[upstream]]
+name = "pypi"
+format = "pypi"
+url = "${SLUICE_PYPI_UPSTREAM:-}"
+metadata_ttl = "10m"
 "#;
 
 impl Default for ServerConfig {
@@ -258,12 +285,15 @@ fn default_anonymous() -> Role {
     Role::Read
 }
 fn default_max_metadata_size() -> ByteSize {
-    ByteSize(16 << 20)
+    ByteSize(64 << 20)
 }
 fn default_grace() -> Duration {
     Duration::from_secs(5)
 }
 fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_metadata_ttl() -> Duration {
     Duration::from_secs(300)
 }
 fn default_negative_ttl() -> Duration {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_config::{Config, Format, Role};
 
+use crate::docs::Docs;
 use crate::error::ProxyError;
 use crate::fill::Fills;
 use crate::flight::Flights;
@@ -28,6 +29,10 @@ pub struct App {
     pub oci: Vec<Arc<Upstream>>,
     /// Index into `oci` of the default upstream.
     pub default_oci: Option<usize>,
+    /// npm and PyPI upstreams, by name (their mount point `/<name>/`).
+    pub mounted: std::collections::HashMap<String, Arc<Upstream>>,
+    /// Mutable metadata documents (packuments, simple pages).
+    pub docs: Arc<Docs>,
     /// Remembered upstream 404s: key → expiry.
     pub negative: moka::sync::Cache<String, Instant>,
     /// Prometheus renderer.
@@ -40,6 +45,7 @@ impl App {
         let store = Arc::new(Store::open(&config.storage.data_dir)?);
         let mut oci = Vec::new();
         let mut default_oci = None;
+        let mut mounted = std::collections::HashMap::new();
         for up in &config.upstreams {
             match up.format {
                 Format::Oci => {
@@ -48,9 +54,18 @@ impl App {
                     }
                     oci.push(Arc::new(Upstream::new(up.clone(), config.server.offline)?));
                 }
+                Format::Npm | Format::Pypi if up.url.is_empty() => {
+                    tracing::warn!(upstream = %up.name, "upstream has no url; /{}/ is not served", up.name);
+                }
+                Format::Npm | Format::Pypi => {
+                    let u = Upstream::new(up.clone(), config.server.offline)?;
+                    mounted.insert(up.name.clone(), Arc::new(u));
+                }
             }
         }
         Ok(App {
+            docs: Arc::new(Docs::new(store.clone())),
+            mounted,
             fills: Fills::new(store.clone()),
             store,
             manifest_flights: Flights::default(),
@@ -116,6 +131,22 @@ impl App {
         Ok((up, repo))
     }
 
+    /// Freshness rules for metadata of upstream `up`.
+    pub fn freshness(&self, up: &Upstream) -> crate::docs::Freshness {
+        crate::docs::Freshness {
+            ttl: up.cfg.metadata_ttl.get(),
+            negative_ttl: up.cfg.negative_ttl.get(),
+            offline: up.is_offline(),
+            max_stale: None,
+        }
+    }
+
+    /// Base of the URLs sluice writes into documents for upstream `name`:
+    /// `<public_url>/<name>`.
+    pub fn mount_url(&self, name: &str) -> String {
+        format!("{}/{}", self.config.public_url(), name)
+    }
+
     /// Whether `key` had an upstream 404 recently.
     pub fn is_negative(&self, key: &str) -> bool {
         self.negative
@@ -161,27 +192,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The password of a basic-auth credential (`user:token`), where sluice expects a token.
 fn decode_basic_password(b64: &str) -> Option<String> {
-    let mut bits: u32 = 0;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in b64.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(v);
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    let s = String::from_utf8(out).ok()?;
+    let s = String::from_utf8(crate::b64::decode(b64)?).ok()?;
     s.split_once(':').map(|(_, p)| p.to_string())
 }
 

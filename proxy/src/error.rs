@@ -54,6 +54,14 @@ pub enum ProxyError {
         /// What arrived.
         actual: Digest,
     },
+    /// The upstream's bytes do not match the hash its metadata stated (sha512 / sha1 / sha256).
+    #[error("integrity check failed: expected {expected}, upstream sent content with digest {actual_sha256}")]
+    HashMismatch {
+        /// What the metadata stated.
+        expected: String,
+        /// The sha256 of what arrived.
+        actual_sha256: Digest,
+    },
     /// A document is larger than the configured limit.
     #[error("{0}")]
     TooLarge(String),
@@ -81,7 +89,9 @@ impl ProxyError {
             ProxyError::Upstream { status, .. } => {
                 status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
             }
-            ProxyError::DigestMismatch { .. } | ProxyError::TooLarge(_) => true,
+            ProxyError::DigestMismatch { .. }
+            | ProxyError::HashMismatch { .. }
+            | ProxyError::TooLarge(_) => true,
             _ => false,
         }
     }
@@ -103,7 +113,9 @@ impl ProxyError {
                 ..
             } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::DigestMismatch { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::TooLarge(_) => StatusCode::BAD_GATEWAY,
             ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,6 +145,14 @@ impl ProxyError {
                 "message": self.to_string(),
                 "detail": { "request_id": request_id },
             }]
+        }))
+        .unwrap_or_default()
+    }
+
+    /// The npm client's error body: `{"error": "..."}`, which npm prints as-is.
+    pub fn npm_body(&self, request_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": format!("{self} (sluice request id {request_id})"),
         }))
         .unwrap_or_default()
     }

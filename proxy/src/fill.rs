@@ -12,6 +12,10 @@
 //! instead of completing a response with wrong bytes.
 //!
 //! The fill runs to completion even if every client goes away: the next pull is a hit.
+//!
+//! What a fill verifies is an [`Expect`]: a sha256 digest (OCI, PyPI) or the sha512 / sha1
+//! an npm packument states. Files are always stored under their sha256; for the other
+//! algorithms an alias (`sha512:<hex>` → sha256) is indexed after verification.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,11 +28,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use crate::digest::Digest;
 use crate::error::ProxyError;
+use crate::hashes::{Expect, Hashing};
 use crate::store::Store;
 
 /// Bytes a follower reads per step: a thousand followers lagging at once stay within a
@@ -66,7 +69,7 @@ struct Progress {
 
 /// One in-progress (or just finished) fill.
 pub struct Fill {
-    digest: Digest,
+    expect: Expect,
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
 }
@@ -74,7 +77,7 @@ pub struct Fill {
 /// The registry of in-flight fills.
 pub struct Fills {
     store: Arc<Store>,
-    inflight: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    inflight: Arc<Mutex<HashMap<Expect, Arc<Fill>>>>,
 }
 
 impl Fills {
@@ -86,20 +89,22 @@ impl Fills {
         }
     }
 
-    /// Joins the fill of `digest`, starting it with `open` if none is running.
-    /// Returns `None` if the digest is already stored (a fill finished meanwhile).
+    /// Joins the fill of `expect`, starting it with `open` if none is running. `format`
+    /// labels the upstream byte counter. Returns `None` if the content is already stored (a
+    /// fill finished meanwhile): look it up again.
     pub fn join_or_start(
         &self,
-        digest: Digest,
+        expect: Expect,
+        format: &'static str,
         open: Opener,
     ) -> Result<Option<Arc<Fill>>, ProxyError> {
         let mut map = self.inflight.lock();
-        if let Some(f) = map.get(&digest) {
+        if let Some(f) = map.get(&expect) {
             return Ok(Some(f.clone()));
         }
         // A fill removes itself from the map only after indexing its file, so under the
         // lock "not in flight" and "not indexed" together mean it really is missing.
-        if self.store.size_of(&digest).is_some() {
+        if self.store.resolve(&expect).is_some() {
             return Ok(None);
         }
         let tmp = self.store.temp_file()?;
@@ -109,28 +114,29 @@ impl Fills {
             written: 0,
         });
         let fill = Arc::new(Fill {
-            digest,
+            expect: expect.clone(),
             file: tmp.file().clone(),
             progress: rx,
         });
-        map.insert(digest, fill.clone());
+        map.insert(expect.clone(), fill.clone());
         drop(map);
         metrics::gauge!("sluice_inflight_fills").increment(1.0);
         let store = self.store.clone();
         let inflight = self.inflight.clone();
         tokio::spawn(async move {
-            let result = run_fill(&store, tmp, digest, open, &tx).await;
+            let result = run_fill(&store, tmp, &expect, format, open, &tx).await;
             // Remove from the registry before publishing the outcome: a request arriving
             // after this sees the store (on success) or starts a fresh fill (on failure).
-            inflight.lock().remove(&digest);
+            inflight.lock().remove(&expect);
             metrics::gauge!("sluice_inflight_fills").decrement(1.0);
             match result {
                 Ok(()) => {
                     tx.send_modify(|p| p.state = State::Done);
                 }
                 Err(e) => {
-                    tracing::warn!(%digest, error = %e, "fill failed; nothing stored");
-                    metrics::counter!("sluice_fill_failures_total").increment(1);
+                    tracing::warn!(expect = %expect, error = %e, "fill failed; nothing stored");
+                    metrics::counter!("sluice_fill_failures_total", "format" => format)
+                        .increment(1);
                     tx.send_modify(|p| p.state = State::Failed(e));
                 }
             }
@@ -142,7 +148,8 @@ impl Fills {
 async fn run_fill(
     store: &Arc<Store>,
     tmp: crate::store::TempFile,
-    digest: Digest,
+    expect: &Expect,
+    format: &'static str,
     open: Opener,
     tx: &watch::Sender<Progress>,
 ) -> Result<(), ProxyError> {
@@ -151,7 +158,7 @@ async fn run_fill(
         p.state = State::Streaming;
         p.len = len;
     });
-    let mut hasher = Sha256::new();
+    let mut hashing = Hashing::new(expect);
     let mut written: u64 = 0;
     let mut published: u64 = 0;
     loop {
@@ -173,11 +180,11 @@ async fn run_fill(
         if len.is_some_and(|l| written + chunk.len() as u64 > l) {
             return Err(ProxyError::Upstream {
                 upstream: String::new(),
-                message: format!("{digest}: upstream sent more bytes than its Content-Length"),
+                message: format!("{expect}: upstream sent more bytes than its Content-Length"),
                 status: None,
             });
         }
-        hasher.update(&chunk);
+        hashing.update(&chunk);
         (&**tmp.file())
             .write_all(&chunk)
             .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
@@ -192,25 +199,23 @@ async fn run_fill(
         if written != l {
             return Err(ProxyError::Upstream {
                 upstream: String::new(),
-                message: format!("{digest}: upstream body ended after {written} of {l} bytes"),
+                message: format!("{expect}: upstream body ended after {written} of {l} bytes"),
                 status: None,
             });
         }
     }
-    let actual = Digest::from_hasher(hasher);
-    if actual != digest {
-        return Err(ProxyError::DigestMismatch {
-            expected: digest,
-            actual,
-        });
-    }
+    let digest = hashing.verify(expect, format)?;
     // Publish the final length before committing so followers of a chunked body can finish.
     tx.send_modify(|p| p.len = Some(written));
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.commit(tmp, &digest, written))
-        .await
-        .map_err(ProxyError::internal)??;
-    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
+    let expect = expect.clone();
+    tokio::task::spawn_blocking(move || {
+        store.commit(tmp, &digest, written)?;
+        store.put_alias(&expect, &digest)
+    })
+    .await
+    .map_err(ProxyError::internal)??;
+    metrics::counter!("sluice_bytes_total", "format" => format, "source" => "upstream")
         .increment(written);
     Ok(())
 }
@@ -234,9 +239,9 @@ impl Fill {
         }
     }
 
-    /// The digest being filled.
-    pub fn digest(&self) -> Digest {
-        self.digest
+    /// What is being filled.
+    pub fn expect(&self) -> &Expect {
+        &self.expect
     }
 
     /// A reader of bytes `[start, end)` (`end = None`: to the end of the body).

@@ -6,11 +6,14 @@
 //! type, [`error::ProxyError`], rendered per client protocol in one place.
 
 pub mod app;
+pub mod b64;
 pub mod digest;
+pub mod docs;
 pub mod error;
 pub mod fill;
 pub mod flight;
 pub mod formats;
+pub mod hashes;
 pub mod metrics;
 pub mod names;
 pub mod response;

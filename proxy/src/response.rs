@@ -55,6 +55,11 @@ pub enum Body {
     Mapped(Bytes),
     /// Bytes of a fill in progress, delivered as the upstream sends them.
     Follow(Follower),
+    /// An upstream body passed through (uncached endpoints), with its length if known.
+    Stream(
+        futures_util::stream::BoxStream<'static, Result<Bytes, crate::error::ProxyError>>,
+        Option<u64>,
+    ),
 }
 
 /// A handler's answer.
@@ -101,6 +106,7 @@ impl Reply {
             Body::Empty => self.head_length,
             Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
             Body::Follow(f) => f.len(),
+            Body::Stream(_, len) => *len,
         };
         self.head_length = len;
         self.body = Body::Empty;

@@ -21,6 +21,7 @@ use sluice_config::Role;
 
 use crate::app::App;
 use crate::error::ProxyError;
+use crate::formats;
 use crate::formats::oci::{self, OciRequest};
 use crate::response::{Body, CacheStatus, Reply};
 
@@ -57,6 +58,8 @@ impl HttpApp {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Oci,
+    Npm,
+    Pypi,
     Ops,
     Other,
 }
@@ -65,6 +68,8 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::Oci => "oci",
+            Kind::Npm => "npm",
+            Kind::Pypi => "pypi",
             Kind::Ops => "ops",
             Kind::Other => "other",
         }
@@ -96,23 +101,35 @@ impl HttpServerApp for HttpApp {
         };
         let range = header("range");
         let authorization = header("authorization");
+        let headers = req.headers.clone();
         let client = session
             .client_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
 
-        let keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
+        // Request bodies are read only for POSTs to mounted upstreams (npm audits), bounded.
+        let mut body = None;
+        let mut keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
+        if method == Method::POST && self.mounted_name(&path).is_some() {
+            match read_body(&mut session, MAX_REQUEST_BODY).await {
+                Ok(b) => {
+                    body = Some(b);
+                    keepalive = !*shutdown.borrow();
+                }
+                Err(()) => keepalive = false,
+            }
+        }
         session.set_keepalive(if keepalive { Some(60) } else { None });
 
-        let (kind, result) = self
-            .route(
-                &method,
-                &path,
-                query.as_deref(),
-                range.as_deref(),
-                authorization.as_deref(),
-            )
-            .await;
+        let incoming = Incoming {
+            method: &method,
+            path: &path,
+            query: query.as_deref(),
+            range: range.as_deref(),
+            authorization: authorization.as_deref(),
+            headers: &headers,
+        };
+        let (kind, result) = self.route(incoming, body).await;
         let reply = match result {
             Ok(r) => r,
             Err(e) => error_reply(&e, kind, &request_id),
@@ -163,13 +180,45 @@ impl HttpServerApp for HttpApp {
 impl HttpApp {
     async fn route(
         &self,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        range: Option<&str>,
-        authorization: Option<&str>,
+        inc: Incoming<'_>,
+        body: Option<Bytes>,
     ) -> (Kind, Result<Reply, ProxyError>) {
+        let Incoming {
+            method,
+            path,
+            query,
+            range,
+            authorization,
+            headers,
+        } = inc;
         let app = &self.app;
+        if let Some((name, rest)) = self.mounted_name(path) {
+            let up = app.mounted[name].clone();
+            let kind = match up.cfg.format {
+                sluice_config::Format::Npm => Kind::Npm,
+                _ => Kind::Pypi,
+            };
+            if app.role_of(authorization) < Role::Read {
+                return (
+                    kind,
+                    Err(ProxyError::Unauthorized(
+                        "authentication required: send a sluice token".into(),
+                    )),
+                );
+            }
+            let req = formats::Request {
+                method,
+                rest,
+                query,
+                headers,
+                body,
+            };
+            let result = match kind {
+                Kind::Npm => formats::npm::handle(app, &up, req).await,
+                _ => formats::pypi::handle(app, &up, req).await,
+            };
+            return (kind, result);
+        }
         if let Some(rest) = path.strip_prefix("/v2/").or((path == "/v2").then_some("")) {
             if app.role_of(authorization) < Role::Read {
                 return (
@@ -236,6 +285,44 @@ impl HttpApp {
     }
 }
 
+/// The parts of a request that routing looks at.
+struct Incoming<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    range: Option<&'a str>,
+    authorization: Option<&'a str>,
+    headers: &'a http::HeaderMap,
+}
+
+/// Largest request body read (npm audit payloads).
+const MAX_REQUEST_BODY: usize = 16 << 20;
+
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ()> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+impl HttpApp {
+    /// `(upstream name, rest)` when `path` is below a mounted (npm/PyPI) upstream.
+    fn mounted_name<'p>(&self, path: &'p str) -> Option<(&'p str, &'p str)> {
+        let p = path.strip_prefix('/')?;
+        let (name, rest) = p.split_once('/').unwrap_or((p, ""));
+        self.app.mounted.contains_key(name).then_some((name, rest))
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -243,6 +330,7 @@ fn truncate(s: &str) -> String {
 fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
     let (ct, body) = match kind {
         Kind::Oci => ("application/json", e.oci_body(request_id)),
+        Kind::Npm => ("application/json", e.npm_body(request_id)),
         _ => ("text/plain; charset=utf-8", e.text_body(request_id)),
     };
     let mut r = Reply::new(e.status(), CacheStatus::Bypass)
@@ -275,6 +363,7 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
         Body::Empty => reply.head_length.or(Some(0)),
         Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
         Body::Follow(f) => f.len(),
+        Body::Stream(_, len) => *len,
     };
     match length {
         Some(l) => {
@@ -329,6 +418,24 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
                 }
             }
         },
+        Body::Stream(mut st, _) => {
+            use futures_util::StreamExt;
+            while let Some(chunk) = st.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let n = c.len() as u64;
+                        if session.write_response_body(c, false).await.is_err() {
+                            return (false, sent);
+                        }
+                        sent += n;
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id, error = %e, "aborting response: upstream body failed");
+                        return (false, sent);
+                    }
+                }
+            }
+        }
     }
     if session.finish_body().await.is_err() {
         return (false, sent);

@@ -1,4 +1,80 @@
 //! Client protocols. Each format parses its requests into typed artifacts, asks the store,
 //! the fills and the upstream for them, and shapes the answer; none touches file paths.
+//!
+//! OCI is served under `/v2/`; every other format is mounted under its upstream's name
+//! (`/<name>/...`) and gets a [`Request`] with the path below that mount point.
 
+pub mod npm;
 pub mod oci;
+pub mod pypi;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Method};
+
+use crate::error::ProxyError;
+use crate::response::{Body, CacheStatus, Reply};
+use crate::upstream::Upstream;
+
+/// A request to a mounted (non-OCI) upstream.
+pub struct Request<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Path below `/<upstream>/`, without the leading `/` (may be empty).
+    pub rest: &'a str,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Client request headers.
+    pub headers: &'a HeaderMap,
+    /// Request body (POST only; bounded).
+    pub body: Option<Bytes>,
+}
+
+impl Request<'_> {
+    /// A client header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Streams an upstream response to the client unchanged (status, content type, body):
+/// for endpoints that are not cacheable (search, audits). Only headers that describe the
+/// body are copied.
+pub fn pass_through(up: &Upstream, resp: reqwest::Response) -> Reply {
+    let status = resp.status();
+    let mut r = Reply::new(status, CacheStatus::Bypass);
+    for name in [
+        "content-type",
+        "content-encoding",
+        "cache-control",
+        "etag",
+        "last-modified",
+    ] {
+        if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
+            r = r.header(static_name(name), v.to_string());
+        }
+    }
+    let len = resp.content_length();
+    let name = up.name().to_string();
+    let stream = resp
+        .bytes_stream()
+        .map(move |c| {
+            c.map_err(|e| ProxyError::Upstream {
+                upstream: name.clone(),
+                message: format!("reading body: {e}"),
+                status: None,
+            })
+        })
+        .boxed();
+    r.body(Body::Stream(stream, len))
+}
+
+fn static_name(n: &str) -> &'static str {
+    match n {
+        "content-type" => "Content-Type",
+        "content-encoding" => "Content-Encoding",
+        "cache-control" => "Cache-Control",
+        "etag" => "ETag",
+        _ => "Last-Modified",
+    }
+}

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::fill::UpstreamBody;
+use crate::hashes::Expect;
 use crate::names::{Reference, RepoName, Tag};
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
 use crate::store::index::{IndexExt, ManifestRecord, MetaRecord, TagRecord, Tree};
@@ -290,7 +291,13 @@ async fn head_digest(
 ) -> Result<Option<Digest>, ProxyError> {
     let path = format!("/v2/{repo}/manifests/{}", tag.as_str());
     let resp = up
-        .send(Method::HEAD, &path, accept(MANIFEST_ACCEPT), &scope(repo))
+        .send(
+            Method::HEAD,
+            &path,
+            accept(MANIFEST_ACCEPT),
+            Some(&scope(repo)),
+            None,
+        )
         .await?;
     if !resp.status().is_success() {
         return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, tag.as_str())));
@@ -330,7 +337,13 @@ async fn fetch_manifest_once(
 ) -> Result<Manifest, ProxyError> {
     let path = format!("/v2/{repo}/manifests/{reference}");
     let resp = up
-        .send(Method::GET, &path, accept(MANIFEST_ACCEPT), &scope(repo))
+        .send(
+            Method::GET,
+            &path,
+            accept(MANIFEST_ACCEPT),
+            Some(&scope(repo)),
+            None,
+        )
         .await?;
     if !resp.status().is_success() {
         return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, reference)));
@@ -461,7 +474,13 @@ async fn blob(
     if head {
         // A HEAD does not start a fill: ask the upstream whether (and how big) it is.
         let resp = up
-            .send(Method::HEAD, &path, HeaderMap::new(), &scope(repo))
+            .send(
+                Method::HEAD,
+                &path,
+                HeaderMap::new(),
+                Some(&scope(repo)),
+                None,
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(up.status_error(resp.status(), &path, blob_unknown(&d)));
@@ -478,7 +497,7 @@ async fn blob(
     let opener = Box::new(move || {
         async move {
             let resp = up2
-                .send(Method::GET, &path, HeaderMap::new(), &scope2)
+                .send(Method::GET, &path, HeaderMap::new(), Some(&scope2), None)
                 .await?;
             if !resp.status().is_success() {
                 return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
@@ -493,7 +512,7 @@ async fn blob(
         }
         .boxed()
     });
-    let Some(fill) = app.fills.join_or_start(d, opener)? else {
+    let Some(fill) = app.fills.join_or_start(Expect::Sha256(d), "oci", opener)? else {
         // Stored between our lookup and the fill registry check.
         let bytes = app
             .store
@@ -617,7 +636,13 @@ async fn tags_list(
     let path = format!("/v2/{repo}/tags/list{suffix}");
     let fetched = async {
         let resp = up
-            .send(Method::GET, &path, HeaderMap::new(), &scope(repo))
+            .send(
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                Some(&scope(repo)),
+                None,
+            )
             .await?;
         if !resp.status().is_success() {
             return Err(up.status_error(
@@ -656,6 +681,8 @@ async fn tags_list(
                         digest,
                         content_type: ct.clone(),
                         fetched_at_ms: unix_ms(),
+                        etag: None,
+                        last_modified: None,
                     },
                 )
                 .map_err(ProxyError::internal)?;

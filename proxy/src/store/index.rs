@@ -20,8 +20,12 @@ pub enum Tree {
     Manifests,
     /// Tag → manifest digest.
     Tags,
-    /// Other cached documents (tag lists).
+    /// Other cached documents (tag lists, packuments, simple pages).
     Meta,
+    /// `sha512:<hex>` / `sha1:<hex>` → sha256 of a verified file.
+    Aliases,
+    /// Per-format file records (PyPI file → origin URL, project, version).
+    Files,
 }
 
 impl Tree {
@@ -31,6 +35,8 @@ impl Tree {
             Tree::Manifests => "manifests",
             Tree::Tags => "tags",
             Tree::Meta => "meta",
+            Tree::Aliases => "aliases",
+            Tree::Files => "files",
         }
     }
 }
@@ -85,8 +91,14 @@ pub struct MetaRecord {
     pub digest: Digest,
     /// `Content-Type`.
     pub content_type: String,
-    /// Unix milliseconds of the last fetch.
+    /// Unix milliseconds of the last fetch or successful revalidation.
     pub fetched_at_ms: u64,
+    /// The upstream's `ETag`, for conditional revalidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The upstream's `Last-Modified`, for conditional revalidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
 }
 
 /// Typed access on top of any [`Index`].
@@ -112,7 +124,7 @@ impl<I: Index + ?Sized> IndexExt for I {
 pub struct SledIndex {
     db: sled::Db,
     /// Opened once: `open_tree` is a lookup of its own.
-    trees: [sled::Tree; 4],
+    trees: [sled::Tree; 6],
 }
 
 impl SledIndex {
@@ -123,11 +135,18 @@ impl SledIndex {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open index at {}: {e}", dir.display()))?;
-        let trees =
-            [Tree::Blobs, Tree::Manifests, Tree::Tags, Tree::Meta].map(|t| db.open_tree(t.name()));
-        let [a, b, c, d] = trees;
+        let trees = [
+            Tree::Blobs,
+            Tree::Manifests,
+            Tree::Tags,
+            Tree::Meta,
+            Tree::Aliases,
+            Tree::Files,
+        ]
+        .map(|t| db.open_tree(t.name()));
+        let [a, b, c, d, e, f] = trees;
         Ok(SledIndex {
-            trees: [a?, b?, c?, d?],
+            trees: [a?, b?, c?, d?, e?, f?],
             db,
         })
     }

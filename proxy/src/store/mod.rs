@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use crate::digest::Digest;
 use crate::error::ProxyError;
+use crate::hashes::Expect;
 use index::{BlobRecord, Index, IndexExt, SledIndex, Tree};
 
 /// Files at most this large are kept in memory after first use (manifests, configs).
@@ -293,6 +294,31 @@ impl Store {
             self.small.insert(d, bytes.clone());
         }
         Ok(d)
+    }
+
+    /// The stored sha256 for what `expect` names, if that content is stored.
+    pub fn resolve(&self, expect: &Expect) -> Option<Digest> {
+        let d = match expect.alias_key() {
+            None => match expect {
+                Expect::Sha256(d) => *d,
+                _ => return None,
+            },
+            Some(key) => {
+                let v = self.index.get(Tree::Aliases, key.as_bytes()).ok()??;
+                Digest::from_bytes(&v)?
+            }
+        };
+        self.size_of(&d).map(|_| d)
+    }
+
+    /// Records that the content `expect` names is stored as `d` (no-op for sha256).
+    pub fn put_alias(&self, expect: &Expect, d: &Digest) -> Result<(), ProxyError> {
+        if let Some(key) = expect.alias_key() {
+            self.index
+                .put(Tree::Aliases, key.as_bytes(), d.as_bytes())
+                .map_err(ProxyError::internal)?;
+        }
+        Ok(())
     }
 
     /// Whether the store can be written (readiness).

@@ -80,31 +80,67 @@ impl Upstream {
         }
     }
 
+    /// The base URL from the configuration.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
     /// Sends `method path` (path starting with `/`, built by the caller from validated
-    /// parts) with `headers`, authenticating for `scope` if challenged and following
-    /// redirects. Returns the final response whatever its status.
+    /// parts, appended to the base URL) with `headers` and an optional `body`,
+    /// authenticating for `scope` if challenged (OCI bearer flow) and following redirects.
+    /// Returns the final response whatever its status.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         headers: HeaderMap,
-        scope: &str,
+        scope: Option<&str>,
+        body: Option<bytes::Bytes>,
     ) -> Result<reqwest::Response, ProxyError> {
-        if self.offline {
-            return Err(ProxyError::Offline(format!(
-                "upstream {} is offline and {path} is not cached",
-                self.cfg.name
-            )));
-        }
         let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
         let url =
             Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))?;
-        let mut auth = self.tokens.get(scope).map(|t| format!("Bearer {t}"));
+        self.send_url(method, url, headers, scope, body).await
+    }
+
+    /// Like [`Upstream::send`] for an absolute URL that this upstream's own documents named
+    /// (npm tarball, PyPI file link): never one taken from a client's request.
+    pub async fn send_url(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        scope: Option<&str>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        if self.offline {
+            return Err(ProxyError::Offline(format!(
+                "upstream {} is offline and {} is not cached",
+                self.cfg.name,
+                url.path()
+            )));
+        }
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.err(
+                format!("refusing non-http URL scheme {:?}", url.scheme()),
+                None,
+            ));
+        }
+        let mut auth = scope
+            .and_then(|s| self.tokens.get(s))
+            .map(|t| format!("Bearer {t}"));
         let mut retried = false;
         loop {
             let resp = self
-                .send_following(&method, url.clone(), &headers, auth.as_deref())
+                .send_following(
+                    &method,
+                    url.clone(),
+                    &headers,
+                    auth.as_deref(),
+                    body.clone(),
+                )
                 .await?;
+            let Some(scope) = scope else { return Ok(resp) };
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -141,9 +177,11 @@ impl Upstream {
     }
 
     fn basic_auth(&self) -> Option<String> {
-        use base64_lite::encode;
         let (u, p) = (self.cfg.username.as_ref()?, self.cfg.password.as_ref()?);
-        Some(format!("Basic {}", encode(format!("{u}:{p}").as_bytes())))
+        Some(format!(
+            "Basic {}",
+            crate::b64::encode(format!("{u}:{p}").as_bytes())
+        ))
     }
 
     /// Asks the token service `realm` for a token for `scope`. Credentials go only to a
@@ -203,12 +241,16 @@ impl Upstream {
         mut url: Url,
         headers: &HeaderMap,
         auth: Option<&str>,
+        body: Option<bytes::Bytes>,
     ) -> Result<reqwest::Response, ProxyError> {
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
             if let Some(a) = auth.filter(|_| same_origin(&url, &self.base)) {
                 req = req.header(http::header::AUTHORIZATION, a);
             }
@@ -324,36 +366,4 @@ pub fn accept(v: &str) -> HeaderMap {
         h.insert(http::header::ACCEPT, v);
     }
     h
-}
-
-/// Minimal standard base64 (no dependency for one header).
-mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for c in input.chunks(3) {
-            let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            out.push(T[(n >> 18) as usize & 63] as char);
-            out.push(T[(n >> 12) as usize & 63] as char);
-            out.push(if c.len() > 1 {
-                T[(n >> 6) as usize & 63] as char
-            } else {
-                '='
-            });
-            out.push(if c.len() > 2 {
-                T[n as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-        out
-    }
-    #[cfg(test)]
-    #[test]
-    fn encodes_like_rfc4648() {
-        assert_eq!(encode(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(encode(b"a"), "YQ==");
-        assert_eq!(encode(b"ab"), "YWI=");
-    }
 }

@@ -1,0 +1,540 @@
+//! Mutable metadata documents (packuments, simple pages, ...) with freshness: the cache
+//! that every format's metadata goes through.
+//!
+//! A document is stored by digest in the blob store (so restarts keep it) and described in
+//! the index's `meta` tree with its upstream validators and fetch time; an in-memory front
+//! keeps hot documents parsed-free as `Bytes`.
+//!
+//! - **Fresh** (younger than the TTL) → served (`HIT`).
+//! - **Stale** → served at once (`STALE`) while one background revalidation runs
+//!   (conditional request; `304` only bumps the fetch time).
+//! - **Missing** → fetched (single flight per key) (`MISS`); a `404` is remembered for the
+//!   negative TTL.
+//! - **Forced** (the format saw that the cached copy lacks what the client asks for, e.g. a
+//!   new npm version) → revalidated before answering (`REVALIDATED` or `MISS`).
+//! - **Upstream failure** (connect, timeout, 5xx, 429) with a cached copy → the cached copy
+//!   (`STALE`), however old, unless `max_stale` bounds it.
+//!
+//! Rendered variants (rewritten URLs, abbreviated forms, gzip) are cached by document digest
+//! and variant name, so a hit does no parsing or serialisation at all.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use crate::flight::Flights;
+use crate::response::{Body, CacheStatus, Reply};
+use crate::store::index::{IndexExt, MetaRecord, Tree};
+use crate::store::{unix_ms, Store};
+
+/// A cached document: the upstream's exact bytes and what is known about them.
+#[derive(Debug)]
+pub struct Doc {
+    /// Upstream bytes.
+    pub bytes: Bytes,
+    /// Their sha256.
+    pub digest: Digest,
+    /// Upstream `Content-Type`.
+    pub content_type: String,
+    /// Upstream `ETag`.
+    pub etag: Option<String>,
+    /// Upstream `Last-Modified`.
+    pub last_modified: Option<String>,
+    /// When it was fetched or last confirmed unchanged (Unix ms).
+    pub fetched_at_ms: u64,
+}
+
+/// Validators for a conditional request.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    /// Send as `If-None-Match`.
+    pub etag: Option<String>,
+    /// Send as `If-Modified-Since`.
+    pub last_modified: Option<String>,
+}
+
+/// What a fetch from the upstream produced.
+pub enum Fetched {
+    /// A (new) document.
+    Doc {
+        /// Exact bytes.
+        bytes: Bytes,
+        /// `Content-Type`.
+        content_type: String,
+        /// `ETag`.
+        etag: Option<String>,
+        /// `Last-Modified`.
+        last_modified: Option<String>,
+    },
+    /// `304 Not Modified` to a conditional request.
+    NotModified,
+    /// `404` / `410`.
+    NotFound,
+}
+
+/// Fetches a document from the upstream, conditionally when validators are given.
+pub type Fetcher = Arc<
+    dyn Fn(Option<Validators>) -> BoxFuture<'static, Result<Fetched, ProxyError>> + Send + Sync,
+>;
+
+/// Freshness rules for one document.
+#[derive(Clone, Copy, Debug)]
+pub struct Freshness {
+    /// Served without revalidation while younger than this.
+    pub ttl: Duration,
+    /// How long a 404 is remembered.
+    pub negative_ttl: Duration,
+    /// Never contact the upstream.
+    pub offline: bool,
+    /// Oldest copy served when the upstream fails (`None`: any age).
+    pub max_stale: Option<Duration>,
+}
+
+/// A rendered variant of a document, ready to serve.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Body.
+    pub body: Bytes,
+    /// Gzip of the body, made on first request for it.
+    gzip: std::sync::OnceLock<Bytes>,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Strong ETag sluice serves for this variant.
+    pub etag: String,
+}
+
+impl Rendered {
+    /// A variant with its ETag derived from its bytes.
+    pub fn new(body: Bytes, content_type: impl Into<String>) -> Rendered {
+        let etag = format!("\"{}\"", &Digest::of(&body).hex()[..32]);
+        Rendered {
+            body,
+            gzip: std::sync::OnceLock::new(),
+            content_type: content_type.into(),
+            etag,
+        }
+    }
+
+    fn gzipped(&self) -> &Bytes {
+        self.gzip.get_or_init(|| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = enc.write_all(&self.body);
+            Bytes::from(enc.finish().unwrap_or_default())
+        })
+    }
+
+    /// The reply for a client: `304` if `If-None-Match` matches, gzip if accepted.
+    pub fn reply(
+        &self,
+        if_none_match: Option<&str>,
+        accept_encoding: Option<&str>,
+        cache: CacheStatus,
+    ) -> Reply {
+        let etag_matches = if_none_match.is_some_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t == self.etag || t.strip_prefix("W/") == Some(self.etag.as_str())
+            })
+        });
+        let base = |status| {
+            Reply::new(status, cache)
+                .header("ETag", self.etag.clone())
+                .header("Vary", "Accept, Accept-Encoding")
+        };
+        if etag_matches {
+            return base(http::StatusCode::NOT_MODIFIED);
+        }
+        let gzip = accept_encoding.is_some_and(accepts_gzip) && self.body.len() > 1024;
+        let r = base(http::StatusCode::OK).header("Content-Type", self.content_type.clone());
+        if gzip {
+            r.header("Content-Encoding", "gzip")
+                .body(Body::Full(self.gzipped().clone()))
+        } else {
+            r.body(Body::Full(self.body.clone()))
+        }
+    }
+}
+
+fn accepts_gzip(v: &str) -> bool {
+    v.split(',').any(|part| {
+        let mut it = part.split(';');
+        let coding = it.next().unwrap_or("").trim();
+        let q_zero = it.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+    })
+}
+
+/// The document cache.
+pub struct Docs {
+    store: Arc<Store>,
+    hot: moka::sync::Cache<String, Arc<Doc>>,
+    rendered: moka::sync::Cache<(Digest, String), Arc<Rendered>>,
+    flights: Flights<(Arc<Doc>, CacheStatus)>,
+    negative: moka::sync::Cache<String, u64>,
+}
+
+impl Docs {
+    /// An empty cache over `store`.
+    pub fn new(store: Arc<Store>) -> Docs {
+        Docs {
+            store,
+            hot: moka::sync::Cache::builder()
+                .weigher(|_k: &String, v: &Arc<Doc>| v.bytes.len().try_into().unwrap_or(u32::MAX))
+                .max_capacity(128 << 20)
+                .build(),
+            rendered: moka::sync::Cache::builder()
+                .weigher(|_k: &(Digest, String), v: &Arc<Rendered>| {
+                    v.body.len().try_into().unwrap_or(u32::MAX)
+                })
+                .max_capacity(256 << 20)
+                .build(),
+            flights: Flights::default(),
+            negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Option<Arc<Doc>> {
+        if let Some(d) = self.hot.get(key) {
+            return Some(d);
+        }
+        let rec: MetaRecord = self
+            .store
+            .index()
+            .get_rec(Tree::Meta, key.as_bytes())
+            .ok()??;
+        let bytes = self.store.read(&rec.digest)?;
+        let doc = Arc::new(Doc {
+            bytes,
+            digest: rec.digest,
+            content_type: rec.content_type,
+            etag: rec.etag,
+            last_modified: rec.last_modified,
+            fetched_at_ms: rec.fetched_at_ms,
+        });
+        self.hot.insert(key.to_string(), doc.clone());
+        Some(doc)
+    }
+
+    fn save(&self, key: &str, doc: Doc) -> Result<Arc<Doc>, ProxyError> {
+        let rec = MetaRecord {
+            digest: doc.digest,
+            content_type: doc.content_type.clone(),
+            fetched_at_ms: doc.fetched_at_ms,
+            etag: doc.etag.clone(),
+            last_modified: doc.last_modified.clone(),
+        };
+        self.store
+            .index()
+            .put_rec(Tree::Meta, key.as_bytes(), &rec)
+            .map_err(ProxyError::internal)?;
+        let doc = Arc::new(doc);
+        self.hot.insert(key.to_string(), doc.clone());
+        Ok(doc)
+    }
+
+    /// The document `key`, per the freshness rules; `force` revalidates a cached copy
+    /// before answering. `not_found` is the error for an upstream 404.
+    pub async fn get(
+        self: &Arc<Self>,
+        key: &str,
+        fresh: Freshness,
+        force: bool,
+        fetch: Fetcher,
+        not_found: impl Fn() -> ProxyError,
+    ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
+        let cached = self.lookup(key);
+        let Some(doc) = cached else {
+            if self.negative.get(key).is_some_and(|exp| unix_ms() < exp) {
+                return Err(not_found());
+            }
+            if fresh.offline {
+                return Err(ProxyError::Offline(format!("offline: {key} is not cached")));
+            }
+            let r = self.clone().refresh(key, None, fetch).await;
+            if is_not_found(&r) {
+                self.remember_404(key, fresh.negative_ttl);
+                return Err(not_found());
+            }
+            return r;
+        };
+        let age = unix_ms().saturating_sub(doc.fetched_at_ms);
+        let is_fresh = u128::from(age) < fresh.ttl.as_millis();
+        if fresh.offline || (is_fresh && !force) {
+            return Ok((doc, CacheStatus::Hit));
+        }
+        let too_old = fresh
+            .max_stale
+            .is_some_and(|m| u128::from(age) > m.as_millis());
+        if !force && !too_old {
+            // Stale while revalidate: one background refresh, this client served now.
+            let (this, key2, old) = (self.clone(), key.to_string(), doc.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.refresh(&key2, Some(old), fetch).await {
+                    tracing::warn!(key = %key2, error = %e, "background revalidation failed; stale copy kept");
+                }
+            });
+            return Ok((doc, CacheStatus::Stale));
+        }
+        match self.clone().refresh(key, Some(doc.clone()), fetch).await {
+            Ok(r) => Ok(r),
+            Err(e) if is_not_found_err(&e) => {
+                self.remember_404(key, fresh.negative_ttl);
+                Err(not_found())
+            }
+            Err(e)
+                if (e.is_upstream_failure() || matches!(e, ProxyError::Offline(_))) && !too_old =>
+            {
+                tracing::warn!(key, error = %e, "upstream failed; serving stale copy");
+                Ok((doc, CacheStatus::Stale))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remember_404(&self, key: &str, ttl: Duration) {
+        if !ttl.is_zero() {
+            self.negative
+                .insert(key.to_string(), unix_ms() + ttl.as_millis() as u64);
+        }
+    }
+
+    /// One fetch (single flight per key): conditional when `old` is given.
+    async fn refresh(
+        self: Arc<Self>,
+        key: &str,
+        old: Option<Arc<Doc>>,
+        fetch: Fetcher,
+    ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
+        let this = self.clone();
+        let key2 = key.to_string();
+        self.flights
+            .run(key, move || {
+                async move {
+                    let validators = old.as_ref().map(|d| Validators {
+                        etag: d.etag.clone(),
+                        last_modified: d.last_modified.clone(),
+                    });
+                    match fetch(validators).await? {
+                        Fetched::NotModified => {
+                            let Some(old) = old else {
+                                return Err(ProxyError::internal(
+                                    "304 to an unconditional request",
+                                ));
+                            };
+                            let doc = Doc {
+                                bytes: old.bytes.clone(),
+                                digest: old.digest,
+                                content_type: old.content_type.clone(),
+                                etag: old.etag.clone(),
+                                last_modified: old.last_modified.clone(),
+                                fetched_at_ms: unix_ms(),
+                            };
+                            Ok((this.save(&key2, doc)?, CacheStatus::Revalidated))
+                        }
+                        Fetched::NotFound => Err(ProxyError::NotFound {
+                            code: "NOT_FOUND",
+                            message: format!("{key2} not found upstream"),
+                        }),
+                        Fetched::Doc {
+                            bytes,
+                            content_type,
+                            etag,
+                            last_modified,
+                        } => {
+                            let store = this.store.clone();
+                            let b2 = bytes.clone();
+                            let digest = tokio::task::spawn_blocking(move || store.put_bytes(&b2))
+                                .await
+                                .map_err(ProxyError::internal)??;
+                            let unchanged = old.as_ref().is_some_and(|o| o.digest == digest);
+                            let doc = Doc {
+                                bytes,
+                                digest,
+                                content_type,
+                                etag,
+                                last_modified,
+                                fetched_at_ms: unix_ms(),
+                            };
+                            let status = if unchanged {
+                                CacheStatus::Revalidated
+                            } else {
+                                CacheStatus::Miss
+                            };
+                            Ok((this.save(&key2, doc)?, status))
+                        }
+                    }
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// The variant `variant` of `doc`, rendered by `render` once per document digest.
+    pub fn render(
+        &self,
+        doc: &Doc,
+        variant: &str,
+        render: impl FnOnce(&Doc) -> Result<Rendered, ProxyError>,
+    ) -> Result<Arc<Rendered>, ProxyError> {
+        let key = (doc.digest, variant.to_string());
+        if let Some(r) = self.rendered.get(&key) {
+            return Ok(r);
+        }
+        let r = Arc::new(render(doc)?);
+        self.rendered.insert(key, r.clone());
+        Ok(r)
+    }
+}
+
+fn is_not_found_err(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::NotFound {
+            code: "NOT_FOUND",
+            ..
+        }
+    )
+}
+
+fn is_not_found<T>(r: &Result<T, ProxyError>) -> bool {
+    matches!(r, Err(e) if is_not_found_err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn fresh(ttl_ms: u64) -> Freshness {
+        Freshness {
+            ttl: Duration::from_millis(ttl_ms),
+            negative_ttl: Duration::from_secs(30),
+            offline: false,
+            max_stale: None,
+        }
+    }
+
+    /// A fetcher that serves `body` (or fails / 404s per `mode`) and counts calls.
+    fn fetcher(calls: Arc<AtomicUsize>, mode: Arc<parking_lot::Mutex<&'static str>>) -> Fetcher {
+        Arc::new(move |v: Option<Validators>| {
+            let calls = calls.clone();
+            let mode = *mode.lock();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                match mode {
+                    "fail" => Err(ProxyError::Upstream {
+                        upstream: "u".into(),
+                        message: "down".into(),
+                        status: Some(503),
+                    }),
+                    "404" => Ok(Fetched::NotFound),
+                    "304" if v.is_some() => Ok(Fetched::NotModified),
+                    body => Ok(Fetched::Doc {
+                        bytes: Bytes::from(body),
+                        content_type: "application/json".into(),
+                        etag: Some("\"e\"".into()),
+                        last_modified: None,
+                    }),
+                }
+            }
+            .boxed()
+        })
+    }
+
+    fn nf() -> ProxyError {
+        ProxyError::NotFound {
+            code: "NOT_FOUND",
+            message: "nope".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn miss_then_hit_then_stale_while_revalidate_then_stale_if_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new("v1"));
+        let f = fetcher(calls.clone(), mode.clone());
+        let (d, s) = docs
+            .get("k", fresh(60_000), false, f.clone(), nf)
+            .await
+            .unwrap();
+        assert_eq!((&d.bytes[..], s), (&b"v1"[..], CacheStatus::Miss));
+        let (_, s) = docs
+            .get("k", fresh(60_000), false, f.clone(), nf)
+            .await
+            .unwrap();
+        assert_eq!(s, CacheStatus::Hit);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // TTL 0: stale served at once, refreshed in the background.
+        *mode.lock() = "v2";
+        let (d, s) = docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        assert_eq!((&d.bytes[..], s), (&b"v1"[..], CacheStatus::Stale));
+        for _ in 0..100 {
+            if docs.lookup("k").unwrap().bytes == "v2" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(docs.lookup("k").unwrap().bytes, "v2");
+        // Forced revalidation with the upstream down: the cached copy, marked stale.
+        *mode.lock() = "fail";
+        let (d, s) = docs.get("k", fresh(0), true, f.clone(), nf).await.unwrap();
+        assert_eq!((&d.bytes[..], s), (&b"v2"[..], CacheStatus::Stale));
+        // 304 bumps the fetch time only.
+        *mode.lock() = "304";
+        let (d, s) = docs.get("k", fresh(0), true, f.clone(), nf).await.unwrap();
+        assert_eq!((&d.bytes[..], s), (&b"v2"[..], CacheStatus::Revalidated));
+    }
+
+    #[tokio::test]
+    async fn not_found_is_remembered_and_offline_never_fetches() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new("404"));
+        let f = fetcher(calls.clone(), mode.clone());
+        assert!(matches!(
+            docs.get("gone", fresh(1000), false, f.clone(), nf).await,
+            Err(ProxyError::NotFound { .. })
+        ));
+        assert!(matches!(
+            docs.get("gone", fresh(1000), false, f.clone(), nf).await,
+            Err(ProxyError::NotFound { .. })
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let off = Freshness {
+            offline: true,
+            ..fresh(1000)
+        };
+        assert!(matches!(
+            docs.get("other", off, false, f, nf).await,
+            Err(ProxyError::Offline(_))
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn rendered_variants_answer_304_and_gzip() {
+        let r = Rendered::new(Bytes::from(vec![b'a'; 5000]), "application/json");
+        let not_mod = r.reply(Some(&r.etag.clone()), None, CacheStatus::Hit);
+        assert_eq!(not_mod.status, http::StatusCode::NOT_MODIFIED);
+        let gz = r.reply(None, Some("gzip, deflate"), CacheStatus::Hit);
+        assert!(gz
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "Content-Encoding" && v == "gzip"));
+        let plain = r.reply(None, Some("gzip;q=0"), CacheStatus::Hit);
+        assert!(!plain.headers.iter().any(|(k, _)| *k == "Content-Encoding"));
+    }
+}
