@@ -7,11 +7,15 @@
 pub mod discover;
 mod interpolate;
 mod load;
+mod policy;
 mod schema;
 mod units;
 
 pub use interpolate::interpolate;
 pub use load::{load_file, load_str, ConfigError};
+pub use policy::{
+    Ecosystem, PolicyConfig, RuleConfig, RuleKind, RuleMode, ScriptAction, Severity, WaiverConfig,
+};
 pub use schema::{
     AuthConfig, Config, Format, Role, ServerConfig, StorageConfig, TokenConfig, UpstreamConfig,
 };

@@ -21,6 +21,9 @@ pub struct Config {
     /// `[auth]`: client authentication.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[policy]`: the dependency firewall.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
     /// `[[upstream]]`: the registries sluice proxies.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
