@@ -36,6 +36,25 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Dependency-firewall tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Evaluate lockfiles (package-lock.json, requirements.txt, pylock.toml) and image lists
+    /// offline against the configured policy. Exit 1 when anything is blocked.
+    Check {
+        /// Config file (default: $SLUICE_CONFIG, else the embedded default).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +72,45 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
         Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string()),
         None => Ok(Config::embedded_default()),
+    }
+}
+
+fn policy_check(config: Option<PathBuf>, files: Vec<PathBuf>) -> ExitCode {
+    let cfg = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = match sluice_policy::Engine::new(&cfg.policy) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("sluice: [policy]: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut blocked = false;
+    for f in files {
+        let entries = match sluice_policy::lockfile::read(&f) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let checked = sluice_policy::check::check(&engine, entries, now);
+        let (text, any) = sluice_policy::check::report(&f.display().to_string(), &checked);
+        print!("{text}");
+        blocked |= any;
+    }
+    if blocked {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -92,6 +150,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Policy {
+            command: PolicyCommand::Check { config, files },
+        } => policy_check(config, files),
         Command::Config {
             command: ConfigCommand::Check { file, config },
         } => {
@@ -103,6 +164,10 @@ fn main() -> ExitCode {
                 Ok(mut c) => {
                     for problem in sluice_config::discover::fill_missing_urls(&mut c) {
                         eprintln!("warning: {problem}");
+                    }
+                    if let Err(e) = sluice_policy::Engine::new(&c.policy) {
+                        eprintln!("{}: [policy]: {e}", path.display());
+                        return ExitCode::FAILURE;
                     }
                     println!(
                         "{}: ok ({} upstream{}, listen {})",

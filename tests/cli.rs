@@ -187,3 +187,106 @@ fn sigint_shuts_down_gracefully_and_flushes_the_index() {
         "{log}"
     );
 }
+
+#[test]
+fn policy_check_blocks_denied_lockfile_entries_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        r#"
+[policy]
+mode = "enforce"
+
+[[policy.rule]]
+id = "no-bad-release"
+kind = "deny"
+format = "npm"
+package = "event-stream"
+versions = "3.3.6"
+reason = "compromised release"
+
+[[policy.rule]]
+id = "no-old-requests"
+kind = "deny"
+format = "pypi"
+package = "requests"
+versions = "<2.20"
+reason = "CVE-2018-18074"
+
+[[policy.rule]]
+id = "no-latest"
+kind = "deny"
+format = "oci"
+package = "library/*"
+versions = "latest"
+reason = "pin your images"
+"#,
+    );
+    let lock = write(
+        dir.path(),
+        "package-lock.json",
+        r#"{"lockfileVersion":3,"packages":{"":{"name":"app"},
+            "node_modules/event-stream":{"version":"3.3.6"},
+            "node_modules/left-pad":{"version":"1.3.0"}}}"#,
+    );
+    let reqs = write(
+        dir.path(),
+        "requirements.txt",
+        "requests==2.19.1\nsix==1.16.0\n",
+    );
+    let images = write(dir.path(), "images.txt", "alpine\nghcr.io/o/i:1.0\n");
+    let clean = write(dir.path(), "clean-requirements.txt", "requests==2.31.0\n");
+
+    let out = sluice()
+        .args(["policy", "check", "--config"])
+        .arg(&cfg)
+        .args([&lock, &reqs, &images])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("BLOCK event-stream@3.3.6 [no-bad-release] compromised release"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BLOCK requests@2.19.1 [no-old-requests]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BLOCK library/alpine@latest [no-latest]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("left-pad") && !text.contains("six"),
+        "{text}"
+    );
+    assert!(text.contains("2 checked, 1 blocked"), "{text}");
+
+    let out = sluice()
+        .args(["policy", "check", "--config"])
+        .arg(&cfg)
+        .arg(&clean)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn config_check_rejects_an_invalid_policy_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "bad-policy.toml",
+        "[[policy.rule]]\nid = \"cooldown\"\nkind = \"min_age\"\n",
+    );
+    let out = sluice().args(["config", "check"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cooldown"), "{err}");
+}

@@ -152,6 +152,10 @@ pub struct UpstreamConfig {
     /// Serve only from cache for this upstream.
     #[serde(default)]
     pub offline: bool,
+    /// A public registry (default): `namespace` policy rules keep internal names from
+    /// being fetched from it. Set `false` for an organisation's own registry.
+    #[serde(default = "default_true")]
+    pub public: bool,
     /// Username for the registry's token service.
     #[serde(default)]
     pub username: Option<String>,
@@ -295,6 +299,9 @@ fn default_grace() -> Duration {
 }
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
 }
 fn default_metadata_ttl() -> Duration {
     Duration::from_secs(300)
