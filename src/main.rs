@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             for problem in sluice_config::discover::fill_missing_urls(&mut cfg) {
                 eprintln!("sluice: warning: {problem}");
             }
-            match sluice_proxy::serve(cfg) {
+            match sluice_proxy::serve(cfg, config) {
                 Err(e) => {
                     eprintln!("sluice: {e:#}");
                     ExitCode::FAILURE

@@ -12,6 +12,7 @@ use crate::fill::Fills;
 use crate::flight::Flights;
 use crate::formats::oci::Manifest;
 use crate::names::RepoName;
+use crate::policy::Policy;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -37,11 +38,20 @@ pub struct App {
     pub negative: moka::sync::Cache<String, Instant>,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// The dependency firewall.
+    pub policy: Arc<Policy>,
 }
 
 impl App {
-    /// Opens the store and builds the upstream clients.
-    pub fn new(config: Config, metrics: PrometheusHandle) -> anyhow::Result<App> {
+    /// Opens the store, builds the upstream clients and the policy engine. `config_path`
+    /// is what a policy reload re-reads.
+    pub fn new(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<App> {
+        let engine = sluice_policy::Engine::new(&config.policy)
+            .map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
         let store = Arc::new(Store::open(&config.storage.data_dir)?);
         let mut oci = Vec::new();
         let mut default_oci = None;
@@ -73,6 +83,7 @@ impl App {
             default_oci,
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
             metrics,
+            policy: Arc::new(Policy::new(engine, config_path)),
             config,
         })
     }

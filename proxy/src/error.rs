@@ -33,6 +33,14 @@ pub enum ProxyError {
     /// The client authenticated but may not do this.
     #[error("{0}")]
     Denied(String),
+    /// The dependency firewall blocks this artifact.
+    #[error("blocked by policy rule {rule}: {reason}")]
+    Blocked {
+        /// Rule id (`osv` for advisories).
+        rule: String,
+        /// Why.
+        reason: String,
+    },
     /// Offline mode and the artifact is not cached.
     #[error("{0}")]
     Offline(String),
@@ -103,7 +111,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
             ProxyError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream {
                 status: Some(429), ..
@@ -128,7 +136,7 @@ impl ProxyError {
             ProxyError::NotFound { code, .. } | ProxyError::BadRequest { code, .. } => code,
             ProxyError::Unsupported(_) => "UNSUPPORTED",
             ProxyError::Unauthorized(_) => "UNAUTHORIZED",
-            ProxyError::Denied(_) => "DENIED",
+            ProxyError::Denied(_) | ProxyError::Blocked { .. } => "DENIED",
             ProxyError::Upstream {
                 status: Some(429), ..
             } => "TOOMANYREQUESTS",

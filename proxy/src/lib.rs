@@ -16,6 +16,7 @@ pub mod formats;
 pub mod hashes;
 pub mod metrics;
 pub mod names;
+pub mod policy;
 pub mod response;
 pub mod server;
 pub mod store;
@@ -42,7 +43,10 @@ pub fn init_logging() {
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then exits the process.
-pub fn serve(config: Config) -> anyhow::Result<std::convert::Infallible> {
+pub fn serve(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::convert::Infallible> {
     let handle = metrics::install()?;
     let listen = config.listen_addr();
     let threads = config
@@ -50,7 +54,7 @@ pub fn serve(config: Config) -> anyhow::Result<std::convert::Infallible> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let grace = config.server.shutdown_grace.get().as_secs();
-    let app = Arc::new(app::App::new(config, handle)?);
+    let app = Arc::new(app::App::new(config, config_path, handle)?);
     tracing::info!(
         listen = %listen,
         data_dir = %app.config.storage.data_dir.display(),

@@ -1,5 +1,5 @@
-//! Background upkeep: flushes batched last-access times to the index and drains metric
-//! histograms, and flushes everything once more on shutdown.
+//! Background upkeep: flushes batched last-access times to the index, drains metric
+//! histograms, reloads the policy on SIGHUP, and flushes everything once more on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +36,15 @@ impl Upkeep {
 impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
+        // SIGHUP reloads the policy (the default action would terminate the process).
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(),
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading policy");
+                    let _ = self.app.policy.reload().await;
+                }
                 _ = shutdown.changed() => {
                     self.flush();
                     tracing::info!("sluice stopping: index flushed");

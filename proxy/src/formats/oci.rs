@@ -127,10 +127,22 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                 },
                 message: m,
             })?;
+            // Checked before any upstream contact (a denied repository or tag is never
+            // fetched), and again once the tag's digest is known (digest rules).
+            let (tag, asked) = match &reference {
+                Reference::Tag(t) => (Some(t.as_str()), None),
+                Reference::Digest(d) => (None, Some(d.to_string())),
+            };
+            app.policy
+                .check(&facts(&up, &repo, tag, asked.as_deref()))?;
             let (m, cache) = match reference {
                 Reference::Digest(d) => manifest_by_digest(app, &up, &repo, d).await?,
-                Reference::Tag(t) => manifest_by_tag(app, &up, &repo, &t).await?,
+                Reference::Tag(ref t) => manifest_by_tag(app, &up, &repo, t).await?,
             };
+            if tag.is_some() {
+                app.policy
+                    .check(&facts(&up, &repo, tag, Some(&m.digest.to_string())))?;
+            }
             app.store.touch(&m.digest);
             Ok(manifest_reply(m, cache))
         }
@@ -144,11 +156,15 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                         message: e.to_string(),
                     })?;
             let range = req.range.and_then(ByteRange::parse);
+            // Blobs belong to no tag: repository-level rules apply.
+            app.policy.check(&facts(&up, &repo, None, None))?;
             blob(app, &up, &repo, digest, range, head).await
         }
         OciRoute::Tags(name) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
-            tags_list(app, &up, &repo, req.query).await
+            app.policy.check(&facts(&up, &repo, None, None))?;
+            let reply = tags_list(app, &up, &repo, req.query).await?;
+            Ok(without_blocked_tags(app, &up, &repo, reply))
         }
         OciRoute::Unknown | OciRoute::Unsupported => Err(ProxyError::NotFound {
             code: "NAME_UNKNOWN",
@@ -158,6 +174,55 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
             ),
         }),
     }
+}
+
+/// What the policy engine knows about an OCI request.
+fn facts<'a>(
+    up: &'a Upstream,
+    repo: &'a RepoName,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+) -> sluice_policy::Facts<'a> {
+    sluice_policy::Facts {
+        ecosystem: sluice_policy::Ecosystem::Oci,
+        upstream: up.name(),
+        public_upstream: up.cfg.public,
+        name: repo.as_str(),
+        version: tag,
+        digest,
+        published_unix: None,
+        license: None,
+        has_install_script: false,
+    }
+}
+
+/// Drops blocked tags from a tag list (`{"name":..,"tags":[..]}`); other bodies unchanged.
+fn without_blocked_tags(app: &App, up: &Upstream, repo: &RepoName, mut reply: Reply) -> Reply {
+    if app.policy.engine().is_empty() {
+        return reply;
+    }
+    let Body::Full(bytes) = &reply.body else {
+        return reply;
+    };
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return reply;
+    };
+    let Some(tags) = doc.get_mut("tags").and_then(|t| t.as_array_mut()) else {
+        return reply;
+    };
+    let before = tags.len();
+    tags.retain(|t| {
+        t.as_str().is_none_or(|tag| {
+            app.policy.decide(&facts(up, repo, Some(tag), None)).verdict
+                != sluice_policy::Verdict::Block
+        })
+    });
+    if tags.len() != before {
+        if let Ok(b) = serde_json::to_vec(&doc) {
+            reply.body = Body::Full(Bytes::from(b));
+        }
+    }
+    reply
 }
 
 fn manifest_reply(m: Manifest, cache: CacheStatus) -> Reply {

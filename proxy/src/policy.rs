@@ -1,0 +1,141 @@
+//! Policy at serve time: the current [`sluice_policy::Engine`] (swapped atomically on
+//! reload), one call per artifact, every decision counted and every finding logged.
+//!
+//! Reloads (SIGHUP) build a new engine off the request path from the config file and swap
+//! it in; the generation number changes so rendered metadata (which drops blocked
+//! versions) is re-rendered. A config that fails to load keeps the old engine.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_policy::{Decision, Engine, Facts, Verdict};
+
+use crate::error::ProxyError;
+use crate::store::unix_secs;
+
+/// The live policy.
+pub struct Policy {
+    engine: ArcSwap<Engine>,
+    generation: AtomicU64,
+    config_path: Option<PathBuf>,
+}
+
+impl Policy {
+    /// Starts with `engine`; `config_path` is re-read on reload (none: embedded default).
+    pub fn new(engine: Engine, config_path: Option<PathBuf>) -> Policy {
+        Policy {
+            engine: ArcSwap::from_pointee(engine),
+            generation: AtomicU64::new(1),
+            config_path,
+        }
+    }
+
+    /// Changes whenever the engine is replaced (keys rendered metadata).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Evaluates `facts`, counts and logs the outcome.
+    pub fn decide(&self, facts: &Facts) -> Decision {
+        let engine = self.engine.load();
+        if engine.is_empty() {
+            return Decision::allow();
+        }
+        let d = engine.evaluate(facts, unix_secs() as i64);
+        for f in &d.findings {
+            metrics::counter!(
+                "sluice_policy_decisions_total",
+                "rule" => f.rule.clone(),
+                "decision" => f.effective.as_str()
+            )
+            .increment(1);
+            tracing::info!(
+                target: "policy",
+                format = facts.ecosystem_label(),
+                upstream = facts.upstream,
+                name = facts.name,
+                version = facts.version.unwrap_or(""),
+                digest = facts.digest.unwrap_or(""),
+                rule = %f.rule,
+                verdict = f.verdict.as_str(),
+                effective = f.effective.as_str(),
+                audit = f.audit,
+                waived_by = f.waived_by.as_deref().unwrap_or(""),
+                reason = %f.reason,
+            );
+        }
+        if d.findings.is_empty() {
+            metrics::counter!("sluice_policy_decisions_total", "rule" => "", "decision" => "allow")
+                .increment(1);
+        }
+        d
+    }
+
+    /// `Err(Blocked)` when `facts` are blocked.
+    pub fn check(&self, facts: &Facts) -> Result<Decision, ProxyError> {
+        let d = self.decide(facts);
+        if d.verdict == Verdict::Block {
+            return Err(ProxyError::Blocked {
+                rule: d.rule.clone().unwrap_or_default(),
+                reason: d.reason.clone().unwrap_or_default(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Re-reads the config file and swaps in a new engine; on error keeps the old one.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        let path = self.config_path.clone();
+        let built = tokio::task::spawn_blocking(move || -> Result<Engine, String> {
+            let cfg = match &path {
+                Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string())?,
+                None => sluice_config::Config::embedded_default(),
+            };
+            Engine::new(&cfg.policy).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match built {
+            Ok(engine) => {
+                let (adv, pkgs) = engine.osv_stats();
+                self.engine.store(Arc::new(engine));
+                let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                metrics::counter!("sluice_policy_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(
+                    generation = g,
+                    osv_advisories = adv,
+                    osv_packages = pkgs,
+                    "policy reloaded"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!("sluice_policy_reloads_total", "result" => "error").increment(1);
+                tracing::error!(error = %e, "policy reload failed; keeping the previous policy");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Metric/log label of a facts' ecosystem.
+trait EcosystemLabel {
+    fn ecosystem_label(&self) -> &'static str;
+}
+
+impl EcosystemLabel for Facts<'_> {
+    fn ecosystem_label(&self) -> &'static str {
+        match self.ecosystem {
+            sluice_policy::Ecosystem::Oci => "oci",
+            sluice_policy::Ecosystem::Npm => "npm",
+            sluice_policy::Ecosystem::Pypi => "pypi",
+        }
+    }
+}
