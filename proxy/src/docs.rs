@@ -225,6 +225,12 @@ impl Docs {
         Some(doc)
     }
 
+    /// The cached document `key`, whatever its age, without contacting the upstream (to
+    /// pick which of several cached variants to consult).
+    pub fn peek(&self, key: &str) -> Option<Arc<Doc>> {
+        self.lookup(key)
+    }
+
     fn save(&self, key: &str, doc: Doc) -> Result<Arc<Doc>, ProxyError> {
         let rec = MetaRecord {
             digest: doc.digest,

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod response;
 pub mod server;
 pub mod store;
+pub mod timefmt;
 mod upkeep;
 pub mod upstream;
 

@@ -153,8 +153,8 @@ impl HttpServerApp for HttpApp {
         // Cache events count artifact and metadata answers of the formats, not API probes
         // (`/v2/`), refused writes or errors.
         let is_format = matches!(kind, Kind::Oci | Kind::Npm | Kind::Pypi);
-        let counted = (is_format && path != "/v2/" && status < 500 && status != 405)
-            .then(|| cache.label());
+        let counted =
+            (is_format && path != "/v2/" && status < 500 && status != 405).then(|| cache.label());
         crate::metrics::record_response(kind.label(), status, counted, cached_bytes);
         tracing::info!(
             target: "access",

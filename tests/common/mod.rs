@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod npm_sim;
+pub mod pypi_sim;
 pub mod registry;
 pub mod sim;
 

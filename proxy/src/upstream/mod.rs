@@ -35,12 +35,15 @@ impl Upstream {
     /// Builds the client for `cfg`; `offline` forbids any upstream contact.
     pub fn new(cfg: UpstreamConfig, offline: bool) -> anyhow::Result<Upstream> {
         let base = Url::parse(&cfg.url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout.get())
             .read_timeout(cfg.read_timeout.get())
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+        for cert in extra_roots() {
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build()?;
         Ok(Upstream {
             offline: offline || cfg.offline,
             ns_host: cfg.ns_host(),
@@ -338,6 +341,26 @@ impl Upstream {
     /// Error for a failure while reading a body.
     pub fn body_error(&self, e: reqwest::Error) -> ProxyError {
         self.err(format!("reading body: {}", describe(&e)), None)
+    }
+}
+
+/// CA certificates from the PEM bundle named by `SSL_CERT_FILE` (the OpenSSL convention,
+/// set where a site's TLS-inspecting proxy or private CA must be trusted), in addition to
+/// the built-in web roots. An unreadable bundle is logged and ignored.
+fn extra_roots() -> Vec<reqwest::Certificate> {
+    let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) else {
+        return Vec::new();
+    };
+    match std::fs::read(&path).map(|pem| reqwest::Certificate::from_pem_bundle(&pem)) {
+        Ok(Ok(certs)) => certs,
+        Ok(Err(e)) => {
+            tracing::warn!(path = ?path, error = %e, "SSL_CERT_FILE: no usable certificates");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(path = ?path, error = %e, "SSL_CERT_FILE: cannot read");
+            Vec::new()
+        }
     }
 }
 

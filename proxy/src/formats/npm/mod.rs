@@ -1,0 +1,470 @@
+//! npm registry protocol, mounted at `/<upstream>/` (e.g. `/npmjs/`).
+//!
+//! - **Packuments** (`/<name>`, `/@scope%2fname`, `/@scope/name`), full and abbreviated
+//!   (`Accept: application/vnd.npm.install-v1+json`), go through the document cache
+//!   ([`crate::docs`]): TTL, stale-while-revalidate, stale-if-error, negative cache. The
+//!   abbreviated form is fetched from the upstream with that `Accept` and cached as its own
+//!   document; if the upstream answers with a full document instead, sluice abbreviates
+//!   it. Both are served with `dist.tarball` pointing at sluice and everything else
+//!   untouched ([`packument`]), with `ETag`/`304` and gzip.
+//! - **Tarballs** (`/<name>/-/<file>.tgz`) are verified against the packument's
+//!   `dist.integrity` / `dist.shasum` and stored by digest ([`tarball`]).
+//! - **Pass-through**: `/-/ping`, `/-/v1/search`, the audit endpoints; `/-/npm/v1/keys`
+//!   is cached as a document.
+//! - **Writes** (publish, unpublish, dist-tag changes, login) answer `405`.
+
+mod name;
+mod packument;
+mod tarball;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::app::App;
+use crate::docs::{Doc, Fetched, Fetcher, Rendered, Validators};
+use crate::error::ProxyError;
+use crate::response::{CacheStatus, Reply};
+use crate::upstream::Upstream;
+
+use super::Request;
+use name::{NpmName, Route, RouteError};
+use packument::{TarballBase, CORGI};
+
+/// `Accept` sluice sends for abbreviated packuments (as npm and pnpm do).
+const ACCEPT_CORGI: &str =
+    "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+
+/// Answers one request below `/<upstream>/`.
+pub async fn handle(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    req: Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let route = match name::parse(req.method, req.rest) {
+        Ok(r) => r,
+        Err(RouteError::Bad(message)) => {
+            return Err(ProxyError::BadRequest {
+                code: "BAD_REQUEST",
+                message,
+            })
+        }
+        Err(RouteError::NotFound) => {
+            return Err(ProxyError::NotFound {
+                code: "NOT_FOUND",
+                message: format!(
+                    "no such npm registry endpoint: {} /{}/{}",
+                    req.method,
+                    up.name(),
+                    req.rest.chars().take(200).collect::<String>()
+                ),
+            })
+        }
+    };
+    let head = *req.method == Method::HEAD;
+    match route {
+        Route::Write => Err(ProxyError::Unsupported(format!(
+            "{} is not supported: sluice is a read-only npm mirror (no publish, unpublish, \
+             dist-tag changes or login); publish to the registry itself",
+            req.method
+        ))),
+        Route::Packument(name) => packument(app, up, &name, &req).await,
+        Route::Version(name, spec) => version(app, up, &name, &spec, &req).await,
+        Route::DistTags(name) => dist_tags(app, up, &name, &req).await,
+        Route::Tarball(name, file) => tarball::serve(app, up, &name, &file, head).await,
+        Route::Keys => keys(app, up, &req).await,
+        Route::Ping => pass(up, Method::GET, "/-/ping", &req).await,
+        Route::Search => pass(up, Method::GET, "/-/v1/search", &req).await,
+        Route::Audit(path) => pass(up, Method::POST, path, &req).await,
+    }
+}
+
+/// The doc-cache key of a packument.
+fn doc_key(up: &Upstream, name: &NpmName, abbrev: bool) -> String {
+    format!(
+        "npm/{}/{}/{}",
+        up.name(),
+        name,
+        if abbrev { "abbrev" } else { "full" }
+    )
+}
+
+fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
+    move || ProxyError::NotFound {
+        code: "NOT_FOUND",
+        message: format!("package {name} not found"),
+    }
+}
+
+/// Where tarball URLs of `name` point: `<public_url>/<upstream>/<name>/-/`.
+fn tarball_base(app: &App, up: &Upstream, name: &NpmName) -> String {
+    format!("{}/{}/-/", app.mount_url(up.name()), name)
+}
+
+/// Whether the client prefers the abbreviated form.
+fn wants_corgi(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut it = part.split(';');
+            let mt = it.next().unwrap_or("").trim();
+            let q_zero = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            mt.eq_ignore_ascii_case(CORGI) && !q_zero
+        })
+    })
+}
+
+/// Whether the client asked to bypass caches (`Cache-Control: no-cache` / `max-age=0`,
+/// `Pragma: no-cache`): the cached packument is revalidated before answering.
+fn wants_revalidation(req: &Request<'_>) -> bool {
+    let cc = req
+        .header("cache-control")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    cc.contains("no-cache")
+        || cc.contains("max-age=0")
+        || req
+            .header("pragma")
+            .is_some_and(|p| p.to_ascii_lowercase().contains("no-cache"))
+}
+
+/// Fetcher of a packument (full, or abbreviated with the corgi `Accept`).
+fn packument_fetcher(app: &App, up: &Arc<Upstream>, name: &NpmName, abbrev: bool) -> Fetcher {
+    doc_fetcher(
+        app,
+        up,
+        format!("/{}", name.encoded()),
+        if abbrev {
+            ACCEPT_CORGI
+        } else {
+            "application/json"
+        },
+    )
+}
+
+/// Fetcher of a JSON document at `path` below the upstream's base URL: conditional when
+/// validators are given, gzip accepted and undone, bounded by `max_metadata_size`.
+fn doc_fetcher(app: &App, up: &Arc<Upstream>, path: String, accept: &'static str) -> Fetcher {
+    let up = up.clone();
+    let limit = app.config.server.max_metadata_size.0;
+    Arc::new(move |v: Option<Validators>| {
+        let (up, path) = (up.clone(), path.clone());
+        async move {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT, HeaderValue::from_static(accept));
+            h.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+            if let Some(v) = v {
+                let pairs = [
+                    (http::header::IF_NONE_MATCH, v.etag),
+                    (http::header::IF_MODIFIED_SINCE, v.last_modified),
+                ];
+                for (k, val) in pairs {
+                    if let Some(hv) = val.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                        h.insert(k, hv);
+                    }
+                }
+            }
+            let resp = up.send(Method::GET, &path, h, None, None).await?;
+            let status = resp.status();
+            if status == StatusCode::NOT_MODIFIED {
+                return Ok(Fetched::NotModified);
+            }
+            if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+                return Ok(Fetched::NotFound);
+            }
+            if !status.is_success() {
+                return Err(up.status_error(status, &path, ProxyError::internal("unreachable")));
+            }
+            let header = |n: http::header::HeaderName| {
+                resp.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let content_type =
+                header(http::header::CONTENT_TYPE).unwrap_or_else(|| "application/json".into());
+            let etag = header(http::header::ETAG);
+            let last_modified = header(http::header::LAST_MODIFIED);
+            let gzip = header(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
+            let mut bytes = read_limited(&up, resp, limit, &path).await?;
+            metrics::counter!("sluice_bytes_total", "format" => "npm", "source" => "upstream")
+                .increment(bytes.len() as u64);
+            if gzip {
+                bytes = gunzip_limited(&bytes, limit).map_err(|m| ProxyError::Upstream {
+                    upstream: up.name().to_string(),
+                    message: format!("{path}: {m}"),
+                    status: None,
+                })?;
+            }
+            packument::check_object(&bytes).map_err(|m| ProxyError::Upstream {
+                upstream: up.name().to_string(),
+                message: format!("{path}: upstream document is {m}"),
+                status: None,
+            })?;
+            Ok(Fetched::Doc {
+                bytes,
+                content_type,
+                etag,
+                last_modified,
+            })
+        }
+        .boxed()
+    })
+}
+
+/// Reads a whole upstream document, refusing more than `limit` bytes.
+async fn read_limited(
+    up: &Upstream,
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Bytes, ProxyError> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        ProxyError::TooLarge(format!(
+            "{what}: upstream document is larger than the {limit}-byte limit (server.max_metadata_size)"
+        ))
+    };
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| up.body_error(e))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn gunzip_limited(gz: &[u8], limit: u64) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(gz).take(limit + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| format!("bad gzip body: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "document is larger than the {limit}-byte limit once decompressed"
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The packument of `name` in the form the client asked for.
+async fn packument(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    req: &Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let corgi = wants_corgi(req.header("accept"));
+    let force = wants_revalidation(req);
+    let (doc, cache) = get_packument(app, up, name, corgi, force).await?;
+    let base = tarball_base(app, up, name);
+    let rendered = if corgi {
+        app.docs.render(&doc, "npm-corgi", |d| {
+            let body = if d.content_type.starts_with(CORGI) {
+                packument::rewrite_full(&d.bytes, &TarballBase(&base))
+            } else {
+                packument::abbreviate(&d.bytes, &TarballBase(&base))
+            };
+            Ok(Rendered::new(Bytes::from(body.map_err(bad_doc)?), CORGI))
+        })?
+    } else {
+        app.docs.render(&doc, "npm-full", |d| {
+            let body = packument::rewrite_full(&d.bytes, &TarballBase(&base)).map_err(bad_doc)?;
+            Ok(Rendered::new(Bytes::from(body), "application/json"))
+        })?
+    };
+    Ok(rendered.reply(
+        req.header("if-none-match"),
+        req.header("accept-encoding"),
+        cache,
+    ))
+}
+
+fn bad_doc(m: String) -> ProxyError {
+    ProxyError::Upstream {
+        upstream: String::new(),
+        message: m,
+        status: None,
+    }
+}
+
+/// The cached packument of `name` (abbreviated or full). When the abbreviated form is
+/// not cached and cannot be fetched (offline, upstream down), a cached full packument
+/// stands in: sluice abbreviates it.
+async fn get_packument(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    corgi: bool,
+    force: bool,
+) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
+    let key = doc_key(up, name, corgi);
+    let fetcher = packument_fetcher(app, up, name, corgi);
+    let got = app
+        .docs
+        .get(&key, app.freshness(up), force, fetcher, not_found(name))
+        .await;
+    match got {
+        Err(e) if corgi && (e.is_upstream_failure() || matches!(e, ProxyError::Offline(_))) => {
+            match app.docs.peek(&doc_key(up, name, false)) {
+                Some(full) => Ok((full, CacheStatus::Stale)),
+                None => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+/// `/<name>/<version or dist-tag>`: one version object; a version missing from the cached
+/// packument makes sluice revalidate it once before answering 404.
+async fn version(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    spec: &str,
+    req: &Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let base = tarball_base(app, up, name);
+    let variant = format!("npm-version:{spec}");
+    let mut force = wants_revalidation(req);
+    loop {
+        let (doc, cache) = get_packument(app, up, name, false, force).await?;
+        let rendered = app.docs.render(&doc, &variant, |d| {
+            packument::version_doc(&d.bytes, spec, &TarballBase(&base))
+                .map(|b| Rendered::new(Bytes::from(b), "application/json"))
+                .ok_or_else(|| ProxyError::NotFound {
+                    code: "NOT_FOUND",
+                    message: format!("version {spec} of {name} not found"),
+                })
+        });
+        match rendered {
+            Ok(r) => {
+                return Ok(r.reply(
+                    req.header("if-none-match"),
+                    req.header("accept-encoding"),
+                    cache,
+                ))
+            }
+            Err(e) if force || app.freshness(up).offline => return Err(e),
+            Err(_) => force = true,
+        }
+    }
+}
+
+/// `/-/package/<name>/dist-tags`, from the cached full packument.
+async fn dist_tags(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    req: &Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let (doc, cache) = get_packument(app, up, name, false, wants_revalidation(req)).await?;
+    let rendered = app.docs.render(&doc, "npm-dist-tags", |d| {
+        let tags = packument::dist_tags(&d.bytes).unwrap_or_else(|| b"{}".to_vec());
+        Ok(Rendered::new(Bytes::from(tags), "application/json"))
+    })?;
+    Ok(rendered.reply(
+        req.header("if-none-match"),
+        req.header("accept-encoding"),
+        cache,
+    ))
+}
+
+/// `/-/npm/v1/keys`: the registry's signing keys, cached as a document so that
+/// `npm audit signatures` works from cache too.
+async fn keys(app: &Arc<App>, up: &Arc<Upstream>, req: &Request<'_>) -> Result<Reply, ProxyError> {
+    let key = format!("npm/{}/-/keys", up.name());
+    let fetcher = doc_fetcher(app, up, "/-/npm/v1/keys".into(), "application/json");
+    let (doc, cache) = app
+        .docs
+        .get(&key, app.freshness(up), false, fetcher, || {
+            ProxyError::NotFound {
+                code: "NOT_FOUND",
+                message: "the upstream registry publishes no signing keys".into(),
+            }
+        })
+        .await?;
+    let rendered = app.docs.render(&doc, "npm-keys", |d| {
+        Ok(Rendered::new(d.bytes.clone(), "application/json"))
+    })?;
+    Ok(rendered.reply(
+        req.header("if-none-match"),
+        req.header("accept-encoding"),
+        cache,
+    ))
+}
+
+/// Passes a request to the upstream and its answer back, uncached. Only headers that
+/// describe the request body and the wanted answer are forwarded: never credentials.
+async fn pass(
+    up: &Arc<Upstream>,
+    method: Method,
+    path: &str,
+    req: &Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let mut h = HeaderMap::new();
+    for n in [
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_ENCODING,
+        http::header::ACCEPT,
+        http::header::ACCEPT_ENCODING,
+    ] {
+        if let Some(v) = req.headers.get(&n) {
+            h.insert(n, v.clone());
+        }
+    }
+    let path = match req.query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_string(),
+    };
+    let body = if method == Method::POST {
+        Some(req.body.clone().unwrap_or_default())
+    } else {
+        None
+    };
+    let resp = up.send(method, &path, h, None, body).await?;
+    Ok(super::pass_through(up, resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corgi_is_chosen_by_accept() {
+        assert!(wants_corgi(Some(ACCEPT_CORGI)));
+        assert!(wants_corgi(Some("application/vnd.npm.install-v1+json")));
+        assert!(!wants_corgi(Some("application/json")));
+        assert!(!wants_corgi(Some(
+            "application/vnd.npm.install-v1+json;q=0, application/json"
+        )));
+        assert!(!wants_corgi(None));
+    }
+
+    #[test]
+    fn gunzip_is_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&[b'x'; 10_000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip_limited(&gz, 10_000).unwrap().len(), 10_000);
+        assert!(gunzip_limited(&gz, 9_999).is_err());
+        assert!(gunzip_limited(b"not gzip", 100).is_err());
+    }
+}

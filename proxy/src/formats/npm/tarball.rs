@@ -1,0 +1,195 @@
+//! npm tarballs: `/<name>/-/<file>.tgz`.
+//!
+//! Where a tarball comes from and what it must hash to are looked up in the cached
+//! packument of `<name>` (`dist.tarball`, `dist.integrity` or else `dist.shasum`), never
+//! taken from the request, so sluice cannot be made to fetch an arbitrary URL. The
+//! content is verified while streaming ([`crate::fill`]), stored under its sha256 with a
+//! sha512 / sha1 alias, and served byte-exact. A file the cached packument does not name
+//! (a release newer than the cached copy) makes sluice revalidate the packument once
+//! before answering `404`; the `404` is then remembered for `negative_ttl`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::{FutureExt, StreamExt};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::app::App;
+use crate::digest::Digest;
+use crate::docs::Doc;
+use crate::error::ProxyError;
+use crate::fill::UpstreamBody;
+use crate::hashes::Expect;
+use crate::response::{Body, CacheStatus, Reply};
+use crate::upstream::Upstream;
+
+use super::name::NpmName;
+use super::packument::{tarball_index, TarballEntry};
+
+type Index = Arc<HashMap<String, TarballEntry>>;
+
+/// Tarball indexes of packuments, by document digest: a hit on a packument with thousands
+/// of versions does not re-parse it.
+fn indexes() -> &'static moka::sync::Cache<Digest, Index> {
+    static CACHE: OnceLock<moka::sync::Cache<Digest, Index>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .weigher(|_k: &Digest, v: &Index| v.len().try_into().unwrap_or(u32::MAX))
+            .max_capacity(2_000_000)
+            .build()
+    })
+}
+
+fn index_of(doc: &Doc) -> Index {
+    if let Some(i) = indexes().get(&doc.digest) {
+        return i;
+    }
+    let i = Arc::new(tarball_index(&doc.bytes));
+    indexes().insert(doc.digest, i.clone());
+    i
+}
+
+fn not_found(name: &NpmName, file: &str) -> ProxyError {
+    ProxyError::NotFound {
+        code: "NOT_FOUND",
+        message: format!("{name}: no version has the tarball {file}"),
+    }
+}
+
+/// The packument entry for `file`, revalidating the packument once if it lacks it.
+async fn find(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    file: &str,
+) -> Result<TarballEntry, ProxyError> {
+    // Consult whichever form is cached (npm caches the full one, pnpm the abbreviated one);
+    // when neither is, fetch the smaller abbreviated form.
+    let corgi = app.docs.peek(&super::doc_key(up, name, false)).is_none();
+    for force in [false, true] {
+        if force && app.freshness(up).offline {
+            break;
+        }
+        let (doc, _) = super::get_packument(app, up, name, corgi, force).await?;
+        if let Some(e) = index_of(&doc).get(file) {
+            return Ok(e.clone());
+        }
+    }
+    Err(not_found(name, file))
+}
+
+/// What the tarball must hash to: the strongest hash `dist.integrity` states, else the
+/// legacy `dist.shasum`.
+fn expect_of(e: &TarballEntry, name: &NpmName) -> Result<Expect, ProxyError> {
+    e.integrity
+        .as_deref()
+        .and_then(Expect::from_sri)
+        .or_else(|| e.shasum.as_deref().and_then(Expect::from_sha1_hex))
+        .ok_or_else(|| ProxyError::Upstream {
+            upstream: String::new(),
+            message: format!(
+                "{name}@{}: the packument states no usable dist.integrity or dist.shasum; \
+                 refusing to serve unverifiable bytes",
+                e.version
+            ),
+            status: None,
+        })
+}
+
+fn headers(r: Reply, d: Option<&Digest>) -> Reply {
+    let r = r.header("Content-Type", "application/octet-stream");
+    match d {
+        Some(d) => r.header("ETag", format!("\"{d}\"")),
+        None => r,
+    }
+}
+
+/// Answers `GET`/`HEAD /<name>/-/<file>`.
+pub async fn serve(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    file: &str,
+    head: bool,
+) -> Result<Reply, ProxyError> {
+    let neg_key = format!("npm/{}/{name}/-/{file}", up.name());
+    if app.is_negative(&neg_key) {
+        return Err(not_found(name, file));
+    }
+    let entry = match find(app, up, name, file).await {
+        Ok(e) => e,
+        Err(e) => {
+            if matches!(e, ProxyError::NotFound { .. }) {
+                app.remember_negative(neg_key, up.cfg.negative_ttl.get());
+            }
+            return Err(e);
+        }
+    };
+    let expect = expect_of(&entry, name)?;
+    if let Some(reply) = stored(app, &expect) {
+        return Ok(reply);
+    }
+    let url = up
+        .base()
+        .join(&entry.url)
+        .map_err(|e| ProxyError::Upstream {
+            upstream: up.name().to_string(),
+            message: format!("{name}@{}: bad dist.tarball URL: {e}", entry.version),
+            status: None,
+        })?;
+    if head {
+        // A HEAD does not start a fill: ask the origin whether (and how big) it is.
+        let resp = up
+            .send_url(Method::HEAD, url, HeaderMap::new(), None, None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(up.status_error(resp.status(), file, not_found(name, file)));
+        }
+        let mut r = headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), None);
+        r.head_length = resp.content_length();
+        return Ok(r);
+    }
+    let (up2, nf, what) = (
+        up.clone(),
+        not_found(name, file),
+        format!("{name}/-/{file}"),
+    );
+    let opener = Box::new(move || {
+        async move {
+            let resp = up2
+                .send_url(Method::GET, url, HeaderMap::new(), None, None)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(up2.status_error(resp.status(), &what, nf));
+            }
+            let len = resp.content_length();
+            let up3 = up2.clone();
+            let stream = resp
+                .bytes_stream()
+                .map(move |r| r.map_err(|e| up3.body_error(e)))
+                .boxed();
+            Ok(UpstreamBody { len, stream })
+        }
+        .boxed()
+    });
+    let Some(fill) = app.fills.join_or_start(expect.clone(), "npm", opener)? else {
+        // Stored between our lookup and the fill registry check.
+        return stored(app, &expect).ok_or_else(|| ProxyError::internal("stored tarball vanished"));
+    };
+    if let Err(e) = fill.started().await {
+        if matches!(e, ProxyError::NotFound { .. }) {
+            app.remember_negative(neg_key, up.cfg.negative_ttl.get());
+        }
+        return Err(e);
+    }
+    Ok(headers(Reply::new(StatusCode::OK, CacheStatus::Miss), None)
+        .body(Body::Follow(fill.follow(0, None))))
+}
+
+/// The stored tarball for `expect`, if any.
+fn stored(app: &App, expect: &Expect) -> Option<Reply> {
+    let d = app.store.resolve(expect)?;
+    let bytes = app.store.read(&d)?;
+    app.store.touch(&d);
+    Some(headers(Reply::new(StatusCode::OK, CacheStatus::Hit), Some(&d)).body(Body::Mapped(bytes)))
+}

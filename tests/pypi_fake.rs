@@ -1,0 +1,638 @@
+//! The PyPI format against the in-process fake index (`common::pypi_sim`): page rendering
+//! from JSON and from HTML upstreams, negotiation, redirects, file verification and
+//! single flight, metadata files, stale-if-error, revalidation, offline, and the refusals
+//! (uploads, files no page listed).
+
+mod common;
+
+use std::time::Duration;
+
+use common::pypi_sim::{Mode, PyFault, PypiSim, SimFile};
+use common::{
+    blob_files, blob_path, eventually, header, http_client, json_body, random_bytes,
+    sluice_cache_header, tmp_files, within, Sluice,
+};
+
+const PIP_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
+const JSON: &str = "application/vnd.pypi.simple.v1+json";
+
+fn sluice_for(sim: &PypiSim, extra: &str) -> Sluice {
+    Sluice::start(&format!(
+        "[[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\n{extra}\n",
+        sim.simple_url()
+    ))
+}
+
+struct Demo {
+    wheel: SimFile,
+    wheel_sha: String,
+    sdist_sha: String,
+    metadata: bytes::Bytes,
+}
+
+/// Project `Demo_Pkg`: a wheel with core metadata and a yanked sdist with an awkward
+/// `requires-python` and yank reason (both need HTML escaping).
+fn demo(sim: &PypiSim) -> Demo {
+    let metadata = bytes::Bytes::from_static(
+        b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\nRequires-Python: >=3.8\n",
+    );
+    let mut wheel = SimFile::new(
+        "demo_pkg-1.0-py3-none-any.whl",
+        "1.0",
+        random_bytes(300_000, 1),
+    );
+    wheel.requires_python = Some(">=3.8".into());
+    wheel.metadata = Some(metadata.clone());
+    let mut sdist = SimFile::new("demo_pkg-0.9.tar.gz", "0.9", random_bytes(5_000, 2));
+    sdist.requires_python = Some("<4,>=3.7".into());
+    sdist.yanked = Some("broken <build> & bad".into());
+    let sdist_sha = sim.add_file("Demo_Pkg", sdist);
+    let wheel_sha = sim.add_file("Demo_Pkg", wheel.clone());
+    Demo {
+        wheel,
+        wheel_sha,
+        sdist_sha,
+        metadata,
+    }
+}
+
+async fn get(url: &str, accept: Option<&str>) -> reqwest::Response {
+    let mut r = http_client().get(url);
+    if let Some(a) = accept {
+        r = r.header("Accept", a);
+    }
+    within(30, url, r.send())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+fn page_requests(sim: &PypiSim, project: &str) -> usize {
+    sim.count(&format!("/simple/{project}/"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_upstream_page_renders_as_json_and_html_with_files_on_a_second_host() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+
+    let r = get(&base, Some(PIP_ACCEPT)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sluice_cache_header(&r), "MISS");
+    assert_eq!(header(&r, "content-type"), JSON);
+    let v = json_body(r).await;
+    assert_eq!(v["name"], "Demo_Pkg");
+    assert_eq!(v["meta"]["api-version"], "1.1");
+    assert_eq!(v["versions"], serde_json::json!(["0.9", "1.0"]));
+    let files = v["files"].as_array().expect("files");
+    let wheel = files
+        .iter()
+        .find(|f| f["filename"] == d.wheel.filename)
+        .expect("wheel listed");
+    let wheel_url = format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        d.wheel_sha,
+        d.wheel.filename
+    );
+    assert_eq!(wheel["url"], wheel_url.as_str());
+    assert_eq!(wheel["hashes"]["sha256"], d.wheel_sha.as_str());
+    assert_eq!(wheel["size"], 300_000);
+    assert_eq!(wheel["upload-time"], "2024-01-02T03:04:05.000000Z");
+    assert_eq!(wheel["requires-python"], ">=3.8");
+    let meta_sha = common::sha256_digest(&d.metadata);
+    assert_eq!(
+        wheel["core-metadata"]["sha256"],
+        meta_sha.trim_start_matches("sha256:")
+    );
+    assert_eq!(wheel["data-dist-info-metadata"], wheel["core-metadata"]);
+    let sdist = files
+        .iter()
+        .find(|f| f["filename"] == "demo_pkg-0.9.tar.gz")
+        .expect("sdist listed");
+    assert_eq!(sdist["yanked"], "broken <build> & bad");
+    assert_eq!(sdist["requires-python"], "<4,>=3.7");
+
+    // HTML from the same cached document: no second upstream request.
+    let r = get(&base, None).await;
+    assert_eq!(sluice_cache_header(&r), "HIT");
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    let html = r.text().await.expect("html");
+    assert!(
+        html.contains(&format!("href=\"{wheel_url}#sha256={}\"", d.wheel_sha)),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-requires-python=\"&lt;4,&gt;=3.7\""),
+        "{html}"
+    );
+    assert!(html.contains("data-requires-python=\"&gt;=3.8\""), "{html}");
+    assert!(
+        html.contains("data-yanked=\"broken &lt;build&gt; &amp; bad\""),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "data-core-metadata=\"sha256={}\"",
+        meta_sha.trim_start_matches("sha256:")
+    )));
+    assert!(html.contains(&format!(
+        "/files/sha256/{}/demo_pkg-0.9.tar.gz",
+        d.sdist_sha
+    )));
+    assert_eq!(page_requests(&sim, "demo-pkg"), 1);
+    let page_req = &sim.requests()[0];
+    assert!(page_req.header("accept").unwrap_or("").starts_with(JSON));
+
+    // The wheel: fetched from the files host, verified, stored; then a hit.
+    let r = get(&wheel_url, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sluice_cache_header(&r), "MISS");
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    assert!(sim.requests().iter().any(|q| q.files_host));
+    assert!(
+        eventually(Duration::from_secs(5), || blob_path(
+            &s.data_dir(),
+            &format!("sha256:{}", d.wheel_sha)
+        )
+        .exists())
+        .await
+    );
+    let r = get(&wheel_url, None).await;
+    assert_eq!(sluice_cache_header(&r), "HIT");
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    assert_eq!(sim.count(&format!("/files/{}", d.wheel.filename)), 1);
+
+    // PEP 658 metadata, verified against the hash the page stated.
+    let r = get(&format!("{wheel_url}.metadata"), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.metadata[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_only_upstream_is_parsed_and_served_as_json_too() {
+    let sim = PypiSim::start(Mode::Html).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let r = get(&base, Some(JSON)).await;
+    assert_eq!(r.status(), 200);
+    let v = json_body(r).await;
+    let files = v["files"].as_array().expect("files");
+    assert_eq!(files.len(), 2);
+    let sdist = files
+        .iter()
+        .find(|f| f["filename"] == "demo_pkg-0.9.tar.gz")
+        .expect("sdist");
+    assert_eq!(sdist["yanked"], "broken <build> & bad");
+    assert_eq!(sdist["requires-python"], "<4,>=3.7");
+    assert_eq!(sdist["hashes"]["sha256"], d.sdist_sha.as_str());
+    let wheel = files
+        .iter()
+        .find(|f| f["filename"] == d.wheel.filename)
+        .expect("wheel");
+    assert!(wheel["core-metadata"]["sha256"].is_string());
+    let url = wheel["url"].as_str().expect("url").to_string();
+    let r = get(&url, None).await;
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    let r = get(&format!("{url}.metadata"), None).await;
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.metadata[..]);
+    // And the HTML page escapes what it unescaped.
+    let html = get(&base, Some("text/html"))
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("data-requires-python=\"&lt;4,&gt;=3.7\""),
+        "{html}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_normalised_names_redirect_to_the_normalised_url() {
+    let sim = PypiSim::start(Mode::Json).await;
+    demo(&sim);
+    let s = sluice_for(&sim, "");
+    for (path, to) in [
+        ("simple/Demo_Pkg/", "simple/demo-pkg/"),
+        (
+            "simple/demo.pkg/?format=text/html",
+            "simple/demo-pkg/?format=text/html",
+        ),
+        ("simple/demo-pkg", "simple/demo-pkg/"),
+        ("simple", "simple/"),
+        ("pypi/Demo__Pkg/json", "pypi/demo-pkg/json"),
+    ] {
+        let r = get(&format!("{}/pypi/{path}", s.base_url()), None).await;
+        assert_eq!(r.status(), 301, "{path}");
+        assert_eq!(
+            header(&r, "location"),
+            format!("{}/pypi/{to}", s.base_url()),
+            "{path}"
+        );
+    }
+    assert_eq!(page_requests(&sim, "demo-pkg"), 0);
+    let r = get(&format!("{}/pypi/simple/no%2Fslash/", s.base_url()), None).await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiation_etag_304_and_gzip() {
+    let sim = PypiSim::start(Mode::Json).await;
+    demo(&sim);
+    for i in 0..20 {
+        sim.add_file(
+            "demo-pkg",
+            SimFile::new(
+                &format!("demo_pkg-2.{i}.tar.gz"),
+                &format!("2.{i}"),
+                vec![i as u8; 10],
+            ),
+        );
+    }
+    let s = sluice_for(&sim, "");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let ct = |r: &reqwest::Response| header(r, "content-type");
+    let r = get(
+        &base,
+        Some("text/html;q=0.9, application/vnd.pypi.simple.v1+json;q=0.5"),
+    )
+    .await;
+    assert_eq!(ct(&r), "text/html; charset=utf-8");
+    let r = get(
+        &base,
+        Some("application/vnd.pypi.simple.v1+html, */*;q=0.1"),
+    )
+    .await;
+    assert_eq!(ct(&r), "application/vnd.pypi.simple.v1+html");
+    let r = get(
+        &format!("{base}?format=application/vnd.pypi.simple.v1%2Bjson"),
+        Some("text/html"),
+    )
+    .await;
+    assert_eq!(ct(&r), JSON);
+    let r = get(&base, Some("application/json")).await;
+    assert_eq!(r.status(), 406);
+    let r = get(&base, Some("*/*")).await;
+    assert_eq!(ct(&r), "text/html; charset=utf-8");
+    assert!(header(&r, "vary").contains("Accept"));
+    let etag = header(&r, "etag");
+    assert!(!etag.is_empty());
+    let r = within(
+        10,
+        "conditional GET",
+        http_client()
+            .get(&base)
+            .header("If-None-Match", &etag)
+            .send(),
+    )
+    .await
+    .expect("GET");
+    assert_eq!(r.status(), 304);
+    let r = within(
+        10,
+        "gzip GET",
+        http_client()
+            .get(&base)
+            .header("Accept", JSON)
+            .header("Accept-Encoding", "gzip")
+            .send(),
+    )
+    .await
+    .expect("GET");
+    assert_eq!(header(&r, "content-encoding"), "gzip");
+    let gz = r.bytes().await.expect("body");
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2_decoder(&gz), &mut plain).expect("gunzip");
+    let v: serde_json::Value = serde_json::from_slice(&plain).expect("json");
+    assert_eq!(v["files"].as_array().map(Vec::len), Some(22));
+    assert_eq!(page_requests(&sim, "demo-pkg"), 1);
+}
+
+/// A minimal gzip reader via the system `gzip` would add a tool; the test crate has no
+/// flate2, so gunzip with a child process reading stdin.
+fn flate2_decoder(gz: &[u8]) -> std::io::Cursor<Vec<u8>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(gz)
+        .expect("write");
+    let out = child.wait_with_output().expect("gzip output");
+    assert!(out.status.success(), "gzip -dc failed");
+    std::io::Cursor::new(out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_file_bytes_are_refused_and_nothing_is_stored() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
+    sim.fault(&d.wheel.filename, PyFault::WrongBytes);
+    let url = format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        d.wheel_sha,
+        d.wheel.filename
+    );
+    let r = get(&url, None).await;
+    let status = r.status();
+    let body = r.bytes().await;
+    // Either refused before the body started, or the body was cut: never complete.
+    if let Ok(b) = body {
+        assert!(
+            status != 200 || b.len() < d.wheel.bytes.len(),
+            "client got a complete body ({status}, {} bytes)",
+            b.len()
+        );
+    }
+    assert!(!blob_path(&s.data_dir(), &format!("sha256:{}", d.wheel_sha)).exists());
+    assert!(
+        eventually(Duration::from_secs(5), || tmp_files(&s.data_dir())
+            .is_empty())
+        .await
+    );
+    assert!(s.log().contains("fill failed"), "no fill failure logged");
+    // The upstream fixed: the same URL now works.
+    sim.clear_faults();
+    let r = get(&url, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_503_serves_the_stale_page() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "metadata_ttl = \"1s\"");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let first = get(&base, Some(JSON)).await.text().await.expect("body");
+    sim.fault("/simple/demo-pkg/", PyFault::Status(503));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..3 {
+        let r = get(&base, Some(JSON)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(sluice_cache_header(&r), "STALE");
+        assert_eq!(r.text().await.expect("body"), first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        page_requests(&sim, "demo-pkg") >= 2,
+        "no revalidation was attempted"
+    );
+    // Files of the stale page stay reachable.
+    let r = get(
+        &format!(
+            "{}/pypi/files/sha256/{}/{}",
+            s.base_url(),
+            d.wheel_sha,
+            d.wheel.filename
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_pages_revalidate_with_etag_and_304() {
+    let sim = PypiSim::start(Mode::Json).await;
+    demo(&sim);
+    let s = sluice_for(&sim, "metadata_ttl = \"1s\"");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    get(&base, None).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = get(&base, None).await;
+    assert_eq!(sluice_cache_header(&r), "STALE");
+    assert!(
+        eventually(Duration::from_secs(5), || page_requests(&sim, "demo-pkg")
+            == 2)
+        .await
+    );
+    let reval = sim
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|q| q.path == "/simple/demo-pkg/");
+    assert!(reval
+        .and_then(|q| q.header("if-none-match").map(str::to_string))
+        .is_some());
+    let r = get(&base, None).await;
+    assert_eq!(sluice_cache_header(&r), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_only_fetched_from_origins_a_page_listed() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    let unknown = "ab".repeat(32);
+    for path in [
+        format!("files/sha256/{unknown}/x-1.0.tar.gz"),
+        // Known only once the page is fetched: not before.
+        format!("files/sha256/{}/{}", d.wheel_sha, d.wheel.filename),
+        "files/sha256/zz/x.whl".to_string(),
+        "files/url/../../etc/passwd".to_string(),
+    ] {
+        let r = get(&format!("{}/pypi/{path}", s.base_url()), None).await;
+        assert!(
+            r.status() == 404 || r.status() == 400,
+            "{path}: {}",
+            r.status()
+        );
+    }
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
+    // The right digest with another file name is not that file.
+    let r = get(
+        &format!(
+            "{}/pypi/files/sha256/{}/evil.whl",
+            s.base_url(),
+            d.wheel_sha
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(sim.requests().iter().filter(|q| q.files_host).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_one_file_fetch_it_once() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
+    let url = format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        d.wheel_sha,
+        d.wheel.filename
+    );
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let r = http_client().get(&url).send().await.expect("GET");
+                assert_eq!(r.status(), 200);
+                r.bytes().await.expect("body")
+            })
+        })
+        .collect();
+    for t in tasks {
+        let b = within(30, "concurrent GET", t).await.expect("task");
+        assert_eq!(&b[..], &d.wheel.bytes[..]);
+    }
+    assert_eq!(sim.count(&format!("/files/{}", d.wheel.filename)), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_with_405() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let s = sluice_for(&sim, "");
+    for path in ["/pypi/", "/pypi/legacy/", "/pypi/simple/demo-pkg/"] {
+        let r = within(
+            10,
+            "POST",
+            http_client()
+                .post(format!("{}{path}", s.base_url()))
+                .body("x")
+                .send(),
+        )
+        .await
+        .expect("POST");
+        assert_eq!(r.status(), 405, "{path}");
+    }
+    assert!(sim.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_without_sha256_pass_through_uncached() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let mut f = SimFile::new("legacy-1.0.tar.gz", "1.0", random_bytes(4000, 9));
+    f.md5_only = true;
+    let bytes = f.bytes.clone();
+    sim.add_file("legacy", f);
+    let s = sluice_for(&sim, "");
+    let html = get(&format!("{}/pypi/simple/legacy/", s.base_url()), None)
+        .await
+        .text()
+        .await
+        .expect("html");
+    let href = html
+        .split("href=\"")
+        .nth(1)
+        .and_then(|h| h.split('"').next())
+        .expect("a link")
+        .to_string();
+    assert!(href.contains("/pypi/files/url/"), "{href}");
+    assert!(href.contains("#md5="), "{href}");
+    let url = href.split('#').next().expect("url");
+    let before = blob_files(&s.data_dir()).len();
+    for _ in 0..2 {
+        let r = get(url, None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(sluice_cache_header(&r), "BYPASS");
+        assert_eq!(&r.bytes().await.expect("body")[..], &bytes[..]);
+    }
+    assert_eq!(sim.count("/files/legacy-1.0.tar.gz"), 2);
+    assert_eq!(blob_files(&s.data_dir()).len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_api_and_index_root_are_served_with_sluice_urls() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    sim.add_file(
+        "Other.Project",
+        SimFile::new("other.project-1.0.zip", "1.0", vec![1; 10]),
+    );
+    let s = sluice_for(&sim, "");
+    let r = get(&format!("{}/pypi/pypi/demo-pkg/json", s.base_url()), None).await;
+    assert_eq!(r.status(), 200);
+    let v = json_body(r).await;
+    let u = v["urls"][0]["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        u,
+        format!(
+            "{}/pypi/files/sha256/{}/{}",
+            s.base_url(),
+            d.wheel_sha,
+            d.wheel.filename
+        )
+    );
+    assert!(v["releases"]["0.9"][0]["url"]
+        .as_str()
+        .expect("url")
+        .contains(&d.sdist_sha));
+    // The JSON API alone is enough to know a file's origin.
+    let r = get(&u, None).await;
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    let r = get(&format!("{}/pypi/pypi/nope/json", s.base_url()), None).await;
+    assert_eq!(r.status(), 404);
+
+    let html = get(&format!("{}/pypi/simple/", s.base_url()), None)
+        .await
+        .text()
+        .await
+        .expect("root");
+    assert!(
+        html.contains("<a href=\"other-project/\">Other.Project</a>"),
+        "{html}"
+    );
+    let v = json_body(get(&format!("{}/pypi/simple/", s.base_url()), Some(JSON)).await).await;
+    let names: Vec<_> = v["projects"]
+        .as_array()
+        .expect("projects")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, vec!["Demo_Pkg", "Other.Project"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_restart_serves_cached_pages_and_files() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let mut s = sluice_for(&sim, "");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let url = format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        d.wheel_sha,
+        d.wheel.filename
+    );
+    get(&base, Some(PIP_ACCEPT)).await;
+    get(&url, None).await.bytes().await.expect("body");
+    let cfg = std::fs::read_to_string(s.config_path()).expect("config");
+    std::fs::write(
+        s.config_path(),
+        cfg.replace("format = \"pypi\"", "format = \"pypi\"\noffline = true"),
+    )
+    .expect("write config");
+    s.restart();
+    let before = sim.requests().len();
+    let r = get(&base, Some(PIP_ACCEPT)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sluice_cache_header(&r), "HIT");
+    let r = get(&url, None).await;
+    assert_eq!(sluice_cache_header(&r), "HIT");
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    let r = get(&format!("{}/pypi/simple/other/", s.base_url()), None).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.expect("body").contains("offline"));
+    assert_eq!(
+        sim.requests().len(),
+        before,
+        "offline sluice contacted the upstream"
+    );
+}

@@ -1,0 +1,158 @@
+//! The dependency firewall on PyPI with the real `pip` against the fake index: a blocked
+//! version disappears from the simple page (so an unpinned install picks the newest allowed
+//! one), a pinned install of it fails with the rule's reason, and a direct file fetch gets
+//! `403` naming the rule and the request id — also for files already cached.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pypi_sim::{Mode, PypiSim, SimFile};
+use common::{http_client, run_with_timeout, within, Sluice};
+
+/// A minimal, valid pure-Python wheel for `name==version`, built by Python's zipfile.
+fn wheel(dir: &std::path::Path, name: &str, version: &str) -> (String, Vec<u8>) {
+    let filename = format!("{name}-{version}-py3-none-any.whl");
+    let path = dir.join(&filename);
+    let script = format!(
+        r#"
+import zipfile, sys
+n, v, p = "{name}", "{version}", sys.argv[1]
+di = f"{{n}}-{{v}}.dist-info"
+files = {{
+    f"{{n}}/__init__.py": f"VERSION = '{{v}}'\n",
+    f"{{di}}/METADATA": f"Metadata-Version: 2.1\nName: {{n}}\nVersion: {{v}}\n",
+    f"{{di}}/WHEEL": "Wheel-Version: 1.0\nGenerator: sluice-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}}
+files[f"{{di}}/RECORD"] = "".join(f"{{k}},,\n" for k in files) + f"{{di}}/RECORD,,\n"
+with zipfile.ZipFile(p, "w") as z:
+    for k, c in files.items():
+        z.writestr(k, c)
+"#
+    );
+    let ok = Command::new("python3")
+        .args(["-c", &script])
+        .arg(&path)
+        .status()
+        .expect("python3")
+        .success();
+    assert!(ok, "building {filename}");
+    (filename, std::fs::read(&path).unwrap())
+}
+
+fn pip(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "pip"])
+        .args(args)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_CONFIG_FILE", "/dev/null");
+    common::no_proxy_env(&mut cmd);
+    run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+const POLICY: &str = r#"
+[[policy.rule]]
+id = "no-leaky-2"
+kind = "deny"
+format = "pypi"
+package = "leaky_pkg"
+versions = ">=2.0,<3"
+reason = "leaks credentials"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_versions_vanish_from_pages_and_pinned_installs_fail_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = PypiSim::start(Mode::Json).await;
+    let mut blocked_wheel = None;
+    for v in ["1.0", "2.0", "2.1"] {
+        let (f, bytes) = wheel(tmp.path(), "leaky_pkg", v);
+        sim.add_file("leaky-pkg", SimFile::new(&f, v, bytes.clone()));
+        blocked_wheel = Some((f, bytes));
+    }
+    let (blocked_file, blocked_bytes) = blocked_wheel.unwrap();
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\n{POLICY}",
+        sim.simple_url()
+    ));
+    let index = format!("{}/pypi/simple/", s.base_url());
+    let target = tmp.path().join("t1");
+    within(240, "pip with policy", async {
+        // Unpinned: the newest allowed version.
+        let (i, t) = (index.clone(), target.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            pip(&[
+                "install",
+                "--no-cache-dir",
+                "--index-url",
+                &i,
+                "--target",
+                t.to_str().unwrap(),
+                "leaky-pkg",
+            ])
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let init = std::fs::read_to_string(target.join("leaky_pkg/__init__.py")).unwrap();
+        assert!(init.contains("'1.0'"), "installed {init}");
+
+        // The page does not list the blocked versions.
+        let c = http_client();
+        let page = c
+            .get(format!("{index}leaky-pkg/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("leaky_pkg-1.0-")
+                && !page.contains("leaky_pkg-2.0-")
+                && !page.contains("leaky_pkg-2.1-"),
+            "{page}"
+        );
+
+        // Pinned to a blocked version: pip cannot find it.
+        let (i, t) = (index.clone(), tmp.path().join("t2"));
+        let out = tokio::task::spawn_blocking(move || {
+            pip(&[
+                "install",
+                "--no-cache-dir",
+                "--index-url",
+                &i,
+                "--target",
+                t.to_str().unwrap(),
+                "leaky-pkg==2.1",
+            ])
+        })
+        .await
+        .unwrap();
+        assert!(!out.status.success(), "a blocked version installed");
+
+        // A direct file fetch (e.g. a lockfile URL) gets 403 with the rule and the reason.
+        let (f, sha) = (&blocked_file, common::sha256_digest(&blocked_bytes));
+        let url = format!(
+            "{}/pypi/files/sha256/{}/{f}",
+            s.base_url(),
+            sha.trim_start_matches("sha256:")
+        );
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let rid = common::header(&r, "x-request-id");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("no-leaky-2")
+                && text.contains("leaks credentials")
+                && text.contains(&rid),
+            "{text}"
+        );
+    })
+    .await;
+}
