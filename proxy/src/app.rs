@@ -83,7 +83,7 @@ impl App {
             default_oci,
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
             metrics,
-            policy: Arc::new(Policy::new(engine, config_path)),
+            policy: Arc::new(Policy::new(engine, &config.policy, config_path)),
             config,
         })
     }

@@ -107,6 +107,8 @@ pub struct Rendered {
     pub content_type: String,
     /// Strong ETag sluice serves for this variant.
     pub etag: String,
+    /// Extra response headers (e.g. npm's `npm-notice` naming blocked versions).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Rendered {
@@ -118,7 +120,24 @@ impl Rendered {
             gzip: std::sync::OnceLock::new(),
             content_type: content_type.into(),
             etag,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header (ASCII control characters are replaced by spaces).
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Rendered {
+        let clean: String = value
+            .chars()
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect();
+        self.headers.push((name, clean));
+        self
     }
 
     fn gzipped(&self) -> &Bytes {
@@ -143,9 +162,13 @@ impl Rendered {
             })
         });
         let base = |status| {
-            Reply::new(status, cache)
+            let mut r = Reply::new(status, cache)
                 .header("ETag", self.etag.clone())
-                .header("Vary", "Accept, Accept-Encoding")
+                .header("Vary", "Accept, Accept-Encoding");
+            for (k, v) in &self.headers {
+                r = r.header(k, v.clone());
+            }
+            r
         };
         if etag_matches {
             return base(http::StatusCode::NOT_MODIFIED);

@@ -36,6 +36,8 @@ pub enum ProxyError {
     /// The dependency firewall blocks this artifact.
     #[error("blocked by policy rule {rule}: {reason}")]
     Blocked {
+        /// Answer 404 rather than 403: a `namespace` rule (the name does not exist here).
+        hidden: bool,
         /// Rule id (`osv` for advisories).
         rule: String,
         /// Why.
@@ -111,6 +113,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
             ProxyError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream {
@@ -136,6 +139,7 @@ impl ProxyError {
             ProxyError::NotFound { code, .. } | ProxyError::BadRequest { code, .. } => code,
             ProxyError::Unsupported(_) => "UNSUPPORTED",
             ProxyError::Unauthorized(_) => "UNAUTHORIZED",
+            ProxyError::Blocked { hidden: true, .. } => "NAME_UNKNOWN",
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => "DENIED",
             ProxyError::Upstream {
                 status: Some(429), ..

@@ -5,6 +5,7 @@
 //! it in; the generation number changes so rendered metadata (which drops blocked
 //! versions) is re-rendered. A config that fails to load keeps the old engine.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,18 +16,44 @@ use sluice_policy::{Decision, Engine, Facts, Verdict};
 use crate::error::ProxyError;
 use crate::store::unix_secs;
 
+/// An engine and what the proxy needs to know about its rules.
+struct Live {
+    engine: Arc<Engine>,
+    /// Ids of `namespace` rules: their blocks answer 404 (the name does not exist here).
+    namespace_ids: HashSet<String>,
+}
+
+impl Live {
+    fn new(engine: Engine, cfg: &sluice_config::PolicyConfig) -> Live {
+        Live {
+            engine: Arc::new(engine),
+            namespace_ids: cfg
+                .rules
+                .iter()
+                .filter(|r| r.kind == sluice_config::RuleKind::Namespace)
+                .map(|r| r.id.clone())
+                .collect(),
+        }
+    }
+}
+
 /// The live policy.
 pub struct Policy {
-    engine: ArcSwap<Engine>,
+    live: ArcSwap<Live>,
     generation: AtomicU64,
     config_path: Option<PathBuf>,
 }
 
 impl Policy {
-    /// Starts with `engine`; `config_path` is re-read on reload (none: embedded default).
-    pub fn new(engine: Engine, config_path: Option<PathBuf>) -> Policy {
+    /// Starts with `engine` built from `cfg`; `config_path` is re-read on reload (none:
+    /// embedded default).
+    pub fn new(
+        engine: Engine,
+        cfg: &sluice_config::PolicyConfig,
+        config_path: Option<PathBuf>,
+    ) -> Policy {
         Policy {
-            engine: ArcSwap::from_pointee(engine),
+            live: ArcSwap::from_pointee(Live::new(engine, cfg)),
             generation: AtomicU64::new(1),
             config_path,
         }
@@ -39,12 +66,13 @@ impl Policy {
 
     /// The current engine.
     pub fn engine(&self) -> Arc<Engine> {
-        self.engine.load_full()
+        self.live.load().engine.clone()
     }
 
     /// Evaluates `facts`, counts and logs the outcome.
     pub fn decide(&self, facts: &Facts) -> Decision {
-        let engine = self.engine.load();
+        let live = self.live.load();
+        let engine = &live.engine;
         if engine.is_empty() {
             return Decision::allow();
         }
@@ -82,8 +110,11 @@ impl Policy {
     pub fn check(&self, facts: &Facts) -> Result<Decision, ProxyError> {
         let d = self.decide(facts);
         if d.verdict == Verdict::Block {
+            let rule = d.rule.clone().unwrap_or_default();
+            let hidden = self.live.load().namespace_ids.contains(&rule);
             return Err(ProxyError::Blocked {
-                rule: d.rule.clone().unwrap_or_default(),
+                hidden,
+                rule,
                 reason: d.reason.clone().unwrap_or_default(),
             });
         }
@@ -93,19 +124,20 @@ impl Policy {
     /// Re-reads the config file and swaps in a new engine; on error keeps the old one.
     pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
         let path = self.config_path.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<Engine, String> {
+        let built = tokio::task::spawn_blocking(move || -> Result<Live, String> {
             let cfg = match &path {
                 Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string())?,
                 None => sluice_config::Config::embedded_default(),
             };
-            Engine::new(&cfg.policy).map_err(|e| e.to_string())
+            let engine = Engine::new(&cfg.policy).map_err(|e| e.to_string())?;
+            Ok(Live::new(engine, &cfg.policy))
         })
         .await
         .map_err(|e| e.to_string())?;
         match built {
-            Ok(engine) => {
-                let (adv, pkgs) = engine.osv_stats();
-                self.engine.store(Arc::new(engine));
+            Ok(live) => {
+                let (adv, pkgs) = live.engine.osv_stats();
+                self.live.store(Arc::new(live));
                 let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 metrics::counter!("sluice_policy_reloads_total", "result" => "ok").increment(1);
                 tracing::info!(

@@ -83,6 +83,8 @@ struct Inner {
     corgi: bool,
     advisories: Value,
     clock: u64,
+    /// Publish times (`time[version]`), by (name, version).
+    times: BTreeMap<(String, String), String>,
 }
 
 struct State {
@@ -173,6 +175,13 @@ impl NpmSim {
         p
     }
 
+    /// Sets the publish time (`time[version]`, RFC 3339) of `name@version`.
+    pub fn set_time(&self, name: &str, version: &str, rfc3339: &str) {
+        self.inner()
+            .times
+            .insert((name.to_string(), version.to_string()), rfc3339.to_string());
+    }
+
     /// Serve abbreviated packuments (`application/vnd.npm.install-v1+json`) when asked
     /// for them; otherwise the full document is the answer to every `Accept`.
     pub fn set_corgi(&self, on: bool) {
@@ -241,6 +250,9 @@ fn packument_json(inner: &Inner, port: u16, name: &str, corgi: bool) -> Option<V
     );
     let mut latest = None;
     for (v, ver) in versions {
+        if let Some(t) = inner.times.get(&(name.to_string(), v.clone())) {
+            time.insert(v.clone(), json!(t));
+        }
         let p = published(name, v, &ver.tarball);
         let mut dist = serde_json::Map::new();
         dist.insert("shasum".into(), json!(p.shasum));
@@ -275,7 +287,8 @@ fn packument_json(inner: &Inner, port: u16, name: &str, corgi: bool) -> Option<V
             m.insert("readme".into(), json!("# readme\n".repeat(200)));
         }
         vs.insert(v.clone(), Value::Object(m));
-        time.insert(v.clone(), json!("2020-01-01T00:00:00.000Z"));
+        time.entry(v.clone())
+            .or_insert_with(|| json!("2020-01-01T00:00:00.000Z"));
         latest = Some(v.clone());
     }
     let latest = latest?;

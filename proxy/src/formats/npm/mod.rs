@@ -15,6 +15,7 @@
 
 mod name;
 mod packument;
+mod policy;
 mod tarball;
 
 use std::sync::Arc;
@@ -70,10 +71,27 @@ pub async fn handle(
              dist-tag changes or login); publish to the registry itself",
             req.method
         ))),
-        Route::Packument(name) => packument(app, up, &name, &req).await,
-        Route::Version(name, spec) => version(app, up, &name, &spec, &req).await,
-        Route::DistTags(name) => dist_tags(app, up, &name, &req).await,
-        Route::Tarball(name, file) => tarball::serve(app, up, &name, &file, head).await,
+        Route::Packument(name) => {
+            check_name(app, up, &name)?;
+            packument(app, up, &name, &req).await
+        }
+        Route::Version(name, spec) => {
+            check_name(app, up, &name)?;
+            if sluice_policy::semver::Version::parse(&spec).is_ok() {
+                // An exact version a rule denies gets the rule's reason, not a 404.
+                app.policy
+                    .check(&policy::facts(up, name.as_str(), Some(&spec), None, None))?;
+            }
+            version(app, up, &name, &spec, &req).await
+        }
+        Route::DistTags(name) => {
+            check_name(app, up, &name)?;
+            dist_tags(app, up, &name, &req).await
+        }
+        Route::Tarball(name, file) => {
+            check_name(app, up, &name)?;
+            tarball::serve(app, up, &name, &file, head).await
+        }
         Route::Keys => keys(app, up, &req).await,
         Route::Ping => pass(up, Method::GET, "/-/ping", &req).await,
         Route::Search => pass(up, Method::GET, "/-/v1/search", &req).await,
@@ -82,6 +100,22 @@ pub async fn handle(
 }
 
 /// The doc-cache key of a packument.
+/// Package-level policy (namespace protection, deny without versions) before anything is
+/// fetched: an internal name never reaches a public registry.
+fn check_name(app: &App, up: &Upstream, name: &NpmName) -> Result<(), ProxyError> {
+    app.policy
+        .check(&policy::facts(up, name.as_str(), None, None, None))
+        .map(|_| ())
+}
+
+/// The packument bytes with blocked versions removed (unchanged when nothing is blocked).
+fn allowed_bytes(app: &App, up: &Upstream, name: &NpmName, doc: &Doc) -> Result<Bytes, ProxyError> {
+    Ok(policy::filter(&doc.bytes, &app.policy, up, name.as_str())
+        .map_err(bad_doc)?
+        .map(|(b, _)| Bytes::from(b))
+        .unwrap_or_else(|| doc.bytes.clone()))
+}
+
 fn doc_key(up: &Upstream, name: &NpmName, abbrev: bool) -> String {
     format!(
         "npm/{}/{}/{}",
@@ -272,23 +306,46 @@ async fn packument(
 ) -> Result<Reply, ProxyError> {
     let corgi = wants_corgi(req.header("accept"));
     let force = wants_revalidation(req);
-    let (doc, cache) = get_packument(app, up, name, corgi, force).await?;
+    // With a policy, the full packument is the source even for abbreviated answers: its
+    // `time` map (publish times, for cooldowns) and licenses are not in the abbreviated form.
+    let policy_on = !app.policy.engine().is_empty();
+    let (doc, cache) = get_packument(app, up, name, corgi && !policy_on, force).await?;
     let base = tarball_base(app, up, name);
-    let rendered = if corgi {
-        app.docs.render(&doc, "npm-corgi", |d| {
-            let body = if d.content_type.starts_with(CORGI) {
-                packument::rewrite_full(&d.bytes, &TarballBase(&base))
-            } else {
-                packument::abbreviate(&d.bytes, &TarballBase(&base))
+    // Rendered forms drop blocked versions; they are re-rendered when the policy changes
+    // (generation) and hourly (release-age cooldowns expire).
+    let gen = format!(
+        "#g{}#h{}",
+        app.policy.generation(),
+        crate::store::unix_secs() / 3600
+    );
+    let variant = format!("{}{gen}", if corgi { "npm-corgi" } else { "npm-full" });
+    let rendered = app.docs.render(&doc, &variant, |d| {
+        let (source, notice) =
+            match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
+                Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),
+                None => (d.bytes.clone(), None),
             };
-            Ok(Rendered::new(Bytes::from(body.map_err(bad_doc)?), CORGI))
-        })?
-    } else {
-        app.docs.render(&doc, "npm-full", |d| {
-            let body = packument::rewrite_full(&d.bytes, &TarballBase(&base)).map_err(bad_doc)?;
-            Ok(Rendered::new(Bytes::from(body), "application/json"))
-        })?
-    };
+        let (body, content_type) = if !corgi {
+            (
+                packument::rewrite_full(&source, &TarballBase(&base)),
+                "application/json",
+            )
+        } else if d.content_type.starts_with(CORGI) {
+            (packument::rewrite_full(&source, &TarballBase(&base)), CORGI)
+        } else {
+            (packument::abbreviate(&source, &TarballBase(&base)), CORGI)
+        };
+        let r = Rendered::new(Bytes::from(body.map_err(bad_doc)?), content_type);
+        Ok(match notice {
+            // npm prints `npm-notice` only for responses it does not store in its own
+            // cache, so a filtered packument is marked no-store: the user whose install
+            // then fails (ETARGET) sees which rule removed the version.
+            Some(n) => r
+                .with_header("npm-notice", &n)
+                .with_header("Cache-Control", "no-store"),
+            None => r,
+        })
+    })?;
     Ok(rendered.reply(
         req.header("if-none-match"),
         req.header("accept-encoding"),
@@ -341,12 +398,17 @@ async fn version(
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
     let base = tarball_base(app, up, name);
-    let variant = format!("npm-version:{spec}");
+    let variant = format!(
+        "npm-version:{spec}#g{}#h{}",
+        app.policy.generation(),
+        crate::store::unix_secs() / 3600
+    );
     let mut force = wants_revalidation(req);
     loop {
         let (doc, cache) = get_packument(app, up, name, false, force).await?;
         let rendered = app.docs.render(&doc, &variant, |d| {
-            packument::version_doc(&d.bytes, spec, &TarballBase(&base))
+            let bytes = allowed_bytes(app, up, name, d)?;
+            packument::version_doc(&bytes, spec, &TarballBase(&base))
                 .map(|b| Rendered::new(Bytes::from(b), "application/json"))
                 .ok_or_else(|| ProxyError::NotFound {
                     code: "NOT_FOUND",
@@ -375,8 +437,14 @@ async fn dist_tags(
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
     let (doc, cache) = get_packument(app, up, name, false, wants_revalidation(req)).await?;
-    let rendered = app.docs.render(&doc, "npm-dist-tags", |d| {
-        let tags = packument::dist_tags(&d.bytes).unwrap_or_else(|| b"{}".to_vec());
+    let variant = format!(
+        "npm-dist-tags#g{}#h{}",
+        app.policy.generation(),
+        crate::store::unix_secs() / 3600
+    );
+    let rendered = app.docs.render(&doc, &variant, |d| {
+        let bytes = allowed_bytes(app, up, name, d)?;
+        let tags = packument::dist_tags(&bytes).unwrap_or_else(|| b"{}".to_vec());
         Ok(Rendered::new(Bytes::from(tags), "application/json"))
     })?;
     Ok(rendered.reply(

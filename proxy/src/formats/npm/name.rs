@@ -39,6 +39,11 @@ impl NpmName {
         }
     }
 
+    /// The name as written (`@scope/name` or `name`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The form registries expect in a packument path: `@scope%2fname` for scoped names.
     pub fn encoded(&self) -> String {
         self.0.replacen('/', "%2f", 1)

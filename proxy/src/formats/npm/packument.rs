@@ -329,11 +329,23 @@ pub struct TarballEntry {
     pub integrity: Option<String>,
     /// `dist.shasum` (sha1 hex).
     pub shasum: Option<String>,
+    /// `license` (SPDX expression), for the policy.
+    pub license: Option<String>,
+    /// Has `preinstall`/`install`/`postinstall` scripts, for the policy.
+    pub has_install_script: bool,
+    /// Publish time from the packument's `time` map (Unix seconds), for the policy.
+    pub published: Option<i64>,
 }
 
 #[derive(serde::Deserialize)]
 struct VersionDist {
     dist: Option<Dist>,
+    #[serde(default)]
+    license: Option<serde_json::Value>,
+    #[serde(default, rename = "hasInstallScript")]
+    has_install_script: Option<bool>,
+    #[serde(default)]
+    scripts: Option<HashMap<String, serde_json::Value>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -349,17 +361,38 @@ pub fn tarball_index(doc: &[u8]) -> HashMap<String, TarballEntry> {
     let Ok(s) = std::str::from_utf8(doc) else {
         return map;
     };
-    let Some(versions) = RawObject::parse(s)
-        .ok()
-        .and_then(|t| t.get("versions"))
+    let Ok(top) = RawObject::parse(s) else {
+        return map;
+    };
+    let Some(versions) = top
+        .get("versions")
         .and_then(|v| RawObject::parse(v.get()).ok())
     else {
         return map;
     };
+    let times: HashMap<String, String> = top
+        .get("time")
+        .and_then(|t| serde_json::from_str(t.get()).ok())
+        .unwrap_or_default();
     for (ver, v) in versions.0 {
-        let Ok(VersionDist { dist: Some(d) }) = serde_json::from_str::<VersionDist>(v.get()) else {
+        let Ok(vd) = serde_json::from_str::<VersionDist>(v.get()) else {
             continue;
         };
+        let Some(d) = vd.dist else { continue };
+        let license = vd.license.as_ref().and_then(|l| {
+            l.as_str()
+                .or_else(|| l.get("type").and_then(|t| t.as_str()))
+                .map(str::to_string)
+        });
+        let has_install_script = vd.has_install_script == Some(true)
+            || vd.scripts.as_ref().is_some_and(|s| {
+                ["preinstall", "install", "postinstall"]
+                    .iter()
+                    .any(|k| s.contains_key(*k))
+            });
+        let published = times
+            .get(ver.as_ref())
+            .and_then(|t| crate::timefmt::parse_rfc3339(t));
         let Some(url) = d.tarball else { continue };
         let Some(file) = file_name(&url) else {
             continue;
@@ -371,6 +404,9 @@ pub fn tarball_index(doc: &[u8]) -> HashMap<String, TarballEntry> {
                 url,
                 integrity: d.integrity,
                 shasum: d.shasum,
+                license,
+                has_install_script,
+                published,
             },
         );
     }

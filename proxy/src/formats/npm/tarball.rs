@@ -125,6 +125,18 @@ pub async fn serve(
             return Err(e);
         }
     };
+    // Cached is not the same as allowed: every tarball request is checked.
+    app.policy.check(&sluice_policy::Facts {
+        ecosystem: sluice_policy::Ecosystem::Npm,
+        upstream: up.name(),
+        public_upstream: up.cfg.public,
+        name: name.as_str(),
+        version: Some(&entry.version),
+        digest: None,
+        published_unix: entry.published,
+        license: entry.license.as_deref(),
+        has_install_script: entry.has_install_script,
+    })?;
     let expect = expect_of(&entry, name)?;
     if let Some(reply) = stored(app, &expect) {
         return Ok(reply);

@@ -1,0 +1,200 @@
+//! The dependency firewall on npm with the real `npm` CLI against the fake registry: a
+//! denied version fails with the rule's reason shown by npm, a release under cooldown is
+//! skipped in favour of the newest allowed one (dist-tags repointed), and internal names
+//! never reach the public upstream.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::npm_sim::NpmSim;
+use common::{http_client, run_with_timeout, within, Sluice};
+
+fn npm(dir: &Path, registry: &str, cache: &Path, args: &[&str]) -> Command {
+    let rc = dir.join(".test-npmrc");
+    std::fs::write(&rc, format!("registry={registry}\n")).unwrap();
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(dir)
+        .args(args)
+        .arg("--userconfig")
+        .arg(&rc)
+        .arg("--cache")
+        .arg(cache)
+        .args([
+            "--no-fund",
+            "--no-update-notifier",
+            "--fetch-retries=0",
+            "--no-audit",
+        ]);
+    common::no_proxy_env(&mut cmd);
+    cmd
+}
+
+const POLICY: &str = r#"
+[[policy.rule]]
+id = "no-bad-release"
+kind = "deny"
+format = "npm"
+package = "evt-stream"
+versions = "3.3.6"
+reason = "compromised release"
+
+[[policy.rule]]
+id = "cooldown"
+kind = "min_age"
+format = "npm"
+age = "7d"
+exempt = ["@trusted/*"]
+
+[[policy.rule]]
+id = "internal-names"
+kind = "namespace"
+names = ["@myorg/*"]
+"#;
+
+fn rfc3339_days_ago(days: u64) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - days * 86_400;
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S.000Z"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_sees_denials_cooldowns_and_namespace_protection() {
+    assert!(
+        Command::new("npm")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "npm is required (scripts/test installs it)"
+    );
+    let sim = NpmSim::start().await;
+    for v in ["3.3.5", "3.3.6"] {
+        sim.publish("evt-stream", v, &[]);
+        sim.set_time("evt-stream", v, &rfc3339_days_ago(400));
+    }
+    // fresh-lib: 1.0.0 is old, 1.1.0 was published an hour ago (under the 7-day cooldown).
+    sim.publish("fresh-lib", "1.0.0", &[]);
+    sim.set_time("fresh-lib", "1.0.0", &rfc3339_days_ago(30));
+    sim.publish("fresh-lib", "1.1.0", &[]);
+    sim.set_time("fresh-lib", "1.1.0", &rfc3339_days_ago(0));
+    sim.publish("@myorg/secret", "1.0.0", &[]);
+
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n{POLICY}",
+        sim.registry_url()
+    ));
+    let registry = format!("{}/npmjs/", s.base_url());
+    let work = tempfile::tempdir().unwrap();
+    let t = Duration::from_secs(90);
+    within(300, "npm with policy", async {
+        // A denied version: npm fails and shows the rule and reason.
+        let proj = work.path().join("p1");
+        std::fs::create_dir(&proj).unwrap();
+        std::fs::write(
+            proj.join("package.json"),
+            r#"{"name":"p1","version":"1.0.0","private":true}"#,
+        )
+        .unwrap();
+        let (reg, cache, p) = (registry.clone(), work.path().join("c1"), proj.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            run_with_timeout(
+                &mut npm(&p, &reg, &cache, &["install", "evt-stream@3.3.6"]),
+                t,
+            )
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a denied version installed");
+        assert!(
+            err.contains("no-bad-release") && err.contains("compromised release"),
+            "{err}"
+        );
+
+        // Unpinned install under cooldown: the newest allowed version, and latest repointed.
+        let (reg, cache, p) = (registry.clone(), work.path().join("c2"), proj.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            run_with_timeout(
+                &mut npm(&p, &reg, &cache, &["install", "fresh-lib", "evt-stream"]),
+                t,
+            )
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let installed: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(proj.join("node_modules/fresh-lib/package.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            installed["version"], "1.0.0",
+            "a release under cooldown was installed"
+        );
+        let evt: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(proj.join("node_modules/evt-stream/package.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            evt["version"], "3.3.5",
+            "latest was not repointed away from the denied release"
+        );
+        let c = http_client();
+        let doc: serde_json::Value = c
+            .get(format!("{registry}fresh-lib"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["dist-tags"]["latest"], "1.0.0");
+        assert!(doc["versions"].get("1.1.0").is_none());
+
+        // A direct tarball fetch of a blocked version: 403 in npm's JSON format.
+        let r = c
+            .get(format!("{registry}evt-stream/-/evt-stream-3.3.6.tgz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let rid = common::header(&r, "x-request-id");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("no-bad-release") && msg.contains(&rid),
+            "{msg}"
+        );
+
+        // Internal names: 404 with a reason, and the upstream never asked.
+        let r = c
+            .get(format!("{registry}@myorg%2fsecret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("internal-names"),
+            "{body}"
+        );
+        assert_eq!(
+            sim.count("GET", "myorg"),
+            0,
+            "an internal name was fetched from the public upstream"
+        );
+    })
+    .await;
+}
