@@ -198,3 +198,53 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
     })
     .await;
 }
+
+/// An offline OSV database: a `MAL-` advisory blocks exactly the versions it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn osv_malware_advisory_blocks_exactly_its_versions() {
+    let sim = NpmSim::start().await;
+    for v in ["1.0.0", "1.0.1", "1.0.2"] {
+        sim.publish("mal-pkg", v, &[]);
+    }
+    let osv = tempfile::tempdir().unwrap();
+    std::fs::write(
+        osv.path().join("MAL-2025-0001.json"),
+        r#"{"id":"MAL-2025-0001","modified":"2025-01-01T00:00:00Z","summary":"Malicious code in mal-pkg",
+            "affected":[{"package":{"ecosystem":"npm","name":"mal-pkg"},"versions":["1.0.1"]}]}"#,
+    )
+    .unwrap();
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n[policy]\nosv = [\"{}\"]\n",
+        sim.registry_url(),
+        osv.path().display()
+    ));
+    let registry = format!("{}/npmjs/", s.base_url());
+    within(60, "osv", async {
+        let c = http_client();
+        let doc: serde_json::Value = c
+            .get(format!("{registry}mal-pkg"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let versions: Vec<&String> = doc["versions"].as_object().unwrap().keys().collect();
+        assert_eq!(versions, ["1.0.0", "1.0.2"], "{doc}");
+        assert_eq!(doc["dist-tags"]["latest"], "1.0.2");
+        for (v, status) in [("1.0.0", 200), ("1.0.1", 403), ("1.0.2", 200)] {
+            let r = c
+                .get(format!("{registry}mal-pkg/-/mal-pkg-{v}.tgz"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "mal-pkg@{v}");
+            if status == 403 {
+                let body: serde_json::Value = r.json().await.unwrap();
+                let msg = body["error"].as_str().unwrap();
+                assert!(msg.contains("MAL-2025-0001"), "{msg}");
+            }
+        }
+    })
+    .await;
+}
