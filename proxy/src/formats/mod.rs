@@ -69,6 +69,34 @@ pub fn pass_through(up: &Upstream, resp: reqwest::Response) -> Reply {
     r.body(Body::Stream(stream, len))
 }
 
+/// Reads a whole upstream document (manifest, packument, simple page), refusing more than
+/// `limit` bytes (`server.max_metadata_size`) before buffering them.
+pub async fn read_limited(
+    up: &Upstream,
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Bytes, ProxyError> {
+    let too_large = || {
+        ProxyError::TooLarge(format!(
+            "{what}: upstream document is larger than the {limit}-byte limit (server.max_metadata_size)"
+        ))
+    };
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| up.body_error(e))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 fn static_name(n: &str) -> &'static str {
     match n {
         "content-type" => "Content-Type",

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use http::{HeaderMap, Method, StatusCode};
 
@@ -425,7 +425,7 @@ async fn fetch_manifest_once(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let limit = app.config.server.max_metadata_size.0;
-    let bytes = read_limited(up, resp, limit, &path).await?;
+    let bytes = super::read_limited(up, resp, limit, &path).await?;
     let actual = Digest::of(&bytes);
     if let Some(exp) = expected.or(announced) {
         if exp != actual {
@@ -476,32 +476,6 @@ async fn fetch_manifest_once(
         media_type,
         bytes,
     })
-}
-
-/// Reads a whole (small) upstream body, refusing more than `limit` bytes.
-async fn read_limited(
-    up: &Upstream,
-    resp: reqwest::Response,
-    limit: u64,
-    what: &str,
-) -> Result<Bytes, ProxyError> {
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(ProxyError::TooLarge(format!(
-            "{what}: upstream document is larger than the {limit}-byte limit"
-        )));
-    }
-    let mut buf = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| up.body_error(e))?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(ProxyError::TooLarge(format!(
-                "{what}: upstream document is larger than the {limit}-byte limit"
-            )));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 fn blob_unknown(d: &Digest) -> ProxyError {
@@ -725,7 +699,8 @@ async fn tags_list(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
-        let bytes = read_limited(up, resp, app.config.server.max_metadata_size.0, &path).await?;
+        let bytes =
+            super::read_limited(up, resp, app.config.server.max_metadata_size.0, &path).await?;
         serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| ProxyError::Upstream {
             upstream: up.name().to_string(),
             message: format!("{path}: tag list is not JSON: {e}"),

@@ -229,7 +229,7 @@ fn doc_fetcher(app: &App, up: &Arc<Upstream>, path: String, accept: &'static str
             let last_modified = header(http::header::LAST_MODIFIED);
             let gzip = header(http::header::CONTENT_ENCODING)
                 .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
-            let mut bytes = read_limited(&up, resp, limit, &path).await?;
+            let mut bytes = super::read_limited(&up, resp, limit, &path).await?;
             metrics::counter!("sluice_bytes_total", "format" => "npm", "source" => "upstream")
                 .increment(bytes.len() as u64);
             if gzip {
@@ -253,34 +253,6 @@ fn doc_fetcher(app: &App, up: &Arc<Upstream>, path: String, accept: &'static str
         }
         .boxed()
     })
-}
-
-/// Reads a whole upstream document, refusing more than `limit` bytes.
-async fn read_limited(
-    up: &Upstream,
-    resp: reqwest::Response,
-    limit: u64,
-    what: &str,
-) -> Result<Bytes, ProxyError> {
-    use futures_util::StreamExt;
-    let too_large = || {
-        ProxyError::TooLarge(format!(
-            "{what}: upstream document is larger than the {limit}-byte limit (server.max_metadata_size)"
-        ))
-    };
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(too_large());
-    }
-    let mut buf = bytes::BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| up.body_error(e))?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 fn gunzip_limited(gz: &[u8], limit: u64) -> Result<Bytes, String> {

@@ -21,8 +21,8 @@ pub mod simple;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, StreamExt};
+use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 use url::Url;
@@ -201,30 +201,6 @@ fn with_validators(mut h: HeaderMap, v: Option<Validators>) -> HeaderMap {
     h
 }
 
-async fn read_limited(
-    up: &Upstream,
-    resp: reqwest::Response,
-    limit: u64,
-    what: &str,
-) -> Result<Bytes, ProxyError> {
-    let too_large = || {
-        ProxyError::TooLarge(format!("{what}: upstream document is larger than the {limit}-byte limit (server.max_metadata_size)"))
-    };
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(too_large());
-    }
-    let mut buf = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| up.body_error(e))?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
 fn header_string(resp: &reqwest::Response, name: http::header::HeaderName) -> Option<String> {
     resp.headers()
         .get(name)
@@ -271,7 +247,7 @@ fn fetcher(
             let etag = header_string(&resp, http::header::ETAG);
             let last_modified = header_string(&resp, http::header::LAST_MODIFIED);
             let limit = app.config.server.max_metadata_size.0;
-            let bytes = read_limited(&up, resp, limit, url.path()).await?;
+            let bytes = super::read_limited(&up, resp, limit, url.path()).await?;
             let (b2, ct2) = (bytes.clone(), content_type.clone());
             tokio::task::spawn_blocking(move || validate(&b2, &ct2))
                 .await
