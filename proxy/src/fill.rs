@@ -49,6 +49,21 @@ pub struct UpstreamBody {
     pub stream: BoxStream<'static, Result<Bytes, ProxyError>>,
 }
 
+impl UpstreamBody {
+    /// The body of a successful upstream response, its read errors attributed to `up`.
+    pub fn from_response(
+        up: Arc<crate::upstream::Upstream>,
+        resp: reqwest::Response,
+    ) -> UpstreamBody {
+        let len = resp.content_length();
+        let stream = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| up.body_error(e)))
+            .boxed();
+        UpstreamBody { len, stream }
+    }
+}
+
 /// Starts the upstream request of a fill.
 pub type Opener = Box<dyn FnOnce() -> BoxFuture<'static, Result<UpstreamBody, ProxyError>> + Send>;
 

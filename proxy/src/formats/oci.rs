@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::app::App;
@@ -541,13 +541,7 @@ async fn blob(
             if !resp.status().is_success() {
                 return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
             }
-            let len = resp.content_length();
-            let up3 = up2.clone();
-            let stream = resp
-                .bytes_stream()
-                .map(move |r| r.map_err(|e| up3.body_error(e)))
-                .boxed();
-            Ok(UpstreamBody { len, stream })
+            Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
     });

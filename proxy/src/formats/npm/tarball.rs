@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::app::App;
@@ -174,13 +174,7 @@ pub async fn serve(
             if !resp.status().is_success() {
                 return Err(up2.status_error(resp.status(), &what, nf));
             }
-            let len = resp.content_length();
-            let up3 = up2.clone();
-            let stream = resp
-                .bytes_stream()
-                .map(move |r| r.map_err(|e| up3.body_error(e)))
-                .boxed();
-            Ok(UpstreamBody { len, stream })
+            Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
     });

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -323,13 +323,7 @@ async fn fill(
                     not_found_upstream(&origin),
                 ));
             }
-            let len = resp.content_length();
-            let up3 = up2.clone();
-            let stream = resp
-                .bytes_stream()
-                .map(move |r| r.map_err(|e| up3.body_error(e)))
-                .boxed();
-            Ok(UpstreamBody { len, stream })
+            Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
     });
