@@ -31,10 +31,31 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run eviction and garbage collection once against the data directory, with sluice
+    /// stopped (a running sluice does this itself; `POST /-/api/gc` asks it to now).
+    Gc {
+        /// Config file (default: $SLUICE_CONFIG, else the embedded default).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory, overriding `storage.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Re-hash every stored file; move any whose content does not match its digest to
+    /// `data_dir/quarantine/` and drop it from the index. Exit 1 when anything was found.
+    /// Run it while sluice is stopped.
+    Verify {
+        /// Config file (default: $SLUICE_CONFIG, else the embedded default).
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory, overriding `storage.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Dependency-firewall tools.
     Policy {
@@ -153,6 +174,61 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { config, files },
         } => policy_check(config, files),
+        Command::Gc { config, data_dir } => {
+            let mut cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(d) = data_dir {
+                cfg.storage.data_dir = d;
+            }
+            match sluice_proxy::store::evict::collect_offline(&cfg.storage) {
+                Ok(r) => {
+                    println!(
+                        "sluice gc: removed {} files ({} bytes; {} least recently used, {} idle), \
+                         kept {} pinned, dropped {} index records; {} bytes stored",
+                        r.evicted_lru + r.evicted_idle,
+                        r.freed_bytes,
+                        r.evicted_lru,
+                        r.evicted_idle,
+                        r.kept_pinned,
+                        r.index_records_dropped,
+                        r.stored_bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice gc: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify { config, data_dir } => {
+            let dir = match load(config.as_ref()) {
+                Ok(c) => data_dir.unwrap_or(c.storage.data_dir),
+                Err(e) => {
+                    eprintln!("sluice: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sluice_proxy::store::verify::verify(&dir) {
+                Ok(r) => {
+                    print!("{}", r.summary());
+                    if r.is_clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sluice verify: {}: {e:#}", dir.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { file, config },
         } => {

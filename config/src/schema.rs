@@ -60,6 +60,44 @@ pub struct StorageConfig {
     /// Root of the content-addressed store, temp files and index.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Eviction keeps the stored bytes under this (absent: no limit).
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// Eviction starts when the store exceeds this fraction of `max_size`.
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark: f64,
+    /// Eviction removes least recently used content down to this fraction of `max_size`.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark: f64,
+    /// Content not served for this long is removed (absent: kept while space allows).
+    #[serde(default)]
+    pub idle_expiry: Option<Duration>,
+    /// How often the background garbage collection (idle expiry, stale index records)
+    /// runs; the size limit is checked every second regardless.
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval: Duration,
+    /// Content stored or served this recently is never evicted (it may be in use by a
+    /// request that has not opened it yet). At least 1 s.
+    #[serde(default = "default_eviction_grace")]
+    pub eviction_grace: Duration,
+    /// `[[storage.pin]]`: content never evicted.
+    #[serde(default, rename = "pin")]
+    pub pins: Vec<PinConfig>,
+}
+
+/// `[[storage.pin]]`: protects what a name (and optionally a tag or version) refers to
+/// from eviction and garbage collection.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    /// The format of the name.
+    pub format: Format,
+    /// Glob over the repository (OCI, as `upstream/repo` or `repo`), package (npm) or
+    /// project (PyPI) name.
+    pub name: String,
+    /// Glob over the tag (OCI) or version (npm, PyPI); absent = all.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// `[auth]`.
@@ -168,6 +206,28 @@ pub struct UpstreamConfig {
     /// Longest wait for response headers, and for each chunk of a body.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
+    /// Extra attempts for an idempotent request (GET/HEAD) after a connect error, a timeout,
+    /// or a 408/429/5xx answer; other 4xx are never retried.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First retry delay; doubled per attempt, with full jitter.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: Duration,
+    /// Longest `Retry-After` (on 429/503) sluice waits out before retrying; an upstream
+    /// asking for longer is not retried (stale copies are served instead).
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max: Duration,
+    /// Consecutive failed requests (connect error, timeout, 5xx, 429, after retries) that
+    /// open the circuit breaker: requests then fail at once, so cached copies are served.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open before one probe request is let through.
+    #[serde(default = "default_circuit_cooldown")]
+    pub circuit_cooldown: Duration,
+    /// Oldest cached metadata (tags, packuments, simple pages) served when the upstream
+    /// fails; unset: however old.
+    #[serde(default)]
+    pub max_stale: Option<Duration>,
 }
 
 impl UpstreamConfig {
@@ -269,6 +329,13 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: default_data_dir(),
+            max_size: None,
+            high_watermark: default_high_watermark(),
+            low_watermark: default_low_watermark(),
+            idle_expiry: None,
+            gc_interval: default_gc_interval(),
+            eviction_grace: default_eviction_grace(),
+            pins: Vec::new(),
         }
     }
 }
@@ -287,6 +354,18 @@ fn default_listen() -> String {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./sluice-data")
+}
+fn default_high_watermark() -> f64 {
+    0.95
+}
+fn default_low_watermark() -> f64 {
+    0.85
+}
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_eviction_grace() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_anonymous() -> Role {
     Role::Read
@@ -314,4 +393,19 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_read_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_backoff() -> Duration {
+    Duration(std::time::Duration::from_millis(100))
+}
+fn default_retry_after_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_cooldown() -> Duration {
+    Duration::from_secs(30)
 }

@@ -40,6 +40,10 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// The dependency firewall.
     pub policy: Arc<Policy>,
+    /// Storage limits eviction enforces.
+    pub limits: crate::store::evict::Limits,
+    /// Request counters for `/-/api/stats`.
+    pub stats: crate::stats::Stats,
 }
 
 impl App {
@@ -52,7 +56,9 @@ impl App {
     ) -> anyhow::Result<App> {
         let engine = sluice_policy::Engine::new(&config.policy)
             .map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
+        let limits = crate::store::evict::Limits::from_config(&config.storage)?;
         let store = Arc::new(Store::open(&config.storage.data_dir)?);
+        store.set_high_watermark(limits.high_bytes());
         let mut oci = Vec::new();
         let mut default_oci = None;
         let mut mounted = std::collections::HashMap::new();
@@ -84,6 +90,8 @@ impl App {
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
             metrics,
             policy: Arc::new(Policy::new(engine, &config.policy, config_path)),
+            limits,
+            stats: crate::stats::Stats::default(),
             config,
         })
     }
@@ -148,7 +156,7 @@ impl App {
             ttl: up.cfg.metadata_ttl.get(),
             negative_ttl: up.cfg.negative_ttl.get(),
             offline: up.is_offline(),
-            max_stale: None,
+            max_stale: up.cfg.max_stale.map(|d| d.get()),
         }
     }
 

@@ -5,6 +5,7 @@
 //! [`fill`] / [`flight`] (miss) → [`upstream`] (auth, redirects, timeouts). Errors are one
 //! type, [`error::ProxyError`], rendered per client protocol in one place.
 
+pub mod admin;
 pub mod app;
 pub mod b64;
 pub mod digest;
@@ -19,6 +20,7 @@ pub mod names;
 pub mod policy;
 pub mod response;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod timefmt;
 mod upkeep;

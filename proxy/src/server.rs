@@ -1,5 +1,5 @@
-//! The HTTP server: a pingora `HttpServerApp` that reads a request, routes it (OCI, health,
-//! metrics), streams the reply, and logs and counts it.
+//! The HTTP server: a pingora `HttpServerApp` that reads a request, routes it (formats,
+//! health, metrics, admin API), streams the reply, and logs and counts it.
 //!
 //! Bodies are written as they come: a stored file in ~1 MiB slices of its memory map, a
 //! fill in progress chunk by chunk. When a fill fails mid-body the connection is dropped
@@ -61,6 +61,7 @@ enum Kind {
     Npm,
     Pypi,
     Ops,
+    Admin,
     Other,
 }
 
@@ -71,6 +72,7 @@ impl Kind {
             Kind::Npm => "npm",
             Kind::Pypi => "pypi",
             Kind::Ops => "ops",
+            Kind::Admin => "admin",
             Kind::Other => "other",
         }
     }
@@ -110,8 +112,14 @@ impl HttpServerApp for HttpApp {
         // Request bodies are read only for POSTs to mounted upstreams (npm audits), bounded.
         let mut body = None;
         let mut keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
-        if method == Method::POST && self.mounted_name(&path).is_some() {
-            match read_body(&mut session, MAX_REQUEST_BODY).await {
+        let admin_post = method == Method::POST && path.starts_with("/-/api/");
+        if method == Method::POST && (admin_post || self.mounted_name(&path).is_some()) {
+            let limit = if admin_post {
+                MAX_ADMIN_BODY
+            } else {
+                MAX_REQUEST_BODY
+            };
+            match read_body(&mut session, limit).await {
                 Ok(b) => {
                     body = Some(b);
                     keepalive = !*shutdown.borrow();
@@ -141,6 +149,16 @@ impl HttpServerApp for HttpApp {
         };
         let status = reply.status.as_u16();
         let cache = reply.cache;
+        // Tells an image manifest from an index, for the images-served figure.
+        let manifest_type = (kind == Kind::Oci && path.contains("/manifests/"))
+            .then(|| {
+                reply
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| v.clone())
+            })
+            .flatten();
         let (ok, sent) = write_reply(&mut session, reply, &request_id).await;
         let cached_bytes = if matches!(
             cache,
@@ -156,10 +174,21 @@ impl HttpServerApp for HttpApp {
         let counted =
             (is_format && path != "/v2/" && status < 500 && status != 405).then(|| cache.label());
         crate::metrics::record_response(kind.label(), status, counted, cached_bytes);
+        self.app.stats.record(&crate::stats::Served {
+            format: kind.label(),
+            get: method == Method::GET,
+            path: &path,
+            status,
+            cache,
+            cached_bytes,
+            client: &client,
+            content_type: manifest_type.as_deref(),
+        });
         tracing::info!(
             target: "access",
             request_id = %request_id,
             client = %client,
+            format = kind.label(),
             method = %method,
             path = %path,
             status,
@@ -250,6 +279,12 @@ impl HttpApp {
                 .header("Content-Type", "text/plain; charset=utf-8")
                 .body(Body::Full(Bytes::from_static(body.as_bytes()))))
         };
+        if let Some(rest) = path.strip_prefix("/-/api/") {
+            return (
+                Kind::Admin,
+                crate::admin::handle(app, method, rest, query, authorization, body).await,
+            );
+        }
         match path {
             "/-/healthz" => (Kind::Ops, text(StatusCode::OK, "ok\n")),
             "/-/readyz" => {
@@ -301,6 +336,9 @@ struct Incoming<'a> {
 /// Largest request body read (npm audit payloads).
 const MAX_REQUEST_BODY: usize = 16 << 20;
 
+/// Largest admin API request body (a small JSON object).
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
 async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ()> {
     let mut buf = bytes::BytesMut::new();
     loop {
@@ -333,7 +371,7 @@ fn truncate(s: &str) -> String {
 fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
     let (ct, body) = match kind {
         Kind::Oci => ("application/json", e.oci_body(request_id)),
-        Kind::Npm => ("application/json", e.npm_body(request_id)),
+        Kind::Npm | Kind::Admin => ("application/json", e.npm_body(request_id)),
         _ => ("text/plain; charset=utf-8", e.text_body(request_id)),
     };
     let mut r = Reply::new(e.status(), CacheStatus::Bypass)

@@ -1,8 +1,12 @@
 //! Background upkeep: flushes batched last-access times to the index, drains metric
-//! histograms, reloads the policy on SIGHUP, and flushes everything once more on shutdown.
+//! histograms, enforces the storage limits (a commit that takes the store over its high
+//! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
+//! `storage.gc_interval` (idle expiry, index records of content that is gone), reloads the
+//! policy on SIGHUP, and flushes everything once more on shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -13,15 +17,39 @@ use crate::app::App;
 /// How often access times reach the index.
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
+/// How often the size limit is checked (one atomic load when under it).
+const LIMIT_EVERY: Duration = Duration::from_secs(1);
+
 /// The upkeep service.
 pub struct Upkeep {
     app: Arc<App>,
+    /// A collection is running (runs are not queued up behind a slow one).
+    collecting: Arc<AtomicBool>,
 }
 
 impl Upkeep {
     /// For this app.
     pub fn new(app: Arc<App>) -> Upkeep {
-        Upkeep { app }
+        Upkeep {
+            app,
+            collecting: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Starts a collection off the async threads unless one is running.
+    fn collect(&self, full: bool) {
+        if self.collecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (app, flag) = (self.app.clone(), self.collecting.clone());
+        tokio::task::spawn_blocking(move || {
+            let r =
+                crate::store::evict::collect(&app.store, &app.config.storage, &app.limits, full);
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "eviction failed");
+            }
+            flag.store(false, Ordering::Release);
+        });
     }
 
     fn flush(&self) {
@@ -36,11 +64,23 @@ impl Upkeep {
 impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
+        let mut limit = tokio::time::interval(LIMIT_EVERY);
+        let gc_every = self.app.config.storage.gc_interval.get();
+        let mut last_gc = Instant::now();
         // SIGHUP reloads the policy (the default action would terminate the process).
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(),
+                _ = self.app.store.over_high_watermark() => self.collect(false),
+                _ = limit.tick() => {
+                    if last_gc.elapsed() >= gc_every {
+                        last_gc = Instant::now();
+                        self.collect(true);
+                    } else if self.app.limits.over_high(self.app.store.total_bytes()) {
+                        self.collect(false);
+                    }
+                }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading policy");
                     let _ = self.app.policy.reload().await;

@@ -46,6 +46,24 @@ pub enum Fault {
         gate: Gate,
         after: usize,
     },
+    /// Answer with this status and a `Retry-After` header with this value.
+    RetryAfter(u16, String),
+    /// The inner fault for the next `remaining` matching requests, then normal service
+    /// (build with [`Fault::first`]).
+    Limited {
+        remaining: Arc<std::sync::atomic::AtomicUsize>,
+        fault: Box<Fault>,
+    },
+}
+
+impl Fault {
+    /// `fault` for the first `n` matching requests only.
+    pub fn first(n: usize, fault: Fault) -> Fault {
+        Fault::Limited {
+            remaining: Arc::new(std::sync::atomic::AtomicUsize::new(n)),
+            fault: Box::new(fault),
+        }
+    }
 }
 
 /// A latch a test opens to let held response bodies continue.
@@ -495,7 +513,7 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
     };
     let body = resp.body;
     match resp.fault {
-        Fault::Normal | Fault::Status(_) => {
+        Fault::Normal | Fault::Status(_) | Fault::RetryAfter(..) | Fault::Limited { .. } => {
             w.write_all(&body).await?;
         }
         Fault::WrongBytes => {
@@ -537,12 +555,25 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
 
 fn fault_for(state: &State, path: &str) -> Fault {
     let inner = state.inner.lock().expect("sim lock");
-    inner
+    let fault = inner
         .faults
         .iter()
         .find(|(p, _)| path.contains(p.as_str()))
         .map(|(_, f)| f.clone())
-        .unwrap_or(Fault::Normal)
+        .unwrap_or(Fault::Normal);
+    match fault {
+        Fault::Limited { remaining, fault } => {
+            use std::sync::atomic::Ordering;
+            let left =
+                remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if left.is_ok() {
+                *fault
+            } else {
+                Fault::Normal
+            }
+        }
+        f => f,
+    }
 }
 
 fn base64(input: &[u8]) -> String {
@@ -609,6 +640,12 @@ fn route(state: &State, req: &Req) -> Resp {
     let fault = fault_for(state, &req.path);
     if let Fault::Status(code) = fault {
         let mut r = Resp::oci_error(code, "UNAVAILABLE", "simulated upstream failure");
+        r.head = head;
+        return r;
+    }
+    if let Fault::RetryAfter(code, after) = &fault {
+        let mut r = Resp::oci_error(*code, "TOOMANYREQUESTS", "simulated upstream failure")
+            .header("Retry-After", after.clone());
         r.head = head;
         return r;
     }

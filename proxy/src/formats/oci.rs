@@ -294,7 +294,7 @@ async fn manifest_by_tag(
                     return Ok((cached, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
-                Err(e) if e.is_upstream_failure() => {
+                Err(e) if e.is_upstream_failure() && up.stale_allowed(age) => {
                     tracing::warn!(tag = %key, error = %e, "tag revalidation failed; serving stale");
                     return Ok((cached, CacheStatus::Stale));
                 }
@@ -305,7 +305,9 @@ async fn manifest_by_tag(
                     put_tag(app, &key, m.digest)?;
                     Ok((m, CacheStatus::Miss))
                 }
-                Err(e) if e.is_upstream_failure() => Ok((cached, CacheStatus::Stale)),
+                Err(e) if e.is_upstream_failure() && up.stale_allowed(age) => {
+                    Ok((cached, CacheStatus::Stale))
+                }
                 Err(e) => Err(e),
             };
         }
@@ -723,8 +725,10 @@ async fn tags_list(
             Ok(reply(bytes, ct, CacheStatus::Miss))
         }
         Err(e) if e.is_upstream_failure() || matches!(e, ProxyError::Offline(_)) => match cached {
-            Some((rec, bytes)) => Ok(reply(bytes, rec.content_type, CacheStatus::Stale)),
-            None => Err(e),
+            Some((rec, bytes)) if up.stale_allowed(unix_ms().saturating_sub(rec.fetched_at_ms)) => {
+                Ok(reply(bytes, rec.content_type, CacheStatus::Stale))
+            }
+            _ => Err(e),
         },
         Err(e) => Err(e),
     }

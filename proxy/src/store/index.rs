@@ -2,7 +2,8 @@
 //! be replaced (redb is the maintained alternative).
 //!
 //! Trees: `blobs` (digest → [`BlobRecord`]), `manifests` (digest → [`ManifestRecord`]),
-//! `tags` (upstream/repo:tag → [`TagRecord`]), `meta` (other documents → [`MetaRecord`]).
+//! `tags` (upstream/repo:tag → [`TagRecord`]), `meta` (other documents → [`MetaRecord`]),
+//! `aliases`, `files` (per-format file records) and `pins` (pins added at run time).
 
 use std::path::Path;
 
@@ -26,6 +27,8 @@ pub enum Tree {
     Aliases,
     /// Per-format file records (PyPI file → origin URL, project, version).
     Files,
+    /// Pins added through the admin API (`format/name/tag` → empty).
+    Pins,
 }
 
 impl Tree {
@@ -37,6 +40,7 @@ impl Tree {
             Tree::Meta => "meta",
             Tree::Aliases => "aliases",
             Tree::Files => "files",
+            Tree::Pins => "pins",
         }
     }
 }
@@ -124,7 +128,7 @@ impl<I: Index + ?Sized> IndexExt for I {
 pub struct SledIndex {
     db: sled::Db,
     /// Opened once: `open_tree` is a lookup of its own.
-    trees: [sled::Tree; 6],
+    trees: [sled::Tree; 7],
 }
 
 impl SledIndex {
@@ -142,11 +146,12 @@ impl SledIndex {
             Tree::Meta,
             Tree::Aliases,
             Tree::Files,
+            Tree::Pins,
         ]
         .map(|t| db.open_tree(t.name()));
-        let [a, b, c, d, e, f] = trees;
+        let [a, b, c, d, e, f, g] = trees;
         Ok(SledIndex {
-            trees: [a?, b?, c?, d?, e?, f?],
+            trees: [a?, b?, c?, d?, e?, f?, g?],
             db,
         })
     }

@@ -5,7 +5,10 @@
 //! and its bytes fsynced, and it is never rewritten in place: that is what makes memory
 //! mapping a hit safe even if the file is removed while a client still reads it.
 
+pub mod evict;
 pub mod index;
+pub mod pins;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -36,6 +39,15 @@ pub struct Store {
     /// not write).
     pending_access: Mutex<HashMap<Digest, u64>>,
     total_bytes: AtomicU64,
+    /// Held while a file is renamed into place or removed, with its index record and the
+    /// byte count: files, index and `total_bytes` change together.
+    mutate: Mutex<()>,
+    /// Held by an eviction or garbage-collection run: one at a time.
+    evicting: Mutex<()>,
+    /// Above this many bytes a commit wakes the eviction task (`u64::MAX`: no limit).
+    high_bytes: AtomicU64,
+    /// Woken when a commit takes the store over `high_bytes`.
+    over_high: tokio::sync::Notify,
 }
 
 /// A temp file for a fill in progress; removed on drop unless committed.
@@ -92,6 +104,10 @@ impl Store {
                 .build(),
             pending_access: Mutex::new(HashMap::new()),
             total_bytes: AtomicU64::new(0),
+            mutate: Mutex::new(()),
+            evicting: Mutex::new(()),
+            high_bytes: AtomicU64::new(u64::MAX),
+            over_high: tokio::sync::Notify::new(),
         };
         store.reconcile()?;
         Ok(store)
@@ -230,6 +246,91 @@ impl Store {
         self.index.flush()
     }
 
+    /// Removes the stored content `d` (file, index records, in-memory copy) and returns
+    /// the bytes freed, `None` if it was not stored. Readers that already hold it keep a
+    /// valid copy: small files are shared `Bytes`, large ones a mapping of the unlinked
+    /// file. Blocking.
+    pub fn remove(&self, d: &Digest) -> anyhow::Result<Option<u64>> {
+        let path = self.path_of(d);
+        let _g = self.mutate.lock();
+        let size = match fs::metadata(&path) {
+            Ok(m) => {
+                fs::remove_file(&path)?;
+                Some(m.len())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        self.index.remove(Tree::Blobs, d.as_bytes())?;
+        self.index.remove(Tree::Manifests, d.as_bytes())?;
+        self.small.invalidate(d);
+        self.pending_access.lock().remove(d);
+        if let Some(n) = size {
+            let prev = self
+                .total_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some(t.saturating_sub(n))
+                })
+                .unwrap_or_else(|t| t);
+            let total = prev.saturating_sub(n);
+            metrics::gauge!("sluice_storage_bytes").set(total as f64);
+        }
+        Ok(size)
+    }
+
+    /// Every stored file's record, with access times not yet flushed merged in.
+    pub fn records(&self) -> anyhow::Result<Vec<(Digest, BlobRecord)>> {
+        let pending = self.pending_access.lock().clone();
+        let mut out = Vec::new();
+        for (k, v) in self.index.scan(Tree::Blobs)? {
+            let (Some(d), Ok(mut rec)) = (
+                Digest::from_bytes(&k),
+                serde_json::from_slice::<BlobRecord>(&v),
+            ) else {
+                continue;
+            };
+            if let Some(t) = pending.get(&d) {
+                rec.last_access = rec.last_access.max(*t);
+            }
+            out.push((d, rec));
+        }
+        Ok(out)
+    }
+
+    /// Sets the size above which a commit wakes [`Store::over_high_watermark`] waiters.
+    pub fn set_high_watermark(&self, bytes: Option<u64>) {
+        self.high_bytes
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Resolves when a commit has taken the store over its high watermark.
+    pub async fn over_high_watermark(&self) {
+        self.over_high.notified().await
+    }
+
+    /// The last access of `d` recorded since the last flush, if any.
+    pub fn pending_access_of(&self, d: &Digest) -> Option<u64> {
+        self.pending_access.lock().get(d).copied()
+    }
+
+    /// The content of `d` read from disk without counting as an access (eviction's own
+    /// look at manifests and packuments must not keep them alive).
+    pub fn read_untracked(&self, d: &Digest) -> Option<Bytes> {
+        if let Some(b) = self.small.get(d) {
+            return Some(b);
+        }
+        fs::read(self.path_of(d)).ok().map(Bytes::from)
+    }
+
+    /// Whether `d` is stored (index record present).
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.index
+            .get(Tree::Blobs, d.as_bytes())
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     /// A new temp file for a fill.
     pub fn temp_file(&self) -> Result<TempFile, ProxyError> {
         let name: u128 = rand::random();
@@ -255,26 +356,32 @@ impl Store {
         let dest = self.path_of(d);
         let shard = dest.parent().expect("blob path has a shard directory");
         fs::create_dir_all(shard).map_err(io)?;
-        let existed = dest.exists();
-        fs::rename(&tmp.path, &dest).map_err(io)?;
-        tmp.committed = true;
-        File::open(shard).and_then(|f| f.sync_all()).map_err(io)?;
-        let now = unix_secs();
-        self.index
-            .put_rec(
-                Tree::Blobs,
-                d.as_bytes(),
-                &BlobRecord {
-                    size,
-                    created: now,
-                    last_access: now,
-                },
-            )
-            .map_err(ProxyError::internal)?;
-        if !existed {
-            let total = self.total_bytes.fetch_add(size, Ordering::Relaxed) + size;
-            metrics::gauge!("sluice_storage_bytes").set(total as f64);
+        {
+            let _g = self.mutate.lock();
+            let existed = dest.exists();
+            fs::rename(&tmp.path, &dest).map_err(io)?;
+            tmp.committed = true;
+            let now = unix_secs();
+            self.index
+                .put_rec(
+                    Tree::Blobs,
+                    d.as_bytes(),
+                    &BlobRecord {
+                        size,
+                        created: now,
+                        last_access: now,
+                    },
+                )
+                .map_err(ProxyError::internal)?;
+            if !existed {
+                let total = self.total_bytes.fetch_add(size, Ordering::Relaxed) + size;
+                metrics::gauge!("sluice_storage_bytes").set(total as f64);
+                if total > self.high_bytes.load(Ordering::Relaxed) {
+                    self.over_high.notify_one();
+                }
+            }
         }
+        File::open(shard).and_then(|f| f.sync_all()).map_err(io)?;
         Ok(())
     }
 

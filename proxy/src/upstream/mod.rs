@@ -1,13 +1,16 @@
-//! One client per upstream: timeouts, registry auth (bearer flow, basic), redirects that
-//! never leak credentials, and metrics for every upstream request.
+//! One client per upstream: timeouts, retries with backoff ([`retry`]), a circuit breaker
+//! ([`breaker`]), registry auth (bearer flow, basic), redirects that never leak credentials,
+//! and metrics for every upstream request.
 //!
 //! URLs only ever come from configuration (the upstream's base URL), from the upstream's own
 //! answers (token realm, redirect `Location`), never from a client's request: the formats
 //! pass a path that they built from validated names and digests.
 
 pub mod auth;
+pub mod breaker;
+pub mod retry;
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_config::UpstreamConfig;
@@ -15,6 +18,7 @@ use url::Url;
 
 use crate::error::ProxyError;
 use auth::{Challenge, TokenCache, TokenResponse};
+use breaker::{Breaker, Outcome};
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -29,6 +33,7 @@ pub struct Upstream {
     offline: bool,
     ns_host: String,
     docker_hub: bool,
+    breaker: Breaker,
 }
 
 impl Upstream {
@@ -45,6 +50,7 @@ impl Upstream {
         }
         let http = builder.build()?;
         Ok(Upstream {
+            breaker: Breaker::new(&cfg.name, cfg.circuit_failures, cfg.circuit_cooldown.get()),
             offline: offline || cfg.offline,
             ns_host: cfg.ns_host(),
             docker_hub: cfg.is_docker_hub(),
@@ -129,13 +135,55 @@ impl Upstream {
                 None,
             ));
         }
+        let permit = self.breaker.admit().map_err(|wait| {
+            self.err(
+                format!(
+                    "circuit open after repeated failures (next probe in {}s); not contacting it",
+                    wait.as_secs()
+                ),
+                None,
+            )
+        })?;
+        let result = self
+            .send_authenticated(method, url, headers, scope, body)
+            .await;
+        permit.record(match &result {
+            Ok(r) if is_failure_status(r.status()) => Outcome::Failure,
+            Err(e) if e.is_upstream_failure() => Outcome::Failure,
+            _ => Outcome::Success,
+        });
+        result
+    }
+
+    /// Whether a cached copy of metadata `age_ms` old may stand in for this upstream when it
+    /// fails (`max_stale`; unset: any age).
+    pub fn stale_allowed(&self, age_ms: u64) -> bool {
+        self.cfg
+            .max_stale
+            .is_none_or(|m| u128::from(age_ms) <= m.get().as_millis())
+    }
+
+    /// State of this upstream's circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub fn circuit_state(&self) -> u8 {
+        self.breaker.state_code()
+    }
+
+    /// The request with the bearer/basic auth flow around [`Upstream::send_retrying`].
+    async fn send_authenticated(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        scope: Option<&str>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, ProxyError> {
         let mut auth = scope
             .and_then(|s| self.tokens.get(s))
             .map(|t| format!("Bearer {t}"));
         let mut retried = false;
         loop {
             let resp = self
-                .send_following(
+                .send_retrying(
                     &method,
                     url.clone(),
                     &headers,
@@ -234,6 +282,56 @@ impl Upstream {
             .map_err(|e| self.err(format!("token service sent invalid JSON: {e}"), None))?;
         body.into_token()
             .ok_or_else(|| self.err("token service answered without a token", None))
+    }
+
+    /// [`Upstream::send_following`], repeated per [`retry`]'s rules for idempotent methods.
+    async fn send_retrying(
+        &self,
+        method: &Method,
+        url: Url,
+        headers: &HeaderMap,
+        auth: Option<&str>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let retries = if retry::is_idempotent(method) {
+            self.cfg.retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .send_following(method, url.clone(), headers, auth, body.clone())
+                .await;
+            if attempt >= retries {
+                return r;
+            }
+            let backoff = retry::backoff(self.cfg.retry_backoff.get(), attempt, rand::random());
+            let delay = match &r {
+                Err(e) if e.is_upstream_failure() => backoff,
+                Ok(resp) if retry::is_retryable_status(resp.status()) => {
+                    let asked = matches!(resp.status().as_u16(), 429 | 503)
+                        .then(|| retry::retry_after(resp.headers(), SystemTime::now()))
+                        .flatten();
+                    match asked {
+                        Some(d) if d > self.cfg.retry_after_max.get() => return r,
+                        Some(d) => d,
+                        None => backoff,
+                    }
+                }
+                _ => return r,
+            };
+            let why = match &r {
+                Ok(resp) => resp.status().to_string(),
+                Err(e) => e.to_string(),
+            };
+            drop(r);
+            tracing::debug!(upstream = %self.cfg.name, %why, ?delay, attempt, "retrying upstream request");
+            metrics::counter!("sluice_upstream_retries_total", "upstream" => self.cfg.name.clone())
+                .increment(1);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     /// One request plus redirects. `Authorization` goes only to the upstream's own origin;
@@ -362,6 +460,11 @@ fn extra_roots() -> Vec<reqwest::Certificate> {
             Vec::new()
         }
     }
+}
+
+/// An answer that counts against the circuit breaker (the statuses stale-if-error covers).
+fn is_failure_status(s: StatusCode) -> bool {
+    s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {

@@ -1,0 +1,388 @@
+//! The admin API under `/-/api/` (JSON):
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `GET /-/api/stats` | read | usage figures ([`crate::stats`]) and storage |
+//! | `GET /-/api/cache?format=&name=&limit=` | admin | cached items, size, last access |
+//! | `POST /-/api/purge?format=&name=[&tag=]` or `?digest=` | admin | remove from the store |
+//! | `POST /-/api/pin?format=&name=[&tag=]`, `POST /-/api/unpin?…` | admin | run-time pins |
+//! | `GET /-/api/pins` | admin | configured and run-time pins |
+//! | `POST /-/api/gc` | admin | run eviction and index GC now |
+//! | `GET /-/api/policy/check?format=&name=&version=` | admin | evaluate the policy |
+//!
+//! Parameters come from the query string, or from a JSON object body with the same keys.
+//! Admin routes need an `admin` token: none (or an unknown one) answers `401`, a `read`
+//! token `403`, whatever `auth.anonymous` grants.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use sluice_config::{Format, Role};
+
+use crate::app::App;
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use crate::response::{Body, CacheStatus, Reply};
+use crate::store::pins::{Pin, StoredPin};
+use crate::store::{evict, index::Tree};
+
+/// Most items `GET /-/api/cache` lists.
+const MAX_LIMIT: usize = 10_000;
+
+/// Answers a request for `/-/api/<rest>`.
+pub async fn handle(
+    app: &Arc<App>,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    authorization: Option<&str>,
+    body: Option<Bytes>,
+) -> Result<Reply, ProxyError> {
+    let need = if rest == "stats" {
+        Role::Read
+    } else {
+        Role::Admin
+    };
+    authorize(app, authorization, need)?;
+    let params = params(query, body.as_deref())?;
+    let p = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    match (method.as_str(), rest) {
+        ("GET", "stats") => {
+            let mut v = app.stats.snapshot();
+            v["storage"] = serde_json::json!({
+                "stored_bytes": app.store.total_bytes(),
+                "max_size": app.limits.max_size,
+                "high_watermark": app.limits.high,
+                "low_watermark": app.limits.low,
+            });
+            Ok(json(StatusCode::OK, &v))
+        }
+        ("GET", "cache") => {
+            let format = p("format").map(parse_format).transpose()?;
+            let limit = p("limit")
+                .map(|l| {
+                    l.parse::<usize>()
+                        .map_err(|_| bad("limit must be a number"))
+                })
+                .transpose()?
+                .unwrap_or(100)
+                .min(MAX_LIMIT);
+            let name = p("name").map(str::to_string);
+            let app2 = app.clone();
+            let v = blocking(move || list(&app2, format, name.as_deref(), limit)).await?;
+            Ok(json(StatusCode::OK, &v))
+        }
+        ("POST", "purge") => {
+            let target = if let Some(d) = p("digest") {
+                Target::Digest(
+                    d.parse::<Digest>()
+                        .map_err(|_| bad("digest must be sha256:<64 hex>"))?,
+                )
+            } else {
+                Target::Name(pin_of(p)?)
+            };
+            let app2 = app.clone();
+            let v = blocking(move || purge(&app2, &target)).await?;
+            Ok(json(StatusCode::OK, &v))
+        }
+        ("POST", "pin") => {
+            let pin = pin_of(p)?;
+            app.store.add_pin(&pin).map_err(ProxyError::internal)?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "pinned": pin })))
+        }
+        ("POST", "unpin") => {
+            let pin = pin_of(p)?;
+            let existed = app.store.remove_pin(&pin).map_err(ProxyError::internal)?;
+            if !existed {
+                return Err(ProxyError::NotFound {
+                    code: "NOT_FOUND",
+                    message: "no such run-time pin (configured pins are changed in the config)"
+                        .into(),
+                });
+            }
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "unpinned": pin }),
+            ))
+        }
+        ("GET", "pins") => {
+            let stored = app.store.stored_pins().map_err(ProxyError::internal)?;
+            let configured: Vec<StoredPin> = app
+                .config
+                .storage
+                .pins
+                .iter()
+                .map(|c| StoredPin {
+                    format: c.format,
+                    name: c.name.clone(),
+                    tag: c.tag.clone(),
+                })
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "configured": configured, "runtime": stored }),
+            ))
+        }
+        ("POST", "gc") => {
+            let app2 = app.clone();
+            let report = blocking(move || {
+                evict::collect(&app2.store, &app2.config.storage, &app2.limits, true)
+                    .map_err(ProxyError::internal)
+            })
+            .await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::to_value(report).unwrap_or_default(),
+            ))
+        }
+        ("GET", "policy/check") => {
+            let format = parse_format(p("format").ok_or_else(|| bad("format is required"))?)?;
+            let name = p("name").ok_or_else(|| bad("name is required"))?;
+            let version = p("version");
+            let eco = match format {
+                Format::Oci => sluice_policy::Ecosystem::Oci,
+                Format::Npm => sluice_policy::Ecosystem::Npm,
+                Format::Pypi => sluice_policy::Ecosystem::Pypi,
+            };
+            let d = app.policy.decide(&sluice_policy::Facts {
+                ecosystem: eco,
+                upstream: p("upstream").unwrap_or(""),
+                public_upstream: true,
+                name,
+                version,
+                digest: p("digest"),
+                published_unix: None,
+                license: p("license"),
+                has_install_script: false,
+            });
+            let findings: Vec<_> = d
+                .findings
+                .iter()
+                .map(|f| serde_json::json!({ "finding": format!("{f:?}") }))
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "format": format.as_str(), "name": name, "version": version,
+                    "decision": d.verdict.as_str(), "rule": d.rule, "reason": d.reason,
+                    "findings": findings,
+                }),
+            ))
+        }
+        (_, "stats" | "cache" | "purge" | "pin" | "unpin" | "pins" | "gc" | "policy/check") => Err(
+            ProxyError::Unsupported(format!("{method} is not supported on /-/api/{rest}")),
+        ),
+        _ => Err(ProxyError::NotFound {
+            code: "NOT_FOUND",
+            message: format!(
+                "no admin route /-/api/{}",
+                rest.chars().take(100).collect::<String>()
+            ),
+        }),
+    }
+}
+
+fn authorize(app: &App, authorization: Option<&str>, need: Role) -> Result<(), ProxyError> {
+    let role = app.role_of(authorization);
+    if need == Role::Admin && authorization.is_none() || role == Role::None {
+        return Err(ProxyError::Unauthorized(
+            "this admin endpoint needs a token with role admin (Authorization: Bearer <token>)"
+                .into(),
+        ));
+    }
+    if role < need {
+        return Err(ProxyError::Denied(
+            "this admin endpoint needs a token with role admin; this token has role read".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn bad(m: &str) -> ProxyError {
+    ProxyError::BadRequest {
+        code: "BAD_REQUEST",
+        message: m.to_string(),
+    }
+}
+
+fn parse_format(f: &str) -> Result<Format, ProxyError> {
+    match f {
+        "oci" => Ok(Format::Oci),
+        "npm" => Ok(Format::Npm),
+        "pypi" => Ok(Format::Pypi),
+        _ => Err(bad("format must be oci, npm or pypi")),
+    }
+}
+
+/// Query parameters, then the keys of a JSON object body (which win).
+fn params(query: Option<&str>, body: Option<&[u8]>) -> Result<HashMap<String, String>, ProxyError> {
+    let mut out: HashMap<String, String> = query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(b) = body.filter(|b| !b.iter().all(u8::is_ascii_whitespace)) {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(b)
+            .map_err(|e| bad(&format!("body is not a JSON object: {e}")))?;
+        for (k, v) in v {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            out.insert(k, s);
+        }
+    }
+    Ok(out)
+}
+
+fn pin_of<'a>(p: impl Fn(&str) -> Option<&'a str>) -> Result<StoredPin, ProxyError> {
+    Ok(StoredPin {
+        format: parse_format(p("format").ok_or_else(|| bad("format is required"))?)?,
+        name: p("name")
+            .ok_or_else(|| bad("name (or digest) is required"))?
+            .to_string(),
+        tag: p("tag").or(p("version")).map(str::to_string),
+    })
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Reply {
+    Reply::new(status, CacheStatus::Bypass)
+        .header("Content-Type", "application/json")
+        .header("Cache-Control", "no-store")
+        .body(Body::Full(Bytes::from(
+            serde_json::to_vec_pretty(v).unwrap_or_default(),
+        )))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProxyError> + Send + 'static,
+) -> Result<T, ProxyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ProxyError::internal)?
+}
+
+fn list(
+    app: &App,
+    format: Option<Format>,
+    name: Option<&str>,
+    limit: usize,
+) -> Result<serde_json::Value, ProxyError> {
+    let store = &app.store;
+    let records: HashMap<Digest, crate::store::index::BlobRecord> = store
+        .records()
+        .map_err(ProxyError::internal)?
+        .into_iter()
+        .collect();
+    let filter = name.map(|n| {
+        Pin::new(&sluice_config::PinConfig {
+            format: format.unwrap_or(Format::Oci),
+            name: n.to_string(),
+            tag: None,
+        })
+    });
+    let mut items = Vec::new();
+    for item in store
+        .items(&|f| !matches!(format, Some(w) if w != f))
+        .map_err(ProxyError::internal)?
+    {
+        if let Some(f) = &filter {
+            // Without a format, a name filter applies to every format.
+            let mut probe = item.clone();
+            if format.is_none() {
+                probe.format = Format::Oci;
+            }
+            if !f.covers(&probe) {
+                continue;
+            }
+        }
+        let (mut size, mut last, mut stored) = (0u64, 0u64, 0usize);
+        for d in &item.digests {
+            if let Some(r) = records.get(d) {
+                size += r.size;
+                last = last.max(r.last_access);
+                stored += 1;
+            }
+        }
+        items.push(serde_json::json!({
+            "format": item.format.as_str(),
+            "kind": item.kind,
+            "name": item.name,
+            "tag": item.tag,
+            "size": size,
+            "last_access_unix": last,
+            "files_stored": stored,
+            "files": item.digests.len(),
+        }));
+    }
+    items.sort_by_key(|v| std::cmp::Reverse(v["last_access_unix"].as_u64().unwrap_or(0)));
+    let total = items.len();
+    items.truncate(limit);
+    Ok(serde_json::json!({
+        "items": items,
+        "total": total,
+        "stored_bytes": store.total_bytes(),
+        "stored_files": records.len(),
+    }))
+}
+
+enum Target {
+    Digest(Digest),
+    Name(StoredPin),
+}
+
+fn purge(app: &App, target: &Target) -> Result<serde_json::Value, ProxyError> {
+    let store = &app.store;
+    let mut digests = Vec::new();
+    let mut keys: Vec<(Tree, String)> = Vec::new();
+    match target {
+        Target::Digest(d) => digests.push(*d),
+        Target::Name(p) => {
+            let pin = Pin::new(&p.into());
+            for item in store
+                .items(&|f| f == p.format)
+                .map_err(ProxyError::internal)?
+            {
+                if pin.covers(&item) {
+                    digests.extend(item.digests.iter().copied());
+                    if !item.key.is_empty() {
+                        let tree = match item.format {
+                            Format::Oci => Tree::Tags,
+                            _ => Tree::Meta,
+                        };
+                        keys.push((tree, item.key.clone()));
+                    }
+                }
+            }
+        }
+    }
+    digests.sort();
+    digests.dedup();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for d in &digests {
+        if let Some(n) = store.remove(d).map_err(ProxyError::internal)? {
+            evict::count_removal("purge", n);
+            files += 1;
+            bytes += n;
+        }
+    }
+    for (tree, k) in &keys {
+        store
+            .index()
+            .remove(*tree, k.as_bytes())
+            .map_err(ProxyError::internal)?;
+    }
+    store.index().flush().map_err(ProxyError::internal)?;
+    tracing::info!(files, bytes, records = keys.len(), "purge");
+    Ok(serde_json::json!({
+        "removed_files": files,
+        "removed_bytes": bytes,
+        "removed_records": keys.len(),
+        "stored_bytes": store.total_bytes(),
+    }))
+}

@@ -1,0 +1,438 @@
+//! Pins: names (and tags or versions) whose content eviction and garbage collection never
+//! remove, from `[[storage.pin]]` and from the admin API (kept in the index's `pins` tree).
+//!
+//! What a pin protects is computed when eviction runs, from the index as it is then:
+//! - OCI: every tag record `upstream/repo:tag` whose repository and tag match → the
+//!   manifest, and everything it references (config, layers, child manifests of an index);
+//! - npm: the cached packuments of matching packages, and the tarballs of matching
+//!   versions (found through their `dist.integrity` / `dist.shasum` aliases);
+//! - PyPI: the cached simple pages of matching projects, and their files of matching
+//!   versions (the `files` records the pages left).
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use sluice_config::{Ecosystem, Format, PinConfig};
+use sluice_policy::glob::Glob;
+
+use super::index::{MetaRecord, TagRecord, Tree};
+use super::Store;
+use crate::digest::Digest;
+use crate::hashes::Expect;
+
+/// A pin with its globs compiled.
+pub struct Pin {
+    format: Format,
+    name: Glob,
+    tag: Option<Glob>,
+}
+
+fn ecosystem(f: Format) -> Ecosystem {
+    match f {
+        Format::Oci => Ecosystem::Oci,
+        Format::Npm => Ecosystem::Npm,
+        Format::Pypi => Ecosystem::Pypi,
+    }
+}
+
+impl Pin {
+    /// Compiles a configured pin.
+    pub fn new(c: &PinConfig) -> Pin {
+        let eco = ecosystem(c.format);
+        Pin {
+            format: c.format,
+            name: Glob::new(eco, &c.name),
+            // Tags and versions compare as written.
+            tag: c.tag.as_deref().map(|t| Glob::new(Ecosystem::Oci, t)),
+        }
+    }
+
+    fn name_matches(&self, name: &str) -> bool {
+        let n = sluice_policy::glob::normalise(ecosystem(self.format), name);
+        self.name.matches(&n)
+    }
+
+    fn tag_matches(&self, tag: Option<&str>) -> bool {
+        match (&self.tag, tag) {
+            (None, _) => true,
+            (Some(g), Some(t)) => g.matches(t),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// The index key of a pin added through the admin API.
+fn pin_key(c: &PinConfig) -> String {
+    format!(
+        "{}\u{0}{}\u{0}{}",
+        c.format.as_str(),
+        c.name,
+        c.tag.as_deref().unwrap_or("")
+    )
+}
+
+/// A pin as the admin API stores and lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredPin {
+    /// `oci`, `npm` or `pypi`.
+    #[serde(serialize_with = "format_name")]
+    pub format: Format,
+    /// Name glob.
+    pub name: String,
+    /// Tag / version glob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+fn format_name<S: serde::Serializer>(f: &Format, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.as_str())
+}
+
+impl From<&StoredPin> for PinConfig {
+    fn from(p: &StoredPin) -> PinConfig {
+        PinConfig {
+            format: p.format,
+            name: p.name.clone(),
+            tag: p.tag.clone(),
+        }
+    }
+}
+
+impl Store {
+    /// Adds a run-time pin (kept across restarts).
+    pub fn add_pin(&self, p: &StoredPin) -> anyhow::Result<()> {
+        let c = PinConfig::from(p);
+        self.index
+            .put(Tree::Pins, pin_key(&c).as_bytes(), &serde_json::to_vec(p)?)?;
+        self.index.flush()
+    }
+
+    /// Removes a run-time pin; returns whether it existed.
+    pub fn remove_pin(&self, p: &StoredPin) -> anyhow::Result<bool> {
+        let key = pin_key(&PinConfig::from(p));
+        let existed = self.index.get(Tree::Pins, key.as_bytes())?.is_some();
+        self.index.remove(Tree::Pins, key.as_bytes())?;
+        self.index.flush()?;
+        Ok(existed)
+    }
+
+    /// Run-time pins.
+    pub fn stored_pins(&self) -> anyhow::Result<Vec<StoredPin>> {
+        Ok(self
+            .index
+            .scan(Tree::Pins)?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
+    /// Every digest the configured pins plus the run-time pins protect.
+    pub fn protected(&self, configured: &[PinConfig]) -> anyhow::Result<HashSet<Digest>> {
+        let mut pins: Vec<Pin> = configured.iter().map(Pin::new).collect();
+        pins.extend(
+            self.stored_pins()?
+                .iter()
+                .map(|p| Pin::new(&PinConfig::from(p))),
+        );
+        let mut out = HashSet::new();
+        if pins.is_empty() {
+            return Ok(out);
+        }
+        let formats: Vec<Format> = pins.iter().map(|p| p.format).collect();
+        for item in self.items(&|f| formats.contains(&f))? {
+            if pins.iter().any(|p| p.covers(&item)) {
+                out.extend(item.digests);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every named thing the index knows of in the formats `want` selects.
+    pub fn items(&self, want: &dyn Fn(Format) -> bool) -> anyhow::Result<Vec<Item>> {
+        let mut out = Vec::new();
+        if want(Format::Oci) {
+            for (k, v) in self.index.scan(Tree::Tags)? {
+                let (Ok(key), Ok(rec)) = (
+                    std::str::from_utf8(&k),
+                    serde_json::from_slice::<TagRecord>(&v),
+                ) else {
+                    continue;
+                };
+                let Some((name, tag)) = key.rsplit_once(':') else {
+                    continue;
+                };
+                let mut digests = HashSet::new();
+                self.manifest_closure(rec.digest, &mut digests, 0);
+                out.push(Item {
+                    format: Format::Oci,
+                    kind: ItemKind::Tag,
+                    name: name.to_string(),
+                    tag: Some(tag.to_string()),
+                    key: key.to_string(),
+                    digests: digests.into_iter().collect(),
+                });
+            }
+        }
+        let (npm, pypi) = (want(Format::Npm), want(Format::Pypi));
+        if npm || pypi {
+            for (k, v) in self.index.scan(Tree::Meta)? {
+                let (Ok(key), Ok(rec)) = (
+                    std::str::from_utf8(&k),
+                    serde_json::from_slice::<MetaRecord>(&v),
+                ) else {
+                    continue;
+                };
+                if let Some(rest) = key.strip_prefix("npm/").filter(|_| npm) {
+                    // npm/<upstream>/<name>/<full|abbrev>; names may hold one `/` (scopes).
+                    let Some((_, rest)) = rest.split_once('/') else {
+                        continue;
+                    };
+                    let Some((name, "full" | "abbrev")) = rest.rsplit_once('/') else {
+                        continue;
+                    };
+                    out.push(Item {
+                        format: Format::Npm,
+                        kind: ItemKind::Document,
+                        name: name.to_string(),
+                        tag: None,
+                        key: key.to_string(),
+                        digests: vec![rec.digest],
+                    });
+                    if let Some(doc) = self.read_untracked(&rec.digest) {
+                        for (version, expect) in npm_tarballs(&doc) {
+                            if let Some(d) = self.resolve(&expect) {
+                                out.push(Item {
+                                    format: Format::Npm,
+                                    kind: ItemKind::Version,
+                                    name: name.to_string(),
+                                    tag: Some(version),
+                                    key: String::new(),
+                                    digests: vec![d],
+                                });
+                            }
+                        }
+                    }
+                } else if let Some(rest) = key.strip_prefix("pypi/").filter(|_| pypi) {
+                    // pypi/<upstream>/simple/<project>
+                    let Some((_, rest)) = rest.split_once('/') else {
+                        continue;
+                    };
+                    let Some(project) = rest.strip_prefix("simple/").filter(|p| !p.is_empty())
+                    else {
+                        continue;
+                    };
+                    out.push(Item {
+                        format: Format::Pypi,
+                        kind: ItemKind::Document,
+                        name: project.to_string(),
+                        tag: None,
+                        key: key.to_string(),
+                        digests: vec![rec.digest],
+                    });
+                }
+            }
+        }
+        if pypi {
+            #[derive(Deserialize)]
+            struct FileFacts {
+                project: String,
+                #[serde(default)]
+                version: Option<String>,
+            }
+            for (k, v) in self.index.scan(Tree::Files)? {
+                let Ok(key) = std::str::from_utf8(&k) else {
+                    continue;
+                };
+                // pypi/<upstream>/sha256/<hex>: the file's own digest.
+                let Some(hex) = key
+                    .strip_prefix("pypi/")
+                    .and_then(|r| r.split_once('/'))
+                    .and_then(|(_, r)| r.strip_prefix("sha256/"))
+                else {
+                    continue;
+                };
+                let Ok(d) = format!("sha256:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                if !self.contains(&d) {
+                    continue;
+                }
+                let Ok(f) = serde_json::from_slice::<FileFacts>(&v) else {
+                    continue;
+                };
+                out.push(Item {
+                    format: Format::Pypi,
+                    kind: ItemKind::Version,
+                    name: f.project,
+                    tag: f.version,
+                    key: String::new(),
+                    digests: vec![d],
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds manifest `d` and everything it references to `out`.
+    fn manifest_closure(&self, d: Digest, out: &mut HashSet<Digest>, depth: u8) {
+        if !out.insert(d) {
+            return;
+        }
+        let Some(bytes) = self.read_untracked(&d) else {
+            return;
+        };
+        for r in manifest_references(&bytes) {
+            if depth < 3 {
+                self.manifest_closure(r, out, depth + 1);
+            } else {
+                out.insert(r);
+            }
+        }
+    }
+}
+
+/// What an [`Item`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    /// An OCI tag: its manifest and everything that references.
+    Tag,
+    /// An npm or PyPI release file.
+    Version,
+    /// A metadata document (packument, simple page).
+    Document,
+}
+
+/// A named thing in the store and the digests it consists of.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Its format.
+    pub format: Format,
+    /// What it is.
+    pub kind: ItemKind,
+    /// OCI: `upstream/repo`; npm: package; PyPI: project (normalised).
+    pub name: String,
+    /// OCI tag or package version.
+    pub tag: Option<String>,
+    /// Its index key (tags, documents), empty for release files.
+    pub key: String,
+    /// Stored or referenced content (manifest closures may name blobs not yet stored).
+    pub digests: Vec<Digest>,
+}
+
+impl Pin {
+    /// Whether the pin covers `item`: its name matches (for OCI with or without the
+    /// upstream prefix) and, for tags and versions, its tag glob. A pin covers the
+    /// documents of every name it matches, whatever its tag glob.
+    pub fn covers(&self, item: &Item) -> bool {
+        if item.format != self.format {
+            return false;
+        }
+        let repo = match item.format {
+            Format::Oci => item.name.split_once('/').map_or(&*item.name, |(_, r)| r),
+            _ => &item.name,
+        };
+        if !(self.name_matches(&item.name) || self.name_matches(repo)) {
+            return false;
+        }
+        item.kind == ItemKind::Document || self.tag_matches(item.tag.as_deref())
+    }
+}
+
+/// The digests a manifest or index references: `config`, `layers`, `manifests`, `blobs`.
+pub fn manifest_references(bytes: &[u8]) -> Vec<Digest> {
+    #[derive(Deserialize)]
+    struct Desc {
+        digest: String,
+    }
+    #[derive(Deserialize)]
+    struct M {
+        #[serde(default)]
+        config: Option<Desc>,
+        #[serde(default)]
+        layers: Vec<Desc>,
+        #[serde(default)]
+        manifests: Vec<Desc>,
+        #[serde(default)]
+        blobs: Vec<Desc>,
+    }
+    let Ok(m) = serde_json::from_slice::<M>(bytes) else {
+        return Vec::new();
+    };
+    m.config
+        .into_iter()
+        .chain(m.layers)
+        .chain(m.manifests)
+        .chain(m.blobs)
+        .filter_map(|d| d.digest.parse().ok())
+        .collect()
+}
+
+/// `(version, expected hash)` of every tarball a packument lists.
+fn npm_tarballs(doc: &[u8]) -> Vec<(String, Expect)> {
+    #[derive(Deserialize)]
+    struct Dist {
+        #[serde(default)]
+        integrity: Option<String>,
+        #[serde(default)]
+        shasum: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct V {
+        #[serde(default)]
+        dist: Option<Dist>,
+    }
+    #[derive(Deserialize)]
+    struct P {
+        #[serde(default)]
+        versions: std::collections::HashMap<String, V>,
+    }
+    let Ok(p) = serde_json::from_slice::<P>(doc) else {
+        return Vec::new();
+    };
+    p.versions
+        .into_iter()
+        .filter_map(|(v, e)| {
+            let dist = e.dist?;
+            let expect = dist
+                .integrity
+                .as_deref()
+                .and_then(Expect::from_sri)
+                .or_else(|| dist.shasum.as_deref().and_then(Expect::from_sha1_hex))?;
+            Some((v, expect))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_references_cover_config_layers_and_children() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let m = format!(
+            r#"{{"config":{{"digest":"{a}"}},"layers":[{{"digest":"{b}"}},{{"digest":"bogus"}}]}}"#
+        );
+        let refs = manifest_references(m.as_bytes());
+        assert_eq!(refs.len(), 2);
+        let i = format!(r#"{{"manifests":[{{"digest":"{c}"}}]}}"#);
+        assert_eq!(manifest_references(i.as_bytes()), vec![c.parse().unwrap()]);
+        assert!(manifest_references(b"not json").is_empty());
+    }
+
+    #[test]
+    fn pin_globs_match_names_and_tags() {
+        let p = Pin::new(&PinConfig {
+            format: Format::Pypi,
+            name: "Foo_Bar*".into(),
+            tag: Some("1.*".into()),
+        });
+        assert!(p.name_matches("foo-bar-baz"));
+        assert!(p.tag_matches(Some("1.2")));
+        assert!(!p.tag_matches(Some("2.0")));
+        assert!(!p.tag_matches(None));
+    }
+}

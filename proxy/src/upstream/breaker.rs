@@ -1,0 +1,237 @@
+//! A per-upstream circuit breaker: after `circuit_failures` consecutive failed requests the
+//! circuit opens and requests fail at once (so the formats' stale-if-error paths answer from
+//! the cache without waiting on timeouts); after `circuit_cooldown` one probe request is let
+//! through (half-open) and its outcome closes or re-opens the circuit.
+//!
+//! A failure is what the stale paths treat as one: a connect error, a timeout, a 5xx, 408 or
+//! 429, counted once per request after its retries. Anything else (200, 304, 404, ...) is a
+//! success: the upstream is answering.
+//!
+//! State is exported as `sluice_circuit_state{upstream}` (0 closed, 1 open, 2 half-open) and
+//! each opening counts in `sluice_circuit_opens_total{upstream}`.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// What became of an admitted request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered (any status but 5xx/408/429).
+    Success,
+    /// Connect error, timeout, 5xx, 408 or 429.
+    Failure,
+}
+
+/// The breaker of one upstream.
+pub struct Breaker {
+    upstream: String,
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<State>,
+}
+
+/// Permission to send one request; report its outcome with [`Permit::record`]. Dropped
+/// without a record (the client went away), a probe frees the half-open slot for the next
+/// request instead of wedging the circuit.
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Breaker {
+    /// A closed breaker opening after `threshold` consecutive failures (0: never opens).
+    pub fn new(upstream: &str, threshold: u32, cooldown: Duration) -> Breaker {
+        let b = Breaker {
+            upstream: upstream.to_string(),
+            threshold,
+            cooldown,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        };
+        b.export(State::Closed { failures: 0 });
+        b
+    }
+
+    /// Admits a request, or says how long the circuit stays open.
+    pub fn admit(&self) -> Result<Permit<'_>, Duration> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Result<Permit<'_>, Duration> {
+        let mut st = self.state.lock();
+        let probe = match *st {
+            State::Closed { .. } => false,
+            State::Open { until } if now < until => return Err(until - now),
+            State::Open { .. } | State::HalfOpen { probing: false } => {
+                *st = State::HalfOpen { probing: true };
+                self.export(*st);
+                true
+            }
+            // One probe at a time; the others fail fast until it has answered.
+            State::HalfOpen { probing: true } => return Err(Duration::ZERO),
+        };
+        Ok(Permit {
+            breaker: self,
+            probe,
+            recorded: false,
+        })
+    }
+
+    /// 0 closed, 1 open, 2 half-open (the gauge's encoding).
+    pub fn state_code(&self) -> u8 {
+        code(*self.state.lock())
+    }
+
+    fn record_at(&self, probe: bool, outcome: Outcome, now: Instant) {
+        let mut st = self.state.lock();
+        let next = match (outcome, *st) {
+            (Outcome::Success, _) => State::Closed { failures: 0 },
+            (Outcome::Failure, State::Closed { failures }) => {
+                let failures = failures.saturating_add(1);
+                if self.threshold > 0 && failures >= self.threshold {
+                    self.opened(now)
+                } else {
+                    State::Closed { failures }
+                }
+            }
+            (Outcome::Failure, State::HalfOpen { .. }) if probe => self.opened(now),
+            // A request admitted before the circuit opened, or a non-probe request finishing
+            // while a probe runs: the circuit already reflects the failure.
+            (Outcome::Failure, s) => s,
+        };
+        if next != *st {
+            *st = next;
+            self.export(next);
+        }
+    }
+
+    fn opened(&self, now: Instant) -> State {
+        metrics::counter!("sluice_circuit_opens_total", "upstream" => self.upstream.clone())
+            .increment(1);
+        tracing::warn!(upstream = %self.upstream, cooldown = ?self.cooldown,
+            "circuit open: upstream failing, serving from cache");
+        State::Open {
+            until: now + self.cooldown,
+        }
+    }
+
+    fn abandon(&self, probe: bool) {
+        if !probe {
+            return;
+        }
+        let mut st = self.state.lock();
+        if *st == (State::HalfOpen { probing: true }) {
+            *st = State::HalfOpen { probing: false };
+        }
+    }
+
+    fn export(&self, st: State) {
+        metrics::gauge!("sluice_circuit_state", "upstream" => self.upstream.clone())
+            .set(f64::from(code(st)));
+    }
+}
+
+fn code(st: State) -> u8 {
+    match st {
+        State::Closed { .. } => 0,
+        State::Open { .. } => 1,
+        State::HalfOpen { .. } => 2,
+    }
+}
+
+impl Permit<'_> {
+    /// Reports what happened to the request.
+    pub fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker.record_at(self.probe, outcome, Instant::now());
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.abandon(self.probe);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(b: &Breaker, now: Instant) {
+        let p = b.admit_at(now).expect("admitted");
+        let probe = p.probe;
+        std::mem::forget(p);
+        b.record_at(probe, Outcome::Failure, now);
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let b = Breaker::new("t", 3, Duration::from_secs(10));
+        let t = Instant::now();
+        fail(&b, t);
+        fail(&b, t);
+        b.admit_at(t).expect("closed").record(Outcome::Success);
+        fail(&b, t);
+        fail(&b, t);
+        assert_eq!(b.state_code(), 0, "two failures after a success");
+        fail(&b, t);
+        assert_eq!(b.state_code(), 1);
+        let wait = b.admit_at(t).err().expect("open circuit fails fast");
+        assert_eq!(wait, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_its_outcome_decides() {
+        let b = Breaker::new("t", 1, Duration::from_secs(5));
+        let t = Instant::now();
+        fail(&b, t);
+        assert!(b.admit_at(t + Duration::from_secs(4)).is_err());
+        let later = t + Duration::from_secs(5);
+        let probe = b.admit_at(later).expect("probe after cooldown");
+        assert_eq!(b.state_code(), 2);
+        assert!(b.admit_at(later).is_err(), "second request while probing");
+        b.record_at(true, Outcome::Failure, later);
+        std::mem::forget(probe);
+        assert_eq!(b.state_code(), 1, "failed probe re-opens");
+        assert!(b.admit_at(later + Duration::from_secs(1)).is_err());
+        let probe = b
+            .admit_at(later + Duration::from_secs(5))
+            .expect("second probe");
+        probe.record(Outcome::Success);
+        assert_eq!(b.state_code(), 0, "successful probe closes");
+        assert!(b.admit_at(later + Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_slot() {
+        let b = Breaker::new("t", 1, Duration::ZERO);
+        let t = Instant::now();
+        fail(&b, t);
+        let probe = b.admit_at(t).expect("probe");
+        drop(probe);
+        assert!(
+            b.admit_at(t).is_ok(),
+            "slot freed after the probe was dropped"
+        );
+    }
+
+    #[test]
+    fn threshold_zero_never_opens() {
+        let b = Breaker::new("t", 0, Duration::from_secs(5));
+        let t = Instant::now();
+        for _ in 0..100 {
+            fail(&b, t);
+        }
+        assert_eq!(b.state_code(), 0);
+    }
+}

@@ -1,0 +1,382 @@
+//! Operations: storage limits (LRU eviction to the low watermark, pins, a reader of an
+//! evicted blob, exact accounting across restarts, offline `sluice gc`) and the admin API
+//! (auth, stats, cache listing, purge then refetch, run-time pins), against the OCI
+//! simulator.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::sim::{Sim, SimImage};
+use common::{
+    blob_files, blob_path, eventually, http_client, json_body, random_bytes, run_with_timeout,
+    sha256_digest, sluice_cache_header, within, Sluice,
+};
+
+const MIB: u64 = 1 << 20;
+const ADMIN: &str = "admin-secret";
+const READER: &str = "read-secret";
+
+fn config(port: u16, data_dir: &Path, sim: &Sim, storage: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+shutdown_grace = "1s"
+
+[storage]
+data_dir = "{data}"
+{storage}
+
+[[auth.token]]
+name = "ops"
+token = "{ADMIN}"
+role = "admin"
+
+[[auth.token]]
+name = "ci"
+token = "{READER}"
+role = "read"
+
+[[upstream]]
+name = "sim"
+format = "oci"
+url = "{url}"
+host = "{host}"
+default = true
+tag_ttl = "1h"
+"#,
+        data = data_dir.display(),
+        url = sim.url(),
+        host = sim.host()
+    )
+}
+
+/// Sum of the sizes of the files under `blobs/`.
+fn stored_on_disk(data_dir: &Path) -> u64 {
+    blob_files(data_dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// Pulls `repo:tag` through sluice (manifest, config, layers), checking every digest.
+async fn pull(s: &Sluice, repo: &str, tag: &str, img: &SimImage) -> Vec<String> {
+    let c = http_client();
+    let base = s.base_url();
+    let mut caches = Vec::new();
+    let r = c
+        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Accept", common::images::OCI_MANIFEST)
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(r.status(), 200, "manifest of {repo}:{tag}");
+    caches.push(sluice_cache_header(&r));
+    assert_eq!(
+        sha256_digest(&r.bytes().await.expect("body")),
+        img.manifest_digest
+    );
+    for d in std::iter::once(&img.config_digest).chain(&img.layer_digests) {
+        let r = c
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(r.status(), 200, "blob {d} of {repo}:{tag}");
+        caches.push(sluice_cache_header(&r));
+        assert_eq!(&sha256_digest(&r.bytes().await.expect("body")), d);
+    }
+    caches
+}
+
+async fn storage_bytes_metric(s: &Sluice) -> u64 {
+    metric(&s.metrics().await, "sluice_storage_bytes").unwrap_or(-1.0) as u64
+}
+
+async fn stats(s: &Sluice) -> serde_json::Value {
+    let r = http_client()
+        .get(format!("{}/-/api/stats", s.base_url()))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(r.status(), 200);
+    json_body(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filling_past_max_size_evicts_lru_to_low_watermark_keeping_pins_and_readers() {
+    let sim = Sim::start().await;
+    let pinned = sim.push_image("keep/app", "1", &[random_bytes(512 * 1024, 1)]);
+    let big = sim.push_image("old/big", "1", &[random_bytes(3 * MIB as usize, 2)]);
+    let churn: Vec<SimImage> = (0..6)
+        .map(|i| {
+            sim.push_image(
+                &format!("churn/c{i}"),
+                "1",
+                &[random_bytes(MIB as usize, 10 + i)],
+            )
+        })
+        .collect();
+    let storage = r#"max_size = "6MiB"
+high_watermark = 0.9
+low_watermark = 0.5
+eviction_grace = "1s"
+gc_interval = "1h"
+
+[[storage.pin]]
+format = "oci"
+name = "keep/*"
+"#;
+    let mut s = Sluice::start_with(|port, dir| config(port, dir, &sim, storage));
+    let data = s.data_dir();
+    pull(&s, "keep/app", "1", &pinned).await;
+    pull(&s, "old/big", "1", &big).await;
+
+    // A reader of the big layer gets its first bytes, then stalls while the layer is
+    // evicted.
+    let big_layer = big.layer_digests[0].clone();
+    let mut reader = http_client()
+        .get(format!("{}/v2/old/big/blobs/{big_layer}", s.base_url()))
+        .send()
+        .await
+        .expect("reader");
+    assert_eq!(sluice_cache_header(&reader), "HIT");
+    let mut got = reader
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("some bytes")
+        .to_vec();
+    // Everything pulled from now on is more recent than the big image.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for (i, img) in churn.iter().enumerate() {
+        pull(&s, &format!("churn/c{i}"), "1", img).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let limit = 6 * MIB;
+    let settled = eventually(Duration::from_secs(15), || {
+        stored_on_disk(&data) <= (limit as f64 * 0.9) as u64
+    })
+    .await;
+    assert!(
+        settled,
+        "store did not get under the high watermark: {} bytes",
+        stored_on_disk(&data)
+    );
+    assert!(
+        !blob_path(&data, &big_layer).exists(),
+        "the least recently used layer was not evicted"
+    );
+    // The stalled reader still gets the whole, correct body.
+    while let Some(c) = within(30, "reader body", reader.chunk())
+        .await
+        .expect("reader body")
+    {
+        got.extend_from_slice(&c);
+    }
+    assert_eq!(sha256_digest(&got), big_layer);
+    // Pinned content survived, the newest image is stored, the oldest churn image is gone.
+    for d in std::iter::once(&pinned.manifest_digest)
+        .chain([&pinned.config_digest])
+        .chain(&pinned.layer_digests)
+    {
+        assert!(blob_path(&data, d).exists(), "pinned {d} was evicted");
+    }
+    assert!(blob_path(&data, &churn[5].layer_digests[0]).exists());
+    assert!(!blob_path(&data, &churn[0].layer_digests[0]).exists());
+    let m = s.metrics().await;
+    assert!(metric(&m, "sluice_evictions_total{reason=\"lru\"}").unwrap_or(0.0) >= 3.0);
+    assert!(metric(&m, "sluice_evicted_bytes_total").unwrap_or(0.0) >= (3 * MIB) as f64);
+
+    // Accounting is exact: files on disk == metric == stats API, before and after a restart.
+    let on_disk = stored_on_disk(&data);
+    assert_eq!(storage_bytes_metric(&s).await, on_disk);
+    assert_eq!(stats(&s).await["storage"]["stored_bytes"], on_disk);
+    s.restart();
+    assert_eq!(storage_bytes_metric(&s).await, on_disk);
+    assert_eq!(stats(&s).await["storage"]["stored_bytes"], on_disk);
+
+    // An evicted image is fetched again, byte-exact.
+    let caches = pull(&s, "old/big", "1", &big).await;
+    assert!(caches.contains(&"MISS".to_string()), "{caches:?}");
+
+    // Offline `sluice gc` with sluice running refuses (the index is in use)...
+    let gc = |cfg: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("gc").arg("--config").arg(cfg);
+        run_with_timeout(&mut cmd, Duration::from_secs(60))
+    };
+    let out = gc(s.config_path());
+    assert!(!out.status.success(), "gc ran against a live index");
+    // ...and with sluice stopped, a smaller max_size takes everything but the pin.
+    s.stop();
+    let cfg = std::fs::read_to_string(s.config_path())
+        .expect("config")
+        .replace("max_size = \"6MiB\"", "max_size = \"1MiB\"")
+        .replace("eviction_grace = \"1s\"", "eviction_grace = \"0s\"");
+    std::fs::write(s.config_path(), cfg).expect("write config");
+    let out = gc(s.config_path());
+    assert!(
+        out.status.success(),
+        "sluice gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned_bytes: u64 = std::iter::once(&pinned.manifest_digest)
+        .chain([&pinned.config_digest])
+        .chain(&pinned.layer_digests)
+        .map(|d| {
+            std::fs::metadata(blob_path(&data, d))
+                .expect("pinned kept")
+                .len()
+        })
+        .sum();
+    assert_eq!(stored_on_disk(&data), pinned_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("team/app", "v1", &[random_bytes(300 * 1024, 7)]);
+    let s = Sluice::start_with(|port, dir| config(port, dir, &sim, ""));
+    let base = s.base_url();
+    let c = http_client();
+    assert!(pull(&s, "team/app", "v1", &img)
+        .await
+        .iter()
+        .all(|c| c == "MISS"));
+
+    // Auth: no token 401, unknown token 401, read token 403, admin token 200.
+    for ep in ["gc", "purge?digest=sha256:00", "pin?format=oci&name=x"] {
+        let url = format!("{base}/-/api/{ep}");
+        assert_eq!(c.post(&url).send().await.unwrap().status(), 401, "{ep}");
+        let r = c.post(&url).bearer_auth("nope").send().await.unwrap();
+        assert_eq!(r.status(), 401, "{ep}");
+        let r = c.post(&url).bearer_auth(READER).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{ep}");
+    }
+    let r = c
+        .get(format!("{base}/-/api/cache"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(format!("{base}/-/api/gc"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_body(r).await["evicted_lru"], 0);
+
+    // Stats are readable anonymously (auth.anonymous = read) and count the pull.
+    let r = c.get(format!("{base}/-/api/stats")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v = json_body(r).await;
+    assert_eq!(v["today"]["counters"]["images_served"], 1, "{v}");
+    assert_eq!(v["today"]["counters"]["artifacts_served"]["oci"], 3, "{v}");
+    assert_eq!(v["today"]["distinct_clients"], 1, "{v}");
+    assert_eq!(v["today"]["lighthouse"], 1.0, "{v}");
+
+    // The cache listing shows the tag with all its files and their size.
+    let r = c
+        .get(format!("{base}/-/api/cache?format=oci&name=team/*"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let v = json_body(r).await;
+    let items = v["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["name"], "sim/team/app");
+    assert_eq!(items[0]["tag"], "v1");
+    assert_eq!(items[0]["files_stored"], 3);
+    let expected = img.manifest.len() as u64 + 300 * 1024;
+    assert!(items[0]["size"].as_u64().unwrap() > expected, "{v}");
+
+    // Run-time pins are listed and removable.
+    let r = c
+        .post(format!("{base}/-/api/pin"))
+        .bearer_auth(ADMIN)
+        .body(r#"{"format":"oci","name":"team/*","tag":"v*"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{base}/-/api/pins"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(r).await["runtime"][0]["name"], "team/*");
+    let r = c
+        .post(format!("{base}/-/api/unpin?format=oci&name=team/*&tag=v*"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Purge by digest removes one file; the next request for it is a MISS.
+    let layer = &img.layer_digests[0];
+    let r = c
+        .post(format!("{base}/-/api/purge?digest={layer}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(r).await["removed_files"], 1);
+    assert!(!blob_path(&s.data_dir(), layer).exists());
+    let caches = pull(&s, "team/app", "v1", &img).await;
+    assert_eq!(caches, ["HIT", "HIT", "MISS"]);
+
+    // Purge by name removes the manifest, config and layer and the tag record.
+    let r = c
+        .post(format!("{base}/-/api/purge"))
+        .bearer_auth(ADMIN)
+        .body(r#"{"format":"oci","name":"team/app"}"#)
+        .send()
+        .await
+        .unwrap();
+    let v = json_body(r).await;
+    assert_eq!(v["removed_files"], 3, "{v}");
+    assert_eq!(v["removed_records"], 1, "{v}");
+    assert_eq!(v["stored_bytes"], 0, "{v}");
+    assert!(blob_files(&s.data_dir()).is_empty());
+    let caches = pull(&s, "team/app", "v1", &img).await;
+    assert_eq!(caches, ["MISS", "MISS", "MISS"]);
+    assert_eq!(
+        storage_bytes_metric(&s).await,
+        stored_on_disk(&s.data_dir())
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_evictions_total{reason=\"purge\"}"),
+        Some(4.0)
+    );
+
+    // Policy check answers for any name.
+    let r = c
+        .get(format!(
+            "{base}/-/api/policy/check?format=npm&name=left-pad&version=1.3.0"
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(r).await["decision"], "allow");
+}

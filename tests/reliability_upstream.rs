@@ -1,0 +1,267 @@
+//! Upstream fault handling, proven against the OCI simulator: bounded retries with backoff
+//! for transient failures only, `Retry-After` honoured up to a cap, the per-upstream circuit
+//! breaker (fail fast while open so cached copies answer at once, one probe after the
+//! cool-down), and `max_stale` bounding stale-if-error.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::images::OCI_MANIFEST;
+use common::sim::{Fault, Sim};
+use common::{http_client, random_bytes, sluice_cache_header, within, Sluice};
+
+/// sluice with the simulator as its default OCI upstream; `extra` adds upstream keys.
+fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
+    Sluice::start(&format!(
+        r#"[[upstream]]
+name = "sim"
+format = "oci"
+url = "{url}"
+host = "{host}"
+default = true
+tag_ttl = "1s"
+retry_backoff = "20ms"
+{extra}
+"#,
+        url = sim.url(),
+        host = sim.host()
+    ))
+}
+
+/// The value of the sample `series` (name with labels, as rendered) in a metrics page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Status and body of a GET (a cut body counts as an error string).
+async fn get(c: &reqwest::Client, url: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut rb = c.get(url);
+    if let Some(a) = accept {
+        rb = rb.header("Accept", a);
+    }
+    let r = rb.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let cache = sluice_cache_header(&r);
+    let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, cache, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_5xx_is_retried_and_the_client_never_sees_it() {
+    let sim = Sim::start().await;
+    let blob = random_bytes(50_000, 701);
+    let digest = sim.add_blob(blob.clone());
+    sim.fault(&digest, Fault::first(2, Fault::Status(503)));
+    let s = sluice_for(&sim, "");
+    within(30, "retried blob", async {
+        let c = http_client();
+        let url = format!("{}/v2/app/blobs/{digest}", s.base_url());
+        let (status, _, body) = get(&c, &url, None).await;
+        assert_eq!(status, 200, "two 503s then a 200 with retries = 2");
+        assert!(body == blob, "wrong bytes after retries");
+        assert_eq!(sim.blob_gets(&digest), 3, "one request plus two retries");
+        let m = s.metrics().await;
+        assert_eq!(
+            metric(&m, "sluice_upstream_retries_total{upstream=\"sim\"}"),
+            2.0,
+            "{m}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded_and_other_4xx_are_never_retried() {
+    let sim = Sim::start().await;
+    let a = sim.add_blob(random_bytes(1000, 702));
+    let b = sim.add_blob(random_bytes(1000, 703));
+    sim.fault(&a, Fault::Status(502));
+    sim.fault(&b, Fault::Status(403));
+    let s = sluice_for(&sim, "retries = 3\ncircuit_failures = 0");
+    within(30, "bounded retries", async {
+        let c = http_client();
+        let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{a}", s.base_url()), None).await;
+        assert!((500..600).contains(&status), "persistent 502 → {status}");
+        assert_eq!(sim.blob_gets(&a), 4, "retries = 3: four attempts, no more");
+        let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{b}", s.base_url()), None).await;
+        assert!(status >= 400, "403 → {status}");
+        assert_eq!(
+            sim.blob_gets(&b),
+            1,
+            "a 403 is the upstream's answer: not retried"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_waited_out_up_to_the_cap_and_not_beyond() {
+    let sim = Sim::start().await;
+    let a = sim.add_blob(random_bytes(1000, 704));
+    let b = sim.add_blob(random_bytes(1000, 705));
+    sim.fault(&a, Fault::first(1, Fault::RetryAfter(429, "1".into())));
+    sim.fault(&b, Fault::RetryAfter(503, "3600".into()));
+    let s = sluice_for(&sim, "retry_after_max = \"5s\"");
+    within(30, "retry-after", async {
+        let c = http_client();
+        let t = Instant::now();
+        let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{a}", s.base_url()), None).await;
+        assert_eq!(status, 200);
+        assert!(
+            t.elapsed() >= Duration::from_millis(950),
+            "Retry-After: 1 not honoured ({:?})",
+            t.elapsed()
+        );
+        assert_eq!(sim.blob_gets(&a), 2);
+        let t = Instant::now();
+        let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{b}", s.base_url()), None).await;
+        assert!((500..600).contains(&status), "{status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            sim.blob_gets(&b),
+            1,
+            "Retry-After beyond retry_after_max: fail now, do not retry"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_circuit_fails_fast_serves_stale_and_a_probe_closes_it() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("app", "latest", &[random_bytes(2000, 706)]);
+    let missing = sim.add_blob(random_bytes(1000, 707));
+    let s = sluice_for(
+        &sim,
+        "retries = 0\ncircuit_failures = 3\ncircuit_cooldown = \"2s\"",
+    );
+    within(60, "circuit breaker", async {
+        let c = http_client();
+        let tag = format!("{}/v2/app/manifests/latest", s.base_url());
+        let blob = format!("{}/v2/app/blobs/{missing}", s.base_url());
+        let (status, cache, _) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!((status, cache.as_str()), (200, "MISS"));
+        // Three consecutive failures open the circuit.
+        sim.fault("/v2/", Fault::Status(503));
+        for _ in 0..3 {
+            let (status, _, _) = get(&c, &blob, None).await;
+            assert!((500..600).contains(&status));
+        }
+        let m = s.metrics().await;
+        assert_eq!(
+            metric(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, "sluice_circuit_opens_total{upstream=\"sim\"}"),
+            1.0
+        );
+        // Open: no upstream contact; the stale tag answers, the uncached blob fails fast.
+        let seen = sim.requests().len();
+        tokio::time::sleep(Duration::from_millis(1100)).await; // past tag_ttl
+        let (status, cache, body) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!((status, cache.as_str()), (200, "STALE"));
+        assert!(body == img.manifest);
+        let t = Instant::now();
+        let (status, _, _) = get(&c, &blob, None).await;
+        assert!((500..600).contains(&status));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            sim.requests().len(),
+            seen,
+            "upstream contacted while the circuit was open"
+        );
+        // After the cool-down one probe goes through; the upstream has recovered.
+        sim.clear_faults();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (status, _, _) = get(&c, &blob, None).await;
+        assert_eq!(status, 200, "probe after the cool-down");
+        let m = s.metrics().await;
+        assert_eq!(
+            metric(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            0.0,
+            "{m}"
+        );
+        let (status, cache, _) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!(status, 200);
+        assert_ne!(cache, "STALE", "closed circuit revalidates again");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stale_bounds_how_old_a_stale_tag_may_be() {
+    let sim = Sim::start().await;
+    sim.push_image("app", "latest", &[random_bytes(2000, 708)]);
+    let s = sluice_for(&sim, "retries = 0\nmax_stale = \"3s\"");
+    within(30, "max_stale", async {
+        let c = http_client();
+        let tag = format!("{}/v2/app/manifests/latest", s.base_url());
+        let tags = format!("{}/v2/app/tags/list", s.base_url());
+        assert_eq!(get(&c, &tag, Some(OCI_MANIFEST)).await.0, 200);
+        assert_eq!(get(&c, &tags, None).await.0, 200);
+        sim.fault("/v2/app/", Fault::Status(503));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (status, cache, _) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!(
+            (status, cache.as_str()),
+            (200, "STALE"),
+            "younger than max_stale"
+        );
+        let (status, cache, _) = get(&c, &tags, None).await;
+        assert_eq!((status, cache.as_str()), (200, "STALE"), "tag list");
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let (status, _, _) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert!(
+            (500..600).contains(&status),
+            "a tag older than max_stale must not be served: {status}"
+        );
+        let (status, _, _) = get(&c, &tags, None).await;
+        assert!((500..600).contains(&status), "tag list: {status}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stale_bounds_how_old_a_stale_packument_may_be() {
+    use common::npm_sim::{NpmFault, NpmSim};
+    let sim = NpmSim::start().await;
+    sim.publish("pkg", "1.0.0", &[]);
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n\
+         metadata_ttl = \"1s\"\nretries = 0\nmax_stale = \"3s\"\n",
+        sim.registry_url()
+    ));
+    within(30, "npm max_stale", async {
+        let c = http_client();
+        let url = format!("{}/npmjs/pkg", s.base_url());
+        assert_eq!(get(&c, &url, None).await.0, 200);
+        sim.fault("/registry/pkg", NpmFault::Status(503));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (status, cache, _) = get(&c, &url, None).await;
+        assert_eq!(
+            (status, cache.as_str()),
+            (200, "STALE"),
+            "younger than max_stale"
+        );
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let (status, _, _) = get(&c, &url, None).await;
+        assert!(
+            (500..600).contains(&status),
+            "a packument older than max_stale must not be served: {status}"
+        );
+    })
+    .await;
+}
