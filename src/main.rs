@@ -57,6 +57,33 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Prefetch what lockfiles (package-lock.json, requirements.txt, pylock.toml) and image
+    /// lists name through a running sluice, so later builds are served from its cache.
+    /// Exit 1 when anything could not be fetched.
+    Warm {
+        /// Config file (default: $SLUICE_CONFIG, else the embedded default); gives the URL
+        /// and the upstream names.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// sluice's base URL (default: `server.public_url`, else `http://<listen>`).
+        #[arg(long)]
+        url: Option<String>,
+        /// The npm upstream to warm through (default: the first `format = "npm"` upstream).
+        #[arg(long)]
+        npm_upstream: Option<String>,
+        /// The PyPI upstream to warm through (default: the first `format = "pypi"` upstream).
+        #[arg(long)]
+        pypi_upstream: Option<String>,
+        /// A sluice token, when anonymous access is off.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+        /// Lockfiles and image lists.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Dependency-firewall tools.
     Policy {
         #[command(subcommand)]
@@ -135,6 +162,34 @@ fn policy_check(config: Option<PathBuf>, files: Vec<PathBuf>) -> ExitCode {
     }
 }
 
+fn warm(
+    config: Option<PathBuf>,
+    opts: sluice_proxy::warm::Options,
+    files: Vec<PathBuf>,
+) -> ExitCode {
+    let cfg = match load(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match sluice_proxy::warm::run(&cfg, &opts, &files, &mut std::io::stderr()) {
+        Ok(summary) => {
+            println!("{}", summary.line());
+            if summary.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sluice warm: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -174,6 +229,24 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { config, files },
         } => policy_check(config, files),
+        Command::Warm {
+            config,
+            url,
+            npm_upstream,
+            pypi_upstream,
+            token,
+            jobs,
+            files,
+        } => {
+            let opts = sluice_proxy::warm::Options {
+                url,
+                npm_upstream,
+                pypi_upstream,
+                token,
+                jobs: jobs.into(),
+            };
+            warm(config, opts, files)
+        }
         Command::Gc { config, data_dir } => {
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,

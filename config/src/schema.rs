@@ -228,6 +228,55 @@ pub struct UpstreamConfig {
     /// fails; unset: however old.
     #[serde(default)]
     pub max_stale: Option<Duration>,
+    /// Most requests sent to this upstream per second, minute or hour (`"50/s"`, `"600/m"`);
+    /// requests over it wait, up to `queue_timeout`. Unset: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Most requests to this upstream in flight at once, a response body being streamed
+    /// included; further requests wait, up to `queue_timeout`. 0 (default): no cap.
+    #[serde(default)]
+    pub max_concurrent: u32,
+    /// Longest a request waits for `rate_limit` or `max_concurrent` before it fails as an
+    /// upstream error (so stale-if-error can still answer from the cache).
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
+}
+
+/// A request rate written as `<count>/<unit>`, the unit one of `s`, `m`, `h`: `"50/s"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per `per` (at least 1); also the burst size.
+    pub count: u32,
+    /// The period `count` applies to.
+    pub per: std::time::Duration,
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid rate {s:?}: expected <count>/<unit> such as \"50/s\", \"600/m\", \"1000/h\"")
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        }
+        let per = match unit.trim() {
+            "s" => std::time::Duration::from_secs(1),
+            "m" => std::time::Duration::from_secs(60),
+            "h" => std::time::Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Ok(RateLimit { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl UpstreamConfig {
@@ -408,4 +457,37 @@ fn default_circuit_failures() -> u32 {
 }
 fn default_circuit_cooldown() -> Duration {
     Duration::from_secs(30)
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::RateLimit;
+
+    #[test]
+    fn rate_limits_parse_per_second_minute_hour_and_reject_garbage() {
+        let r: RateLimit = "50/s".parse().unwrap();
+        assert_eq!((r.count, r.per.as_secs()), (50, 1));
+        let r: RateLimit = " 600 / m ".parse().unwrap();
+        assert_eq!((r.count, r.per.as_secs()), (600, 60));
+        assert_eq!("7/h".parse::<RateLimit>().unwrap().per.as_secs(), 3600);
+        for bad in [
+            "", "50", "50/", "/s", "0/s", "-1/s", "50/d", "fast", "1.5/s",
+        ] {
+            let e = bad.parse::<RateLimit>().unwrap_err();
+            assert!(e.contains("rate"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_rate_limit_is_reported_at_its_line() {
+        let text = "[[upstream]]\nname = \"x\"\nformat = \"oci\"\nurl = \"http://127.0.0.1:1\"\nrate_limit = \"50 per second\"\n";
+        let msg = crate::load_str(text, "t.toml", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("t.toml:5:"), "{msg}");
+        assert!(msg.contains("\"50/s\""), "{msg}");
+    }
 }

@@ -41,12 +41,25 @@ const FOLLOW_CHUNK: u64 = 256 * 1024;
 /// Bytes written between progress notifications while the upstream keeps data coming.
 const PUBLISH_EVERY: u64 = 256 * 1024;
 
+/// Attempts to continue one fill's body after it broke off.
+const MAX_RESUMES: u32 = 3;
+
+/// A body stream from the upstream.
+pub type BodyStream = BoxStream<'static, Result<Bytes, ProxyError>>;
+
+/// Opens the rest of a body from a byte offset (`Range: bytes=<offset>-`), yielding exactly
+/// the bytes from there to the announced length, or an error.
+pub type Resume = Box<dyn Fn(u64) -> BoxFuture<'static, Result<BodyStream, ProxyError>> + Send>;
+
 /// An upstream body about to be streamed into a fill.
 pub struct UpstreamBody {
     /// Length announced by the upstream, if any.
     pub len: Option<u64>,
     /// The body.
-    pub stream: BoxStream<'static, Result<Bytes, ProxyError>>,
+    pub stream: BodyStream,
+    /// How to continue the body if it breaks off; `None` when the upstream does not serve
+    /// ranges of it (or its length is unknown).
+    pub resume: Option<Resume>,
 }
 
 impl UpstreamBody {
@@ -55,13 +68,35 @@ impl UpstreamBody {
         up: Arc<crate::upstream::Upstream>,
         resp: reqwest::Response,
     ) -> UpstreamBody {
+        use crate::upstream::resume::{accepts_ranges, RequestScope};
         let len = resp.content_length();
-        let stream = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| up.body_error(e)))
-            .boxed();
-        UpstreamBody { len, stream }
+        let resume = len.filter(|_| accepts_ranges(resp.headers())).map(|total| {
+            let (up, url) = (up.clone(), resp.url().clone());
+            let scope = resp
+                .extensions()
+                .get::<RequestScope>()
+                .and_then(|s| s.0.clone());
+            Box::new(move |from: u64| {
+                let (up, url, scope) = (up.clone(), url.clone(), scope.clone());
+                async move {
+                    let resp = up.fetch_rest(url, scope.as_deref(), from, total).await?;
+                    Ok(body_stream(up, resp))
+                }
+                .boxed()
+            }) as Resume
+        });
+        UpstreamBody {
+            len,
+            stream: body_stream(up, resp),
+            resume,
+        }
     }
+}
+
+fn body_stream(up: Arc<crate::upstream::Upstream>, resp: reqwest::Response) -> BodyStream {
+    resp.bytes_stream()
+        .map(move |r| r.map_err(|e| up.body_error(e)))
+        .boxed()
 }
 
 /// Starts the upstream request of a fill.
@@ -168,7 +203,12 @@ async fn run_fill(
     open: Opener,
     tx: &watch::Sender<Progress>,
 ) -> Result<(), ProxyError> {
-    let UpstreamBody { len, mut stream } = open().await?;
+    let UpstreamBody {
+        len,
+        mut stream,
+        resume,
+    } = open().await?;
+    let mut resumes = 0;
     tx.send_modify(|p| {
         p.state = State::Streaming;
         p.len = len;
@@ -190,8 +230,35 @@ async fn run_fill(
                 stream.next().await
             }
         };
-        let Some(chunk) = next else { break };
-        let chunk = chunk?;
+        let chunk = match next {
+            Some(Ok(chunk)) => chunk,
+            None if len.is_none_or(|l| written >= l) => break,
+            // Cut short (an error, or a clean end before the announced length): continue
+            // from where it broke off if the upstream can, else fail as before.
+            cut => {
+                let why = match cut {
+                    Some(Err(e)) => e,
+                    _ => ProxyError::Upstream {
+                        upstream: String::new(),
+                        message: format!("{expect}: upstream body ended after {written} bytes"),
+                        status: None,
+                    },
+                };
+                let Some(resume) = resume.as_ref().filter(|_| resumes < MAX_RESUMES) else {
+                    return Err(why);
+                };
+                resumes += 1;
+                tracing::info!(expect = %expect, written, attempt = resumes, error = %why,
+                    "upstream body broke off; resuming with a range request");
+                metrics::counter!("sluice_fill_resumes_total", "format" => format).increment(1);
+                stream = resume(written).await.map_err(|e| ProxyError::Upstream {
+                    upstream: String::new(),
+                    message: format!("{expect}: body broke off ({why}) and resuming failed: {e}"),
+                    status: None,
+                })?;
+                continue;
+            }
+        };
         if len.is_some_and(|l| written + chunk.len() as u64 > l) {
             return Err(ProxyError::Upstream {
                 upstream: String::new(),

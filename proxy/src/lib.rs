@@ -25,6 +25,7 @@ pub mod store;
 pub mod timefmt;
 mod upkeep;
 pub mod upstream;
+pub mod warm;
 
 use std::sync::Arc;
 

@@ -159,6 +159,7 @@ impl HttpServerApp for HttpApp {
                     .map(|(_, v)| v.clone())
             })
             .flatten();
+        let name = self.log_name(kind, &method, &path);
         let (ok, sent) = write_reply(&mut session, reply, &request_id).await;
         let cached_bytes = if matches!(
             cache,
@@ -191,6 +192,7 @@ impl HttpServerApp for HttpApp {
             format = kind.label(),
             method = %method,
             path = %path,
+            name = name.as_deref(),
             status,
             cache = cache.as_str(),
             bytes = sent,
@@ -356,6 +358,19 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, (
 }
 
 impl HttpApp {
+    /// The package or repository a request names, for the access log: derived from the
+    /// path (best effort; the OCI name keeps any upstream prefix).
+    fn log_name(&self, kind: Kind, method: &Method, path: &str) -> Option<String> {
+        match kind {
+            Kind::Oci => oci::OciRoute::parse(path.strip_prefix("/v2/")?)
+                .name()
+                .map(str::to_string),
+            Kind::Npm => formats::npm::log_name(method, self.mounted_name(path)?.1),
+            Kind::Pypi => formats::pypi::log_name(self.mounted_name(path)?.1),
+            _ => None,
+        }
+    }
+
     /// `(upstream name, rest)` when `path` is below a mounted (npm/PyPI) upstream.
     fn mounted_name<'p>(&self, path: &'p str) -> Option<(&'p str, &'p str)> {
         let p = path.strip_prefix('/')?;

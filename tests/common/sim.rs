@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,6 +116,19 @@ pub struct SimConfig {
     pub redirect_blobs: bool,
 }
 
+/// How a simulator advertising range support answers a `Range: bytes=N-` blob request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranges {
+    /// `206` with `Content-Range: bytes N-(len-1)/len` and those bytes.
+    Honour,
+    /// `200` with the whole body, as servers that ignore `Range` do.
+    Ignore,
+    /// `206` claiming to start one byte later than asked.
+    WrongStart,
+    /// `206` with the right headers and corrupted bytes.
+    Corrupt,
+}
+
 /// One request as the simulator received it.
 #[derive(Clone, Debug)]
 pub struct Req {
@@ -141,6 +155,7 @@ struct Inner {
     manifests: HashMap<String, (String, Bytes)>,
     tags: BTreeMap<(String, String), String>,
     faults: Vec<(String, Fault)>,
+    ranges: Option<Ranges>,
     log: Vec<Req>,
     cdn_log: Vec<Req>,
 }
@@ -151,6 +166,9 @@ struct State {
     cdn_port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
+    /// Responses being written right now, and the most ever at once (either listener).
+    inflight: AtomicUsize,
+    peak_inflight: AtomicUsize,
 }
 
 /// A running simulator; its listeners and connections stop when it is dropped.
@@ -183,6 +201,8 @@ impl Sim {
             cdn_port: cdn.local_addr().expect("addr").port(),
             inner: Mutex::new(Inner::default()),
             shutdown: watch::channel(false).0,
+            inflight: AtomicUsize::new(0),
+            peak_inflight: AtomicUsize::new(0),
         });
         tokio::spawn(accept_loop(main, state.clone(), false));
         tokio::spawn(accept_loop(cdn, state.clone(), true));
@@ -278,6 +298,22 @@ impl Sim {
         }
     }
 
+    /// From now on blob GETs advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-`
+    /// as `mode` says (`None`, the default: no range support, no `Accept-Ranges`).
+    pub fn set_ranges(&self, mode: Option<Ranges>) {
+        self.inner().ranges = mode;
+    }
+
+    /// Blob GETs for `digest` that carried a `Range` header, with its value.
+    pub fn range_requests(&self, digest: &str) -> Vec<String> {
+        self.inner()
+            .log
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains(&format!("/blobs/{digest}")))
+            .filter_map(|r| r.header("range").map(str::to_string))
+            .collect()
+    }
+
     /// From now on, requests whose path contains `pattern` get `fault` (newest rule wins).
     pub fn fault(&self, pattern: &str, fault: Fault) {
         self.inner().faults.insert(0, (pattern.to_string(), fault));
@@ -309,6 +345,11 @@ impl Sim {
     /// Blob GETs for `digest` that reached the registry listener.
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.count("GET", &format!("/blobs/{digest}"))
+    }
+
+    /// The most responses (head and body) that were being written at the same moment.
+    pub fn peak_inflight(&self) -> usize {
+        self.state.peak_inflight.load(Ordering::SeqCst)
     }
 
     /// Requests to `/token`.
@@ -410,7 +451,11 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>, cdn: bool) -> io::Result
         } else {
             route(&state, &req)
         };
-        if !write_resp(&mut w, resp).await? || close {
+        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        let written = write_resp(&mut w, resp).await;
+        state.inflight.fetch_sub(1, Ordering::SeqCst);
+        if !written? || close {
             let _ = w.shutdown().await;
             return Ok(());
         }
@@ -563,7 +608,6 @@ fn fault_for(state: &State, path: &str) -> Fault {
         .unwrap_or(Fault::Normal);
     match fault {
         Fault::Limited { remaining, fault } => {
-            use std::sync::atomic::Ordering;
             let left =
                 remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if left.is_ok() {
@@ -694,7 +738,7 @@ fn route(state: &State, req: &Req) -> Resp {
                 )
                 .header("X-Blob-Size", bytes.len().to_string()),
             Some(bytes) => {
-                let mut r = Resp::new(200, bytes.clone())
+                let mut r = blob_resp(inner.ranges, req, bytes)
                     .header("Content-Type", "application/octet-stream")
                     .header("Docker-Content-Digest", tail.to_string());
                 r.fault = fault;
@@ -719,6 +763,41 @@ fn route(state: &State, req: &Req) -> Resp {
     };
     resp.head = head;
     resp
+}
+
+/// A blob's `200`, or with range support a `206` for `Range: bytes=N-` (see [`Ranges`]).
+fn blob_resp(ranges: Option<Ranges>, req: &Req, bytes: &Bytes) -> Resp {
+    let Some(mode) = ranges else {
+        return Resp::new(200, bytes.clone());
+    };
+    let from = req
+        .header("range")
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n < bytes.len());
+    let resp = match (from, mode) {
+        (None, _) | (Some(_), Ranges::Ignore) => Resp::new(200, bytes.clone()),
+        (Some(n), Ranges::Honour) => Resp::new(206, bytes.slice(n..)).header(
+            "Content-Range",
+            format!("bytes {n}-{}/{}", bytes.len() - 1, bytes.len()),
+        ),
+        (Some(n), Ranges::WrongStart) => Resp::new(206, bytes.slice(n..)).header(
+            "Content-Range",
+            format!("bytes {}-{}/{}", n + 1, bytes.len() - 1, bytes.len()),
+        ),
+        (Some(n), Ranges::Corrupt) => {
+            let mut v = bytes.slice(n..).to_vec();
+            for b in v.iter_mut().step_by(97) {
+                *b ^= 0x5a;
+            }
+            Resp::new(206, v).header(
+                "Content-Range",
+                format!("bytes {n}-{}/{}", bytes.len() - 1, bytes.len()),
+            )
+        }
+    };
+    resp.header("Accept-Ranges", "bytes")
 }
 
 fn token(state: &State, req: &Req) -> Resp {

@@ -69,6 +69,14 @@ impl<'a> OciRoute<'a> {
         }
         OciRoute::Unknown
     }
+
+    /// The repository the route names (as requested, upstream prefix included).
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            OciRoute::Manifest(n, _) | OciRoute::Blob(n, _) | OciRoute::Tags(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// What an OCI handler needs from the request.

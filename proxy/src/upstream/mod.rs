@@ -1,6 +1,7 @@
 //! One client per upstream: timeouts, retries with backoff ([`retry`]), a circuit breaker
-//! ([`breaker`]), registry auth (bearer flow, basic), redirects that never leak credentials,
-//! and metrics for every upstream request.
+//! ([`breaker`]), a rate limit and a concurrency cap ([`limits`]), registry auth (bearer
+//! flow, basic), redirects that never leak credentials, continuing a cut body with a range
+//! request ([`resume`]), and metrics for every upstream request.
 //!
 //! URLs only ever come from configuration (the upstream's base URL), from the upstream's own
 //! answers (token realm, redirect `Location`), never from a client's request: the formats
@@ -8,6 +9,8 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod limits;
+pub mod resume;
 pub mod retry;
 
 use std::time::{Instant, SystemTime};
@@ -19,6 +22,7 @@ use url::Url;
 use crate::error::ProxyError;
 use auth::{Challenge, TokenCache, TokenResponse};
 use breaker::{Breaker, Outcome};
+use limits::Limits;
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -34,6 +38,7 @@ pub struct Upstream {
     ns_host: String,
     docker_hub: bool,
     breaker: Breaker,
+    limits: Limits,
 }
 
 impl Upstream {
@@ -51,6 +56,7 @@ impl Upstream {
         let http = builder.build()?;
         Ok(Upstream {
             breaker: Breaker::new(&cfg.name, cfg.circuit_failures, cfg.circuit_cooldown.get()),
+            limits: Limits::new(&cfg),
             offline: offline || cfg.offline,
             ns_host: cfg.ns_host(),
             docker_hub: cfg.is_docker_hub(),
@@ -135,6 +141,13 @@ impl Upstream {
                 None,
             ));
         }
+        // Queue for a concurrency slot first: held for the whole response body, it is what
+        // bounds the transfers in flight to this upstream.
+        let slot = self
+            .limits
+            .slot()
+            .await
+            .map_err(|t| self.err(t.to_string(), None))?;
         let permit = self.breaker.admit().map_err(|wait| {
             self.err(
                 format!(
@@ -152,7 +165,13 @@ impl Upstream {
             Err(e) if e.is_upstream_failure() => Outcome::Failure,
             _ => Outcome::Success,
         });
-        result
+        let mut resp = match slot {
+            Some(slot) => limits::hold_until_body_ends(result?, slot),
+            None => result?,
+        };
+        resp.extensions_mut()
+            .insert(resume::RequestScope(scope.map(str::to_string)));
+        Ok(resp)
     }
 
     /// Whether a cached copy of metadata `age_ms` old may stand in for this upstream when it
@@ -355,6 +374,11 @@ impl Upstream {
             if let Some(a) = auth.filter(|_| same_origin(&url, &self.base)) {
                 req = req.header(http::header::AUTHORIZATION, a);
             }
+            // Every attempt and redirect hop is a request against the upstream's rate.
+            self.limits
+                .pace()
+                .await
+                .map_err(|t| self.err(t.to_string(), None))?;
             let started = Instant::now();
             let fut = req.send();
             let resp = match tokio::time::timeout(self.cfg.read_timeout.get(), fut).await {

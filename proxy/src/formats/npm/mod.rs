@@ -38,6 +38,16 @@ use packument::{TarballBase, CORGI};
 const ACCEPT_CORGI: &str =
     "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
 
+/// The package a request below `/<upstream>/` is about (for the access log), if any.
+pub fn log_name(method: &Method, rest: &str) -> Option<String> {
+    match name::parse(method, rest).ok()? {
+        Route::Packument(n) | Route::Version(n, _) | Route::Tarball(n, _) | Route::DistTags(n) => {
+            Some(n.as_str().to_string())
+        }
+        _ => None,
+    }
+}
+
 /// Answers one request below `/<upstream>/`.
 pub async fn handle(
     app: &Arc<App>,

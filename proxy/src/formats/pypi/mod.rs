@@ -86,6 +86,26 @@ pub async fn handle(
     })
 }
 
+/// The project a request below `/<upstream>/` is about (for the access log), if any: from
+/// the page or JSON API path, or, for a file, the project part of its name.
+pub fn log_name(rest: &str) -> Option<String> {
+    let project = if let Some(p) = rest
+        .strip_prefix("simple/")
+        .or_else(|| rest.strip_prefix("pypi/"))
+    {
+        p.split('/').next()?
+    } else {
+        let file = rest.strip_prefix("files/")?.rsplit('/').next()?;
+        let file = file.strip_suffix(".metadata").unwrap_or(file);
+        if file.ends_with(".whl") {
+            file.split('-').next()?
+        } else {
+            file.rsplit_once('-')?.0
+        }
+    };
+    (!project.is_empty()).then(|| simple::normalize(project))
+}
+
 fn redirect(location: String, query: Option<&str>) -> Reply {
     let location = match query {
         Some(q) if !q.is_empty() => format!("{location}?{q}"),
@@ -646,6 +666,21 @@ async fn json_api(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_names_come_from_pages_and_file_names() {
+        assert_eq!(log_name("simple/Demo_Pkg/").as_deref(), Some("demo-pkg"));
+        assert_eq!(log_name("pypi/demo/1.0/json").as_deref(), Some("demo"));
+        assert_eq!(
+            log_name("files/sha256/00/demo_pkg-1.0-py3-none-any.whl.metadata").as_deref(),
+            Some("demo-pkg")
+        );
+        assert_eq!(
+            log_name("files/url/k/old-style-name-1.0.tar.gz").as_deref(),
+            Some("old-style-name")
+        );
+        assert_eq!(log_name("simple/"), None);
+    }
 
     #[test]
     fn negotiation_honours_q_values_format_and_defaults() {

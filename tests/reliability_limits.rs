@@ -1,0 +1,166 @@
+//! Per-upstream limits against the OCI simulator: `max_concurrent` bounds the requests in
+//! flight upstream (a streaming body included), a request that cannot get a slot within
+//! `queue_timeout` fails fast as an upstream error, and `rate_limit` paces requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sim::{Fault, Gate, Sim};
+use common::{http_client, random_bytes, within, Sluice};
+
+fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
+    Sluice::start(&format!(
+        r#"[[upstream]]
+name = "sim"
+format = "oci"
+url = "{url}"
+host = "{host}"
+default = true
+retries = 0
+circuit_failures = 0
+{extra}
+"#,
+        url = sim.url(),
+        host = sim.host()
+    ))
+}
+
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn get_blob(c: &reqwest::Client, s: &Sluice, digest: &str) -> (u16, Vec<u8>) {
+    let r = c
+        .get(format!("{}/v2/app/blobs/{digest}", s.base_url()))
+        .send()
+        .await
+        .expect("GET blob");
+    let status = r.status().as_u16();
+    (
+        status,
+        r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_one_never_has_two_fetches_in_flight_upstream() {
+    let sim = Sim::start().await;
+    let slow = Fault::Slow {
+        chunk: 32 * 1024,
+        delay: Duration::from_millis(20),
+    };
+    let blobs: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let b = random_bytes(512 * 1024, 900 + i);
+            let d = sim.add_blob(b.clone());
+            sim.fault(&d, slow.clone());
+            (d, b)
+        })
+        .collect();
+    let s = sluice_for(&sim, "max_concurrent = 1");
+    let c = http_client();
+    within(60, "capped fetches", async {
+        let t = Instant::now();
+        let fetches: Vec<_> = blobs.iter().map(|(d, _)| get_blob(&c, &s, d)).collect();
+        let results = futures_util::future::join_all(fetches).await;
+        for ((status, body), (d, want)) in results.iter().zip(&blobs) {
+            assert_eq!(*status, 200, "{d}");
+            assert!(body == want, "wrong bytes for {d}");
+        }
+        assert_eq!(
+            sim.peak_inflight(),
+            1,
+            "max_concurrent = 1 but the upstream served several at once"
+        );
+        // Each body trickles for about 320 ms; one after the other they cannot be quicker.
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        let m = s.metrics().await;
+        assert!(
+            metric(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 1.0,
+            "{m}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_past_queue_timeout_fails_as_an_upstream_error() {
+    let sim = Sim::start().await;
+    let held = random_bytes(100_000, 910);
+    let held_d = sim.add_blob(held.clone());
+    let other_d = sim.add_blob(random_bytes(1000, 911));
+    let gate = Gate::new();
+    sim.fault(
+        &held_d,
+        Fault::Hold {
+            gate: gate.clone(),
+            after: 1000,
+        },
+    );
+    let s = sluice_for(&sim, "max_concurrent = 1\nqueue_timeout = \"300ms\"");
+    let c = http_client();
+    within(60, "queue timeout", async {
+        let first = {
+            let (c, url) = (c.clone(), format!("{}/v2/app/blobs/{held_d}", s.base_url()));
+            tokio::spawn(async move {
+                let r = c.get(url).send().await.expect("GET held blob");
+                (r.status().as_u16(), r.bytes().await.expect("held body"))
+            })
+        };
+        assert!(
+            common::eventually(Duration::from_secs(10), || sim.blob_gets(&held_d) == 1).await,
+            "the held fetch never reached the upstream"
+        );
+        let t = Instant::now();
+        let (status, _) = get_blob(&c, &s, &other_d).await;
+        assert!(
+            (500..600).contains(&status),
+            "no slot within queue_timeout → 5xx, got {status}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(sim.blob_gets(&other_d), 0, "sent despite the cap");
+        gate.open();
+        let (status, body) = first.await.expect("first fetch");
+        assert_eq!(status, 200);
+        assert!(body.as_ref() == held.as_slice());
+        // The slot is free again once the body has ended.
+        let (status, _) = get_blob(&c, &s, &other_d).await;
+        assert_eq!(status, 200);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_paces_requests_to_the_upstream() {
+    let sim = Sim::start().await;
+    let digests: Vec<String> = (0..6)
+        .map(|i| sim.add_blob(random_bytes(1000, 920 + i)))
+        .collect();
+    let s = sluice_for(&sim, "rate_limit = \"4/s\"");
+    let c = http_client();
+    within(60, "rate limit", async {
+        let t = Instant::now();
+        for d in &digests {
+            assert_eq!(get_blob(&c, &s, d).await.0, 200);
+        }
+        // A burst of 4, then one every 250 ms: the last two wait at least 400 ms in all.
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        let m = s.metrics().await;
+        assert!(
+            metric(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 2.0,
+            "{m}"
+        );
+    })
+    .await;
+}
