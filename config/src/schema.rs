@@ -51,6 +51,10 @@ pub struct ServerConfig {
     /// Seconds pingora waits for in-flight requests on SIGTERM before exiting.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request's headers (slow-loris protection);
+    /// also how long an idle keep-alive connection waits for its next request.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
 }
 
 /// `[storage]`.
@@ -370,6 +374,7 @@ impl Default for ServerConfig {
             threads: None,
             max_metadata_size: default_max_metadata_size(),
             shutdown_grace: default_grace(),
+            header_timeout: default_header_timeout(),
         }
     }
 }
@@ -421,6 +426,9 @@ fn default_anonymous() -> Role {
 }
 fn default_max_metadata_size() -> ByteSize {
     ByteSize(64 << 20)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_grace() -> Duration {
     Duration::from_secs(5)

@@ -85,9 +85,17 @@ impl HttpServerApp for HttpApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            _ => return None,
+        // A total deadline for the request head: pingora's own read timeout is per read,
+        // so a client trickling a header byte at a time would otherwise hold the
+        // connection forever (slow loris).
+        let deadline = self.app.config.server.header_timeout.get();
+        match tokio::time::timeout(deadline, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(_) => return None,
+            Err(_) => {
+                metrics::counter!("sluice_header_timeouts_total").increment(1);
+                return None;
+            }
         }
         let started = Instant::now();
         let request_id = self.request_id();
