@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -466,25 +465,6 @@ pub fn npm_available() -> bool {
     ok
 }
 
-fn npm(dir: &Path, registry: &str, cache: &Path, args: &[&str]) -> Command {
-    let rc = dir.join(".test-npmrc");
-    std::fs::write(&rc, format!("registry={registry}\n")).unwrap();
-    let mut cmd = Command::new("npm");
-    cmd.current_dir(dir)
-        .args(args)
-        .arg("--userconfig")
-        .arg(&rc)
-        .arg("--cache")
-        .arg(cache)
-        .args([
-            "--no-fund",
-            "--no-update-notifier",
-            "--fetch-retries=0",
-            "--omit-lockfile-registry-resolved=false",
-        ]);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_cli_installs_audits_and_reinstalls_offline_from_the_fake_registry() {
     if !npm_available() {
@@ -513,7 +493,10 @@ async fn npm_cli_installs_audits_and_reinstalls_offline_from_the_fake_registry()
     let (reg, cache) = (registry.clone(), work.path().join("cache1"));
     let p2 = proj.clone();
     tokio::task::spawn_blocking(move || {
-        run_ok(&mut npm(&p2, &reg, &cache, &["install", "--no-audit"]), t)
+        run_ok(
+            &mut common::npm(&p2, &reg, &cache, &["install", "--no-audit"]),
+            t,
+        )
     })
     .await
     .unwrap();
@@ -532,7 +515,7 @@ async fn npm_cli_installs_audits_and_reinstalls_offline_from_the_fake_registry()
     // npm audit: the advisory comes from the upstream, through sluice.
     let (reg, cache, p2) = (registry.clone(), work.path().join("cache1"), proj.clone());
     let out = tokio::task::spawn_blocking(move || {
-        run_with_timeout(&mut npm(&p2, &reg, &cache, &["audit", "--json"]), t)
+        run_with_timeout(&mut common::npm(&p2, &reg, &cache, &["audit", "--json"]), t)
     })
     .await
     .unwrap();
@@ -561,7 +544,10 @@ async fn npm_cli_installs_audits_and_reinstalls_offline_from_the_fake_registry()
     std::fs::remove_dir_all(proj.join("node_modules")).unwrap();
     let (reg, cache, p2) = (registry.clone(), work.path().join("cache2"), proj.clone());
     tokio::task::spawn_blocking(move || {
-        run_ok(&mut npm(&p2, &reg, &cache, &["ci", "--no-audit"]), t)
+        run_ok(
+            &mut common::npm(&p2, &reg, &cache, &["ci", "--no-audit"]),
+            t,
+        )
     })
     .await
     .unwrap();

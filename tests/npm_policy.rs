@@ -5,32 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::npm_sim::NpmSim;
 use common::{http_client, run_with_timeout, within, Sluice};
-
-fn npm(dir: &Path, registry: &str, cache: &Path, args: &[&str]) -> Command {
-    let rc = dir.join(".test-npmrc");
-    std::fs::write(&rc, format!("registry={registry}\n")).unwrap();
-    let mut cmd = Command::new("npm");
-    cmd.current_dir(dir)
-        .args(args)
-        .arg("--userconfig")
-        .arg(&rc)
-        .arg("--cache")
-        .arg(cache)
-        .args([
-            "--no-fund",
-            "--no-update-notifier",
-            "--fetch-retries=0",
-            "--no-audit",
-        ]);
-    common::no_proxy_env(&mut cmd);
-    cmd
-}
 
 const POLICY: &str = r#"
 [[policy.rule]]
@@ -107,7 +86,12 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
         let (reg, cache, p) = (registry.clone(), work.path().join("c1"), proj.clone());
         let out = tokio::task::spawn_blocking(move || {
             run_with_timeout(
-                &mut npm(&p, &reg, &cache, &["install", "evt-stream@3.3.6"]),
+                &mut common::npm(
+                    &p,
+                    &reg,
+                    &cache,
+                    &["install", "--no-audit", "evt-stream@3.3.6"],
+                ),
                 t,
             )
         })
@@ -124,7 +108,12 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
         let (reg, cache, p) = (registry.clone(), work.path().join("c2"), proj.clone());
         let out = tokio::task::spawn_blocking(move || {
             run_with_timeout(
-                &mut npm(&p, &reg, &cache, &["install", "fresh-lib", "evt-stream"]),
+                &mut common::npm(
+                    &p,
+                    &reg,
+                    &cache,
+                    &["install", "--no-audit", "fresh-lib", "evt-stream"],
+                ),
                 t,
             )
         })

@@ -11,36 +11,6 @@ use std::time::Duration;
 use common::pypi_sim::{Mode, PypiSim, SimFile};
 use common::{http_client, run_with_timeout, within, Sluice};
 
-/// A minimal, valid pure-Python wheel for `name==version`, built by Python's zipfile.
-fn wheel(dir: &std::path::Path, name: &str, version: &str) -> (String, Vec<u8>) {
-    let filename = format!("{name}-{version}-py3-none-any.whl");
-    let path = dir.join(&filename);
-    let script = format!(
-        r#"
-import zipfile, sys
-n, v, p = "{name}", "{version}", sys.argv[1]
-di = f"{{n}}-{{v}}.dist-info"
-files = {{
-    f"{{n}}/__init__.py": f"VERSION = '{{v}}'\n",
-    f"{{di}}/METADATA": f"Metadata-Version: 2.1\nName: {{n}}\nVersion: {{v}}\n",
-    f"{{di}}/WHEEL": "Wheel-Version: 1.0\nGenerator: sluice-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}}
-files[f"{{di}}/RECORD"] = "".join(f"{{k}},,\n" for k in files) + f"{{di}}/RECORD,,\n"
-with zipfile.ZipFile(p, "w") as z:
-    for k, c in files.items():
-        z.writestr(k, c)
-"#
-    );
-    let ok = Command::new("python3")
-        .args(["-c", &script])
-        .arg(&path)
-        .status()
-        .expect("python3")
-        .success();
-    assert!(ok, "building {filename}");
-    (filename, std::fs::read(&path).unwrap())
-}
-
 fn pip(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("python3");
     cmd.args(["-m", "pip"])
@@ -67,7 +37,7 @@ async fn blocked_versions_vanish_from_pages_and_pinned_installs_fail_with_the_re
     let sim = PypiSim::start(Mode::Json).await;
     let mut blocked_wheel = None;
     for v in ["1.0", "2.0", "2.1"] {
-        let (f, bytes) = wheel(tmp.path(), "leaky_pkg", v);
+        let (f, bytes) = common::build_wheel(tmp.path(), "leaky_pkg", v);
         sim.add_file("leaky-pkg", SimFile::new(&f, v, bytes.clone()));
         blocked_wheel = Some((f, bytes));
     }

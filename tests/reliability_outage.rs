@@ -19,56 +19,6 @@ use common::{raw_get_status, run_ok, run_with_timeout, within, Sluice};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A real, installable pure-Python wheel built with the standard library's `zipfile`.
-fn wheel(dir: &Path, name: &str, version: &str) -> (String, Vec<u8>) {
-    let filename = format!("{name}-{version}-py3-none-any.whl");
-    let path = dir.join(&filename);
-    let script = format!(
-        r#"
-import zipfile, sys
-n, v, p = "{name}", "{version}", sys.argv[1]
-di = f"{{n}}-{{v}}.dist-info"
-files = {{
-    f"{{n}}/__init__.py": f"VERSION = '{{v}}'\n",
-    f"{{di}}/METADATA": f"Metadata-Version: 2.1\nName: {{n}}\nVersion: {{v}}\n",
-    f"{{di}}/WHEEL": "Wheel-Version: 1.0\nGenerator: sluice-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}}
-files[f"{{di}}/RECORD"] = "".join(f"{{k}},,\n" for k in files) + f"{{di}}/RECORD,,\n"
-with zipfile.ZipFile(p, "w") as z:
-    for k, c in files.items():
-        z.writestr(k, c)
-"#
-    );
-    let ok = Command::new("python3")
-        .args(["-c", &script])
-        .arg(&path)
-        .status()
-        .expect("python3")
-        .success();
-    assert!(ok, "building {filename}");
-    (filename, std::fs::read(&path).expect("read wheel"))
-}
-
-/// `npm` with its own user config and cache: nothing from the machine's npm setup is used.
-fn npm(dir: &Path, registry: &str, cache: &Path, args: &[&str]) -> Command {
-    let rc = dir.join(".test-npmrc");
-    std::fs::write(&rc, format!("registry={registry}\n")).expect("write npmrc");
-    let mut cmd = Command::new("npm");
-    cmd.current_dir(dir)
-        .args(args)
-        .arg("--userconfig")
-        .arg(&rc)
-        .arg("--cache")
-        .arg(cache)
-        .args([
-            "--no-fund",
-            "--no-audit",
-            "--no-update-notifier",
-            "--fetch-retries=0",
-        ]);
-    cmd
-}
-
 /// `pip install --no-cache-dir --target target` of `reqs` from `index`.
 fn pip_install(index: &str, target: &Path, reqs: &[&str]) -> std::process::Output {
     let mut cmd = Command::new("python3");
@@ -116,7 +66,7 @@ async fn every_client_installs_from_cache_when_every_upstream_is_gone() {
         ("calm_pkg", "1.1"),
         ("other_pkg", "0.3"),
     ] {
-        let (f, bytes) = wheel(work.path(), name, v);
+        let (f, bytes) = common::build_wheel(work.path(), name, v);
         py.add_file(&name.replace('_', "-"), SimFile::new(&f, v, bytes));
     }
     let up_addrs = [
@@ -183,7 +133,12 @@ connect_timeout = "1s"
         let warm = tokio::task::spawn_blocking(move || {
             pull(&img, &format!("dir:{}", w.join("pull-warm").display()));
             run_ok(
-                &mut npm(&p, &reg_url, &w.join("npm-cache-1"), &["install"]),
+                &mut common::npm(
+                    &p,
+                    &reg_url,
+                    &w.join("npm-cache-1"),
+                    &["install", "--no-audit"],
+                ),
                 CLIENT_TIMEOUT,
             );
             assert_ok(
@@ -220,7 +175,7 @@ connect_timeout = "1s"
             pull(&img, &format!("dir:{}", w.join("pull-cold").display()));
             std::fs::remove_dir_all(p.join("node_modules")).expect("rm node_modules");
             run_ok(
-                &mut npm(&p, &reg_url, &w.join("npm-cache-2"), &["ci"]),
+                &mut common::npm(&p, &reg_url, &w.join("npm-cache-2"), &["ci", "--no-audit"]),
                 CLIENT_TIMEOUT,
             );
             assert_ok(

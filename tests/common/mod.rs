@@ -501,3 +501,57 @@ pub async fn json_body(resp: reqwest::Response) -> serde_json::Value {
         )
     })
 }
+
+/// The real `npm` CLI in `dir`, isolated from the machine's npm setup: its own userconfig
+/// (pointing at `registry`) and cache, no funding/update chatter, no retries (loopback
+/// upstreams answer at once), lockfiles with `resolved` URLs.
+#[allow(dead_code)]
+pub fn npm(dir: &Path, registry: &str, cache: &Path, args: &[&str]) -> Command {
+    let rc = cache.with_extension("npmrc");
+    std::fs::write(&rc, format!("registry={registry}\n")).expect("write npmrc");
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(dir)
+        .args(args)
+        .arg("--userconfig")
+        .arg(&rc)
+        .arg("--cache")
+        .arg(cache)
+        .args([
+            "--no-fund",
+            "--no-update-notifier",
+            "--fetch-retries=0",
+            "--omit-lockfile-registry-resolved=false",
+        ]);
+    no_proxy_env(&mut cmd);
+    cmd
+}
+
+/// A minimal, valid pure-Python wheel for `name==version` in `dir`, built with Python's
+/// zipfile: `(file name, bytes)`.
+#[allow(dead_code)]
+pub fn build_wheel(dir: &Path, name: &str, version: &str) -> (String, Vec<u8>) {
+    let filename = format!("{name}-{version}-py3-none-any.whl");
+    let path = dir.join(&filename);
+    let script = r#"
+import zipfile, sys
+n, v, p = sys.argv[1], sys.argv[2], sys.argv[3]
+di = f"{n}-{v}.dist-info"
+files = {
+    f"{n}/__init__.py": f"VERSION = '{v}'\n",
+    f"{di}/METADATA": f"Metadata-Version: 2.1\nName: {n}\nVersion: {v}\n",
+    f"{di}/WHEEL": "Wheel-Version: 1.0\nGenerator: sluice-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+files[f"{di}/RECORD"] = "".join(f"{k},,\n" for k in files) + f"{di}/RECORD,,\n"
+with zipfile.ZipFile(p, "w") as z:
+    for k, c in files.items():
+        z.writestr(k, c)
+"#;
+    let ok = Command::new("python3")
+        .args(["-c", script, name, version])
+        .arg(&path)
+        .status()
+        .expect("python3")
+        .success();
+    assert!(ok, "building {filename}");
+    (filename, std::fs::read(&path).expect("read wheel"))
+}
