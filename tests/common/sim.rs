@@ -35,7 +35,7 @@ pub enum Fault {
     },
     /// Full `Content-Length` announced, connection closed after half the body.
     CutMidBody,
-    /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
+    /// Body trickled: `chunk` bytes, `delay` between chunks.
     Slow {
         chunk: usize,
         delay: Duration,
@@ -453,8 +453,14 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>, cdn: bool) -> io::Result
         };
         let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         state.peak_inflight.fetch_max(now, Ordering::SeqCst);
-        let written = write_resp(&mut w, resp).await;
-        state.inflight.fetch_sub(1, Ordering::SeqCst);
+        let ended = std::sync::atomic::AtomicBool::new(false);
+        let end = || {
+            if !ended.swap(true, Ordering::SeqCst) {
+                state.inflight.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        let written = write_resp(&mut w, resp, end).await;
+        end();
         if !written? || close {
             let _ = w.shutdown().await;
             return Ok(());
@@ -535,7 +541,15 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes a response applying its fault; returns whether the connection may be reused.
-async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> io::Result<bool> {
+/// Writes a response. `done` runs just before the last body chunk goes out: once a client
+/// has the last byte it may start its next request at once, so "in flight" (see
+/// `peak_inflight`) must end no later than that.
+async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    resp: Resp,
+    done: impl FnOnce(),
+) -> io::Result<bool> {
+    let mut done = Some(done);
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -580,10 +594,20 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
             return Ok(false);
         }
         Fault::Slow { chunk, delay } => {
-            for c in body.chunks(chunk.max(1)) {
+            // Delays between chunks only: once the last byte is out the response is done
+            // (the in-flight count must not outlive it, see `peak_inflight`).
+            let n = body.chunks(chunk.max(1)).count();
+            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                if i + 1 == n {
+                    if let Some(d) = done.take() {
+                        d();
+                    }
+                }
                 w.write_all(c).await?;
                 w.flush().await?;
-                tokio::time::sleep(delay).await;
             }
         }
         Fault::Hold { gate, after } => {
