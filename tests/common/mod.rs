@@ -5,6 +5,7 @@
 //! Each test file includes this with `mod common;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod http1;
 pub mod images;
 pub mod npm_sim;
 pub mod pypi_sim;

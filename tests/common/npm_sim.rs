@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256, Sha512};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -398,38 +398,10 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>) -> io::Result<()> {
 }
 
 async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> io::Result<Option<NpmReq>> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(None);
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad request line");
-    let method = parts.next().ok_or_else(bad)?.to_string();
-    let path = parts.next().ok_or_else(bad)?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(None);
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    Ok(Some(NpmReq {
-        method,
-        path,
-        headers,
+    Ok(super::http1::read_head(r).await?.map(|h| NpmReq {
+        method: h.method,
+        path: h.path,
+        headers: h.headers,
         body: Bytes::new(),
     }))
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -243,29 +243,10 @@ async fn serve(sock: TcpStream, state: Arc<State>, files_host: bool) -> io::Resu
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+        let Some(h) = super::http1::read_head(&mut r).await? else {
             return Ok(());
         };
-        let (method, path) = (method.to_string(), path.to_string());
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
+        let (method, path, headers) = (h.method, h.path, h.headers);
         let req = PyReq {
             method,
             path,

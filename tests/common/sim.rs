@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -472,44 +472,13 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>, cdn: bool) -> io::Result
 async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
 ) -> io::Result<Option<(Req, u64, bool)>> {
-    let mut line = String::new();
-    // Skip stray blank lines between requests.
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(None);
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad request line");
-    let method = parts.next().ok_or_else(bad)?.to_string();
-    let path = parts.next().ok_or_else(bad)?.to_string();
-    let mut headers = Vec::new();
-    let mut total = line.len();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(None);
-        }
-        total += line.len();
-        if total > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too big"));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
+    let Some(h) = super::http1::read_head(r).await? else {
+        return Ok(None);
+    };
     let req = Req {
-        method,
-        path,
-        headers,
+        method: h.method,
+        path: h.path,
+        headers: h.headers,
     };
     let len = req
         .header("content-length")
