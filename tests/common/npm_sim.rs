@@ -232,7 +232,7 @@ fn published(name: &str, version: &str, tarball: &Bytes) -> Published {
     Published {
         name: name.to_string(),
         version: version.to_string(),
-        integrity: format!("sha512-{}", base64(&Sha512::digest(tarball))),
+        integrity: format!("sha512-{}", super::base64(&Sha512::digest(tarball))),
         shasum: hex::encode(sha1::Sha1::digest(tarball)),
         file: format!("{base}-{version}.tgz"),
         tarball: tarball.clone(),
@@ -532,24 +532,6 @@ fn route(state: &State, req: &NpmReq) -> Resp {
     r.head = head;
     r.fault = fault;
     r
-}
-
-/// Standard base64 with padding.
-pub fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A gzipped ustar archive of regular files.

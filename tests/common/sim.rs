@@ -613,23 +613,6 @@ fn fault_for(state: &State, path: &str) -> Fault {
     }
 }
 
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Splits `/v2/<name>/<kind>/<rest>` on the last `/manifests/`, `/blobs/` or `/tags/`.
 fn parse_v2(path: &str) -> Option<(&str, &'static str, &str)> {
     let rest = path.strip_prefix("/v2/")?;
@@ -798,7 +781,10 @@ fn token(state: &State, req: &Req) -> Resp {
         return Resp::new(404, "no auth configured");
     };
     if let Some((user, pass)) = &auth.basic {
-        let want = format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
+        let want = format!(
+            "Basic {}",
+            super::base64(format!("{user}:{pass}").as_bytes())
+        );
         if req.header("authorization") != Some(want.as_str()) {
             return Resp::json(401, json!({"details": "incorrect username or password"}))
                 .header("WWW-Authenticate", "Basic realm=\"sim\"");
@@ -841,11 +827,11 @@ fn route_cdn(state: &State, req: &Req) -> Resp {
 mod tests {
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"foob"), "Zm9vYg==");
-        assert_eq!(super::base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(super::super::base64(b""), "");
+        assert_eq!(super::super::base64(b"f"), "Zg==");
+        assert_eq!(super::super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::super::base64(b"foob"), "Zm9vYg==");
+        assert_eq!(super::super::base64(b"user:pass"), "dXNlcjpwYXNz");
     }
 }
