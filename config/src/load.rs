@@ -86,6 +86,20 @@ struct Spans {
     server: Option<ServerSpans>,
     #[serde(default)]
     upstream: Vec<UpstreamSpans>,
+    #[serde(default)]
+    storage: Option<StorageSpans>,
+}
+
+#[derive(Deserialize)]
+struct StorageSpans {
+    #[serde(default)]
+    cleanup: Vec<CleanupSpans>,
+}
+
+#[derive(Deserialize)]
+struct CleanupSpans {
+    id: Spanned<String>,
+    upstream: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +222,72 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
             message: "no upstream has default = true; mark the OCI upstream that un-prefixed /v2/ names go to".into(),
         });
     }
+    validate_cleanup(config, &spans, &at)
+}
+
+/// `[[storage.cleanup]]`: ids unique and usable as metric labels, something to select by,
+/// an upstream that exists and speaks the policy's format.
+fn validate_cleanup(
+    config: &Config,
+    spans: &Spans,
+    at: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let cleanup_spans = spans
+        .storage
+        .as_ref()
+        .map(|s| &s.cleanup[..])
+        .unwrap_or(&[]);
+    let mut ids = HashSet::new();
+    for (i, c) in config.storage.cleanup.iter().enumerate() {
+        let span = cleanup_spans.get(i);
+        let id_span = span.map(|s| s.id.span());
+        if c.id.is_empty()
+            || !c
+                .id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+        {
+            return Err(at(
+                id_span,
+                format!(
+                    "cleanup id {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                    c.id
+                ),
+            ));
+        }
+        if !ids.insert(c.id.as_str()) {
+            return Err(at(id_span, format!("cleanup id {:?} is used twice", c.id)));
+        }
+        if c.keep_last.is_none() && c.expire_after.is_none() {
+            return Err(at(
+                id_span,
+                format!(
+                    "cleanup policy {:?} selects nothing: set keep_last, expire_after or both",
+                    c.id
+                ),
+            ));
+        }
+        if let Some(name) = &c.upstream {
+            let up_span = span.and_then(|s| s.upstream.as_ref().map(|u| u.span()));
+            let Some(up) = config.upstreams.iter().find(|u| &u.name == name) else {
+                return Err(at(
+                    up_span,
+                    format!("cleanup policy {:?}: no upstream is named {name:?}", c.id),
+                ));
+            };
+            if c.format.is_some_and(|f| f != up.format) {
+                return Err(at(
+                    up_span,
+                    format!(
+                        "cleanup policy {:?}: upstream {name:?} is {}, not {}",
+                        c.id,
+                        up.format.as_str(),
+                        c.format.map_or("", Format::as_str)
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -312,6 +392,66 @@ mod tests {
             .contains("only an OCI upstream"));
         let reserved = "[[upstream]]\nname = \"v2\"\nformat = \"npm\"\n";
         assert!(load(reserved).unwrap_err().to_string().contains("reserved"));
+    }
+
+    #[test]
+    fn cleanup_policies_parse_and_bad_ones_point_at_their_line() {
+        let up =
+            "[[upstream]]\nname = \"hub\"\nformat = \"oci\"\nurl = \"http://h\"\ndefault = true\n";
+        let ok = format!("{up}[[storage.cleanup]]\nid = \"ci\"\nupstream = \"hub\"\nname = \"ci/*\"\nkeep_last = 3\nexpire_after = \"30d\"\nmode = \"enforce\"\n");
+        let c = load(&ok).unwrap();
+        let p = &c.storage.cleanup[0];
+        assert_eq!(p.keep_last, Some(3));
+        assert_eq!(p.mode, crate::CleanupMode::Enforce);
+        assert_eq!(p.expire_after.unwrap().get().as_secs(), 30 * 86400);
+        let d = load(&format!(
+            "{up}[[storage.cleanup]]\nid = \"x\"\nkeep_last = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(d.storage.cleanup[0].mode, crate::CleanupMode::DryRun);
+        assert_eq!(d.storage.cleanup[0].name, "*");
+        let cases = [
+            (
+                "id = \"x\"\nkeep_last = 1\nkeep = 2\n",
+                "test.toml:9:1:",
+                "unknown field",
+            ),
+            ("id = \"x\"\n", "test.toml:7:6:", "selects nothing"),
+            (
+                "id = \"x\"\nkeep_last = 1\nupstream = \"nope\"\n",
+                "test.toml:9:12:",
+                "no upstream",
+            ),
+            (
+                "id = \"x\"\nkeep_last = 1\nformat = \"npm\"\nupstream = \"hub\"\n",
+                "test.toml:10:12:",
+                "is oci, not npm",
+            ),
+            (
+                "id = \"x\"\nkeep_last = 1\nmode = \"yes\"\n",
+                "test.toml:9:",
+                "dry-run",
+            ),
+            (
+                "id = \"x\"\nexpire_after = \"3 days\"\n",
+                "test.toml:8:",
+                "invalid duration",
+            ),
+            ("id = \"a b\"\nkeep_last = 1\n", "test.toml:7:6:", "must be"),
+            ("id = \"x\"\nkeep_last = -1\n", "test.toml:8:", ""),
+        ];
+        for (body, loc, what) in cases {
+            let msg = load(&format!("{up}[[storage.cleanup]]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(loc) && msg.contains(what), "{body}: {msg}");
+        }
+        let twice = format!("{up}[[storage.cleanup]]\nid = \"x\"\nkeep_last = 1\n[[storage.cleanup]]\nid = \"x\"\nkeep_last = 2\n");
+        let msg = load(&twice).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("test.toml:10:6:") && msg.contains("twice"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -87,6 +87,64 @@ pub struct StorageConfig {
     /// `[[storage.pin]]`: content never evicted.
     #[serde(default, rename = "pin")]
     pub pins: Vec<PinConfig>,
+    /// `[[storage.cleanup]]`: retention policies for tags and versions.
+    #[serde(default, rename = "cleanup")]
+    pub cleanup: Vec<CleanupConfig>,
+}
+
+/// `[[storage.cleanup]]`: a retention policy over the cached tags (OCI) or versions (npm,
+/// PyPI) of each repository or package it matches, evaluated at every `gc_interval` and on
+/// `POST /-/api/cleanup`. With both `keep_last` and `expire_after`, a tag is removed only
+/// when both select it (it is not among the `keep_last` most recently pulled *and* it was
+/// not pulled for `expire_after`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// Names the policy in reports, logs and metrics.
+    pub id: String,
+    /// Only this format (absent: every format).
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Only this upstream (absent: every upstream).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Glob over the repository (OCI, as `upstream/repo` or `repo`), package (npm) or
+    /// project (PyPI) name, as for pins; each matching name is evaluated on its own.
+    #[serde(default = "default_any")]
+    pub name: String,
+    /// Glob over the tags / versions the policy considers (absent: all).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Keep the N most recently pulled tags (versions) of each repository (package).
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    /// Remove tags (versions) not pulled for this long.
+    #[serde(default)]
+    pub expire_after: Option<Duration>,
+    /// `dry-run` (default: report what would be removed) or `enforce` (remove it).
+    #[serde(default)]
+    pub mode: CleanupMode,
+}
+
+/// Whether a cleanup policy removes what it selects.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CleanupMode {
+    /// Report only.
+    #[default]
+    DryRun,
+    /// Remove.
+    Enforce,
+}
+
+impl CleanupMode {
+    /// The name used in reports and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupMode::DryRun => "dry-run",
+            CleanupMode::Enforce => "enforce",
+        }
+    }
 }
 
 /// `[[storage.pin]]`: protects what a name (and optionally a tag or version) refers to
@@ -390,6 +448,7 @@ impl Default for StorageConfig {
             gc_interval: default_gc_interval(),
             eviction_grace: default_eviction_grace(),
             pins: Vec::new(),
+            cleanup: Vec::new(),
         }
     }
 }
@@ -420,6 +479,9 @@ fn default_gc_interval() -> Duration {
 }
 fn default_eviction_grace() -> Duration {
     Duration::from_secs(10)
+}
+fn default_any() -> String {
+    "*".into()
 }
 fn default_anonymous() -> Role {
     Role::Read
