@@ -3,7 +3,8 @@
 //! - **Size**: when the store holds more than `high_watermark × max_size`, the least
 //!   recently served files are removed until it holds at most `low_watermark × max_size`.
 //! - **Idle expiry**: files not served for `idle_expiry` are removed.
-//! - **Index GC**: tag, document and alias records whose content is gone are dropped (the
+//! - **Cleanup policies** ([`super::cleanup`]) run first in a full collection.
+//! - **Index GC**: tag, document, alias and pull records whose content is gone are dropped (the
 //!   next request refetches it); per-file records (PyPI origins) are kept, they are what
 //!   lets a file be fetched again.
 //!
@@ -90,6 +91,10 @@ pub struct Report {
     pub kept_pinned: u64,
     /// Index records dropped because their content is gone.
     pub index_records_dropped: u64,
+    /// Tags and versions enforced cleanup policies removed.
+    pub cleanup_removed: u64,
+    /// Bytes their files held.
+    pub cleanup_freed_bytes: u64,
     /// Stored bytes after the run.
     pub stored_bytes: u64,
 }
@@ -111,16 +116,28 @@ impl Reason {
 }
 
 /// One full collection as the background task, `POST /-/api/gc` and `sluice gc` run it:
-/// computes what the pins protect, then evicts (idle expiry, size limit) and, with
-/// `gc_index`, drops index records of content that is gone. Blocking.
+/// with `gc_index` (a full run), first the cleanup policies; then computes what the pins
+/// protect, evicts (idle expiry, size limit) and, with `gc_index`, drops index records of
+/// content that is gone. Blocking.
 pub fn collect(
     store: &Store,
     cfg: &StorageConfig,
     limits: &Limits,
     gc_index: bool,
 ) -> anyhow::Result<Report> {
+    let mut cleaned = (0, 0);
+    if gc_index && !cfg.cleanup.is_empty() {
+        for r in super::cleanup::run(store, &cfg.cleanup, &cfg.pins, limits.grace)? {
+            if r.mode == "enforce" {
+                cleaned.0 += r.items as u64;
+                cleaned.1 += r.bytes;
+            }
+        }
+    }
     let protected = store.protected(&cfg.pins)?;
-    store.evict(limits, &protected, gc_index)
+    let mut report = store.evict(limits, &protected, gc_index)?;
+    (report.cleanup_removed, report.cleanup_freed_bytes) = cleaned;
+    Ok(report)
 }
 
 /// Opens the store of `cfg` (sluice must not be running on it: the index is locked) and
@@ -264,7 +281,7 @@ impl Store {
         for (k, _) in self.index.scan(Tree::Manifests)? {
             drop_if(Tree::Manifests, &k, Digest::from_bytes(&k))?;
         }
-        Ok(dropped)
+        Ok(dropped + super::pulls::gc_pulls(&*self.index)?)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Trees: `blobs` (digest → [`BlobRecord`]), `manifests` (digest → [`ManifestRecord`]),
 //! `tags` (upstream/repo:tag → [`TagRecord`]), `meta` (other documents → [`MetaRecord`]),
-//! `aliases`, `files` (per-format file records) and `pins` (pins added at run time).
+//! `aliases`, `files` (per-format file records), `pins` (pins added at run time) and
+//! `pulls` (upstream/repo:tag → unix milliseconds of its last pull, for cleanup policies).
 
 use std::path::Path;
 
@@ -29,6 +30,8 @@ pub enum Tree {
     Files,
     /// Pins added through the admin API (`format/name/tag` → empty).
     Pins,
+    /// Tag → last pull, unix milliseconds as 8 big-endian bytes (flushed in batches).
+    Pulls,
 }
 
 impl Tree {
@@ -41,6 +44,7 @@ impl Tree {
             Tree::Aliases => "aliases",
             Tree::Files => "files",
             Tree::Pins => "pins",
+            Tree::Pulls => "pulls",
         }
     }
 }
@@ -128,7 +132,7 @@ impl<I: Index + ?Sized> IndexExt for I {
 pub struct SledIndex {
     db: sled::Db,
     /// Opened once: `open_tree` is a lookup of its own.
-    trees: [sled::Tree; 7],
+    trees: [sled::Tree; 8],
 }
 
 impl SledIndex {
@@ -147,11 +151,12 @@ impl SledIndex {
             Tree::Aliases,
             Tree::Files,
             Tree::Pins,
+            Tree::Pulls,
         ]
         .map(|t| db.open_tree(t.name()));
-        let [a, b, c, d, e, f, g] = trees;
+        let [a, b, c, d, e, f, g, h] = trees;
         Ok(SledIndex {
-            trees: [a?, b?, c?, d?, e?, f?, g?],
+            trees: [a?, b?, c?, d?, e?, f?, g?, h?],
             db,
         })
     }

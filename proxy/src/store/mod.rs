@@ -5,9 +5,11 @@
 //! and its bytes fsynced, and it is never rewritten in place: that is what makes memory
 //! mapping a hit safe even if the file is removed while a client still reads it.
 
+pub mod cleanup;
 pub mod evict;
 pub mod index;
 pub mod pins;
+pub mod pulls;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -38,6 +40,10 @@ pub struct Store {
     /// Last-access times not yet written to the index (flushed in batches so a hit does
     /// not write).
     pending_access: Mutex<HashMap<Digest, u64>>,
+    /// Tag pull times not yet written to the index (cleanup policies rank tags by them).
+    pulls: pulls::PullLog,
+    /// The last evaluation of each cleanup policy.
+    cleanup_reports: Mutex<Vec<cleanup::PolicyReport>>,
     total_bytes: AtomicU64,
     /// Held while a file is renamed into place or removed, with its index record and the
     /// byte count: files, index and `total_bytes` change together.
@@ -103,6 +109,8 @@ impl Store {
                 .max_capacity(64 << 20)
                 .build(),
             pending_access: Mutex::new(HashMap::new()),
+            pulls: pulls::PullLog::default(),
+            cleanup_reports: Mutex::new(Vec::new()),
             total_bytes: AtomicU64::new(0),
             mutate: Mutex::new(()),
             evicting: Mutex::new(()),
@@ -231,8 +239,9 @@ impl Store {
         self.pending_access.lock().insert(*d, unix_secs());
     }
 
-    /// Writes batched last-access times to the index.
+    /// Writes batched last-access times (and tag pull times) to the index.
     pub fn flush_access(&self) -> anyhow::Result<()> {
+        self.write_pulls()?;
         let batch = std::mem::take(&mut *self.pending_access.lock());
         for (d, t) in batch {
             if let Some(mut rec) = self

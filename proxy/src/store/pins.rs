@@ -27,7 +27,7 @@ pub struct Pin {
     tag: Option<Glob>,
 }
 
-fn ecosystem(f: Format) -> Ecosystem {
+pub(super) fn ecosystem(f: Format) -> Ecosystem {
     match f {
         Format::Oci => Ecosystem::Oci,
         Format::Npm => Ecosystem::Npm,
@@ -126,14 +126,20 @@ impl Store {
             .collect())
     }
 
-    /// Every digest the configured pins plus the run-time pins protect.
-    pub fn protected(&self, configured: &[PinConfig]) -> anyhow::Result<HashSet<Digest>> {
+    /// The configured pins plus the run-time pins, compiled.
+    pub fn pins(&self, configured: &[PinConfig]) -> anyhow::Result<Vec<Pin>> {
         let mut pins: Vec<Pin> = configured.iter().map(Pin::new).collect();
         pins.extend(
             self.stored_pins()?
                 .iter()
                 .map(|p| Pin::new(&PinConfig::from(p))),
         );
+        Ok(pins)
+    }
+
+    /// Every digest the configured pins plus the run-time pins protect.
+    pub fn protected(&self, configured: &[PinConfig]) -> anyhow::Result<HashSet<Digest>> {
+        let pins = self.pins(configured)?;
         let mut out = HashSet::new();
         if pins.is_empty() {
             return Ok(out);
@@ -161,15 +167,19 @@ impl Store {
                 let Some((name, tag)) = key.rsplit_once(':') else {
                     continue;
                 };
-                let mut digests = HashSet::new();
-                self.manifest_closure(rec.digest, &mut digests, 0);
+                let mut closure = HashSet::new();
+                self.manifest_closure(rec.digest, &mut closure, 0);
+                // The tagged manifest first.
+                let mut digests = vec![rec.digest];
+                digests.extend(closure.into_iter().filter(|d| *d != rec.digest));
                 out.push(Item {
                     format: Format::Oci,
+                    upstream: name.split_once('/').map_or("", |(u, _)| u).to_string(),
                     kind: ItemKind::Tag,
                     name: name.to_string(),
                     tag: Some(tag.to_string()),
                     key: key.to_string(),
-                    digests: digests.into_iter().collect(),
+                    digests,
                 });
             }
         }
@@ -184,7 +194,7 @@ impl Store {
                 };
                 if let Some(rest) = key.strip_prefix("npm/").filter(|_| npm) {
                     // npm/<upstream>/<name>/<full|abbrev>; names may hold one `/` (scopes).
-                    let Some((_, rest)) = rest.split_once('/') else {
+                    let Some((upstream, rest)) = rest.split_once('/') else {
                         continue;
                     };
                     let Some((name, "full" | "abbrev")) = rest.rsplit_once('/') else {
@@ -192,6 +202,7 @@ impl Store {
                     };
                     out.push(Item {
                         format: Format::Npm,
+                        upstream: upstream.to_string(),
                         kind: ItemKind::Document,
                         name: name.to_string(),
                         tag: None,
@@ -203,6 +214,7 @@ impl Store {
                             if let Some(d) = self.resolve(&expect) {
                                 out.push(Item {
                                     format: Format::Npm,
+                                    upstream: upstream.to_string(),
                                     kind: ItemKind::Version,
                                     name: name.to_string(),
                                     tag: Some(version),
@@ -214,7 +226,7 @@ impl Store {
                     }
                 } else if let Some(rest) = key.strip_prefix("pypi/").filter(|_| pypi) {
                     // pypi/<upstream>/simple/<project>
-                    let Some((_, rest)) = rest.split_once('/') else {
+                    let Some((upstream, rest)) = rest.split_once('/') else {
                         continue;
                     };
                     let Some(project) = rest.strip_prefix("simple/").filter(|p| !p.is_empty())
@@ -223,6 +235,7 @@ impl Store {
                     };
                     out.push(Item {
                         format: Format::Pypi,
+                        upstream: upstream.to_string(),
                         kind: ItemKind::Document,
                         name: project.to_string(),
                         tag: None,
@@ -244,10 +257,10 @@ impl Store {
                     continue;
                 };
                 // pypi/<upstream>/sha256/<hex>: the file's own digest.
-                let Some(hex) = key
+                let Some((upstream, hex)) = key
                     .strip_prefix("pypi/")
                     .and_then(|r| r.split_once('/'))
-                    .and_then(|(_, r)| r.strip_prefix("sha256/"))
+                    .and_then(|(u, r)| Some((u, r.strip_prefix("sha256/")?)))
                 else {
                     continue;
                 };
@@ -262,6 +275,7 @@ impl Store {
                 };
                 out.push(Item {
                     format: Format::Pypi,
+                    upstream: upstream.to_string(),
                     kind: ItemKind::Version,
                     name: f.project,
                     tag: f.version,
@@ -308,6 +322,8 @@ pub enum ItemKind {
 pub struct Item {
     /// Its format.
     pub format: Format,
+    /// The upstream it came from.
+    pub upstream: String,
     /// What it is.
     pub kind: ItemKind,
     /// OCI: `upstream/repo`; npm: package; PyPI: project (normalised).
@@ -316,7 +332,8 @@ pub struct Item {
     pub tag: Option<String>,
     /// Its index key (tags, documents), empty for release files.
     pub key: String,
-    /// Stored or referenced content (manifest closures may name blobs not yet stored).
+    /// Stored or referenced content (manifest closures may name blobs not yet stored); for
+    /// a tag, its manifest comes first.
     pub digests: Vec<Digest>,
 }
 
