@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sluice_config::Config;
+use sluice_proxy::admin_client::Action;
 
 #[derive(Parser)]
 #[command(
@@ -32,14 +33,89 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run eviction and garbage collection once against the data directory, with sluice
-    /// stopped (a running sluice does this itself; `POST /-/api/gc` asks it to now).
+    /// stopped; with --now, ask a running sluice to run one now (`POST /-/api/gc`).
     Gc {
-        /// Config file (default: $SLUICE_CONFIG, else the embedded default).
-        #[arg(long, env = "SLUICE_CONFIG")]
-        config: Option<PathBuf>,
-        /// Data directory, overriding `storage.data_dir`.
+        /// Ask the running sluice (found as for `sluice stats`) instead of opening the
+        /// data directory.
+        #[arg(long, conflicts_with = "data_dir")]
+        now: bool,
+        /// Data directory, overriding `storage.data_dir` (offline only).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the API's JSON answer (with --now).
+        #[arg(long, requires = "now")]
+        json: bool,
+    },
+    /// Usage figures of a running sluice: artifacts served, hit ratio, upstream bytes
+    /// saved, distinct clients, blocks, storage (`GET /-/api/stats`).
+    Stats {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cached tags, versions and documents of a running sluice, with size and last access,
+    /// most recent first (`GET /-/api/cache`; needs an admin token).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this format: oci, npm or pypi.
+        #[arg(long)]
+        format: Option<String>,
+        /// Only names matching this glob (`team/*`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Most items listed (sluice's default 100, at most 10000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove NAME[:TAG] (npm NAME@VERSION, PyPI NAME==VERSION; globs allowed) or a
+    /// sha256:… file from a running sluice's store; the next request refetches.
+    Purge {
+        #[command(flatten)]
+        remote: Remote,
+        /// Format of NAME: oci, npm or pypi.
+        #[arg(long, default_value = "oci")]
+        format: String,
+        /// NAME[:TAG] or sha256:<hex>.
+        target: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin NAME[:TAG] globs in a running sluice: never evicted (kept across restarts).
+    Pin {
+        #[command(flatten)]
+        remote: Remote,
+        /// Format of NAME: oci, npm or pypi.
+        #[arg(long, default_value = "oci")]
+        format: String,
+        /// NAME[:TAG] globs (`team/*:v*`).
+        target: String,
+    },
+    /// Remove a run-time pin (as given to `sluice pin`).
+    Unpin {
+        #[command(flatten)]
+        remote: Remote,
+        /// Format of NAME: oci, npm or pypi.
+        #[arg(long, default_value = "oci")]
+        format: String,
+        /// NAME[:TAG] globs, as pinned.
+        target: String,
+    },
+    /// Configured and run-time pins of a running sluice.
+    Pins {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Configuration tools.
     Config {
@@ -66,7 +142,7 @@ enum Command {
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
         /// sluice's base URL (default: `server.public_url`, else `http://<listen>`).
-        #[arg(long)]
+        #[arg(long, env = "SLUICE_URL")]
         url: Option<String>,
         /// The npm upstream to warm through (default: the first `format = "npm"` upstream).
         #[arg(long)]
@@ -89,6 +165,45 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+/// How the operator commands reach a running sluice.
+#[derive(Args)]
+struct Remote {
+    /// Config file (default: $SLUICE_CONFIG, else the embedded default); gives the URL.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// sluice's base URL (default: `server.public_url`, else `http://<listen>`).
+    #[arg(long, env = "SLUICE_URL")]
+    url: Option<String>,
+    /// A token with role admin (role read is enough for `stats`).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// Runs an operator command against a running sluice; prints its answer.
+fn remote(r: Remote, action: sluice_proxy::admin_client::Action, json: bool) -> ExitCode {
+    let cfg = match load(r.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let how = sluice_proxy::admin_client::Remote {
+        url: r.url,
+        token: r.token,
+    };
+    match sluice_proxy::admin_client::run(&cfg, &how, &action, json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("sluice: {}", f.message);
+            ExitCode::from(f.exit)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -247,7 +362,17 @@ fn main() -> ExitCode {
             };
             warm(config, opts, files)
         }
-        Command::Gc { config, data_dir } => {
+        Command::Gc {
+            now: true,
+            remote: r,
+            json,
+            ..
+        } => remote(r, Action::Gc, json),
+        Command::Gc {
+            remote: Remote { config, .. },
+            data_dir,
+            ..
+        } => {
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -260,25 +385,48 @@ fn main() -> ExitCode {
             }
             match sluice_proxy::store::evict::collect_offline(&cfg.storage) {
                 Ok(r) => {
-                    println!(
-                        "sluice gc: removed {} files ({} bytes; {} least recently used, {} idle), \
-                         kept {} pinned, dropped {} index records; {} bytes stored",
-                        r.evicted_lru + r.evicted_idle,
-                        r.freed_bytes,
-                        r.evicted_lru,
-                        r.evicted_idle,
-                        r.kept_pinned,
-                        r.index_records_dropped,
-                        r.stored_bytes
-                    );
+                    println!("{}", sluice_proxy::admin_client::gc_report_line(&r));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sluice gc: {e:#}");
+                    eprintln!("sluice gc: {e:#}\nhint: `sluice gc --now` asks a running sluice to collect");
                     ExitCode::FAILURE
                 }
             }
         }
+        Command::Stats { remote: r, json } => remote(r, Action::Stats, json),
+        Command::List {
+            remote: r,
+            format,
+            name,
+            limit,
+            json,
+        } => remote(
+            r,
+            Action::List {
+                format,
+                name,
+                limit,
+            },
+            json,
+        ),
+        Command::Purge {
+            remote: r,
+            format,
+            target,
+            json,
+        } => remote(r, Action::Purge { format, target }, json),
+        Command::Pin {
+            remote: r,
+            format,
+            target,
+        } => remote(r, Action::Pin { format, target }, false),
+        Command::Unpin {
+            remote: r,
+            format,
+            target,
+        } => remote(r, Action::Unpin { format, target }, false),
+        Command::Pins { remote: r, json } => remote(r, Action::Pins, json),
         Command::Verify { config, data_dir } => {
             let dir = match load(config.as_ref()) {
                 Ok(c) => data_dir.unwrap_or(c.storage.data_dir),

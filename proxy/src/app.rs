@@ -59,6 +59,10 @@ impl App {
         let limits = crate::store::evict::Limits::from_config(&config.storage)?;
         let store = Arc::new(Store::open(&config.storage.data_dir)?);
         store.set_high_watermark(limits.high_bytes());
+        let stats = crate::stats::Stats::load(store.index().as_ref()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "persisted stats unreadable; starting from zero");
+            crate::stats::Stats::default()
+        });
         let mut oci = Vec::new();
         let mut default_oci = None;
         let mut mounted = std::collections::HashMap::new();
@@ -91,7 +95,7 @@ impl App {
             metrics,
             policy: Arc::new(Policy::new(engine, &config.policy, config_path)),
             limits,
-            stats: crate::stats::Stats::default(),
+            stats,
             config,
         })
     }

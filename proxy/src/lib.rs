@@ -6,6 +6,7 @@
 //! type, [`error::ProxyError`], rendered per client protocol in one place.
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod b64;
 pub mod digest;
@@ -87,6 +88,14 @@ pub fn serve(
     server.run(RunArgs {
         shutdown_signal: Box::new(GracefulOnSignals),
     });
+    // Requests answered during the grace period, after upkeep's last persist.
+    if let Err(e) = app
+        .stats
+        .persist(app.store.index().as_ref())
+        .and_then(|_| app.store.index().flush())
+    {
+        tracing::warn!(error = %e, "persisting stats at exit failed");
+    }
     tracing::info!("sluice stopped");
     std::process::exit(0);
 }

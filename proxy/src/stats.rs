@@ -2,22 +2,65 @@
 //! served from the cache (upstream bytes saved), distinct clients, policy blocks, and the
 //! lighthouse figure — (packages served + images served) / distinct clients, per UTC day.
 //!
-//! Counters live in memory (they restart with the process): totals since start, today and
-//! the previous day. Recording one response takes one uncontended lock and no allocation,
-//! except the first time a client is seen that day. Distinct clients are counted by client
-//! IP, exactly up to [`MAX_CLIENTS`] a day, after which the figure saturates.
+//! Counters live in memory and are persisted in the index's `meta` tree ([`Stats::persist`],
+//! called by upkeep every [`PERSIST_EVERY`] when anything changed, and on graceful shutdown)
+//! and loaded at start ([`Stats::load`]), so they survive restarts: a crash loses at most
+//! the figures of the last persist interval. Kept: totals since the figures began, and per
+//! UTC day for the last [`KEEP_DAYS`] days the counters, the distinct-client count and the
+//! clients' hashed ids (a stable 64-bit hash of the IP, never the IP itself).
+//!
+//! Recording one response takes one uncontended lock and no allocation, except the first
+//! time a client is seen that day. Distinct clients are counted by client IP, exactly up to
+//! [`MAX_CLIENTS`] a day, after which the figure saturates.
 
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::response::CacheStatus;
+use crate::store::index::{Index, IndexExt, Tree};
 use crate::store::unix_secs;
 
 /// Distinct client IPs remembered per day.
 pub const MAX_CLIENTS: usize = 100_000;
+
+/// Days of per-day figures (and hashed client ids) kept, today included.
+pub const KEEP_DAYS: u64 = 30;
+
+/// How often upkeep persists the figures when they changed.
+pub const PERSIST_EVERY: Duration = Duration::from_secs(2);
+
+/// `meta` key of the totals ([`TotalRecord`]).
+const KEY_TOTAL: &str = "stats/total";
+
+/// `meta` key of one day's figures ([`DayRecord`]).
+fn day_key(day: u64) -> String {
+    format!("stats/day/{day}")
+}
+
+/// `meta` key of one day's hashed client ids (little-endian `u64`s, sorted).
+fn clients_key(day: u64) -> String {
+    format!("stats/clients/{day}")
+}
+
+/// The persisted totals.
+#[derive(Serialize, Deserialize)]
+struct TotalRecord {
+    /// Unix seconds when the figures began.
+    since_unix: u64,
+    counters: Counters,
+    /// Days (since the epoch) with a [`DayRecord`].
+    days: Vec<u64>,
+}
+
+/// One persisted day.
+#[derive(Serialize, Deserialize)]
+struct DayRecord {
+    counters: Counters,
+    distinct_clients: u64,
+}
 
 /// What one response was, as far as the figures care.
 pub struct Served<'a> {
@@ -40,7 +83,8 @@ pub struct Served<'a> {
 }
 
 /// Counters of one period.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Artifacts (OCI manifests and blobs, npm tarballs, PyPI files) served, per format.
     pub artifacts_served: PerFormat,
@@ -59,7 +103,8 @@ pub struct Counters {
 }
 
 /// A count per format.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PerFormat {
     /// OCI.
     pub oci: u64,
@@ -69,6 +114,7 @@ pub struct PerFormat {
     pub pypi: u64,
 }
 
+/// Today: counters and the set of hashed client ids.
 struct Day {
     day: u64,
     counters: Counters,
@@ -83,18 +129,44 @@ impl Day {
             clients: HashSet::new(),
         }
     }
+
+    fn past(&self) -> PastDay {
+        PastDay {
+            counters: self.counters.clone(),
+            distinct_clients: self.clients.len() as u64,
+        }
+    }
+}
+
+/// A finished day.
+#[derive(Clone)]
+struct PastDay {
+    counters: Counters,
+    distinct_clients: u64,
 }
 
 struct Inner {
+    since: u64,
     total: Counters,
     today: Day,
-    previous: Option<Day>,
+    /// The previous [`KEEP_DAYS`] - 1 days with figures.
+    past: BTreeMap<u64, PastDay>,
+    /// Anything changed since the last persist.
+    dirty: bool,
+    /// Today's client set changed since the last persist.
+    clients_dirty: bool,
+    /// Days that ended and are not persisted in their final form yet, with their clients.
+    finished: Vec<(u64, PastDay, Vec<u64>)>,
+    /// Days with records in the index.
+    stored_days: BTreeSet<u64>,
 }
 
 /// The figures.
 pub struct Stats {
     started: u64,
     inner: Mutex<Inner>,
+    /// One persist at a time (an older snapshot must not overwrite a newer one).
+    persisting: Mutex<()>,
 }
 
 impl Default for Stats {
@@ -103,10 +175,16 @@ impl Default for Stats {
         Stats {
             started: now,
             inner: Mutex::new(Inner {
+                since: now,
                 total: Counters::default(),
                 today: Day::new(now / 86_400),
-                previous: None,
+                past: BTreeMap::new(),
+                dirty: false,
+                clients_dirty: false,
+                finished: Vec::new(),
+                stored_days: BTreeSet::new(),
             }),
+            persisting: Mutex::new(()),
         }
     }
 }
@@ -130,12 +208,13 @@ fn classify(format: &str, path: &str) -> Option<Artifact> {
     }
 }
 
+/// A stable hash (FNV-1a, 64 bits) of the client's IP without the port (`1.2.3.4:5678`,
+/// `[::1]:5678`): the same across restarts and Rust versions, as persisted ids must be.
 fn client_key(client: &str) -> u64 {
-    // The IP without the port: `1.2.3.4:5678`, `[::1]:5678`.
     let ip = client.rsplit_once(':').map_or(client, |(ip, _)| ip);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut h);
-    h.finish()
+    ip.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Counters {
@@ -189,37 +268,190 @@ impl Stats {
         let key = client_key(s.client);
         let day = unix_secs() / 86_400;
         let mut g = self.inner.lock();
-        if g.today.day != day {
-            let old = std::mem::replace(&mut g.today, Day::new(day));
-            g.previous = (old.day + 1 == day).then_some(old);
+        if g.today.day < day {
+            g.roll_to(day);
         }
         g.total.add(s, artifact, blocked);
         g.today.counters.add(s, artifact, blocked);
-        if g.today.clients.len() < MAX_CLIENTS {
-            g.today.clients.insert(key);
+        g.dirty = true;
+        if g.today.clients.len() < MAX_CLIENTS && g.today.clients.insert(key) {
+            g.clients_dirty = true;
+        }
+    }
+
+    /// The figures persisted in `index`, or fresh ones when there are none. Records older
+    /// than [`KEEP_DAYS`] are dropped from the index.
+    pub fn load(index: &dyn Index) -> anyhow::Result<Stats> {
+        let stats = Stats::default();
+        let Some(total) = index.get_rec::<TotalRecord>(Tree::Meta, KEY_TOTAL.as_bytes())? else {
+            return Ok(stats);
+        };
+        let today = stats.started / 86_400;
+        let mut g = stats.inner.lock();
+        g.since = total.since_unix.min(stats.started);
+        g.total = total.counters;
+        for day in total.days {
+            let rec = index.get_rec::<DayRecord>(Tree::Meta, day_key(day).as_bytes())?;
+            if day + KEEP_DAYS <= today || day > today {
+                index.remove(Tree::Meta, day_key(day).as_bytes())?;
+                index.remove(Tree::Meta, clients_key(day).as_bytes())?;
+                g.dirty = true;
+                continue;
+            }
+            let Some(rec) = rec else { continue };
+            g.stored_days.insert(day);
+            if day == today {
+                let ids = index
+                    .get(Tree::Meta, clients_key(day).as_bytes())?
+                    .unwrap_or_default();
+                g.today.counters = rec.counters;
+                g.today.clients = ids
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .collect();
+            } else {
+                g.past.insert(
+                    day,
+                    PastDay {
+                        counters: rec.counters,
+                        distinct_clients: rec.distinct_clients,
+                    },
+                );
+            }
+        }
+        drop(g);
+        Ok(stats)
+    }
+
+    /// Writes the figures to `index` if they changed since the last call; returns whether
+    /// it wrote. Blocking (index writes; sled makes them durable within its flush interval,
+    /// [`Index::flush`] at once).
+    pub fn persist(&self, index: &dyn Index) -> anyhow::Result<bool> {
+        let _one = self.persisting.lock();
+        let mut g = self.inner.lock();
+        if !g.dirty && g.finished.is_empty() {
+            return Ok(false);
+        }
+        let today = g.today.day;
+        let finished = std::mem::take(&mut g.finished);
+        let clients = g.clients_dirty.then(|| sorted_ids(&g.today.clients));
+        let day = DayRecord {
+            counters: g.today.counters.clone(),
+            distinct_clients: g.today.clients.len() as u64,
+        };
+        let mut days: BTreeSet<u64> = g.past.keys().copied().collect();
+        days.insert(today);
+        let gone: Vec<u64> = g.stored_days.difference(&days).copied().collect();
+        let total = TotalRecord {
+            since_unix: g.since,
+            counters: g.total.clone(),
+            days: days.iter().copied().collect(),
+        };
+        g.dirty = false;
+        g.clients_dirty = false;
+        drop(g);
+        let r = (|| -> anyhow::Result<()> {
+            for (d, past, ids) in &finished {
+                let rec = DayRecord {
+                    counters: past.counters.clone(),
+                    distinct_clients: past.distinct_clients,
+                };
+                index.put_rec(Tree::Meta, day_key(*d).as_bytes(), &rec)?;
+                index.put(Tree::Meta, clients_key(*d).as_bytes(), &ids_bytes(ids))?;
+            }
+            index.put_rec(Tree::Meta, day_key(today).as_bytes(), &day)?;
+            if let Some(ids) = &clients {
+                index.put(Tree::Meta, clients_key(today).as_bytes(), &ids_bytes(ids))?;
+            }
+            index.put_rec(Tree::Meta, KEY_TOTAL.as_bytes(), &total)?;
+            for d in &gone {
+                index.remove(Tree::Meta, day_key(*d).as_bytes())?;
+                index.remove(Tree::Meta, clients_key(*d).as_bytes())?;
+            }
+            Ok(())
+        })();
+        let mut g = self.inner.lock();
+        match r {
+            Ok(()) => {
+                metrics::counter!("sluice_stats_persists_total", "result" => "ok").increment(1);
+                g.stored_days.extend(days);
+                for d in gone {
+                    g.stored_days.remove(&d);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                metrics::counter!("sluice_stats_persists_total", "result" => "error").increment(1);
+                // Try again next time.
+                g.dirty = true;
+                g.clients_dirty |= clients.is_some();
+                let mut finished = finished;
+                finished.append(&mut g.finished);
+                g.finished = finished;
+                Err(e)
+            }
         }
     }
 
     /// The figures as JSON.
     pub fn snapshot(&self) -> serde_json::Value {
-        let g = self.inner.lock();
-        let day = |d: &Day| {
-            let clients = d.clients.len() as u64;
-            let served = d.counters.packages_served + d.counters.images_served;
+        let mut g = self.inner.lock();
+        let now = unix_secs() / 86_400;
+        if g.today.day < now {
+            g.roll_to(now);
+        }
+        let day = |d: u64, p: &PastDay| {
+            let clients = p.distinct_clients;
+            let served = p.counters.packages_served + p.counters.images_served;
             serde_json::json!({
-                "day": civil_date(d.day),
-                "counters": with_ratio(&d.counters),
+                "day": civil_date(d),
+                "counters": with_ratio(&p.counters),
                 "distinct_clients": clients,
                 "lighthouse": if clients == 0 { 0.0 } else { served as f64 / clients as f64 },
             })
         };
+        let today = g.today.day;
+        let days: Vec<_> = g
+            .past
+            .iter()
+            .map(|(d, p)| day(*d, p))
+            .chain(std::iter::once(day(today, &g.today.past())))
+            .collect();
         serde_json::json!({
-            "since_unix": self.started,
+            "since_unix": g.since,
+            "started_unix": self.started,
             "total": with_ratio(&g.total),
-            "today": day(&g.today),
-            "previous_day": g.previous.as_ref().map(day),
+            "today": day(today, &g.today.past()),
+            "previous_day": g.past.get(&(today - 1)).map(|p| day(today - 1, p)),
+            "days": days,
         })
     }
+}
+
+impl Inner {
+    /// Ends today and starts `day`, keeping [`KEEP_DAYS`] days.
+    fn roll_to(&mut self, day: u64) {
+        let old = std::mem::replace(&mut self.today, Day::new(day));
+        let past = old.past();
+        self.finished
+            .push((old.day, past.clone(), sorted_ids(&old.clients)));
+        self.past.insert(old.day, past);
+        let keep_from = day.saturating_sub(KEEP_DAYS - 1);
+        self.past = self.past.split_off(&keep_from);
+        self.finished.retain(|(d, _, _)| *d >= keep_from);
+        self.dirty = true;
+        self.clients_dirty = false;
+    }
+}
+
+fn sorted_ids(set: &HashSet<u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = set.iter().copied().collect();
+    v.sort_unstable();
+    v
+}
+
+fn ids_bytes(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|i| i.to_le_bytes()).collect()
 }
 
 fn with_ratio(c: &Counters) -> serde_json::Value {
@@ -239,7 +471,7 @@ fn with_ratio(c: &Counters) -> serde_json::Value {
 }
 
 /// `YYYY-MM-DD` of a day number since the Unix epoch (proleptic Gregorian, UTC).
-fn civil_date(days: u64) -> String {
+pub(crate) fn civil_date(days: u64) -> String {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -295,6 +527,94 @@ mod tests {
         assert_eq!(t["counters"]["misses"], 1);
         assert_eq!(t["lighthouse"], 1.0);
         assert_eq!(v["total"]["upstream_bytes_saved"], 60);
+    }
+
+    fn index() -> (tempfile::TempDir, crate::store::index::SledIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = crate::store::index::SledIndex::open(&dir.path().join("index")).unwrap();
+        (dir, idx)
+    }
+
+    #[test]
+    fn figures_survive_a_persist_and_load() {
+        let (_dir, idx) = index();
+        let s = Stats::default();
+        assert!(!s.persist(&idx).unwrap(), "nothing to write yet");
+        s.record(&served("npm", "/npmjs/a/-/a-1.0.0.tgz", "10.0.0.1:1000"));
+        s.record(&served("pypi", "/pypi/files/sha256/ab/x.whl", "10.0.0.2:5"));
+        assert!(s.persist(&idx).unwrap());
+        assert!(
+            !s.persist(&idx).unwrap(),
+            "unchanged figures are not rewritten"
+        );
+        let before = s.snapshot();
+
+        let t = Stats::load(&idx).unwrap();
+        let after = t.snapshot();
+        assert_eq!(after["total"], before["total"]);
+        assert_eq!(after["today"], before["today"]);
+        assert_eq!(after["since_unix"], before["since_unix"]);
+        assert_eq!(after["today"]["distinct_clients"], 2);
+        // A known client is not counted twice after the restart; a new one is.
+        t.record(&served("npm", "/npmjs/a/-/a-1.0.0.tgz", "10.0.0.1:2000"));
+        assert_eq!(t.snapshot()["today"]["distinct_clients"], 2);
+        t.record(&served("npm", "/npmjs/a/-/a-1.0.0.tgz", "10.0.0.3:1"));
+        let v = t.snapshot();
+        assert_eq!(v["today"]["distinct_clients"], 3);
+        assert_eq!(v["total"]["packages_served"], 4);
+        assert_eq!(v["days"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn days_roll_over_and_old_days_leave_the_index() {
+        let (_dir, idx) = index();
+        let today = unix_secs() / 86_400;
+        let s = Stats::default();
+        {
+            let mut g = s.inner.lock();
+            g.today = Day::new(today - KEEP_DAYS - 1);
+            g.today.counters.packages_served = 7;
+            g.today.clients.insert(1);
+            g.dirty = true;
+        }
+        s.persist(&idx).unwrap();
+        assert!(idx
+            .get(Tree::Meta, day_key(today - KEEP_DAYS - 1).as_bytes())
+            .unwrap()
+            .is_some());
+        {
+            let mut g = s.inner.lock();
+            g.roll_to(today - 1);
+            g.today.counters.images_served = 3;
+            g.today.clients.extend([5, 6, 7]);
+            g.clients_dirty = true;
+            g.roll_to(today);
+        }
+        s.persist(&idx).unwrap();
+        for k in [
+            day_key(today - KEEP_DAYS - 1),
+            clients_key(today - KEEP_DAYS - 1),
+        ] {
+            assert!(idx.get(Tree::Meta, k.as_bytes()).unwrap().is_none(), "{k}");
+        }
+        let ids = idx
+            .get(Tree::Meta, clients_key(today - 1).as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids.len(), 24);
+        let v = Stats::load(&idx).unwrap().snapshot();
+        assert_eq!(v["previous_day"]["distinct_clients"], 3, "{v}");
+        assert_eq!(v["previous_day"]["counters"]["images_served"], 3, "{v}");
+        assert_eq!(v["today"]["distinct_clients"], 0, "{v}");
+        assert_eq!(v["days"].as_array().unwrap().len(), 2, "{v}");
+    }
+
+    #[test]
+    fn client_ids_are_stable_and_ignore_the_port() {
+        assert_eq!(client_key("10.0.0.1:1"), client_key("10.0.0.1:2"));
+        assert_eq!(client_key("[::1]:7"), client_key("[::1]:8"));
+        // FNV-1a of "a" (a published test vector): the hash never changes.
+        assert_eq!(client_key("a:1"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Background upkeep: flushes batched last-access times to the index, drains metric
 //! histograms, enforces the storage limits (a commit that takes the store over its high
 //! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
-//! `storage.gc_interval` (idle expiry, index records of content that is gone), reloads the
-//! policy on SIGHUP, and flushes everything once more on shutdown.
+//! `storage.gc_interval` (idle expiry, index records of content that is gone), persists
+//! the `/-/api/stats` figures every few seconds when they changed, reloads the policy on
+//! SIGHUP, and flushes everything once more on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,13 @@ impl Upkeep {
         }
         self.app.metrics.run_upkeep();
     }
+
+    /// Writes the `/-/api/stats` figures to the index when they changed.
+    fn persist_stats(&self) {
+        if let Err(e) = self.app.stats.persist(self.app.store.index().as_ref()) {
+            tracing::warn!(error = %e, "persisting stats failed");
+        }
+    }
 }
 
 #[async_trait]
@@ -65,6 +73,7 @@ impl BackgroundService for Upkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         let mut limit = tokio::time::interval(LIMIT_EVERY);
+        let mut stats = tokio::time::interval(crate::stats::PERSIST_EVERY);
         let gc_every = self.app.config.storage.gc_interval.get();
         let mut last_gc = Instant::now();
         // SIGHUP reloads the policy (the default action would terminate the process).
@@ -72,6 +81,7 @@ impl BackgroundService for Upkeep {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(),
+                _ = stats.tick() => self.persist_stats(),
                 _ = self.app.store.over_high_watermark() => self.collect(false),
                 _ = limit.tick() => {
                     if last_gc.elapsed() >= gc_every {
@@ -86,6 +96,7 @@ impl BackgroundService for Upkeep {
                     let _ = self.app.policy.reload().await;
                 }
                 _ = shutdown.changed() => {
+                    self.persist_stats();
                     self.flush();
                     tracing::info!("sluice stopping: index flushed");
                     return;

@@ -698,7 +698,7 @@ async fn fetch(
 }
 
 /// The message in an error body: npm's `error`, OCI's `errors[0].message`, or the text.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     let from_json = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
         v["error"]
             .as_str()
@@ -716,7 +716,7 @@ fn error_message(body: &[u8]) -> String {
 }
 
 /// A transport error with its causes (reqwest's own text omits them).
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
@@ -775,7 +775,7 @@ fn short(digest: &str) -> &str {
 }
 
 /// `12.3 KiB`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");
