@@ -56,6 +56,15 @@ pub enum ProxyError {
         /// The upstream's status, when it answered.
         status: Option<u16>,
     },
+    /// The upstream's circuit breaker is open: it is not contacted until the half-open
+    /// probe, `retry_after` seconds from now (answered `503` with `Retry-After`).
+    #[error("upstream {upstream}: circuit open after repeated failures; not contacting it for {retry_after}s")]
+    CircuitOpen {
+        /// Upstream name.
+        upstream: String,
+        /// Whole seconds (at least 1) until the next probe may go through.
+        retry_after: u64,
+    },
     /// The upstream's bytes do not match the digest they were asked for.
     #[error("digest mismatch: expected {expected}, upstream sent content with digest {actual}")]
     DigestMismatch {
@@ -99,7 +108,8 @@ impl ProxyError {
             ProxyError::Upstream { status, .. } => {
                 status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
             }
-            ProxyError::DigestMismatch { .. }
+            ProxyError::CircuitOpen { .. }
+            | ProxyError::DigestMismatch { .. }
             | ProxyError::HashMismatch { .. }
             | ProxyError::TooLarge(_) => true,
             _ => false,
@@ -115,7 +125,9 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
-            ProxyError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Offline(_) | ProxyError::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream {
                 status: Some(429), ..
             } => StatusCode::TOO_MANY_REQUESTS,
@@ -146,6 +158,15 @@ impl ProxyError {
             } => "TOOMANYREQUESTS",
             ProxyError::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
             _ => "UNAVAILABLE",
+        }
+    }
+
+    /// The `Retry-After` seconds to answer with, if any: an open circuit says when its
+    /// half-open probe may go through.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -200,5 +221,23 @@ mod tests {
         assert!(up(Some(429)).is_upstream_failure());
         assert!(!up(Some(404)).is_upstream_failure());
         assert!(!ProxyError::Unsupported("x".into()).is_upstream_failure());
+    }
+
+    #[test]
+    fn an_open_circuit_is_503_with_retry_after_and_allows_stale_serving() {
+        let e = ProxyError::CircuitOpen {
+            upstream: "u".into(),
+            retry_after: 7,
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after(), Some(7));
+        assert_eq!(e.oci_code(), "UNAVAILABLE");
+        assert!(e.is_upstream_failure());
+        let up = ProxyError::Upstream {
+            upstream: "u".into(),
+            message: "x".into(),
+            status: None,
+        };
+        assert_eq!(up.retry_after(), None);
     }
 }

@@ -410,6 +410,9 @@ fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
         }
         _ => {}
     }
+    if let Some(secs) = e.retry_after() {
+        r = r.header("Retry-After", secs.to_string());
+    }
     r
 }
 

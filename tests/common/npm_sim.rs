@@ -5,11 +5,15 @@
 //! (a layout no client would guess: sluice must take tarball URLs from the packument).
 //! Tarballs are real gzipped tars with `package/package.json`, so the real `npm` CLI can
 //! install them. Every request is recorded (method, path, headers, body) so tests can count
-//! upstream traffic and inspect what was forwarded.
+//! upstream traffic and inspect what was forwarded. Faults for the reliability matrix: error
+//! statuses (optionally with `Retry-After`, optionally for the first N requests only), cut
+//! and trickled bodies, byte-range answers for resuming a cut tarball ([`NpmSim::set_ranges`]),
+//! and the peak number of responses in flight ([`NpmSim::peak_inflight`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +35,24 @@ pub enum NpmFault {
     CutMidBody,
     /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
     Slow { chunk: usize, delay: Duration },
+    /// Answer with this status, a JSON error body and a `Retry-After` header with this value.
+    RetryAfter(u16, String),
+    /// The inner fault for the next `remaining` matching requests, then normal service
+    /// (build with [`NpmFault::first`]).
+    Limited {
+        remaining: Arc<AtomicUsize>,
+        fault: Box<NpmFault>,
+    },
+}
+
+impl NpmFault {
+    /// `fault` for the first `n` matching requests only.
+    pub fn first(n: usize, fault: NpmFault) -> NpmFault {
+        NpmFault::Limited {
+            remaining: Arc::new(AtomicUsize::new(n)),
+            fault: Box::new(fault),
+        }
+    }
 }
 
 /// One request as the fake received it.
@@ -85,12 +107,17 @@ struct Inner {
     clock: u64,
     /// Publish times (`time[version]`), by (name, version).
     times: BTreeMap<(String, String), String>,
+    /// Tarballs advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with a `206`.
+    ranges: bool,
 }
 
 struct State {
     port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
+    /// Responses being written right now, and the most ever at once.
+    inflight: AtomicUsize,
+    peak_inflight: AtomicUsize,
 }
 
 /// A running fake registry; it stops when dropped.
@@ -110,6 +137,8 @@ impl NpmSim {
                 ..Inner::default()
             }),
             shutdown: watch::channel(false).0,
+            inflight: AtomicUsize::new(0),
+            peak_inflight: AtomicUsize::new(0),
         });
         tokio::spawn(accept_loop(l, state.clone()));
         NpmSim { state }
@@ -199,6 +228,29 @@ impl NpmSim {
 
     pub fn clear_faults(&self) {
         self.inner().faults.clear();
+    }
+
+    /// From now on tarball GETs advertise `Accept-Ranges: bytes` and answer
+    /// `Range: bytes=N-` with `206` and `Content-Range` (off, the default: plain `200`s).
+    pub fn set_ranges(&self, on: bool) {
+        self.inner().ranges = on;
+    }
+
+    /// `Range` header values of GETs whose path contains `path_contains`.
+    pub fn range_requests(&self, path_contains: &str) -> Vec<String> {
+        self.inner()
+            .log
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains(path_contains))
+            .filter_map(|r| r.header("range").map(str::to_string))
+            .collect()
+    }
+
+    /// The most responses that were being written at the same moment. A response stops
+    /// counting just before its last body chunk goes out (once a client has the last byte
+    /// it may send its next request at once).
+    pub fn peak_inflight(&self) -> usize {
+        self.state.peak_inflight.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<NpmReq> {
@@ -390,7 +442,17 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>) -> io::Result<()> {
             .log
             .push(req.clone());
         let resp = route(&state, &req);
-        if !write_resp(&mut w, resp).await? {
+        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        let ended = AtomicBool::new(false);
+        let end = || {
+            if !ended.swap(true, Ordering::SeqCst) {
+                state.inflight.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        let written = write_resp(&mut w, resp, end).await;
+        end();
+        if !written? {
             let _ = w.shutdown().await;
             return Ok(());
         }
@@ -406,7 +468,14 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> io::Resu
     }))
 }
 
-async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> io::Result<bool> {
+/// Writes a response applying its fault; returns whether the connection may be reused.
+/// `done` runs just before the last body chunk goes out (see [`NpmSim::peak_inflight`]).
+async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    resp: Resp,
+    done: impl FnOnce(),
+) -> io::Result<bool> {
+    let mut done = Some(done);
     let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -419,7 +488,13 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
     }
     let body = resp.body;
     match resp.fault {
-        None | Some(NpmFault::Status(_)) => w.write_all(&body).await?,
+        None | Some(NpmFault::Status(_) | NpmFault::RetryAfter(..) | NpmFault::Limited { .. }) => {
+            // One chunk: it is the last.
+            if let Some(d) = done.take() {
+                d();
+            }
+            w.write_all(&body).await?
+        }
         Some(NpmFault::WrongBytes) => {
             let mut v = body.to_vec();
             if let Some(b) = v.last_mut() {
@@ -434,10 +509,19 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, resp: Resp) -> 
             return Ok(false);
         }
         Some(NpmFault::Slow { chunk, delay }) => {
-            for c in body.chunks(chunk.max(1)) {
+            // Delays between chunks only: once the last byte is out the response is done.
+            let n = body.chunks(chunk.max(1)).count();
+            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                if i + 1 == n {
+                    if let Some(d) = done.take() {
+                        d();
+                    }
+                }
                 w.write_all(c).await?;
                 w.flush().await?;
-                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -452,9 +536,20 @@ fn route(state: &State, req: &NpmReq) -> Resp {
         .faults
         .iter()
         .find(|(p, _)| req.path.contains(p.as_str()))
-        .map(|(_, f)| f.clone());
-    if let Some(NpmFault::Status(code)) = fault {
-        return Resp::error(code, "simulated upstream failure");
+        .and_then(|(_, f)| match f {
+            NpmFault::Limited { remaining, fault } => remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| (**fault).clone()),
+            f => Some(f.clone()),
+        });
+    match &fault {
+        Some(NpmFault::Status(code)) => return Resp::error(*code, "simulated upstream failure"),
+        Some(NpmFault::RetryAfter(code, after)) => {
+            return Resp::error(*code, "simulated upstream failure")
+                .header("Retry-After", after.clone())
+        }
+        _ => {}
     }
     let head = req.method == "HEAD";
     if let Some(file_path) = path.strip_prefix("/files/") {
@@ -468,7 +563,8 @@ fn route(state: &State, req: &NpmReq) -> Resp {
         });
         return match found {
             Some(t) => {
-                let mut r = Resp::new(200, t).header("Content-Type", "application/octet-stream");
+                let mut r = tarball_resp(inner.ranges, req, t)
+                    .header("Content-Type", "application/octet-stream");
                 r.head = head;
                 r.fault = fault;
                 r
@@ -532,6 +628,27 @@ fn route(state: &State, req: &NpmReq) -> Resp {
     r.head = head;
     r.fault = fault;
     r
+}
+
+/// A tarball's `200`, or with range support a `206` for `Range: bytes=N-`.
+fn tarball_resp(ranges: bool, req: &NpmReq, t: Bytes) -> Resp {
+    if !ranges {
+        return Resp::new(200, t);
+    }
+    let from = req
+        .header("range")
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n < t.len());
+    let r = match from {
+        Some(n) => Resp::new(206, t.slice(n..)).header(
+            "Content-Range",
+            format!("bytes {n}-{}/{}", t.len() - 1, t.len()),
+        ),
+        None => Resp::new(200, t),
+    };
+    r.header("Accept-Ranges", "bytes")
 }
 
 /// A gzipped ustar archive of regular files.

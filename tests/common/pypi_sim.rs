@@ -5,12 +5,17 @@
 //! host name — where every file (and its PEP 658 `.metadata`) lives. Project pages are served
 //! as PEP 691 JSON when asked for and the sim is in [`Mode::Json`], else as PEP 503 HTML, so
 //! tests exercise both of sluice's parsers. Pages carry an `ETag` and answer `304` to a
-//! matching `If-None-Match`. Faults per path pattern: wrong bytes, or an error status.
-//! Every request is logged.
+//! matching `If-None-Match`. Faults per path pattern: wrong bytes, an error status (optionally
+//! with `Retry-After`, optionally for the first N requests only), cut and trickled bodies;
+//! files can be served in byte ranges for resuming ([`PypiSim::set_ranges`]), and the peak
+//! number of responses in flight is counted ([`PypiSim::peak_inflight`]). Every request is
+//! logged.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -33,6 +38,28 @@ pub enum PyFault {
     WrongBytes,
     /// Answer with this status.
     Status(u16),
+    /// Answer with this status and a `Retry-After` header with this value.
+    RetryAfter(u16, String),
+    /// Full `Content-Length` announced, connection closed after half the body.
+    CutMidBody,
+    /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
+    Slow { chunk: usize, delay: Duration },
+    /// The inner fault for the next `remaining` matching requests, then normal service
+    /// (build with [`PyFault::first`]).
+    Limited {
+        remaining: Arc<AtomicUsize>,
+        fault: Box<PyFault>,
+    },
+}
+
+impl PyFault {
+    /// `fault` for the first `n` matching requests only.
+    pub fn first(n: usize, fault: PyFault) -> PyFault {
+        PyFault::Limited {
+            remaining: Arc::new(AtomicUsize::new(n)),
+            fault: Box::new(fault),
+        }
+    }
 }
 
 /// One distribution file of a project.
@@ -94,6 +121,8 @@ struct Inner {
     projects: BTreeMap<String, (String, Vec<SimFile>)>,
     faults: Vec<(String, PyFault)>,
     log: Vec<PyReq>,
+    /// Files advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with a `206`.
+    ranges: bool,
 }
 
 struct State {
@@ -102,6 +131,9 @@ struct State {
     files_port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
+    /// Responses being written right now (either listener), and the most ever at once.
+    inflight: AtomicUsize,
+    peak_inflight: AtomicUsize,
 }
 
 /// A running fake index; stops when dropped.
@@ -143,6 +175,8 @@ impl PypiSim {
             files_port: files.local_addr().expect("addr").port(),
             inner: Mutex::new(Inner::default()),
             shutdown: watch::channel(false).0,
+            inflight: AtomicUsize::new(0),
+            peak_inflight: AtomicUsize::new(0),
         });
         tokio::spawn(accept_loop(index, state.clone(), false));
         tokio::spawn(accept_loop(files, state.clone(), true));
@@ -181,6 +215,28 @@ impl PypiSim {
 
     pub fn clear_faults(&self) {
         self.inner().faults.clear();
+    }
+
+    /// From now on files advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with
+    /// `206` and `Content-Range` (off, the default: plain `200`s).
+    pub fn set_ranges(&self, on: bool) {
+        self.inner().ranges = on;
+    }
+
+    /// `Range` header values of GETs whose path contains `pat`.
+    pub fn range_requests(&self, pat: &str) -> Vec<String> {
+        self.inner()
+            .log
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains(pat))
+            .filter_map(|r| r.header("range").map(str::to_string))
+            .collect()
+    }
+
+    /// The most responses (either listener) that were being written at the same moment. A
+    /// response stops counting just before its last body chunk goes out.
+    pub fn peak_inflight(&self) -> usize {
+        self.state.peak_inflight.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<PyReq> {
@@ -227,6 +283,8 @@ struct Resp {
     status: u16,
     headers: Vec<(String, String)>,
     body: Bytes,
+    /// How the body is delivered (cut, trickled); `None`: at once.
+    fault: Option<PyFault>,
 }
 
 impl Resp {
@@ -235,6 +293,7 @@ impl Resp {
             status,
             headers: vec![("Content-Type".into(), ct.into())],
             body: body.into(),
+            fault: None,
         }
     }
 }
@@ -256,21 +315,78 @@ async fn serve(sock: TcpStream, state: Arc<State>, files_host: bool) -> io::Resu
         state.inner.lock().expect("lock").log.push(req.clone());
         let resp = route(&state, &req);
         let head = req.method == "HEAD";
-        let mut out = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
-            resp.status,
-            resp.body.len()
-        );
-        for (k, v) in &resp.headers {
-            out.push_str(&format!("{k}: {v}\r\n"));
+        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        let ended = AtomicBool::new(false);
+        let end = || {
+            if !ended.swap(true, Ordering::SeqCst) {
+                state.inflight.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        let written = write_resp(&mut w, resp, head, end).await;
+        end();
+        if !written? {
+            let _ = w.shutdown().await;
+            return Ok(());
         }
-        out.push_str("\r\n");
-        w.write_all(out.as_bytes()).await?;
-        if !head && resp.status != 304 {
-            w.write_all(&resp.body).await?;
-        }
-        w.flush().await?;
     }
+}
+
+/// Writes a response, delivering its body as its fault says; returns whether the connection
+/// may be reused. `done` runs just before the last body chunk goes out.
+async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    resp: Resp,
+    head: bool,
+    done: impl FnOnce(),
+) -> io::Result<bool> {
+    let mut out = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+        resp.status,
+        resp.body.len()
+    );
+    for (k, v) in &resp.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    w.write_all(out.as_bytes()).await?;
+    if head || resp.status == 304 {
+        w.flush().await?;
+        return Ok(true);
+    }
+    let body = resp.body;
+    match resp.fault {
+        Some(PyFault::CutMidBody) => {
+            w.write_all(&body[..body.len() / 2]).await?;
+            w.flush().await?;
+            // Let the bytes leave before the close, so the peer sees a short body.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(false);
+        }
+        Some(PyFault::Slow { chunk, delay }) => {
+            let n = body.chunks(chunk.max(1)).count();
+            let mut done = Some(done);
+            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                if i + 1 == n {
+                    if let Some(d) = done.take() {
+                        d();
+                    }
+                }
+                w.write_all(c).await?;
+                w.flush().await?;
+            }
+        }
+        _ => {
+            // One chunk: it is the last.
+            done();
+            w.write_all(&body).await?
+        }
+    }
+    w.flush().await?;
+    Ok(true)
 }
 
 fn route(state: &State, req: &PyReq) -> Resp {
@@ -279,9 +395,21 @@ fn route(state: &State, req: &PyReq) -> Resp {
         .faults
         .iter()
         .find(|(p, _)| req.path.contains(p.as_str()))
-        .map(|(_, f)| f.clone());
-    if let Some(PyFault::Status(s)) = fault {
-        return Resp::new(s, "text/plain", format!("fault {s}\n"));
+        .and_then(|(_, f)| match f {
+            PyFault::Limited { remaining, fault } => remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| (**fault).clone()),
+            f => Some(f.clone()),
+        });
+    match &fault {
+        Some(PyFault::Status(s)) => return Resp::new(*s, "text/plain", format!("fault {s}\n")),
+        Some(PyFault::RetryAfter(s, after)) => {
+            let mut r = Resp::new(*s, "text/plain", format!("fault {s}\n"));
+            r.headers.push(("Retry-After".into(), after.clone()));
+            return r;
+        }
+        _ => {}
     }
     let path = req.path.split('?').next().unwrap_or("");
     if req.files_host {
@@ -305,7 +433,9 @@ fn route(state: &State, req: &PyReq) -> Resp {
                         }
                         b = Bytes::from(v);
                     }
-                    return Resp::new(200, "application/octet-stream", b);
+                    let mut r = file_resp(inner.ranges, req, b);
+                    r.fault = fault;
+                    return r;
                 }
             }
         }
@@ -458,13 +588,42 @@ fn route(state: &State, req: &PyReq) -> Resp {
                 status: 304,
                 headers: vec![("ETag".into(), etag)],
                 body: Bytes::new(),
+                fault: None,
             };
         }
         let mut resp = resp;
         resp.headers.push(("ETag".into(), etag));
+        resp.fault = fault;
         return resp;
     }
     resp
+}
+
+/// A file's `200`, or with range support a `206` for `Range: bytes=N-`.
+fn file_resp(ranges: bool, req: &PyReq, b: Bytes) -> Resp {
+    let ct = "application/octet-stream";
+    if !ranges {
+        return Resp::new(200, ct, b);
+    }
+    let from = req
+        .header("range")
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n < b.len());
+    let mut r = match from {
+        Some(n) => {
+            let mut r = Resp::new(206, ct, b.slice(n..));
+            r.headers.push((
+                "Content-Range".into(),
+                format!("bytes {n}-{}/{}", b.len() - 1, b.len()),
+            ));
+            r
+        }
+        None => Resp::new(200, ct, b),
+    };
+    r.headers.push(("Accept-Ranges".into(), "bytes".into()));
+    r
 }
 
 /// A stand-in "md5" for md5-only listings: any stable hex the sim states; sluice does not

@@ -148,15 +148,14 @@ impl Upstream {
             .slot()
             .await
             .map_err(|t| self.err(t.to_string(), None))?;
-        let permit = self.breaker.admit().map_err(|wait| {
-            self.err(
-                format!(
-                    "circuit open after repeated failures (next probe in {}s); not contacting it",
-                    wait.as_secs()
-                ),
-                None,
-            )
-        })?;
+        let permit = self
+            .breaker
+            .admit()
+            .map_err(|wait| ProxyError::CircuitOpen {
+                upstream: self.cfg.name.clone(),
+                // Whole seconds, rounded up, at least 1 (a probe in flight: try again soon).
+                retry_after: wait.as_millis().div_ceil(1000).max(1) as u64,
+            })?;
         let result = self
             .send_authenticated(method, url, headers, scope, body)
             .await;
