@@ -8,6 +8,7 @@
 //! | `POST /-/api/pin?format=&name=[&tag=]`, `POST /-/api/unpin?…` | admin | run-time pins |
 //! | `GET /-/api/pins` | admin | configured and run-time pins |
 //! | `POST /-/api/gc` | admin | run eviction and index GC now |
+//! | `GET /-/api/cleanup`, `POST /-/api/cleanup` | admin | last cleanup-policy evaluation; run it now |
 //! | `GET /-/api/policy/check?format=&name=&version=` | admin | evaluate the policy |
 //!
 //! Parameters come from the query string, or from a JSON object body with the same keys.
@@ -137,6 +138,17 @@ pub async fn handle(
                 &serde_json::to_value(report).unwrap_or_default(),
             ))
         }
+        ("GET", "cleanup") => Ok(cleanup_reply(app.store.cleanup_reports())),
+        ("POST", "cleanup") => {
+            let app2 = app.clone();
+            let reports = blocking(move || {
+                let s = &app2.config.storage;
+                crate::store::cleanup::run(&app2.store, &s.cleanup, &s.pins, app2.limits.grace)
+                    .map_err(ProxyError::internal)
+            })
+            .await?;
+            Ok(cleanup_reply(reports))
+        }
         ("GET", "policy/check") => {
             let format = parse_format(p("format").ok_or_else(|| bad("format is required"))?)?;
             let name = p("name").ok_or_else(|| bad("name is required"))?;
@@ -171,9 +183,13 @@ pub async fn handle(
                 }),
             ))
         }
-        (_, "stats" | "cache" | "purge" | "pin" | "unpin" | "pins" | "gc" | "policy/check") => Err(
-            ProxyError::Unsupported(format!("{method} is not supported on /-/api/{rest}")),
-        ),
+        (
+            _,
+            "stats" | "cache" | "purge" | "pin" | "unpin" | "pins" | "gc" | "cleanup"
+            | "policy/check",
+        ) => Err(ProxyError::Unsupported(format!(
+            "{method} is not supported on /-/api/{rest}"
+        ))),
         _ => Err(ProxyError::NotFound {
             code: "NOT_FOUND",
             message: format!(
@@ -182,6 +198,10 @@ pub async fn handle(
             ),
         }),
     }
+}
+
+fn cleanup_reply(policies: Vec<crate::store::cleanup::PolicyReport>) -> Reply {
+    json(StatusCode::OK, &serde_json::json!({ "policies": policies }))
 }
 
 fn authorize(app: &App, authorization: Option<&str>, need: Role) -> Result<(), ProxyError> {

@@ -152,6 +152,10 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                     .check(&facts(&up, &repo, tag, Some(&m.digest.to_string())))?;
             }
             app.store.touch(&m.digest);
+            if let Some(t) = tag {
+                // Batched in memory (cleanup policies rank tags by last pull).
+                app.store.tag_pulled(up.name(), repo.as_str(), t);
+            }
             Ok(manifest_reply(m, cache))
         }
         OciRoute::Blob(name, digest) => {
