@@ -359,6 +359,8 @@ fn main() -> ExitCode {
                 pypi_upstream,
                 token,
                 jobs: jobs.into(),
+                // On a terminal, a redrawn progress bar; else a line per artifact.
+                bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             warm(config, opts, files)
         }

@@ -427,3 +427,69 @@ reason = "compromised release"
         "{stdout}\n{stderr}"
     );
 }
+
+/// On a terminal (`script` gives it a pty), warm draws one progress bar redrawn in place
+/// and prints lines only for what failed, then the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_on_a_terminal_draws_a_progress_bar() {
+    let oci = Sim::start().await;
+    oci.push_image(
+        "team/app",
+        "1.0",
+        &[random_bytes(40_000, 31), random_bytes(30_000, 32)],
+    );
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"sim\"\nformat = \"oci\"\nurl = \"{}\"\nhost = \"{}\"\ndefault = true\n",
+        oci.url(),
+        oci.host()
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("images.txt");
+    std::fs::write(
+        &images,
+        format!("{h}/team/app:1.0\n{h}/team/app:9.9\n", h = oci.host()),
+    )
+    .expect("write images");
+    let inner = format!(
+        "'{}' warm --config '{}' '{}'",
+        env!("CARGO_BIN_EXE_sluice"),
+        s.config_path().display(),
+        images.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .env("COLUMNS", "100");
+    let out =
+        tokio::task::spawn_blocking(move || run_with_timeout(&mut cmd, Duration::from_secs(60)))
+            .await
+            .expect("script thread");
+    let tty = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{tty:?}");
+    // Redrawn in place, ending full, with the bytes received.
+    assert!(tty.matches("\r\x1b[2K[").count() >= 2, "{tty:?}");
+    assert!(tty.contains("[========================] 5/5 "), "{tty:?}");
+    assert!(tty.contains(" KiB "), "{tty:?}");
+    // What went well has no line of its own; what failed does.
+    assert!(!tty.contains("... ok ("), "{tty:?}");
+    let failed = format!("oci {}/team/app:9.9 ... failed: 404", oci.host());
+    assert!(tty.contains(&failed), "{tty:?}");
+    assert!(
+        tty.contains("sluice warm: 4 ok, 1 failed, 0 skipped"),
+        "{tty:?}"
+    );
+    // Without a terminal, the same run writes one line per artifact (as tested above).
+    let plain = warm(&s, &[&images]).await;
+    let (_, stderr) = text(&plain);
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    let lines = progress_lines(&stderr);
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|(_, r)| r.starts_with("ok (HIT"))
+            .count(),
+        4,
+        "{stderr}"
+    );
+}

@@ -119,7 +119,7 @@ pub fn run(cfg: &Config, remote: &Remote, action: &Action, json: bool) -> Result
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n");
     }
     Ok(match action {
-        Action::Stats => stats_table(&v, base.as_str()),
+        Action::Stats => stats_table(&v, base.as_str().trim_end_matches('/')),
         Action::List { .. } => list_table(&v),
         Action::Purge { .. } => format!(
             "purged: {} files ({}), {} records; {} stored\n",
@@ -248,8 +248,9 @@ fn call(
         .map_err(|e| {
             if e.is_connect() || (e.is_timeout() && e.is_request()) {
                 Failure::usage(format!(
-                    "cannot reach sluice at {base}: {}\nhint: is sluice running? Point at it with \
+                    "cannot reach sluice at {}: {}\nhint: is sluice running? Point at it with \
                  --url URL (or SLUICE_URL) or --config FILE",
+                    base.as_str().trim_end_matches('/'),
                     describe(&e)
                 ))
             } else {

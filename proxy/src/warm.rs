@@ -5,8 +5,9 @@
 //! them, never of the store: npm packuments and then the tarball they point at; PyPI simple
 //! pages (PEP 691 JSON) and then the files of the pinned version (and their PEP 658
 //! metadata); OCI manifests, the children of an index, and every config and layer blob.
-//! A few requests are in flight at once; each artifact gets one progress line, and every
-//! body is read to its end so that sluice completes and stores the fill.
+//! A few requests are in flight at once; each artifact gets one progress line (on a
+//! terminal, one redrawn progress bar, and a line only for what failed or was skipped),
+//! and every body is read to its end so that sluice completes and stores the fill.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -49,6 +50,9 @@ pub struct Options {
     pub token: Option<String>,
     /// Requests in flight at once (at least 1).
     pub jobs: usize,
+    /// Draw one redrawn progress bar (for a terminal) instead of a line per artifact;
+    /// failures and skips still get their line.
+    pub bar: bool,
 }
 
 /// What a run did, for the summary line and the exit status.
@@ -127,7 +131,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(rt.block_on(drive(ctx, entries, opts.jobs.max(1), progress)))
+    Ok(rt.block_on(drive(ctx, entries, opts.jobs.max(1), opts.bar, progress)))
 }
 
 /// Where sluice is and which of its mounts and upstreams to address.
@@ -256,6 +260,67 @@ struct Tally<'w> {
     n: usize,
     /// Lines known to come (grows as manifests and pages reveal what they list).
     total: usize,
+    /// The progress bar, when drawing one.
+    bar: Option<Bar>,
+}
+
+/// A one-line progress bar redrawn in place (`\r`, erase line).
+struct Bar {
+    started: Instant,
+    /// When it was last drawn (redraws are at most every [`Bar::EVERY`]).
+    drawn: Option<Instant>,
+    /// The artifact last started.
+    current: String,
+    /// Terminal columns (`$COLUMNS`, else 80).
+    width: usize,
+}
+
+impl Bar {
+    const EVERY: Duration = Duration::from_millis(80);
+
+    fn new() -> Bar {
+        Bar {
+            started: Instant::now(),
+            drawn: None,
+            current: String::new(),
+            width: std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .filter(|w| *w >= 20)
+                .unwrap_or(80),
+        }
+    }
+}
+
+/// `[=========>          ] 7/18 3.4 MiB 0:03 npm left-pad@1.3.0`, cut to `width - 1`
+/// characters so that it never wraps (a wrapped line cannot be redrawn in place).
+fn bar_line(
+    done: usize,
+    total: usize,
+    bytes: u64,
+    elapsed: Duration,
+    current: &str,
+    width: usize,
+) -> String {
+    const CELLS: usize = 24;
+    let total = total.max(done);
+    let filled = (done * CELLS).checked_div(total).unwrap_or(0);
+    let mut cells = "=".repeat(filled);
+    if filled < CELLS {
+        cells.push(if done == 0 { ' ' } else { '>' });
+        cells.push_str(&" ".repeat(CELLS - filled - 1));
+    }
+    let secs = elapsed.as_secs();
+    let line = format!(
+        "[{cells}] {done}/{total} {} {}:{:02} {current}",
+        human_bytes(bytes),
+        secs / 60,
+        secs % 60
+    );
+    line.trim_end()
+        .chars()
+        .take(width.saturating_sub(1))
+        .collect()
 }
 
 impl Tally<'_> {
@@ -279,11 +344,67 @@ impl Tally<'_> {
             }
         };
         self.n += 1;
+        if self.bar.is_some() {
+            // A bar replaces the lines of what went well; what did not keeps its line.
+            if !text.starts_with("ok") {
+                let _ = writeln!(
+                    self.out,
+                    "\r\x1b[2K[{}/{}] {label} ... {text}",
+                    self.n, self.total
+                );
+                self.draw(true);
+            } else {
+                self.draw(self.n >= self.total);
+            }
+            return;
+        }
         let _ = writeln!(self.out, "[{}/{}] {label} ... {text}", self.n, self.total);
+    }
+
+    /// `label` has started: the bar shows it.
+    fn started(&mut self, label: &str) {
+        if let Some(b) = &mut self.bar {
+            label.clone_into(&mut b.current);
+            self.draw(false);
+        }
+    }
+
+    /// Redraws the bar (unless it was drawn a moment ago and `force` is false).
+    fn draw(&mut self, force: bool) {
+        let Some(b) = &mut self.bar else { return };
+        if !force && b.drawn.is_some_and(|t| t.elapsed() < Bar::EVERY) {
+            return;
+        }
+        b.drawn = Some(Instant::now());
+        let line = bar_line(
+            self.n,
+            self.total,
+            self.summary.bytes,
+            b.started.elapsed(),
+            &b.current,
+            b.width,
+        );
+        let _ = write!(self.out, "\r\x1b[2K{line}");
+        let _ = self.out.flush();
+    }
+
+    /// Leaves the bar at its final state on its own line.
+    fn finish(&mut self) {
+        if let Some(b) = &mut self.bar {
+            b.current.clear();
+            self.draw(true);
+            let _ = writeln!(self.out);
+        }
     }
 }
 
-async fn drive(ctx: Arc<Ctx>, entries: Vec<Entry>, jobs: usize, out: &mut dyn Write) -> Summary {
+async fn drive(
+    ctx: Arc<Ctx>,
+    entries: Vec<Entry>,
+    jobs: usize,
+    bar: bool,
+    out: &mut dyn Write,
+) -> Summary {
     let started = Instant::now();
     let mut seen = HashSet::new();
     let mut queue = VecDeque::new();
@@ -303,6 +424,7 @@ async fn drive(ctx: Arc<Ctx>, entries: Vec<Entry>, jobs: usize, out: &mut dyn Wr
         summary: Summary::default(),
         n: 0,
         total: queue.len() + immediate.len(),
+        bar: bar.then(Bar::new),
     };
     for d in immediate {
         tally.record(&d.label, d.outcome, d.bytes);
@@ -311,6 +433,7 @@ async fn drive(ctx: Arc<Ctx>, entries: Vec<Entry>, jobs: usize, out: &mut dyn Wr
     loop {
         while running.len() < jobs {
             let Some(t) = queue.pop_front() else { break };
+            tally.started(&t.label);
             running.spawn(step(ctx.clone(), t));
         }
         let Some(joined) = running.join_next().await else {
@@ -337,6 +460,7 @@ async fn drive(ctx: Arc<Ctx>, entries: Vec<Entry>, jobs: usize, out: &mut dyn Wr
         }
         tally.record(&label, outcome, bytes);
     }
+    tally.finish();
     let mut summary = tally.summary;
     summary.elapsed = started.elapsed();
     summary
@@ -855,5 +979,26 @@ mod tests {
             ("o/r".into(), "?ns=quay.io".into())
         );
         assert_eq!(human_bytes(12_595), "12.3 KiB");
+    }
+
+    #[test]
+    fn the_bar_shows_progress_bytes_time_and_the_current_item() {
+        let t = Duration::from_secs(75);
+        assert_eq!(
+            bar_line(0, 8, 0, Duration::ZERO, "npm a@1.0.0", 80),
+            "[                        ] 0/8 0 B 0:00 npm a@1.0.0"
+        );
+        assert_eq!(
+            bar_line(3, 8, 12_595, t, "oci x:1", 80),
+            "[=========>              ] 3/8 12.3 KiB 1:15 oci x:1"
+        );
+        assert_eq!(
+            bar_line(8, 8, 2 << 20, t, "", 80),
+            "[========================] 8/8 2.0 MiB 1:15"
+        );
+        // Never wider than the terminal; a total that fell behind is not shown below done.
+        let l = bar_line(9, 8, 0, t, &"x".repeat(200), 40);
+        assert_eq!(l.chars().count(), 39);
+        assert!(l.contains("] 9/9 "), "{l}");
     }
 }
