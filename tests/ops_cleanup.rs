@@ -1,7 +1,8 @@
 //! Operations: cleanup policies (`[[storage.cleanup]]`) against the OCI simulator:
 //! keep_last in dry-run then enforce (only unshared blobs go, pins win, pull order survives
 //! a restart, a removed tag is refetched byte-exact), expire_after evaluated online by the
-//! background collection, exact accounting afterwards, and admin auth on the routes.
+//! background collection, exact accounting afterwards, and admin auth on the routes; npm
+//! versions ranked by their tarballs' last access, against the npm simulator.
 
 mod common;
 
@@ -394,4 +395,74 @@ async fn expire_after_removes_tags_not_pulled_since_in_the_background_collection
     // The expired tag comes back from the upstream.
     let caches = pull(&s, "svc", "old", &old).await;
     assert!(caches.iter().all(|c| c == "MISS"), "{caches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_keep_last_removes_the_tarballs_of_the_least_recently_pulled_versions() {
+    use common::npm_sim::NpmSim;
+    let sim = NpmSim::start().await;
+    let pubs: Vec<_> = ["1.0.0", "2.0.0", "3.0.0"]
+        .iter()
+        .map(|v| sim.publish("leftish", v, &[]))
+        .collect();
+    let s = Sluice::start(&format!(
+        "eviction_grace = \"1s\"\ngc_interval = \"1h\"\n\
+         [[storage.cleanup]]\nid = \"npm1\"\nformat = \"npm\"\nname = \"left*\"\nkeep_last = 1\nmode = \"enforce\"\n\
+         [[auth.token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
+         [[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\nmetadata_ttl = \"1h\"\n",
+        sim.registry_url()
+    ));
+    let data = s.data_dir();
+    let c = http_client();
+    let mount = format!("{}/npmjs", s.base_url());
+    let r = c
+        .get(format!("{mount}/leftish"))
+        .send()
+        .await
+        .expect("packument");
+    assert_eq!(r.status(), 200);
+    let get = |p: &common::npm_sim::Published| {
+        let url = format!("{mount}/leftish/-/{}", p.file);
+        let c = c.clone();
+        async move {
+            let r = c.get(url).send().await.expect("tarball");
+            assert_eq!(r.status(), 200);
+            let cache = sluice_cache_header(&r);
+            (cache, r.bytes().await.expect("body"))
+        }
+    };
+    // Pull order 2.0.0, 3.0.0, 1.0.0, a second apart (npm pulls are the tarballs' access
+    // times, kept in whole seconds).
+    for (i, p) in [&pubs[1], &pubs[2], &pubs[0]].into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        assert_eq!(get(p).await.1, p.tarball);
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let tarball_file =
+        |p: &common::npm_sim::Published| blob_path(&data, &sha256_digest(&p.tarball));
+    let report = run_cleanup(&s).await;
+    assert_eq!(
+        selection(&report, "npm1"),
+        [
+            sel("leftish", "2.0.0", "removed"),
+            sel("leftish", "3.0.0", "removed")
+        ],
+        "{report:#}"
+    );
+    assert!(!tarball_file(&pubs[1]).exists() && !tarball_file(&pubs[2]).exists());
+    assert!(tarball_file(&pubs[0]).exists());
+    assert_eq!(storage_bytes(&s).await, Some(stored_on_disk(&data)));
+    // The packument is still cached (no upstream request) and the version comes back.
+    let packument_gets = sim.count("GET", "/leftish");
+    let (cache, body) = get(&pubs[1]).await;
+    assert_eq!((cache.as_str(), body), ("MISS", pubs[1].tarball.clone()));
+    let (cache, _) = get(&pubs[0]).await;
+    assert_eq!(cache, "HIT");
+    assert_eq!(
+        sim.count("GET", "/leftish") - packument_gets,
+        1,
+        "only the removed tarball was fetched again"
+    );
 }

@@ -634,4 +634,50 @@ mod tests {
         assert!(s.contains(&only));
         assert!(s.index.get(Tree::Tags, b"up/app:1").unwrap().is_some());
     }
+
+    #[test]
+    fn a_pypi_version_is_all_its_files_and_counts_from_the_most_recently_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let file = |b: &'static [u8], version: &str, accessed: u64| {
+            let d = s.put_bytes(&Bytes::from_static(b)).unwrap();
+            let key = format!("pypi/pypi/sha256/{}", d.hex());
+            let facts = serde_json::json!({ "project": "demo", "version": version });
+            s.index
+                .put(
+                    Tree::Files,
+                    key.as_bytes(),
+                    &serde_json::to_vec(&facts).unwrap(),
+                )
+                .unwrap();
+            let mut r: BlobRecord = s
+                .index
+                .get(Tree::Blobs, d.as_bytes())
+                .unwrap()
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap();
+            (r.last_access, r.created) = (accessed, 1);
+            s.index
+                .put(Tree::Blobs, d.as_bytes(), &serde_json::to_vec(&r).unwrap())
+                .unwrap();
+            d
+        };
+        let old_wheel = file(b"1.0 wheel", "1.0", 100);
+        let new_sdist = file(b"1.0 sdist", "1.0", 300);
+        let mid = file(b"2.0 wheel", "2.0", 200);
+        let p = CleanupConfig {
+            format: Some(Format::Pypi),
+            name: "Demo".into(),
+            ..policy(CleanupMode::Enforce, 1)
+        };
+        let r = &run(&s, &[p], &[], Duration::ZERO).unwrap()[0];
+        assert_eq!(r.considered, 2);
+        assert_eq!(r.selected.len(), 1);
+        let x = &r.selected[0];
+        assert_eq!(
+            (x.tag.as_str(), x.status, x.last_pulled_ms),
+            ("2.0", "removed", 200_000)
+        );
+        assert!(!s.contains(&mid) && s.contains(&old_wheel) && s.contains(&new_sdist));
+    }
 }
