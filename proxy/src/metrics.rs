@@ -10,6 +10,9 @@
 //! - `sluice_inflight_fills`, `sluice_storage_bytes`, `sluice_fill_failures_total`,
 //!   `sluice_digest_mismatches_total{format}`, `sluice_upstream_token_requests_total`.
 
+use std::sync::OnceLock;
+
+use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global recorder (once per process) and returns the renderer.
@@ -52,20 +55,63 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Counts one response.
+///
+/// Handles are resolved once per label set and kept (a registry lookup builds a key,
+/// formats the status and takes a lock; an increment of a kept handle is one atomic add).
 pub fn record_response(
     format: &'static str,
     status: u16,
     cache: Option<&'static str>,
     cache_bytes: u64,
 ) {
-    metrics::counter!("sluice_requests_total", "format" => format, "status" => status.to_string())
-        .increment(1);
+    let f = format_slot(format);
+    match (f, status) {
+        (Some(f), 100..=599) => REQUESTS[f * STATUSES + usize::from(status - 100)]
+            .get_or_init(|| requests_counter(format, status))
+            .increment(1),
+        _ => requests_counter(format, status).increment(1),
+    }
     if let Some(result) = cache {
-        metrics::counter!("sluice_cache_events_total", "format" => format, "result" => result)
-            .increment(1);
+        let counter = || metrics::counter!("sluice_cache_events_total", "format" => format, "result" => result);
+        match (f, result_slot(result)) {
+            (Some(f), Some(r)) => CACHE_EVENTS[f * RESULTS.len() + r]
+                .get_or_init(counter)
+                .increment(1),
+            _ => counter().increment(1),
+        }
     }
     if cache_bytes > 0 {
-        metrics::counter!("sluice_bytes_total", "format" => format, "source" => "cache")
-            .increment(cache_bytes);
+        let counter =
+            || metrics::counter!("sluice_bytes_total", "format" => format, "source" => "cache");
+        match f {
+            Some(f) => CACHE_BYTES[f].get_or_init(counter).increment(cache_bytes),
+            None => counter().increment(cache_bytes),
+        }
     }
+}
+
+fn requests_counter(format: &'static str, status: u16) -> Counter {
+    metrics::counter!("sluice_requests_total", "format" => format, "status" => status.to_string())
+}
+
+/// `format` labels with kept handles.
+const FORMATS: [&str; 6] = ["oci", "npm", "pypi", "ops", "admin", "other"];
+/// `result` labels of cache events.
+const RESULTS: [&str; 5] = ["hit", "miss", "stale", "revalidated", "bypass"];
+/// Status codes 100..=599.
+const STATUSES: usize = 500;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const UNSET: OnceLock<Counter> = OnceLock::new();
+static REQUESTS: [OnceLock<Counter>; FORMATS.len() * STATUSES] = [UNSET; FORMATS.len() * STATUSES];
+static CACHE_EVENTS: [OnceLock<Counter>; FORMATS.len() * RESULTS.len()] =
+    [UNSET; FORMATS.len() * RESULTS.len()];
+static CACHE_BYTES: [OnceLock<Counter>; FORMATS.len()] = [UNSET; FORMATS.len()];
+
+fn format_slot(format: &str) -> Option<usize> {
+    FORMATS.iter().position(|f| *f == format)
+}
+
+fn result_slot(result: &str) -> Option<usize> {
+    RESULTS.iter().position(|r| *r == result)
 }
