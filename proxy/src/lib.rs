@@ -5,6 +5,7 @@
 //! [`fill`] / [`flight`] (miss) → [`upstream`] (auth, redirects, timeouts). Errors are one
 //! type, [`error::ProxyError`], rendered per client protocol in one place.
 
+pub mod accesslog;
 pub mod admin;
 pub mod admin_client;
 pub mod app;
@@ -14,6 +15,7 @@ pub mod docs;
 pub mod error;
 pub mod fill;
 pub mod flight;
+pub mod logsink;
 pub mod formats;
 pub mod hashes;
 pub mod metrics;
@@ -43,7 +45,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(logsink::LogSink)
         .try_init();
 }
 
@@ -97,6 +99,7 @@ pub fn serve(
         tracing::warn!(error = %e, "persisting stats at exit failed");
     }
     tracing::info!("sluice stopped");
+    logsink::flush();
     std::process::exit(0);
 }
 

@@ -193,20 +193,19 @@ impl HttpServerApp for HttpApp {
             client: &client,
             content_type: manifest_type.as_deref(),
         });
-        tracing::info!(
-            target: "access",
-            request_id = %request_id,
-            client = %client,
-            format = kind.label(),
-            method = %method,
-            path = %path,
-            name = name.as_deref(),
+        crate::accesslog::write(&crate::accesslog::Line {
+            request_id: &request_id,
+            client: &client,
+            format: kind.label(),
+            method: method.as_str(),
+            path: &path,
+            name: name.as_deref(),
             status,
-            cache = cache.as_str(),
-            bytes = sent,
-            complete = ok,
-            ms = started.elapsed().as_millis() as u64,
-        );
+            cache: cache.as_str(),
+            bytes: sent,
+            complete: ok,
+            ms: started.elapsed().as_millis() as u64,
+        });
         if !ok {
             // Dropping the session closes the connection mid-body.
             return None;
