@@ -25,7 +25,31 @@ impl Digest {
 
     /// The 64 lowercase hex characters, without the algorithm prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        let mut s = String::with_capacity(64);
+        s.push_str(self.hex_buf().as_str());
+        s
+    }
+
+    /// `sha256:<hex>` in a stack buffer (no allocation; also what `Display` writes).
+    pub fn text(&self) -> DigestText {
+        let mut b = [0u8; 71];
+        b[..7].copy_from_slice(b"sha256:");
+        b[7..].copy_from_slice(&self.hex_bytes());
+        DigestText(b)
+    }
+
+    fn hex_bytes(&self) -> [u8; 64] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        out
+    }
+
+    fn hex_buf(&self) -> HexText {
+        HexText(self.hex_bytes())
     }
 
     /// The raw 32 bytes (index keys).
@@ -86,7 +110,27 @@ fn truncate(s: &str) -> String {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// `sha256:<64 hex>` without allocation (see [`Digest::text`]).
+#[derive(Clone, Copy)]
+pub struct DigestText([u8; 71]);
+
+impl DigestText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+struct HexText([u8; 64]);
+
+impl HexText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -112,6 +156,17 @@ impl<'de> serde::Deserialize<'de> for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_and_hex_match_hex_encoding() {
+        for input in [&b""[..], b"hello", &[0xff; 100]] {
+            let d = Digest::of(input);
+            let expected = hex::encode(Sha256::digest(input));
+            assert_eq!(d.hex(), expected);
+            assert_eq!(d.to_string(), format!("sha256:{expected}"));
+            assert_eq!(d.text().as_str().parse::<Digest>(), Ok(d));
+        }
+    }
 
     #[test]
     fn parses_only_well_formed_sha256() {
