@@ -44,6 +44,8 @@ pub struct App {
     pub limits: crate::store::evict::Limits,
     /// Request counters for `/-/api/stats`.
     pub stats: crate::stats::Stats,
+    /// OCI tags served from memory (see [`crate::formats::oci::HotTags`]).
+    pub oci_hot: crate::formats::oci::HotTags,
 }
 
 impl App {
@@ -96,6 +98,7 @@ impl App {
             policy: Arc::new(Policy::new(engine, &config.policy, config_path)),
             limits,
             stats,
+            oci_hot: Default::default(),
             config,
         })
     }

@@ -149,7 +149,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
             };
             if tag.is_some() {
                 app.policy
-                    .check(&facts(&up, &repo, tag, Some(&m.digest.to_string())))?;
+                    .check(&facts(&up, &repo, tag, Some(m.digest.text().as_str())))?;
             }
             app.store.touch(&m.digest);
             if let Some(t) = tag {
@@ -241,8 +241,8 @@ fn manifest_reply(m: Manifest, cache: CacheStatus) -> Reply {
     Reply::new(StatusCode::OK, cache)
         .header(API_VERSION.0, API_VERSION.1)
         .header("Content-Type", m.media_type)
-        .header("Docker-Content-Digest", m.digest.to_string())
-        .header("ETag", format!("\"{}\"", m.digest))
+        .header("Docker-Content-Digest", m.digest.text().as_str())
+        .header("ETag", format!("\"{}\"", m.digest.text().as_str()))
         .body(Body::Full(m.bytes))
 }
 
@@ -282,6 +282,76 @@ fn tag_key(up: &Upstream, repo: &RepoName, tag: &Tag) -> String {
     format!("{}/{}:{}", up.name(), repo, tag.as_str())
 }
 
+/// Tags recently served from the store, kept in memory so that a hit on one reads and
+/// decodes no index record. An entry is trusted while the index's `tags` and `manifests`
+/// trees have not changed since it was read (every tag update, purge, eviction and cleanup
+/// writes there) and while the tag is younger than `tag_ttl`; otherwise the request takes
+/// the index path, which puts a fresh entry back. Sharded read-write locks: a hit takes one
+/// uncontended read lock.
+pub struct HotTags {
+    shards: [parking_lot::RwLock<std::collections::HashMap<String, Arc<HotTag>>>; HOT_SHARDS],
+}
+
+const HOT_SHARDS: usize = 16;
+/// Entries per shard; a full shard is emptied (it refills from the index on demand).
+const HOT_PER_SHARD: usize = 4096;
+
+/// A tag's manifest as last read from the index.
+pub struct HotTag {
+    /// Index generations (`tags`, `manifests`) read before the records were.
+    generation: (u64, u64),
+    /// The tag record's fetch time.
+    fetched_at_ms: u64,
+    /// The manifest it points to.
+    manifest: Manifest,
+}
+
+impl Default for HotTags {
+    fn default() -> HotTags {
+        HotTags {
+            shards: std::array::from_fn(|_| Default::default()),
+        }
+    }
+}
+
+impl HotTags {
+    /// The generations an entry read now is valid for.
+    fn generation(app: &App) -> (u64, u64) {
+        let index = app.store.index();
+        (
+            index.generation(Tree::Tags),
+            index.generation(Tree::Manifests),
+        )
+    }
+
+    fn shard(
+        &self,
+        key: &str,
+    ) -> &parking_lot::RwLock<std::collections::HashMap<String, Arc<HotTag>>> {
+        use std::hash::BuildHasher;
+        let h =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(key);
+        &self.shards[(h as usize) % HOT_SHARDS]
+    }
+
+    fn get(&self, key: &str, generation: (u64, u64)) -> Option<Arc<HotTag>> {
+        self.shard(key)
+            .read()
+            .get(key)
+            .filter(|t| t.generation == generation)
+            .cloned()
+    }
+
+    fn insert(&self, key: String, tag: HotTag) {
+        let mut shard = self.shard(&key).write();
+        if shard.len() >= HOT_PER_SHARD && !shard.contains_key(&key) {
+            shard.clear();
+        }
+        shard.insert(key, Arc::new(tag));
+    }
+}
+
 async fn manifest_by_tag(
     app: &Arc<App>,
     up: &Arc<Upstream>,
@@ -289,6 +359,14 @@ async fn manifest_by_tag(
     tag: &Tag,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
     let key = tag_key(up, repo, tag);
+    // Read before the records: a write after this point makes the entry stale.
+    let generation = HotTags::generation(app);
+    if let Some(hot) = app.oci_hot.get(&key, generation) {
+        let age = unix_ms().saturating_sub(hot.fetched_at_ms);
+        if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
+            return Ok((hot.manifest.clone(), CacheStatus::Hit));
+        }
+    }
     let rec: Option<TagRecord> = app
         .store
         .index()
@@ -298,6 +376,14 @@ async fn manifest_by_tag(
         if let Some(cached) = cached_manifest(app, &rec.digest) {
             let age = unix_ms().saturating_sub(rec.fetched_at_ms);
             if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
+                app.oci_hot.insert(
+                    key,
+                    HotTag {
+                        generation,
+                        fetched_at_ms: rec.fetched_at_ms,
+                        manifest: cached.clone(),
+                    },
+                );
                 return Ok((cached, CacheStatus::Hit));
             }
             match head_digest(up, repo, tag).await {

@@ -7,6 +7,7 @@
 //! `pulls` (upstream/repo:tag → unix milliseconds of its last pull, for cleanup policies).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -61,6 +62,10 @@ pub trait Index: Send + Sync {
     fn scan(&self, tree: Tree) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Makes every write so far durable.
     fn flush(&self) -> anyhow::Result<()>;
+    /// Counts the writes and removals in `tree` since the index was opened, bumped after
+    /// each one: a copy of a record kept in memory is current while this is unchanged
+    /// since before the record was read.
+    fn generation(&self, tree: Tree) -> u64;
 }
 
 /// A stored file.
@@ -133,6 +138,8 @@ pub struct SledIndex {
     db: sled::Db,
     /// Opened once: `open_tree` is a lookup of its own.
     trees: [sled::Tree; 8],
+    /// Per tree: see [`Index::generation`].
+    generations: [AtomicU64; 8],
 }
 
 impl SledIndex {
@@ -157,6 +164,7 @@ impl SledIndex {
         let [a, b, c, d, e, f, g, h] = trees;
         Ok(SledIndex {
             trees: [a?, b?, c?, d?, e?, f?, g?, h?],
+            generations: Default::default(),
             db,
         })
     }
@@ -172,10 +180,12 @@ impl Index for SledIndex {
     }
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         self.tree(tree)?.insert(key, value)?;
+        self.generations[tree as usize].fetch_add(1, Ordering::Release);
         Ok(())
     }
     fn remove(&self, tree: Tree, key: &[u8]) -> anyhow::Result<()> {
         self.tree(tree)?.remove(key)?;
+        self.generations[tree as usize].fetch_add(1, Ordering::Release);
         Ok(())
     }
     fn scan(&self, tree: Tree) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -187,5 +197,8 @@ impl Index for SledIndex {
     fn flush(&self) -> anyhow::Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+    fn generation(&self, tree: Tree) -> u64 {
+        self.generations[tree as usize].load(Ordering::Acquire)
     }
 }
