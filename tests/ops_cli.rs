@@ -313,6 +313,16 @@ async fn stats(s: &Sluice) -> serde_json::Value {
     json_body(r).await
 }
 
+/// `sluice_stats_persists_total{result="ok"}`.
+async fn persists(s: &Sluice) -> u64 {
+    s.metrics()
+        .await
+        .lines()
+        .find(|l| l.starts_with("sluice_stats_persists_total{result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn served(v: &serde_json::Value) -> u64 {
     v["total"]["artifacts_served"]["oci"].as_u64().unwrap()
 }
@@ -342,8 +352,14 @@ async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     assert_eq!(v["today"]["distinct_clients"], 1, "{v}");
     assert_eq!(v["today"]["counters"]["hits"], 6, "{v}");
 
-    // SIGKILL after a persist interval (2 s) and sled's flush (0.5 s): nothing is lost.
-    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    // SIGKILL after a persist (upkeep writes within 2 s of a change: wait for the next one,
+    // unless it already ran) and sled's flush (every 0.5 s): nothing is lost.
+    let before_persists = persists(&s).await;
+    let since = std::time::Instant::now();
+    while persists(&s).await == before_persists && since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     s.crash_restart();
     let v = stats(&s).await;
     assert_eq!(served(&v), 9, "{v}");
