@@ -33,7 +33,8 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run eviction and garbage collection once against the data directory, with sluice
-    /// stopped; with --now, ask a running sluice to run one now (`POST /-/api/gc`).
+    /// stopped; with --now, ask a running sluice to run one now (`POST /-/api/gc`). Cleanup
+    /// policies run first (`enforce` ones remove); what each removed is printed.
     Gc {
         /// Ask the running sluice (found as for `sluice stats`) instead of opening the
         /// data directory.
@@ -113,6 +114,22 @@ enum Command {
     Pins {
         #[command(flatten)]
         remote: Remote,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cleanup policies of a running sluice (`[[storage.cleanup]]`): the last evaluation,
+    /// per policy what it removed or would remove (`GET /-/api/cleanup`); with --run,
+    /// evaluate them now (`POST /-/api/cleanup`). Needs an admin token.
+    Cleanup {
+        #[command(flatten)]
+        remote: Remote,
+        /// Evaluate the policies now, each in its configured mode.
+        #[arg(long)]
+        run: bool,
+        /// With --run: only report, even for `enforce` policies; nothing is removed.
+        #[arg(long, requires = "run")]
+        dry_run: bool,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
@@ -429,6 +446,12 @@ fn main() -> ExitCode {
             target,
         } => remote(r, Action::Unpin { format, target }, false),
         Command::Pins { remote: r, json } => remote(r, Action::Pins, json),
+        Command::Cleanup {
+            remote: r,
+            run,
+            dry_run,
+            json,
+        } => remote(r, Action::Cleanup { run, dry_run }, json),
         Command::Verify { config, data_dir } => {
             let dir = match load(config.as_ref()) {
                 Ok(c) => data_dir.unwrap_or(c.storage.data_dir),

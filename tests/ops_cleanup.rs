@@ -2,7 +2,8 @@
 //! keep_last in dry-run then enforce (only unshared blobs go, pins win, pull order survives
 //! a restart, a removed tag is refetched byte-exact), expire_after evaluated online by the
 //! background collection, exact accounting afterwards, and admin auth on the routes; npm
-//! versions ranked by their tarballs' last access, against the npm simulator.
+//! versions ranked by their tarballs' last access, against the npm simulator; PyPI versions
+//! (all their files) against the PyPI simulator, with a per-request `dry_run` first.
 
 mod common;
 
@@ -465,4 +466,181 @@ async fn npm_keep_last_removes_the_tarballs_of_the_least_recently_pulled_version
         1,
         "only the removed tarball was fetched again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypi_keep_last_removes_the_files_of_the_least_recently_pulled_versions() {
+    use common::pypi_sim::{Mode, PypiSim, SimFile};
+    let sim = PypiSim::start(Mode::Json).await;
+    // 2.0 has a wheel and an sdist: a version is all its files.
+    let files = [
+        SimFile::new(
+            "cleanpy-1.0-py3-none-any.whl",
+            "1.0",
+            random_bytes(40_000, 41),
+        ),
+        SimFile::new(
+            "cleanpy-2.0-py3-none-any.whl",
+            "2.0",
+            random_bytes(50_000, 42),
+        ),
+        SimFile::new("cleanpy-2.0.tar.gz", "2.0", random_bytes(20_000, 43)),
+        SimFile::new(
+            "cleanpy-3.0-py3-none-any.whl",
+            "3.0",
+            random_bytes(60_000, 44),
+        ),
+    ];
+    for f in &files {
+        sim.add_file("cleanpy", f.clone());
+    }
+    let s = Sluice::start(&format!(
+        "eviction_grace = \"1s\"\ngc_interval = \"1h\"\n\
+         [[storage.cleanup]]\nid = \"py1\"\nformat = \"pypi\"\nname = \"CleanPy\"\nkeep_last = 1\nmode = \"enforce\"\n\
+         [[auth.token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
+         [[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\nmetadata_ttl = \"1h\"\n",
+        sim.simple_url()
+    ));
+    let data = s.data_dir();
+    let c = http_client();
+    let page_url = format!("{}/pypi/simple/cleanpy/", s.base_url());
+    let page = |c: reqwest::Client| {
+        let url = page_url.clone();
+        async move {
+            let r = c
+                .get(url)
+                .header("Accept", "application/vnd.pypi.simple.v1+json")
+                .send()
+                .await
+                .expect("page");
+            assert_eq!(r.status(), 200);
+            let cache = sluice_cache_header(&r);
+            (cache, json_body(r).await)
+        }
+    };
+    let (_, listing) = page(c.clone()).await;
+    let url_of = |f: &SimFile| {
+        listing["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .find(|x| x["filename"] == f.filename.as_str())
+            .and_then(|x| x["url"].as_str())
+            .unwrap_or_else(|| panic!("{} not listed: {listing}", f.filename))
+            .to_string()
+    };
+    let get = |f: &SimFile| {
+        let (url, c) = (url_of(f), c.clone());
+        async move {
+            let r = c.get(url).send().await.expect("file");
+            assert_eq!(r.status(), 200);
+            let cache = sluice_cache_header(&r);
+            (cache, r.bytes().await.expect("body"))
+        }
+    };
+    // Pull order 2.0 (both files), 3.0, 1.0, a second apart (a version's last pull is its
+    // files' access time, kept in whole seconds).
+    for (i, group) in [&files[1..3], &files[3..4], &files[0..1]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        for f in group {
+            let (cache, body) = get(f).await;
+            assert_eq!((cache.as_str(), &body), ("MISS", &f.bytes));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let file_path = |f: &SimFile| blob_path(&data, &sha256_digest(&f.bytes));
+    for f in &files {
+        assert!(file_path(f).exists(), "{} stored", f.filename);
+    }
+
+    // Dry-run first (forced for this call on an enforce policy): reported, nothing removed.
+    // A dry_run that is not a boolean is refused before anything runs.
+    let files_before: BTreeSet<_> = blob_files(&data).into_iter().collect();
+    let r = http_client()
+        .post(format!("{}/-/api/cleanup?dry_run=maybe", s.base_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("bad dry run");
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("dry_run must be true or false"),);
+    let r = http_client()
+        .post(format!("{}/-/api/cleanup?dry_run=true", s.base_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("dry run");
+    assert_eq!(r.status(), 200);
+    let report = json_body(r).await;
+    assert_eq!(
+        selection(&report, "py1"),
+        [
+            sel("cleanpy", "2.0", "would-remove"),
+            sel("cleanpy", "3.0", "would-remove")
+        ],
+        "{report:#}"
+    );
+    let p = &report["policies"][0];
+    assert_eq!(p["mode"], "dry-run");
+    assert_eq!(
+        (p["considered"].as_u64(), p["items"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let would_bytes: u64 = files[1..].iter().map(|f| f.bytes.len() as u64).sum();
+    assert_eq!(p["bytes"].as_u64(), Some(would_bytes), "{report:#}");
+    let files_after: BTreeSet<_> = blob_files(&data).into_iter().collect();
+    assert_eq!(files_before, files_after, "a dry run removed files");
+
+    // Enforce: exactly the files of 2.0 and 3.0 leave the disk and the accounting.
+    let report = run_cleanup(&s).await;
+    assert_eq!(
+        selection(&report, "py1"),
+        [
+            sel("cleanpy", "2.0", "removed"),
+            sel("cleanpy", "3.0", "removed")
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["policies"][0]["mode"], "enforce");
+    assert_eq!(report["policies"][0]["bytes"].as_u64(), Some(would_bytes));
+    for f in &files[1..] {
+        assert!(!file_path(f).exists(), "{} should be removed", f.filename);
+    }
+    assert!(file_path(&files[0]).exists(), "1.0 should stay");
+    let disappeared: BTreeSet<_> = files_before
+        .difference(&blob_files(&data).into_iter().collect())
+        .cloned()
+        .collect();
+    assert_eq!(
+        disappeared,
+        files[1..].iter().map(file_path).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(storage_bytes(&s).await, Some(stored_on_disk(&data)));
+
+    // The simple page is still cached (no upstream request); a removed file comes back
+    // from the upstream byte-exact, a kept one is a hit.
+    let page_gets = sim.count("/simple/cleanpy/");
+    let (cache, _) = page(c.clone()).await;
+    assert_eq!(cache, "HIT");
+    let file_gets = sim.count(&files[3].filename);
+    let (cache, body) = get(&files[3]).await;
+    assert_eq!((cache.as_str(), &body), ("MISS", &files[3].bytes));
+    assert_eq!(sim.count(&files[3].filename), file_gets + 1);
+    let (cache, body) = get(&files[0]).await;
+    assert_eq!((cache.as_str(), &body), ("HIT", &files[0].bytes));
+    assert_eq!(
+        sim.count("/simple/cleanpy/"),
+        page_gets,
+        "the page was fetched again"
+    );
+    assert_eq!(storage_bytes(&s).await, Some(stored_on_disk(&data)));
 }

@@ -1,5 +1,6 @@
 //! The operator CLI against a real running sluice (OCI simulator upstream): `sluice stats`,
-//! `list`, `purge`, `pin`/`unpin`/`pins` and `gc --now` are HTTP clients of the admin API,
+//! `list`, `purge`, `pin`/`unpin`/`pins`, `cleanup` and `gc --now` are HTTP clients of the
+//! admin API (offline `sluice gc` prints what the cleanup policies removed),
 //! with clear failures for a wrong token or an unreachable sluice; and the `/-/api/stats`
 //! figures survive a graceful restart and (up to the last persist) a SIGKILL.
 
@@ -372,4 +373,118 @@ async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     let n = served(&v);
     assert!((9..=12).contains(&n), "{n} artifacts after the crash: {v}");
     assert_eq!(v["since_unix"], before["since_unix"], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_command_reports_runs_in_dry_run_and_offline_gc_prints_what_policies_removed() {
+    let sim = Sim::start().await;
+    let imgs: Vec<SimImage> = (0..3)
+        .map(|i| {
+            sim.push_image(
+                "app",
+                &format!("t{}", i + 1),
+                &[random_bytes(40 * 1024, 30 + i)],
+            )
+        })
+        .collect();
+    let mut s = Sluice::start_with(|port, dir| {
+        config(port, dir, &sim).replace(
+            "[storage]\n",
+            "[storage]\neviction_grace = \"1s\"\ngc_interval = \"1h\"\n",
+        ) + "\n[[storage.cleanup]]\nid = \"keep1\"\nformat = \"oci\"\nname = \"app\"\nkeep_last = 1\nmode = \"enforce\"\n"
+    });
+    let data = s.data_dir();
+    let files = |img: &SimImage| {
+        let mut v = vec![img.manifest_digest.clone(), img.config_digest.clone()];
+        v.extend(img.layer_digests.iter().cloned());
+        v
+    };
+    let stored = |img: &SimImage| files(img).iter().all(|d| blob_path(&data, d).exists());
+    let gone = |img: &SimImage| files(img).iter().all(|d| !blob_path(&data, d).exists());
+
+    // Nothing evaluated yet.
+    let o = ok(&s, &["cleanup", "--token", ADMIN]).await;
+    assert!(o.starts_with("no cleanup evaluation yet"), "{o}");
+
+    pull(&s, "app", "t1", &imgs[0]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    pull(&s, "app", "t2", &imgs[1]).await;
+    // Out of eviction_grace.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    // A read token may not look or run: exit 1 with the 403 hint, nothing removed.
+    let cfg = s.config_path().display().to_string();
+    for args in [
+        vec!["cleanup", "--config", &cfg, "--token", READER],
+        vec!["cleanup", "--config", &cfg, "--token", READER, "--run"],
+    ] {
+        let o = cli(&args, &[]).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", err(&o));
+        assert!(
+            err(&o).contains("403") && err(&o).contains("needs a token with role admin"),
+            "{}",
+            err(&o)
+        );
+        assert!(out(&o).is_empty());
+    }
+    assert!(stored(&imgs[0]) && stored(&imgs[1]));
+    // --dry-run only goes with --run.
+    let o = cli(
+        &["cleanup", "--config", &cfg, "--token", ADMIN, "--dry-run"],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+
+    // --run --dry-run on an enforce policy: reported, nothing removed.
+    let o = ok(&s, &["cleanup", "--token", ADMIN, "--run", "--dry-run"]).await;
+    assert!(
+        o.starts_with("policy keep1 (dry-run): would remove 1 of 2 considered ("),
+        "{o}"
+    );
+    let t1 = row(&o, "oci");
+    assert_eq!(t1[..5], ["oci", "sim", "app", "t1", "would-remove"], "{o}");
+    assert_eq!(t1[5], "3", "{o}");
+    assert!(t1[6].ends_with("KiB") && t1[7].ends_with('Z'), "{o}");
+    assert!(!o.contains("t2"), "{o}");
+    assert!(stored(&imgs[0]) && stored(&imgs[1]));
+
+    // No flag: the last report, as a table.
+    let last = ok(&s, &["cleanup", "--token", ADMIN]).await;
+    assert_eq!(row(&last, "oci")[..5], t1[..5], "{last}");
+    let v = ok_json(&s, &["cleanup", "--token", ADMIN, "--json"]).await;
+    assert_eq!(v["policies"][0]["mode"], "dry-run", "{v}");
+
+    // --run: the policy in its own mode removes t1.
+    let v = ok_json(&s, &["cleanup", "--token", ADMIN, "--run", "--json"]).await;
+    let p = &v["policies"][0];
+    assert_eq!(p["mode"], "enforce", "{v}");
+    assert_eq!(p["selected"][0]["tag"], "t1", "{v}");
+    assert_eq!(p["selected"][0]["status"], "removed", "{v}");
+    assert!(gone(&imgs[0]) && stored(&imgs[1]));
+    let o = ok(&s, &["cleanup", "--token", ADMIN]).await;
+    assert!(
+        o.starts_with("policy keep1 (enforce): removed 1 of 2 considered"),
+        "{o}"
+    );
+
+    // Offline gc runs enforce policies too and says what each removed: t3 pulled last
+    // (recorded at the graceful stop), so t2 goes.
+    pull(&s, "app", "t3", &imgs[2]).await;
+    assert!(s.stop().is_some_and(|st| st.success()));
+    let o = cli(&["gc", "--config", &cfg], &[]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("sluice gc: removed 0 files"), "{text}");
+    assert!(
+        lines[1].starts_with("cleanup policy keep1 (enforce): removed 1 of 2 considered ("),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("  removed oci app:t2 (3 files, "),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(gone(&imgs[1]) && stored(&imgs[2]));
 }

@@ -8,7 +8,7 @@
 //! | `POST /-/api/pin?format=&name=[&tag=]`, `POST /-/api/unpin?…` | admin | run-time pins |
 //! | `GET /-/api/pins` | admin | configured and run-time pins |
 //! | `POST /-/api/gc` | admin | run eviction and index GC now |
-//! | `GET /-/api/cleanup`, `POST /-/api/cleanup` | admin | last cleanup-policy evaluation; run it now |
+//! | `GET /-/api/cleanup`, `POST /-/api/cleanup[?dry_run=true]` | admin | last cleanup-policy evaluation; run it now (`dry_run`: report only) |
 //! | `GET /-/api/policy/check?format=&name=&version=` | admin | evaluate the policy |
 //!
 //! Parameters come from the query string, or from a JSON object body with the same keys.
@@ -140,10 +140,23 @@ pub async fn handle(
         }
         ("GET", "cleanup") => Ok(cleanup_reply(app.store.cleanup_reports())),
         ("POST", "cleanup") => {
+            // `dry_run=true` forces every policy to report only, for this call; nothing a
+            // request says makes a `dry-run` policy remove.
+            let dry_run = match p("dry_run") {
+                None | Some("false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(_) => return Err(bad("dry_run must be true or false")),
+            };
             let app2 = app.clone();
             let reports = blocking(move || {
                 let s = &app2.config.storage;
-                crate::store::cleanup::run(&app2.store, &s.cleanup, &s.pins, app2.limits.grace)
+                let mut policies = s.cleanup.clone();
+                if dry_run {
+                    for p in &mut policies {
+                        p.mode = sluice_config::CleanupMode::DryRun;
+                    }
+                }
+                crate::store::cleanup::run(&app2.store, &policies, &s.pins, app2.limits.grace)
                     .map_err(ProxyError::internal)
             })
             .await?;

@@ -1,6 +1,6 @@
 //! The operator commands that talk to a running sluice through its admin API
-//! ([`crate::admin`]): `sluice stats`, `list`, `purge`, `pin`, `unpin`, `pins` and
-//! `gc --now`.
+//! ([`crate::admin`]): `sluice stats`, `list`, `purge`, `pin`, `unpin`, `pins`,
+//! `cleanup` and `gc --now`.
 //!
 //! sluice is found as `sluice warm` finds it: `--url` (or `SLUICE_URL`), else the config's
 //! `server.public_url`, else `http://<server.listen>` (a wildcard listen address is reached
@@ -85,6 +85,13 @@ pub enum Action {
     Pins,
     /// `POST /-/api/gc`.
     Gc,
+    /// `GET /-/api/cleanup` (the last evaluation), or with `run` `POST` (evaluate now).
+    Cleanup {
+        /// Evaluate the policies now.
+        run: bool,
+        /// With `run`: report only, whatever the policies' modes.
+        dry_run: bool,
+    },
 }
 
 /// sluice's base URL: `url` if given, else the config's public URL, with a wildcard host
@@ -132,6 +139,7 @@ pub fn run(cfg: &Config, remote: &Remote, action: &Action, json: bool) -> Result
         Action::Unpin { format, target } => format!("unpinned {format} {target}\n"),
         Action::Pins => pins_table(&v),
         Action::Gc => gc_line(&v) + "\n",
+        Action::Cleanup { run, .. } => cleanup_table(&v, *run),
     })
 }
 
@@ -182,6 +190,15 @@ fn request_of(action: &Action) -> Result<Request, Failure> {
         Action::Unpin { format, target } => (Method::POST, "unpin", named(format, target)?),
         Action::Pins => (Method::GET, "pins", Vec::new()),
         Action::Gc => (Method::POST, "gc", Vec::new()),
+        Action::Cleanup { run: false, .. } => (Method::GET, "cleanup", Vec::new()),
+        Action::Cleanup { run: true, dry_run } => {
+            let p = if *dry_run {
+                vec![("dry_run", "true".to_string())]
+            } else {
+                Vec::new()
+            };
+            (Method::POST, "cleanup", p)
+        }
     })
 }
 
@@ -483,9 +500,11 @@ pub fn gc_report_line(r: &crate::store::evict::Report) -> String {
     gc_line(&serde_json::to_value(r).unwrap_or_default())
 }
 
-/// The summary of a collection ([`crate::store::evict::Report`] as JSON).
+/// The summary of a collection ([`crate::store::evict::Report`] as JSON): a line for
+/// eviction, then one per cleanup policy evaluated, and under an enforced one a line per
+/// tag or version it removed (the report is not kept anywhere else after an offline run).
 pub fn gc_line(v: &Value) -> String {
-    format!(
+    let mut out = format!(
         "sluice gc: removed {} files ({} bytes; {} least recently used, {} idle), \
          kept {} pinned, dropped {} index records; {} bytes stored",
         num(&v["evicted_lru"]) + num(&v["evicted_idle"]),
@@ -495,7 +514,119 @@ pub fn gc_line(v: &Value) -> String {
         num(&v["kept_pinned"]),
         num(&v["index_records_dropped"]),
         num(&v["stored_bytes"])
+    );
+    for p in v["cleanup"].as_array().map_or(&[][..], Vec::as_slice) {
+        let _ = write!(out, "\ncleanup policy {}", policy_summary(p));
+        if p["mode"] != "enforce" {
+            continue;
+        }
+        for x in p["selected"].as_array().map_or(&[][..], Vec::as_slice) {
+            if x["status"] == "removed" {
+                let _ = write!(
+                    out,
+                    "\n  removed {} {} ({} files, {})",
+                    x["format"].as_str().unwrap_or("?"),
+                    reference(x),
+                    num(&x["files"]),
+                    human_bytes(num(&x["bytes"]))
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `NAME:TAG` (npm `NAME@VERSION`, PyPI `NAME==VERSION`) of a selected item, as the
+/// commands take it.
+fn reference(x: &Value) -> String {
+    let (name, tag) = (
+        x["name"].as_str().unwrap_or("?"),
+        x["tag"].as_str().unwrap_or("?"),
+    );
+    let sep = match x["format"].as_str() {
+        Some("npm") => "@",
+        Some("pypi") => "==",
+        _ => ":",
+    };
+    format!("{name}{sep}{tag}")
+}
+
+/// `keep2 (enforce): removed 2 of 5 considered (1.2 MiB); 1 kept pinned, 0 in use`.
+fn policy_summary(p: &Value) -> String {
+    let mode = p["mode"].as_str().unwrap_or("?");
+    format!(
+        "{} ({mode}): {} {} of {} considered ({}); {} kept pinned, {} in use",
+        p["policy"].as_str().unwrap_or("?"),
+        if mode == "enforce" {
+            "removed"
+        } else {
+            "would remove"
+        },
+        num(&p["items"]),
+        num(&p["considered"]),
+        human_bytes(num(&p["bytes"])),
+        num(&p["kept_pinned"]),
+        num(&p["deferred"])
     )
+}
+
+/// `sluice cleanup`: per policy a summary line and what it selected, least recently
+/// pulled first. `ran`: the answer of an evaluation just run (else the last one kept).
+pub fn cleanup_table(v: &Value, ran: bool) -> String {
+    let policies = v["policies"].as_array().map_or(&[][..], Vec::as_slice);
+    if policies.is_empty() {
+        return if ran {
+            "no cleanup policies configured ([[storage.cleanup]])\n".into()
+        } else {
+            "no cleanup evaluation yet: policies run at every full collection \
+             (gc_interval); `sluice cleanup --run` runs them now\n"
+                .into()
+        };
+    }
+    let mut out = String::new();
+    for (i, p) in policies.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "policy {}, evaluated {} in {} ms",
+            policy_summary(p),
+            utc(num(&p["evaluated_at_ms"]) / 1000),
+            num(&p["duration_ms"])
+        );
+        let selected = p["selected"].as_array().map_or(&[][..], Vec::as_slice);
+        if selected.is_empty() {
+            out.push_str("nothing selected\n");
+            continue;
+        }
+        let mut rows = vec![[
+            "FORMAT",
+            "UPSTREAM",
+            "NAME",
+            "TAG",
+            "STATUS",
+            "FILES",
+            "SIZE",
+            "LAST PULLED",
+        ]
+        .map(str::to_string)
+        .to_vec()];
+        for x in selected {
+            rows.push(vec![
+                x["format"].as_str().unwrap_or("?").to_string(),
+                x["upstream"].as_str().unwrap_or("?").to_string(),
+                x["name"].as_str().unwrap_or("?").to_string(),
+                x["tag"].as_str().unwrap_or("?").to_string(),
+                x["status"].as_str().unwrap_or("?").to_string(),
+                num(&x["files"]).to_string(),
+                human_bytes(num(&x["bytes"])),
+                utc(num(&x["last_pulled_ms"]) / 1000),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -608,5 +739,69 @@ mod tests {
             pins_table(&json!({"configured": [], "runtime": []})),
             "no pins\n"
         );
+    }
+
+    fn policy(mode: &str, status: &str) -> Value {
+        json!({
+            "policy": "keep1", "mode": mode, "evaluated_at_ms": 86_400_000 * 20_513_u64,
+            "duration_ms": 4, "considered": 3, "items": 2, "bytes": 3072, "kept_pinned": 1,
+            "deferred": 0,
+            "selected": [
+                {"format": "pypi", "upstream": "pypi", "name": "demo", "tag": "1.0",
+                 "files": 2, "bytes": 2048, "last_pulled_ms": 86_400_000 * 20_512_u64,
+                 "status": status},
+                {"format": "oci", "upstream": "hub", "name": "team/app", "tag": "v1",
+                 "files": 1, "bytes": 1024, "last_pulled_ms": 0, "status": status},
+                {"format": "npm", "upstream": "npmjs", "name": "@s/p", "tag": "2.0.0",
+                 "files": 1, "bytes": 9, "last_pulled_ms": 0, "status": "pinned"},
+            ],
+        })
+    }
+
+    #[test]
+    fn cleanup_reports_read_as_a_table_and_gc_lists_what_enforced_policies_removed() {
+        let t = cleanup_table(
+            &json!({"policies": [policy("dry-run", "would-remove")]}),
+            true,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "policy keep1 (dry-run): would remove 2 of 3 considered (3.0 KiB); 1 kept pinned, \
+             0 in use, evaluated 2026-03-01T00:00:00Z in 4 ms"
+        );
+        assert!(
+            lines[1].starts_with("FORMAT  UPSTREAM  NAME      TAG    STATUS"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("pypi    pypi      demo      1.0    would-remove  2      2.0 KiB"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("2026-02-28T00:00:00Z"), "{t}");
+        assert!(lines[3].ends_with("  -"), "never pulled: {t}");
+        assert!(lines[4].contains(" pinned "), "{t}");
+        assert!(
+            cleanup_table(&json!({"policies": []}), false).starts_with("no cleanup evaluation yet")
+        );
+        assert!(cleanup_table(&json!({"policies": []}), true)
+            .starts_with("no cleanup policies configured"));
+
+        // gc: a line per policy; removed items only under an enforced one.
+        let gc = json!({"evicted_lru": 0, "evicted_idle": 0, "freed_bytes": 0,
+                        "cleanup": [policy("enforce", "removed"), policy("dry-run", "would-remove")]});
+        let g = gc_line(&gc);
+        let lines: Vec<&str> = g.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "cleanup policy keep1 (enforce): removed 2 of 3 considered (3.0 KiB); 1 kept pinned, 0 in use",
+                "  removed pypi demo==1.0 (2 files, 2.0 KiB)",
+                "  removed oci team/app:v1 (1 files, 1.0 KiB)",
+                "cleanup policy keep1 (dry-run): would remove 2 of 3 considered (3.0 KiB); 1 kept pinned, 0 in use",
+            ],
+            "{g}"
+        );
+        assert_eq!(gc_line(&json!({})).lines().count(), 1);
     }
 }

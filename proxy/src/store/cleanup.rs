@@ -27,7 +27,7 @@ use super::{unix_ms, unix_secs, Store};
 use crate::digest::Digest;
 
 /// One tag or version a policy selected.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Selected {
     /// `oci`, `npm` or `pypi`.
     pub format: &'static str,
@@ -51,7 +51,7 @@ pub struct Selected {
 }
 
 /// The last evaluation of one policy.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PolicyReport {
     /// The policy's `id`.
     pub policy: String,

@@ -97,6 +97,9 @@ pub struct Report {
     pub cleanup_freed_bytes: u64,
     /// Stored bytes after the run.
     pub stored_bytes: u64,
+    /// What each cleanup policy did in this run (empty without policies or in a run that
+    /// does not evaluate them).
+    pub cleanup: Vec<super::cleanup::PolicyReport>,
 }
 
 /// Why a file was removed (the `reason` label of `sluice_evictions_total`).
@@ -126,8 +129,10 @@ pub fn collect(
     gc_index: bool,
 ) -> anyhow::Result<Report> {
     let mut cleaned = (0, 0);
+    let mut policies = Vec::new();
     if gc_index && !cfg.cleanup.is_empty() {
-        for r in super::cleanup::run(store, &cfg.cleanup, &cfg.pins, limits.grace)? {
+        policies = super::cleanup::run(store, &cfg.cleanup, &cfg.pins, limits.grace)?;
+        for r in &policies {
             if r.mode == "enforce" {
                 cleaned.0 += r.items as u64;
                 cleaned.1 += r.bytes;
@@ -137,6 +142,7 @@ pub fn collect(
     let protected = store.protected(&cfg.pins)?;
     let mut report = store.evict(limits, &protected, gc_index)?;
     (report.cleanup_removed, report.cleanup_freed_bytes) = cleaned;
+    report.cleanup = policies;
     Ok(report)
 }
 
