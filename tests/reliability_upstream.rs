@@ -170,14 +170,21 @@ async fn open_circuit_fails_fast_serves_stale_and_a_probe_closes_it() {
         let (status, cache, body) = get(&c, &tag, Some(OCI_MANIFEST)).await;
         assert_eq!((status, cache.as_str()), (200, "STALE"));
         assert!(body == img.manifest);
+        // Uncached: 503 at once, with Retry-After (seconds to the probe) and an OCI error.
         let t = Instant::now();
-        let (status, _, _) = get(&c, &blob, None).await;
-        assert!((500..600).contains(&status));
+        let r = c.get(&blob).send().await.expect("GET blob");
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "{:?}",
             t.elapsed()
         );
+        assert_eq!(r.status(), 503, "an open circuit answers 503");
+        let retry_after: u64 = common::header(&r, "retry-after")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+        let err = common::json_body(r).await;
+        assert_eq!(err["errors"][0]["code"], "UNAVAILABLE", "{err}");
         assert_eq!(
             sim.requests().len(),
             seen,

@@ -221,7 +221,10 @@ impl Store {
         let bytes = if len == 0 {
             Bytes::new()
         } else if len <= SMALL_FILE {
-            let b = Bytes::from(fs::read(self.path_of(d)).ok()?);
+            // From the open handle: the path may be unlinked (evicted) since the open.
+            let mut v = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut &file, &mut v).ok()?;
+            let b = Bytes::from(v);
             self.small.insert(*d, b.clone());
             b
         } else {
@@ -259,14 +262,17 @@ impl Store {
     /// the bytes freed, `None` if it was not stored. Readers that already hold it keep a
     /// valid copy: small files are shared `Bytes`, large ones a mapping of the unlinked
     /// file. Blocking.
+    ///
+    /// The index records go first, the file last: a request that finds no record fetches
+    /// the content again, and one that found the record but then cannot open the file finds
+    /// no record when it goes to fetch it (never "indexed but missing", which would fail
+    /// it). A crash in between leaves a verified file without a record, which the next
+    /// start re-indexes.
     pub fn remove(&self, d: &Digest) -> anyhow::Result<Option<u64>> {
         let path = self.path_of(d);
         let _g = self.mutate.lock();
         let size = match fs::metadata(&path) {
-            Ok(m) => {
-                fs::remove_file(&path)?;
-                Some(m.len())
-            }
+            Ok(m) => Some(m.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
@@ -274,6 +280,13 @@ impl Store {
         self.index.remove(Tree::Manifests, d.as_bytes())?;
         self.small.invalidate(d);
         self.pending_access.lock().remove(d);
+        if size.is_some() {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(n) = size {
             let prev = self
                 .total_bytes
