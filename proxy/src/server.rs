@@ -45,13 +45,75 @@ impl HttpApp {
         }
     }
 
-    fn request_id(&self) -> String {
-        format!(
-            "{:08x}{:08x}",
-            self.prefix,
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        )
+    fn request_id(&self) -> RequestId {
+        RequestId::new(self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// A request id: 16 lowercase hex digits (random per-process prefix, sequence number),
+/// kept on the stack.
+struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn new(prefix: u32, seq: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; 16];
+        // `{prefix:08x}{seq:08x}`: a sequence past 32 bits keeps its low 8 digits' width
+        // only when it fits, as the format string did; wider values are rare enough to
+        // take the formatting path.
+        if seq > u64::from(u32::MAX) {
+            let s = format!("{prefix:08x}{seq:08x}");
+            let mut id = RequestId([0; 16]);
+            id.0.copy_from_slice(&s.as_bytes()[s.len() - 16..]);
+            return id;
+        }
+        let v = (u64::from(prefix) << 32) | seq;
+        for (i, c) in b.iter_mut().enumerate() {
+            *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(b)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// `IP:port` of the client, as `SocketAddr`'s `Display` writes it (IPv4 without going
+/// through the formatter).
+fn client_text(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> String {
+    let Some(addr) = addr else {
+        return String::new();
+    };
+    match addr.as_inet() {
+        Some(std::net::SocketAddr::V4(v4)) => {
+            let mut s = String::with_capacity(21);
+            for (i, o) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_decimal(&mut s, u32::from(o));
+            }
+            s.push(':');
+            push_decimal(&mut s, u32::from(v4.port()));
+            s
+        }
+        _ => addr.to_string(),
+    }
+}
+
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 /// Which client protocol a path belongs to (metrics label, error format).
@@ -99,29 +161,21 @@ impl HttpServerApp for HttpApp {
         }
         let started = Instant::now();
         let request_id = self.request_id();
-        let req = session.req_header();
-        let method = req.method.clone();
-        let path = req.uri.path().to_string();
-        let query = req.uri.query().map(str::to_string);
-        let header = |n: &str| {
-            req.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let range = header("range");
-        let authorization = header("authorization");
-        let headers = req.headers.clone();
-        let client = session
-            .client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let request_id = request_id.as_str();
+        let method = session.req_header().method.clone();
+        let client = client_text(session.client_addr());
 
         // Request bodies are read only for POSTs to mounted upstreams (npm audits), bounded.
         let mut body = None;
         let mut keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
-        let admin_post = method == Method::POST && path.starts_with("/-/api/");
-        if method == Method::POST && (admin_post || self.mounted_name(&path).is_some()) {
+        let (admin_post, mounted_post) = {
+            let path = session.req_header().uri.path();
+            (
+                method == Method::POST && path.starts_with("/-/api/"),
+                method == Method::POST && self.mounted_name(path).is_some(),
+            )
+        };
+        if admin_post || mounted_post {
             let limit = if admin_post {
                 MAX_ADMIN_BODY
             } else {
@@ -137,18 +191,21 @@ impl HttpServerApp for HttpApp {
         }
         session.set_keepalive(if keepalive { Some(60) } else { None });
 
+        // The request head is borrowed, not copied, while the handler runs.
+        let req = session.req_header();
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
         let incoming = Incoming {
             method: &method,
-            path: &path,
-            query: query.as_deref(),
-            range: range.as_deref(),
-            authorization: authorization.as_deref(),
-            headers: &headers,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            range: header("range"),
+            authorization: header("authorization"),
+            headers: &req.headers,
         };
         let (kind, result) = self.route(incoming, body).await;
         let reply = match result {
             Ok(r) => r,
-            Err(e) => error_reply(&e, kind, &request_id),
+            Err(e) => error_reply(&e, kind, request_id),
         };
         let reply = if method == Method::HEAD {
             reply.into_head()
@@ -158,7 +215,7 @@ impl HttpServerApp for HttpApp {
         let status = reply.status.as_u16();
         let cache = reply.cache;
         // Tells an image manifest from an index, for the images-served figure.
-        let manifest_type = (kind == Kind::Oci && path.contains("/manifests/"))
+        let manifest_type = (kind == Kind::Oci && req.uri.path().contains("/manifests/"))
             .then(|| {
                 reply
                     .headers
@@ -167,8 +224,9 @@ impl HttpServerApp for HttpApp {
                     .map(|(_, v)| v.clone())
             })
             .flatten();
-        let name = self.log_name(kind, &method, &path);
-        let (ok, sent) = write_reply(&mut session, reply, &request_id).await;
+        let (ok, sent) = write_reply(&mut session, reply, request_id).await;
+        let path = session.req_header().uri.path();
+        let name = self.log_name(kind, &method, path);
         let cached_bytes = if matches!(
             cache,
             CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated
@@ -186,7 +244,7 @@ impl HttpServerApp for HttpApp {
         self.app.stats.record(&crate::stats::Served {
             format: kind.label(),
             get: method == Method::GET,
-            path: &path,
+            path,
             status,
             cache,
             cached_bytes,
@@ -194,11 +252,11 @@ impl HttpServerApp for HttpApp {
             content_type: manifest_type.as_deref(),
         });
         crate::accesslog::write(&crate::accesslog::Line {
-            request_id: &request_id,
+            request_id,
             client: &client,
             format: kind.label(),
             method: method.as_str(),
-            path: &path,
+            path,
             name: name.as_deref(),
             status,
             cache: cache.as_str(),
@@ -367,13 +425,18 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, (
 impl HttpApp {
     /// The package or repository a request names, for the access log: derived from the
     /// path (best effort; the OCI name keeps any upstream prefix).
-    fn log_name(&self, kind: Kind, method: &Method, path: &str) -> Option<String> {
+    fn log_name<'p>(
+        &self,
+        kind: Kind,
+        method: &Method,
+        path: &'p str,
+    ) -> Option<std::borrow::Cow<'p, str>> {
         match kind {
             Kind::Oci => oci::OciRoute::parse(path.strip_prefix("/v2/")?)
                 .name()
-                .map(str::to_string),
-            Kind::Npm => formats::npm::log_name(method, self.mounted_name(path)?.1),
-            Kind::Pypi => formats::pypi::log_name(self.mounted_name(path)?.1),
+                .map(std::borrow::Cow::Borrowed),
+            Kind::Npm => formats::npm::log_name(method, self.mounted_name(path)?.1).map(Into::into),
+            Kind::Pypi => formats::pypi::log_name(self.mounted_name(path)?.1).map(Into::into),
             _ => None,
         }
     }
@@ -423,8 +486,9 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
     for (k, v) in &reply.headers {
         let _ = resp.append_header(*k, v.as_str());
     }
-    let _ = resp.insert_header("X-Request-Id", request_id);
-    let _ = resp.insert_header("X-Sluice-Cache", reply.cache.as_str());
+    // Handlers never set these three (Reply's contract), so appending is enough.
+    let _ = resp.append_header("X-Request-Id", request_id);
+    let _ = resp.append_header("X-Sluice-Cache", reply.cache.as_str());
     let length = match &reply.body {
         Body::Empty => reply.head_length.or(Some(0)),
         Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
@@ -433,12 +497,12 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
     };
     match length {
         Some(l) => {
-            let _ = resp.insert_header("Content-Length", l.to_string());
+            let _ = resp.append_header("Content-Length", l.to_string());
         }
         // Unknown length: chunked, so that an aborted body is distinguishable from a
         // complete one (a close-delimited body would not be).
         None => {
-            let _ = resp.insert_header("Transfer-Encoding", "chunked");
+            let _ = resp.append_header("Transfer-Encoding", "chunked");
         }
     }
     if session.write_response_header(Box::new(resp)).await.is_err() {
