@@ -248,6 +248,14 @@ impl Docs {
         Some(doc)
     }
 
+    /// The cached document `key` when [`Docs::get`] (not forced) would answer it from the
+    /// cache as a `HIT`, so a handler can skip building its fetcher.
+    pub fn fresh(&self, key: &str, fresh: Freshness) -> Option<Arc<Doc>> {
+        let doc = self.lookup(key)?;
+        let age = unix_ms().saturating_sub(doc.fetched_at_ms);
+        (fresh.offline || u128::from(age) < fresh.ttl.as_millis()).then_some(doc)
+    }
+
     /// The cached document `key`, whatever its age, without contacting the upstream (to
     /// pick which of several cached variants to consult).
     pub fn peek(&self, key: &str) -> Option<Arc<Doc>> {

@@ -292,7 +292,6 @@ async fn packument(
     // `time` map (publish times, for cooldowns) and licenses are not in the abbreviated form.
     let policy_on = !app.policy.engine().is_empty();
     let (doc, cache) = get_packument(app, up, name, corgi && !policy_on, force).await?;
-    let base = tarball_base(app, up, name);
     // Rendered forms drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire).
     let gen = format!(
@@ -302,6 +301,7 @@ async fn packument(
     );
     let variant = format!("{}{gen}", if corgi { "npm-corgi" } else { "npm-full" });
     let rendered = app.docs.render(&doc, &variant, |d| {
+        let base = tarball_base(app, up, name);
         let (source, notice) =
             match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
                 Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),
@@ -354,6 +354,12 @@ async fn get_packument(
     force: bool,
 ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
     let key = doc_key(up, name, corgi);
+    if !force {
+        // A hit needs no fetcher.
+        if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
+            return Ok((doc, CacheStatus::Hit));
+        }
+    }
     let fetcher = packument_fetcher(app, up, name, corgi);
     let got = app
         .docs

@@ -419,32 +419,36 @@ async fn project(
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
     app.policy.check(&files::facts(up, &norm, None, None))?;
-    let url = page_url(up, &norm)?;
     let key = format!("pypi/{}/simple/{norm}", up.name());
-    let fetch = {
-        let (app2, up_name, norm2, url2) = (
-            app.clone(),
-            up.name().to_string(),
-            norm.clone(),
-            url.clone(),
-        );
-        fetcher(app, up, url.clone(), UPSTREAM_ACCEPT, move |b, ct| {
-            let page = simple::parse_page(b, ct, &url2, &norm2)?;
-            files::record_files(&app2, &up_name, &norm2, &page.files, false)
-                .map_err(|e| e.to_string())
-        })
+    // A hit builds no upstream URL and no fetcher.
+    let (doc, cache) = match app.docs.fresh(&key, app.freshness(up)) {
+        Some(doc) => (doc, CacheStatus::Hit),
+        None => {
+            let url = page_url(up, &norm)?;
+            let fetch = {
+                let (app2, up_name, norm2, url2) = (
+                    app.clone(),
+                    up.name().to_string(),
+                    norm.clone(),
+                    url.clone(),
+                );
+                fetcher(app, up, url, UPSTREAM_ACCEPT, move |b, ct| {
+                    let page = simple::parse_page(b, ct, &url2, &norm2)?;
+                    files::record_files(&app2, &up_name, &norm2, &page.files, false)
+                        .map_err(|e| e.to_string())
+                })
+            };
+            app.docs
+                .get(
+                    &key,
+                    app.freshness(up),
+                    false,
+                    fetch,
+                    not_found(format!("project {norm}")),
+                )
+                .await?
+        }
     };
-    let (doc, cache) = app
-        .docs
-        .get(
-            &key,
-            app.freshness(up),
-            false,
-            fetch,
-            not_found(format!("project {norm}")),
-        )
-        .await?;
-    let mount = app.mount_url(up.name());
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire).
     let variant_key = format!(
@@ -453,8 +457,10 @@ async fn project(
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
-    let (policy, up2) = (app.policy.clone(), up.clone());
+    let (app2, up2) = (app.clone(), up.clone());
     let rendered = render(app, doc, variant_key, move |doc| {
+        let (policy, mount) = (&app2.policy, app2.mount_url(up2.name()));
+        let url = page_url(&up2, &norm)?;
         let mut page = simple::parse_page(&doc.bytes, &doc.content_type, &url, &norm)
             .map_err(ProxyError::internal)?;
         if !policy.engine().is_empty() {
