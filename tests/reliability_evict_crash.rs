@@ -22,6 +22,9 @@ const ROUNDS: u64 = 8;
 const BLOB_SIZE: usize = 32 * 1024;
 const FETCHERS: usize = 4;
 
+/// A blob a fetcher pulled: digest and bytes.
+type Pulled = (String, Vec<u8>);
+
 /// Sum of the samples of `name` (all label sets) in a metrics page.
 fn metric(page: &str, name: &str) -> f64 {
     page.lines()
@@ -82,7 +85,7 @@ circuit_failures = 0
             );
             // Each fetcher pulls fresh blobs only (a hit would renew a file's grace), made
             // up and added to the simulator as it goes.
-            let blobs: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+            let blobs: Arc<Mutex<Vec<Pulled>>> = Arc::default();
             let next = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
             let fetchers: Vec<_> = (0..FETCHERS)
