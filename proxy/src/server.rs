@@ -50,32 +50,33 @@ impl HttpApp {
     }
 }
 
-/// A request id: 16 lowercase hex digits (random per-process prefix, sequence number),
+/// A request id: `{prefix:08x}{seq:08x}` (random per-process prefix, sequence number),
 /// kept on the stack.
-struct RequestId([u8; 16]);
+struct RequestId {
+    buf: [u8; 24],
+    len: usize,
+}
 
 impl RequestId {
     fn new(prefix: u32, seq: u64) -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut b = [0u8; 16];
-        // `{prefix:08x}{seq:08x}`: a sequence past 32 bits keeps its low 8 digits' width
-        // only when it fits, as the format string did; wider values are rare enough to
-        // take the formatting path.
-        if seq > u64::from(u32::MAX) {
-            let s = format!("{prefix:08x}{seq:08x}");
-            let mut id = RequestId([0; 16]);
-            id.0.copy_from_slice(&s.as_bytes()[s.len() - 16..]);
-            return id;
+        // At least 8 digits for the sequence, more once it passes 32 bits.
+        let seq_digits = (16 - seq.leading_zeros() as usize / 4).max(8);
+        let mut id = RequestId {
+            buf: [0; 24],
+            len: 8 + seq_digits,
+        };
+        for i in 0..8 {
+            id.buf[i] = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
         }
-        let v = (u64::from(prefix) << 32) | seq;
-        for (i, c) in b.iter_mut().enumerate() {
-            *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        for i in 0..seq_digits {
+            id.buf[8 + i] = HEX[((seq >> (4 * (seq_digits - 1 - i))) & 0xf) as usize];
         }
-        RequestId(b)
+        id
     }
 
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -571,4 +572,32 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
         return (false, sent);
     }
     (true, sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_match_the_hex_format() {
+        for (p, q) in [
+            (0u32, 0u64),
+            (0xdead_beef, 1),
+            (7, 0xffff_ffff),
+            (1, 1 << 32),
+            (u32::MAX, u64::MAX),
+        ] {
+            assert_eq!(RequestId::new(p, q).as_str(), format!("{p:08x}{q:08x}"));
+        }
+    }
+
+    #[test]
+    fn client_text_matches_display() {
+        for a in ["127.0.0.1:53160", "10.0.0.255:1", "[::1]:8080"] {
+            let std: std::net::SocketAddr = a.parse().unwrap();
+            let addr = pingora::protocols::l4::socket::SocketAddr::Inet(std);
+            assert_eq!(client_text(Some(&addr)), std.to_string());
+        }
+        assert_eq!(client_text(None), "");
+    }
 }
