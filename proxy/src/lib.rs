@@ -15,9 +15,9 @@ pub mod docs;
 pub mod error;
 pub mod fill;
 pub mod flight;
-pub mod logsink;
 pub mod formats;
 pub mod hashes;
+pub mod logsink;
 pub mod metrics;
 pub mod names;
 pub mod policy;
@@ -76,6 +76,9 @@ pub fn serve(
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: String::new(),
+        // One single-threaded runtime per thread: a connection's request, reply and log
+        // stay on one thread (no work-stealing wake-ups between them).
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
