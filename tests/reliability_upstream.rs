@@ -209,6 +209,55 @@ async fn open_circuit_fails_fast_serves_stale_and_a_probe_closes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_queue_for_a_concurrency_slot_first() {
+    let sim = Sim::start().await;
+    let failing = sim.add_blob(random_bytes(1000, 708));
+    let probe = sim.add_blob(random_bytes(1000, 709));
+    let other = sim.add_blob(random_bytes(1000, 710));
+    let s = sluice_for(
+        &sim,
+        "retries = 0\ncircuit_failures = 1\ncircuit_cooldown = \"1s\"\n\
+         max_concurrent = 1\nqueue_timeout = \"20s\"",
+    );
+    within(60, "open circuit before the queue", async {
+        let c = http_client();
+        let url = |d: &str| format!("{}/v2/app/blobs/{d}", s.base_url());
+        sim.fault(&failing, Fault::Status(503));
+        let (status, _, _) = get(&c, &url(&failing), None).await;
+        assert!((500..600).contains(&status), "the failure that opens the circuit");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The half-open probe holds the only concurrency slot: its upstream answer is held.
+        let gate = common::sim::Gate::new();
+        sim.fault(&probe, Fault::HoldHead(gate.clone()));
+        let probe_req = tokio::spawn({
+            let (c, u) = (c.clone(), url(&probe));
+            async move { get(&c, &u, None).await.0 }
+        });
+        assert!(
+            common::eventually(Duration::from_secs(10), || {
+                sim.requests().iter().any(|r| r.path.contains(&probe))
+            })
+            .await,
+            "the probe never reached the upstream"
+        );
+        // Refused at once with 503, not after waiting queue_timeout for the slot.
+        let t = Instant::now();
+        let (status, _, _) = get(&c, &url(&other), None).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "refused only after {:?}",
+            t.elapsed()
+        );
+        assert_eq!(status, 503);
+        gate.open();
+        assert_eq!(probe_req.await.expect("probe task"), 200);
+        let (status, _, _) = get(&c, &url(&other), None).await;
+        assert_eq!(status, 200, "the probe closed the circuit");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_stale_bounds_how_old_a_stale_tag_may_be() {
     let sim = Sim::start().await;
     sim.push_image("app", "latest", &[random_bytes(2000, 708)]);

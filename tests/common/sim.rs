@@ -47,6 +47,8 @@ pub enum Fault {
         gate: Gate,
         after: usize,
     },
+    /// Send nothing, not even the status line, until `gate` is opened; then answer normally.
+    HoldHead(Gate),
     /// Answer with this status and a `Retry-After` header with this value.
     RetryAfter(u16, String),
     /// The inner fault for the next `remaining` matching requests, then normal service
@@ -519,6 +521,9 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     done: impl FnOnce(),
 ) -> io::Result<bool> {
     let mut done = Some(done);
+    if let Fault::HoldHead(gate) = &resp.fault {
+        gate.wait().await;
+    }
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -541,7 +546,11 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     };
     let body = resp.body;
     match resp.fault {
-        Fault::Normal | Fault::Status(_) | Fault::RetryAfter(..) | Fault::Limited { .. } => {
+        Fault::Normal
+        | Fault::Status(_)
+        | Fault::RetryAfter(..)
+        | Fault::Limited { .. }
+        | Fault::HoldHead(_) => {
             w.write_all(&body).await?;
         }
         Fault::WrongBytes => {

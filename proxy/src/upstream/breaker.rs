@@ -65,6 +65,20 @@ impl Breaker {
         self.admit_at(Instant::now())
     }
 
+    /// How long the circuit stays open, when it refuses requests right now; takes no probe
+    /// slot, so a request can check it before queueing for a concurrency slot.
+    pub fn refusing(&self) -> Option<Duration> {
+        self.refusing_at(Instant::now())
+    }
+
+    fn refusing_at(&self, now: Instant) -> Option<Duration> {
+        match *self.state.lock() {
+            State::Open { until } if now < until => Some(until - now),
+            State::HalfOpen { probing: true } => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+
     fn admit_at(&self, now: Instant) -> Result<Permit<'_>, Duration> {
         let mut st = self.state.lock();
         let probe = match *st {
@@ -188,6 +202,26 @@ mod tests {
         assert_eq!(b.state_code(), 1);
         let wait = b.admit_at(t).err().expect("open circuit fails fast");
         assert_eq!(wait, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn refusing_reports_an_open_circuit_without_taking_the_probe() {
+        let b = Breaker::new("t", 1, Duration::from_secs(5));
+        let t = Instant::now();
+        assert_eq!(b.refusing_at(t), None, "closed");
+        fail(&b, t);
+        assert_eq!(b.refusing_at(t), Some(Duration::from_secs(5)));
+        let later = t + Duration::from_secs(6);
+        assert_eq!(b.refusing_at(later), None, "cooldown over: a probe may go");
+        assert_eq!(b.refusing_at(later), None, "checking takes no probe slot");
+        let probe = b.admit_at(later).expect("the probe");
+        assert_eq!(
+            b.refusing_at(later),
+            Some(Duration::ZERO),
+            "probe in flight"
+        );
+        probe.record(Outcome::Success);
+        assert_eq!(b.refusing_at(later), None);
     }
 
     #[test]

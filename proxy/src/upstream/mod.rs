@@ -13,7 +13,7 @@ pub mod limits;
 pub mod resume;
 pub mod retry;
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_config::UpstreamConfig;
@@ -141,21 +141,24 @@ impl Upstream {
                 None,
             ));
         }
-        // Queue for a concurrency slot first: held for the whole response body, it is what
-        // bounds the transfers in flight to this upstream.
+        let circuit_open = |wait: Duration| ProxyError::CircuitOpen {
+            upstream: self.cfg.name.clone(),
+            // Whole seconds, rounded up, at least 1 (a probe in flight: try again soon).
+            retry_after: wait.as_millis().div_ceil(1000).max(1) as u64,
+        };
+        // An open circuit refuses before the queue: a request must not wait up to
+        // `queue_timeout` for a slot only to be refused.
+        if let Some(wait) = self.breaker.refusing() {
+            return Err(circuit_open(wait));
+        }
+        // Queue for a concurrency slot: held for the whole response body, it is what bounds
+        // the transfers in flight to this upstream.
         let slot = self
             .limits
             .slot()
             .await
             .map_err(|t| self.err(t.to_string(), None))?;
-        let permit = self
-            .breaker
-            .admit()
-            .map_err(|wait| ProxyError::CircuitOpen {
-                upstream: self.cfg.name.clone(),
-                // Whole seconds, rounded up, at least 1 (a probe in flight: try again soon).
-                retry_after: wait.as_millis().div_ceil(1000).max(1) as u64,
-            })?;
+        let permit = self.breaker.admit().map_err(circuit_open)?;
         let result = self
             .send_authenticated(method, url, headers, scope, body)
             .await;
