@@ -1,8 +1,11 @@
 //! What a handler answers: status, headers, how it was served, and a body that is either
 //! in memory, a memory-mapped store file, or a follower of an in-progress fill.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::StatusCode;
+use pingora::http::ResponseHeader;
 
 use crate::fill::Follower;
 
@@ -74,6 +77,23 @@ pub struct Reply {
     pub body: Body,
     /// `Content-Length` to announce when the body is `Empty` (HEAD).
     pub head_length: Option<u64>,
+    /// `status` and `headers` already converted to a pingora header by [`head_template`],
+    /// kept by a handler per cached document: the server clones it instead of converting
+    /// each header again. Dropped by [`Reply::header`], so it never disagrees with them.
+    pub prebuilt: Option<Arc<ResponseHeader>>,
+}
+
+/// `status` and `headers` as the pingora response header the server sends (before it adds
+/// `X-Request-Id`, `X-Sluice-Cache` and the length).
+pub fn head_template(
+    status: StatusCode,
+    headers: &[(&'static str, String)],
+) -> Option<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 4)).ok()?;
+    for (k, v) in headers {
+        let _ = resp.append_header(*k, v.as_str());
+    }
+    Some(resp)
 }
 
 impl Reply {
@@ -85,12 +105,21 @@ impl Reply {
             cache,
             body: Body::Empty,
             head_length: None,
+            prebuilt: None,
         }
     }
 
     /// Adds a header.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
+        self.prebuilt = None;
+        self
+    }
+
+    /// Attaches the converted header kept for this reply's status and headers (see
+    /// [`Reply::prebuilt`]); call after the last [`Reply::header`].
+    pub fn with_prebuilt(mut self, head: Arc<ResponseHeader>) -> Reply {
+        self.prebuilt = Some(head);
         self
     }
 

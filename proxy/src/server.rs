@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use sluice_config::Role;
@@ -481,12 +480,17 @@ fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
 
 /// Writes the reply; returns whether it completed and how many body bytes were sent.
 async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str) -> (bool, u64) {
-    let Ok(mut resp) = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4)) else {
+    let prebuilt = reply
+        .prebuilt
+        .as_deref()
+        .filter(|h| h.status == reply.status);
+    let resp = match prebuilt {
+        Some(h) => Some(h.clone()),
+        None => crate::response::head_template(reply.status, &reply.headers),
+    };
+    let Some(mut resp) = resp else {
         return (false, 0);
     };
-    for (k, v) in &reply.headers {
-        let _ = resp.append_header(*k, v.as_str());
-    }
     // Handlers never set these three (Reply's contract), so appending is enough.
     let _ = resp.append_header("X-Request-Id", request_id);
     let _ = resp.append_header("X-Sluice-Cache", reply.cache.as_str());

@@ -102,6 +102,8 @@ pub struct Manifest {
     pub media_type: String,
     /// The exact bytes.
     pub bytes: Bytes,
+    /// Its `200` response header, converted once (see [`Reply::prebuilt`]).
+    pub head: Option<Arc<pingora::http::ResponseHeader>>,
 }
 
 /// Answers one `/v2/` request.
@@ -238,12 +240,16 @@ fn without_blocked_tags(app: &App, up: &Upstream, repo: &RepoName, mut reply: Re
 }
 
 fn manifest_reply(m: Manifest, cache: CacheStatus) -> Reply {
-    Reply::new(StatusCode::OK, cache)
+    let r = Reply::new(StatusCode::OK, cache)
         .header(API_VERSION.0, API_VERSION.1)
         .header("Content-Type", m.media_type)
         .header("Docker-Content-Digest", m.digest.text().as_str())
         .header("ETag", format!("\"{}\"", m.digest.text().as_str()))
-        .body(Body::Full(m.bytes))
+        .body(Body::Full(m.bytes));
+    match m.head {
+        Some(head) => r.with_prebuilt(head),
+        None => r,
+    }
 }
 
 fn scope(repo: &RepoName) -> String {
@@ -262,6 +268,7 @@ fn cached_manifest(app: &App, d: &Digest) -> Option<Manifest> {
         digest: *d,
         media_type: rec.media_type,
         bytes,
+        head: None,
     })
 }
 
@@ -376,12 +383,16 @@ async fn manifest_by_tag(
         if let Some(cached) = cached_manifest(app, &rec.digest) {
             let age = unix_ms().saturating_sub(rec.fetched_at_ms);
             if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
+                let mut manifest = cached.clone();
+                let headers = manifest_reply(cached.clone(), CacheStatus::Hit).headers;
+                manifest.head =
+                    crate::response::head_template(StatusCode::OK, &headers).map(Arc::new);
                 app.oci_hot.insert(
                     key,
                     HotTag {
                         generation,
                         fetched_at_ms: rec.fetched_at_ms,
-                        manifest: cached.clone(),
+                        manifest,
                     },
                 );
                 return Ok((cached, CacheStatus::Hit));
@@ -575,6 +586,7 @@ async fn fetch_manifest_once(
         digest,
         media_type,
         bytes,
+        head: None,
     })
 }
 
