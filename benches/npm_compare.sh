@@ -16,54 +16,34 @@
 # Prints a markdown table with sluice's ratio to Verdaccio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/bench-lib.sh
+source benches/bench-lib.sh
 
 PACKAGE=${PACKAGE:-semver}
 DURATION=${DURATION:-5s}
 RUNS=${RUNS:-3}
 CORGI='application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*'
-PREFIX=${VERDACCIO_PREFIX:-target/bench-tools/verdaccio}
-[[ $PREFIX == /* ]] || PREFIX=$PWD/$PREFIX
 WORK=$(mktemp -d -t sluice-npm-bench-XXXXXX)
 PIDS=()
 
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
+  bench_stop "${PIDS[@]}"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 for t in wrk npm node curl python3; do
   command -v "$t" >/dev/null || { echo "$t is required" >&2; exit 1; }
 done
-REGISTRY=$(npm config get registry)
-[[ $REGISTRY == http* ]] || { echo "npm names no registry" >&2; exit 1; }
-[[ $REGISTRY == */ ]] || REGISTRY="$REGISTRY/"
+REGISTRY=$(bench_npm_registry)
 
 echo "building sluice (release)..." >&2
 cargo build --release -q
 
-if [[ ! -x "$PREFIX/node_modules/.bin/verdaccio" ]]; then
-  echo "installing verdaccio@5 into $PREFIX..." >&2
-  mkdir -p "$PREFIX"
-  cat >"$PREFIX/package.json" <<'EOF'
-{"name":"bench-verdaccio","private":true,"dependencies":{"verdaccio":"5"},"overrides":{"node-fetch":"2.7.0"}}
-EOF
-  (cd "$PREFIX" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
-fi
+VERDACCIO=$(bench_verdaccio)
 
 # --- start the servers ---------------------------------------------------------------
-SLUICE_PORT=$(free_port)
+SLUICE_PORT=$(bench_free_port)
 cat >"$WORK/sluice.toml" <<EOF
 [server]
 listen = "127.0.0.1:$SLUICE_PORT"
@@ -79,7 +59,7 @@ RUST_LOG=warn target/release/sluice serve --config "$WORK/sluice.toml" >"$WORK/s
 PIDS+=($!)
 SLUICE_PID=$!
 
-VERD_PORT=$(free_port)
+VERD_PORT=$(bench_free_port)
 cat >"$WORK/verdaccio.yaml" <<EOF
 storage: $WORK/verdaccio-storage
 uplinks:
@@ -98,7 +78,7 @@ listen: 127.0.0.1:$VERD_PORT
 max_body_size: 100mb
 log: { type: stdout, format: pretty, level: warn }
 EOF
-"$PREFIX/node_modules/.bin/verdaccio" --config "$WORK/verdaccio.yaml" >"$WORK/verdaccio.log" 2>&1 &
+"$VERDACCIO" --config "$WORK/verdaccio.yaml" >"$WORK/verdaccio.log" 2>&1 &
 PIDS+=($!)
 VERD_PID=$!
 

@@ -11,45 +11,31 @@
 # Prints a markdown table with sluice's ratio to each peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/bench-lib.sh
+source benches/bench-lib.sh
 
 PROJECT=${PROJECT:-six}
 DURATION=${DURATION:-5s}
 JSON=application/vnd.pypi.simple.v1+json
-VENV=${PEERS_VENV:-target/bench-tools/pypi-peers}
-[[ $VENV == /* ]] || VENV=$PWD/$VENV
+VENV=$PEERS_VENV
 WORK=$(mktemp -d -t sluice-pypi-bench-XXXXXX)
 PIDS=()
 
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
+  bench_stop "${PIDS[@]}"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+bench_apt_tool wrk wrk
 
 echo "building sluice (release)..." >&2
 cargo build --release -q
 
-if [[ ! -x "$VENV/bin/devpi-server" || ! -x "$VENV/bin/gunicorn" ]]; then
-  echo "installing devpi-server, proxpi, gunicorn into $VENV..." >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check devpi-server proxpi gunicorn
-fi
+bench_pypi_peers
 
 # --- start the servers ---------------------------------------------------------------
-SLUICE_PORT=$(free_port)
+SLUICE_PORT=$(bench_free_port)
 cat >"$WORK/sluice.toml" <<EOF
 [server]
 listen = "127.0.0.1:$SLUICE_PORT"
@@ -63,15 +49,15 @@ EOF
 RUST_LOG=warn target/release/sluice serve --config "$WORK/sluice.toml" >"$WORK/sluice.log" 2>&1 &
 PIDS+=($!)
 
-DEVPI_PORT=$(free_port)
+DEVPI_PORT=$(bench_free_port)
 "$VENV/bin/devpi-init" --serverdir "$WORK/devpi" >"$WORK/devpi-init.log" 2>&1
 "$VENV/bin/devpi-server" --serverdir "$WORK/devpi" --host 127.0.0.1 --port "$DEVPI_PORT" \
   >"$WORK/devpi.log" 2>&1 &
 PIDS+=($!)
 
-PROXPI_PORT=$(free_port)
+PROXPI_PORT=$(bench_free_port)
 (cd "$WORK" && exec "$VENV/bin/gunicorn" --bind "127.0.0.1:$PROXPI_PORT" --workers 2 \
-  --log-level warning 'proxpi.server:app') >"$WORK/proxpi.log" 2>&1 &
+  --log-level warning --timeout 600 --no-control-socket 'proxpi.server:app') >"$WORK/proxpi.log" 2>&1 &
 PIDS+=($!)
 
 declare -A URL=(
