@@ -1244,6 +1244,10 @@ def main():
 
     venv = os.path.join(PEERS_VENV, "bin")
     git = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
+    dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "proxy", "config", "policy",
+                 "Cargo.toml", "Cargo.lock"], check=False).stdout.strip()
+    if dirty:
+        git += " + uncommitted changes"  # the binary measured is the working tree's
     versions = {
         "sluice": f"{version([SLUICE, '--version'])} ({git})",
         "nginx": version(["nginx", "-v"]),
@@ -1297,5 +1301,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except KeyboardInterrupt as e:
         stop_all()
-        print(f"interrupted ({e}); every started process stopped", file=sys.stderr)
+        print(f"interrupted {e}; every started process stopped", file=sys.stderr)
         sys.exit(130)
