@@ -34,9 +34,9 @@ use crate::error::ProxyError;
 use crate::hashes::{Expect, Hashing};
 use crate::store::Store;
 
-/// Bytes a follower reads per step: a thousand followers lagging at once stay within a
-/// few hundred MB worst case (in practice they read what just arrived), few syscalls.
-const FOLLOW_CHUNK: u64 = 256 * 1024;
+/// Bytes a follower reads per step, each into its own buffer held until the client's
+/// socket took it: a thousand followers lagging at once hold 64 MB at most.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// Bytes written between progress notifications while the upstream keeps data coming.
 const PUBLISH_EVERY: u64 = 256 * 1024;

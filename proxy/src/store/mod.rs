@@ -17,7 +17,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -37,6 +37,10 @@ pub struct Store {
     tmp_dir: PathBuf,
     index: Arc<dyn Index>,
     small: moka::sync::Cache<Digest, Bytes>,
+    /// The live mapping of each large file being read: concurrent readers of one blob
+    /// share it (every separate mapping of the same pages counts again in the process's
+    /// RSS: a thousand clients on one 100 MB blob would "use" 100 GB).
+    mapped: Mutex<HashMap<Digest, Weak<memmap2::Mmap>>>,
     /// Last-access times not yet written to the index (flushed in batches so a hit does
     /// not write).
     pending_access: Mutex<HashMap<Digest, u64>>,
@@ -78,6 +82,15 @@ impl Drop for TempFile {
     }
 }
 
+/// One file mapping shared by every reader of a blob (the owner of their `Bytes`).
+struct SharedMap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl Store {
     /// Opens the store under `data_dir`: creates directories, empties `tmp/`, drops index
     /// entries whose file is gone and indexes files the index lost.
@@ -108,6 +121,7 @@ impl Store {
                 .weigher(|_k: &Digest, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(64 << 20)
                 .build(),
+            mapped: Mutex::new(HashMap::new()),
             pending_access: Mutex::new(HashMap::new()),
             pulls: pulls::PullLog::default(),
             cleanup_reports: Mutex::new(Vec::new()),
@@ -216,6 +230,10 @@ impl Store {
             self.touch(d);
             return Some(b);
         }
+        if let Some(map) = self.mapped.lock().get(d).and_then(Weak::upgrade) {
+            self.touch(d);
+            return Some(Bytes::from_owner(SharedMap(map)));
+        }
         let file = File::open(self.path_of(d)).ok()?;
         let len = file.metadata().ok()?.len();
         let bytes = if len == 0 {
@@ -230,8 +248,20 @@ impl Store {
         } else {
             // SAFETY: store files are immutable once renamed into place (never truncated or
             // rewritten); unlinking keeps an existing mapping valid.
-            let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-            Bytes::from_owner(map)
+            let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.ok()?);
+            let mut mapped = self.mapped.lock();
+            // Another reader may have mapped it meanwhile: use one mapping.
+            let map = match mapped.get(d).and_then(Weak::upgrade) {
+                Some(existing) => existing,
+                None => {
+                    if mapped.len() >= 1024 {
+                        mapped.retain(|_, w| w.strong_count() > 0);
+                    }
+                    mapped.insert(*d, Arc::downgrade(&map));
+                    map
+                }
+            };
+            Bytes::from_owner(SharedMap(map))
         };
         self.touch(d);
         Some(bytes)
@@ -279,6 +309,7 @@ impl Store {
         self.index.remove(Tree::Blobs, d.as_bytes())?;
         self.index.remove(Tree::Manifests, d.as_bytes())?;
         self.small.invalidate(d);
+        self.mapped.lock().remove(d);
         self.pending_access.lock().remove(d);
         if size.is_some() {
             match fs::remove_file(&path) {
@@ -522,6 +553,28 @@ mod tests {
         assert!(s.read(&lost).is_none());
         assert_eq!(s.size_of(&lost), None);
         assert_eq!(s.total_bytes(), 4);
+    }
+
+    #[test]
+    fn concurrent_readers_of_a_large_file_share_one_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let big = Bytes::from(vec![9u8; 2 * SMALL_FILE as usize]);
+        let d = s.put_bytes(&big).unwrap();
+        let a = s.read(&d).unwrap();
+        let b = s.read(&d).unwrap();
+        assert_eq!(a, big);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one mapping for both readers");
+        // Once every reader is gone the mapping goes too; the next read maps afresh.
+        drop((a, b));
+        assert!(s.mapped.lock().get(&d).unwrap().upgrade().is_none());
+        let c = s.read(&d).unwrap();
+        assert_eq!(c, big);
+        // Removal forgets the mapping: a reader holding it keeps valid bytes.
+        s.remove(&d).unwrap();
+        assert!(s.mapped.lock().get(&d).is_none());
+        assert!(s.read(&d).is_none());
+        assert_eq!(c, big);
     }
 
     #[test]
