@@ -1,12 +1,14 @@
 //! Where log lines go: stderr, with access-log lines written off the request path.
 //!
-//! An access-log line ([`crate::accesslog`], or any event with target `access`) is appended to an in-memory buffer; a background
-//! thread writes whatever has accumulated with one `write` per batch, so a busy server
-//! makes one syscall per batch of lines rather than one per request. Any other line first
-//! writes out the pending access lines, then itself, so the order of lines is kept.
-//! [`flush`] writes out what is pending (called before the process exits). When stderr
-//! cannot keep up and the buffer passes [`MAX_PENDING`], the request that finds it full
-//! writes the batch itself: lines are never dropped and memory stays bounded.
+//! An access-log line ([`crate::accesslog`], or any event with target `access`) is
+//! appended to an in-memory buffer; a background thread writes whatever has accumulated
+//! with one `write` per batch. While lines keep coming the thread writes a batch every
+//! [`BATCH_INTERVAL`] without being woken (no syscall on the request path); once the
+//! buffer is empty it sleeps until the next line wakes it. Any other line first writes out
+//! the pending access lines, then itself, so the order of lines is kept. [`flush`] writes
+//! out what is pending (called before the process exits). When stderr cannot keep up and
+//! the buffer passes [`MAX_PENDING`], the request that finds it full writes the batch
+//! itself: lines are never dropped and memory stays bounded.
 
 use std::io::{self, Write};
 use std::sync::OnceLock;
@@ -18,9 +20,19 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Buffered bytes above which a producer writes the batch itself.
 const MAX_PENDING: usize = 4 << 20;
 
-struct Sink {
+/// How long the writer waits between batches while lines keep coming.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
+struct Pending {
     /// Access lines not yet written.
-    pending: Mutex<Vec<u8>>,
+    lines: Vec<u8>,
+    /// The writer is asleep until woken (set and read under the lock: no lost wake-up).
+    idle: bool,
+}
+
+struct Sink {
+    /// Access lines not yet written, and whether the writer needs a wake-up.
+    pending: Mutex<Pending>,
     /// Signalled when `pending` turns non-empty.
     wake: Condvar,
     /// Held while writing to stderr: batches and direct lines never interleave.
@@ -39,7 +51,10 @@ fn sink() -> &'static Sink {
             eprintln!("sluice: cannot start the log writer thread: {e}");
         }
         Sink {
-            pending: Mutex::new(Vec::with_capacity(64 << 10)),
+            pending: Mutex::new(Pending {
+                lines: Vec::with_capacity(64 << 10),
+                idle: false,
+            }),
             wake: Condvar::new(),
             out: Mutex::new(()),
         }
@@ -52,17 +67,22 @@ fn writer_loop() {
     loop {
         {
             let mut p = s.pending.lock();
-            while p.is_empty() {
+            while p.lines.is_empty() {
+                p.idle = true;
                 s.wake.wait(&mut p);
+                p.idle = false;
             }
         }
-        let _out = s.out.lock();
-        std::mem::swap(&mut *s.pending.lock(), &mut batch);
-        let _ = io::stderr().lock().write_all(&batch);
+        {
+            let _out = s.out.lock();
+            std::mem::swap(&mut s.pending.lock().lines, &mut batch);
+            let _ = io::stderr().lock().write_all(&batch);
+        }
         batch.clear();
         if batch.capacity() > MAX_PENDING {
             batch.shrink_to(64 << 10);
         }
+        std::thread::sleep(BATCH_INTERVAL);
     }
 }
 
@@ -70,7 +90,7 @@ fn writer_loop() {
 pub fn flush() {
     let s = sink();
     let _out = s.out.lock();
-    let batch = std::mem::take(&mut *s.pending.lock());
+    let batch = std::mem::take(&mut s.pending.lock().lines);
     let _ = io::stderr().lock().write_all(&batch);
 }
 
@@ -106,19 +126,20 @@ impl<'a> MakeWriter<'a> for LogSink {
 pub fn write_access(line: &[u8]) {
     let s = sink();
     let mut p = s.pending.lock();
-    if p.len() + line.len() > MAX_PENDING {
+    if p.lines.len() + line.len() > MAX_PENDING {
         drop(p);
         let _out = s.out.lock();
-        let batch = std::mem::take(&mut *s.pending.lock());
+        let batch = std::mem::take(&mut s.pending.lock().lines);
         let mut err = io::stderr().lock();
         let _ = err.write_all(&batch);
         let _ = err.write_all(line);
         return;
     }
-    let was_empty = p.is_empty();
-    p.extend_from_slice(line);
+    p.lines.extend_from_slice(line);
+    let wake = p.idle;
+    p.idle = false;
     drop(p);
-    if was_empty {
+    if wake {
         s.wake.notify_one();
     }
 }
@@ -130,7 +151,7 @@ impl Write for LineWriter {
             LineWriter::Direct => {
                 let s = sink();
                 let _out = s.out.lock();
-                let batch = std::mem::take(&mut *s.pending.lock());
+                let batch = std::mem::take(&mut s.pending.lock().lines);
                 let mut err = io::stderr().lock();
                 err.write_all(&batch)?;
                 err.write_all(buf)?;
