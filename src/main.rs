@@ -388,10 +388,16 @@ fn main() -> ExitCode {
             ..
         } => remote(r, Action::Gc, json),
         Command::Gc {
-            remote: Remote { config, .. },
+            remote: Remote { config, url, token },
             data_dir,
             ..
         } => {
+            if url.is_some() || token.is_some() {
+                eprintln!(
+                    "sluice gc: note: the URL and token (--url/--token, SLUICE_URL/SLUICE_TOKEN) \
+                     are only used with --now; collecting the data directory offline"
+                );
+            }
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {

@@ -292,7 +292,9 @@ impl Stats {
         g.total = total.counters;
         for day in total.days {
             let rec = index.get_rec::<DayRecord>(Tree::Meta, day_key(day).as_bytes())?;
-            if day + KEEP_DAYS <= today || day > today {
+            // A day after today (the clock was stepped back) is kept as a past day: its
+            // figures were real.
+            if day + KEEP_DAYS <= today {
                 index.remove(Tree::Meta, day_key(day).as_bytes())?;
                 index.remove(Tree::Meta, clients_key(day).as_bytes())?;
                 g.dirty = true;
@@ -566,6 +568,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_collection_keeps_the_persisted_figures() {
+        // The `stats/…` records share the meta tree with cached documents, whose records
+        // index GC drops when their content is gone: it must leave these alone.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = sluice_config::StorageConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let s = Stats::default();
+        s.record(&served("npm", "/npmjs/a/-/a-1.0.0.tgz", "10.0.0.1:1000"));
+        s.record(&served("oci", "/v2/r/manifests/1", "[::1]:7"));
+        assert!(s.persist(store.index().as_ref()).unwrap());
+        let limits = crate::store::evict::Limits::from_config(&cfg).unwrap();
+        crate::store::evict::collect(&store, &cfg, &limits, true).unwrap();
+        let t = Stats::load(store.index().as_ref()).unwrap();
+        assert_eq!(t.snapshot()["total"], s.snapshot()["total"]);
+        assert_eq!(t.snapshot()["today"]["distinct_clients"], 2);
+    }
+
+    #[test]
     fn days_roll_over_and_old_days_leave_the_index() {
         let (_dir, idx) = index();
         let today = unix_secs() / 86_400;
@@ -607,6 +630,30 @@ mod tests {
         assert_eq!(v["previous_day"]["counters"]["images_served"], 3, "{v}");
         assert_eq!(v["today"]["distinct_clients"], 0, "{v}");
         assert_eq!(v["days"].as_array().unwrap().len(), 2, "{v}");
+    }
+
+    #[test]
+    fn figures_dated_after_today_survive_a_clock_stepped_back() {
+        let (_dir, idx) = index();
+        let today = unix_secs() / 86_400;
+        let s = Stats::default();
+        {
+            let mut g = s.inner.lock();
+            g.today = Day::new(today + 1);
+            g.today.counters.packages_served = 5;
+            g.dirty = true;
+        }
+        s.persist(&idx).unwrap();
+        let v = Stats::load(&idx).unwrap().snapshot();
+        let days = v["days"].as_array().unwrap();
+        assert!(
+            days.iter().any(|d| d["counters"]["packages_served"] == 5),
+            "{v}"
+        );
+        assert!(idx
+            .get(Tree::Meta, day_key(today + 1).as_bytes())
+            .unwrap()
+            .is_some());
     }
 
     #[test]
