@@ -37,11 +37,15 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use sluice_config::Config;
+
+/// Per-connection write buffer: bigger than a typical cached document plus its head.
+const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Sets up JSON logging to stderr (`RUST_LOG` filters; default `info`).
 pub fn init_logging() {
@@ -89,7 +93,13 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut http = Service::new("sluice http".to_string(), server::HttpApp::new(app.clone()));
-    http.add_tcp(&listen.to_string());
+    // A 32 KiB write buffer (pingora's default is 1460 B): the head and a small known-length
+    // body (a cached packument or simple page) leave in one send instead of two; larger
+    // chunks still bypass the buffer.
+    http.add_listener(
+        ListenerConfig::tcp(listen.to_string())
+            .l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER)),
+    );
     server.add_service(http);
     server.add_service(background_service(
         "upkeep",
