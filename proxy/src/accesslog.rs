@@ -120,29 +120,8 @@ fn escape_in_place(buf: &mut Vec<u8>, start: usize) {
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), as `tracing-subscriber` prints it.
 fn datetime(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     let mut out = [0u8; 19];
-    let s = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        y,
-        m,
-        d,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    out.copy_from_slice(&s.as_bytes()[..19]);
+    out.copy_from_slice(&crate::timefmt::datetime(secs).as_bytes()[..19]);
     out
 }
 

@@ -334,14 +334,7 @@ fn utc(secs: u64) -> String {
     if secs == 0 {
         return "-".into();
     }
-    let s = secs % 86_400;
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        crate::stats::civil_date(secs / 86_400),
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    format!("{}Z", crate::timefmt::datetime(secs))
 }
 
 fn ratio(v: &Value) -> String {

@@ -406,7 +406,7 @@ impl Stats {
             let clients = p.distinct_clients;
             let served = p.counters.packages_served + p.counters.images_served;
             serde_json::json!({
-                "day": civil_date(d),
+                "day": crate::timefmt::date(d),
                 "counters": with_ratio(&p.counters),
                 "distinct_clients": clients,
                 "lighthouse": if clients == 0 { 0.0 } else { served as f64 / clients as f64 },
@@ -470,20 +470,6 @@ fn with_ratio(c: &Counters) -> serde_json::Value {
         );
     }
     v
-}
-
-/// `YYYY-MM-DD` of a day number since the Unix epoch (proleptic Gregorian, UTC).
-pub(crate) fn civil_date(days: u64) -> String {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[cfg(test)]
@@ -662,12 +648,5 @@ mod tests {
         assert_eq!(client_key("[::1]:7"), client_key("[::1]:8"));
         // FNV-1a of "a" (a published test vector): the hash never changes.
         assert_eq!(client_key("a:1"), 0xaf63_dc4c_8601_ec8c);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_date(0), "1970-01-01");
-        assert_eq!(civil_date(19_723), "2024-01-01");
-        assert_eq!(civil_date(20_513), "2026-03-01");
     }
 }

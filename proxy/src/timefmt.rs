@@ -62,9 +62,55 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Proleptic Gregorian `(year, month, day)` of a day number since 1970-01-01 (Howard
+/// Hinnant's algorithm; the inverse of `days_from_civil`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `YYYY-MM-DD` of a day number since the Unix epoch (proleptic Gregorian, UTC).
+pub fn date(days: u64) -> String {
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC), no zone suffix.
+pub fn datetime(secs: u64) -> String {
+    let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}",
+        date(secs / 86_400),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(19_723), "2024-01-01");
+        assert_eq!(date(20_513), "2026-03-01");
+        assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(datetime(1_795_993_582), "2026-11-29T23:06:22");
+        for days in [0i64, 59, 11_016, 19_723, 20_513, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
 
     #[test]
     fn parses_registry_timestamps() {

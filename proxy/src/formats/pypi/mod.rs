@@ -236,6 +236,34 @@ fn invalid(up: &Upstream, what: &str, e: String) -> ProxyError {
     }
 }
 
+/// A `fetcher` that reads a project's file list out of the fetched document (`list` gets the
+/// body, its content type, the document's URL and the project) and records it for the
+/// project (`only_new`: as `files::record_files`).
+fn recording_fetcher(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    norm: &str,
+    url: Url,
+    accept_value: &'static str,
+    only_new: bool,
+    list: impl Fn(&Bytes, &str, &Url, &str) -> Result<Vec<FileEntry>, String>
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+) -> Fetcher {
+    let (app2, up_name, norm, url2) = (
+        app.clone(),
+        up.name().to_string(),
+        norm.to_string(),
+        url.clone(),
+    );
+    fetcher(app, up, url, accept_value, move |b, ct| {
+        let files = list(b, ct, &url2, &norm)?;
+        files::record_files(&app2, &up_name, &norm, &files, only_new).map_err(|e| e.to_string())
+    })
+}
+
 /// GETs an upstream document (conditionally) and checks it with `validate` before it is
 /// cached: a page that does not parse is an upstream failure (stale copy served), not a
 /// document.
@@ -425,19 +453,15 @@ async fn project(
         Some(doc) => (doc, CacheStatus::Hit),
         None => {
             let url = page_url(up, &norm)?;
-            let fetch = {
-                let (app2, up_name, norm2, url2) = (
-                    app.clone(),
-                    up.name().to_string(),
-                    norm.clone(),
-                    url.clone(),
-                );
-                fetcher(app, up, url, UPSTREAM_ACCEPT, move |b, ct| {
-                    let page = simple::parse_page(b, ct, &url2, &norm2)?;
-                    files::record_files(&app2, &up_name, &norm2, &page.files, false)
-                        .map_err(|e| e.to_string())
-                })
-            };
+            let fetch = recording_fetcher(
+                app,
+                up,
+                &norm,
+                url,
+                UPSTREAM_ACCEPT,
+                false,
+                |b, ct, url, norm| simple::parse_page(b, ct, url, norm).map(|page| page.files),
+            );
             app.docs
                 .get(
                     &key,
@@ -609,19 +633,18 @@ async fn json_api(
     })?;
     let url = api.join(&tail).map_err(ProxyError::internal)?;
     let key = format!("pypi/{}/json/{tail}", up.name());
-    let fetch = {
-        let (app2, up_name, norm2, url2) = (
-            app.clone(),
-            up.name().to_string(),
-            norm.clone(),
-            url.clone(),
-        );
-        fetcher(app, up, url.clone(), "application/json", move |b, _| {
+    let fetch = recording_fetcher(
+        app,
+        up,
+        &norm,
+        url.clone(),
+        "application/json",
+        true,
+        |b, _, url, _| {
             let v: Value = serde_json::from_slice(b).map_err(|e| format!("invalid JSON: {e}"))?;
-            let files = json_api_files(&v, &url2);
-            files::record_files(&app2, &up_name, &norm2, &files, true).map_err(|e| e.to_string())
-        })
-    };
+            Ok(json_api_files(&v, url))
+        },
+    );
     let (doc, cache) = app
         .docs
         .get(
