@@ -17,19 +17,7 @@ use common::{
 
 /// sluice with the simulator as its default OCI upstream; `extra` adds upstream keys.
 fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
-    Sluice::start(&format!(
-        r#"[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-tag_ttl = "1s"
-{extra}
-"#,
-        url = sim.url(),
-        host = sim.host()
-    ))
+    Sluice::start(&sim.upstream_toml(&format!("tag_ttl = \"1s\"\n{extra}")))
 }
 
 /// What a client got: status, cache header, and the body or the error that cut it.

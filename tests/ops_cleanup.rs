@@ -11,97 +11,26 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use common::metrics;
+use common::ops::{pull, stored_on_disk, ADMIN, READER};
 use common::sim::{Sim, SimImage};
 use common::{
     blob_files, blob_path, eventually, http_client, json_body, random_bytes, sha256_digest,
     sluice_cache_header, Sluice,
 };
 
-const ADMIN: &str = "admin-secret";
-const READER: &str = "read-secret";
-
+/// The ops config with `eviction_grace = "1s"`; `storage` adds more `[storage]` keys.
 fn config(port: u16, data_dir: &Path, sim: &Sim, storage: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-shutdown_grace = "1s"
-
-[storage]
-data_dir = "{data}"
-eviction_grace = "1s"
-{storage}
-
-[[auth.token]]
-name = "ops"
-token = "{ADMIN}"
-role = "admin"
-
-[[auth.token]]
-name = "ci"
-token = "{READER}"
-role = "read"
-
-[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-tag_ttl = "1h"
-"#,
-        data = data_dir.display(),
-        url = sim.url(),
-        host = sim.host()
+    common::ops::config(
+        port,
+        data_dir,
+        sim,
+        &format!("eviction_grace = \"1s\"\n{storage}"),
     )
 }
 
-fn stored_on_disk(data_dir: &Path) -> u64 {
-    blob_files(data_dir)
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
-}
-
-/// Sum of the samples of `name` whose line holds every one of `labels` (`k="v"`).
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .reduce(|a, b| a + b)
-}
-
 async fn storage_bytes(s: &Sluice) -> Option<u64> {
-    metric(&s.metrics().await, "sluice_storage_bytes", &[]).map(|v| v as u64)
-}
-
-/// Pulls `repo:tag` (manifest, config, layers) checking every digest; returns the
-/// `X-Sluice-Cache` of each response.
-async fn pull(s: &Sluice, repo: &str, tag: &str, img: &SimImage) -> Vec<String> {
-    let c = http_client();
-    let base = s.base_url();
-    let r = c
-        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("Accept", common::images::OCI_MANIFEST)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(r.status(), 200, "manifest of {repo}:{tag}");
-    let mut caches = vec![sluice_cache_header(&r)];
-    assert_eq!(r.bytes().await.expect("body"), img.manifest);
-    for d in std::iter::once(&img.config_digest).chain(&img.layer_digests) {
-        let r = c
-            .get(format!("{base}/v2/{repo}/blobs/{d}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(r.status(), 200, "blob {d} of {repo}:{tag}");
-        caches.push(sluice_cache_header(&r));
-        assert_eq!(&sha256_digest(&r.bytes().await.expect("body")), d);
-    }
-    caches
+    metrics::sum_labelled(&s.metrics().await, "sluice_storage_bytes", &[]).map(|v| v as u64)
 }
 
 async fn cleanup(s: &Sluice, method: reqwest::Method, token: Option<&str>) -> reqwest::Response {
@@ -310,12 +239,12 @@ async fn keep_last_reports_in_dry_run_then_enforce_removes_only_unshared_files_o
     let m = s.metrics().await;
     let labels = ["policy=\"keep2\"", "mode=\"enforce\""];
     assert_eq!(
-        metric(&m, "sluice_cleanup_items_total", &labels),
+        metrics::sum_labelled(&m, "sluice_cleanup_items_total", &labels),
         Some(2.0),
         "{m}"
     );
     assert_eq!(
-        metric(&m, "sluice_cleanup_bytes_total", &labels),
+        metrics::sum_labelled(&m, "sluice_cleanup_bytes_total", &labels),
         Some(removed_bytes as f64)
     );
     assert!(
@@ -389,7 +318,7 @@ async fn expire_after_removes_tags_not_pulled_since_in_the_background_collection
     let m = s.metrics().await;
     let labels = ["policy=\"expire\"", "mode=\"enforce\""];
     assert_eq!(
-        metric(&m, "sluice_cleanup_items_total", &labels),
+        metrics::sum_labelled(&m, "sluice_cleanup_items_total", &labels),
         Some(1.0),
         "{m}"
     );

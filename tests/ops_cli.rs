@@ -6,82 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::ops::{config, pull, stats, ADMIN, READER};
 use common::sim::{Sim, SimImage};
-use common::{
-    blob_path, free_port, http_client, json_body, random_bytes, run_with_timeout, sha256_digest,
-    sluice_cache_header, Sluice,
-};
-
-const ADMIN: &str = "admin-secret";
-const READER: &str = "read-secret";
-
-fn config(port: u16, data_dir: &Path, sim: &Sim) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-shutdown_grace = "1s"
-
-[storage]
-data_dir = "{data}"
-
-[[auth.token]]
-name = "ops"
-token = "{ADMIN}"
-role = "admin"
-
-[[auth.token]]
-name = "ci"
-token = "{READER}"
-role = "read"
-
-[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-tag_ttl = "1h"
-"#,
-        data = data_dir.display(),
-        url = sim.url(),
-        host = sim.host()
-    )
-}
-
-/// Pulls `repo:tag` (manifest, config, layers), checking digests; returns X-Sluice-Cache
-/// of each response.
-async fn pull(s: &Sluice, repo: &str, tag: &str, img: &SimImage) -> Vec<String> {
-    let c = http_client();
-    let base = s.base_url();
-    let r = c
-        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("Accept", common::images::OCI_MANIFEST)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(r.status(), 200, "manifest of {repo}:{tag}");
-    let mut caches = vec![sluice_cache_header(&r)];
-    assert_eq!(
-        sha256_digest(&r.bytes().await.unwrap()),
-        img.manifest_digest
-    );
-    for d in std::iter::once(&img.config_digest).chain(&img.layer_digests) {
-        let r = c
-            .get(format!("{base}/v2/{repo}/blobs/{d}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(r.status(), 200, "blob {d}");
-        caches.push(sluice_cache_header(&r));
-        assert_eq!(&sha256_digest(&r.bytes().await.unwrap()), d);
-    }
-    caches
-}
+use common::{blob_path, free_port, random_bytes, run_with_timeout, Sluice};
 
 /// Runs `sluice ARGS` (off the async threads: the simulator answers on them), with
 /// `SLUICE_*` variables only as `env` gives them.
@@ -157,7 +87,7 @@ async fn cli_commands_drive_a_running_sluice() {
     let sim = Sim::start().await;
     let app = sim.push_image("team/app", "v1", &[random_bytes(200 * 1024, 11)]);
     let other = sim.push_image("team/other", "v2", &[random_bytes(50 * 1024, 12)]);
-    let s = Sluice::start_with(|port, dir| config(port, dir, &sim));
+    let s = Sluice::start_with(|port, dir| config(port, dir, &sim, ""));
     assert_eq!(pull(&s, "team/app", "v1", &app).await, ["MISS"; 3]);
     assert_eq!(pull(&s, "team/app", "v1", &app).await, ["HIT"; 3]);
     assert_eq!(pull(&s, "team/other", "v2", &other).await, ["MISS"; 3]);
@@ -303,17 +233,6 @@ async fn cli_commands_drive_a_running_sluice() {
     }
 }
 
-async fn stats(s: &Sluice) -> serde_json::Value {
-    let r = http_client()
-        .get(format!("{}/-/api/stats", s.base_url()))
-        .bearer_auth(READER)
-        .send()
-        .await
-        .expect("stats");
-    assert_eq!(r.status(), 200);
-    json_body(r).await
-}
-
 /// `sluice_stats_persists_total{result="ok"}`.
 async fn persists(s: &Sluice) -> u64 {
     s.metrics()
@@ -332,7 +251,7 @@ fn served(v: &serde_json::Value) -> u64 {
 async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     let sim = Sim::start().await;
     let img = sim.push_image("team/app", "v1", &[random_bytes(100 * 1024, 21)]);
-    let mut s = Sluice::start_with(|port, dir| config(port, dir, &sim));
+    let mut s = Sluice::start_with(|port, dir| config(port, dir, &sim, ""));
     pull(&s, "team/app", "v1", &img).await;
     pull(&s, "team/app", "v1", &img).await;
     let before = stats(&s).await;
@@ -388,7 +307,7 @@ async fn cleanup_command_reports_runs_in_dry_run_and_offline_gc_prints_what_poli
         })
         .collect();
     let mut s = Sluice::start_with(|port, dir| {
-        config(port, dir, &sim).replace(
+        config(port, dir, &sim, "").replace(
             "[storage]\n",
             "[storage]\neviction_grace = \"1s\"\ngc_interval = \"1h\"\n",
         ) + "\n[[storage.cleanup]]\nid = \"keep1\"\nformat = \"oci\"\nname = \"app\"\nkeep_last = 1\nmode = \"enforce\"\n"

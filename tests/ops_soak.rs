@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::metrics;
 use common::sim::Sim;
 use common::{http_client, random_bytes, sha256_digest, within, Sluice};
 
@@ -29,13 +30,6 @@ fn du(dir: &Path) -> u64 {
             .ok()
     })
     .unwrap_or(0)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,9 +121,9 @@ async fn soak_churn_five_times_max_size() {
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let m = s.metrics().await;
-    let evictions = metric(&m, "sluice_evictions_total");
-    let evicted = metric(&m, "sluice_evicted_bytes_total");
-    let stored = metric(&m, "sluice_storage_bytes");
+    let evictions = metrics::sum_prefixed(&m, "sluice_evictions_total").unwrap_or(0.0);
+    let evicted = metrics::sum_prefixed(&m, "sluice_evicted_bytes_total").unwrap_or(0.0);
+    let stored = metrics::sum_prefixed(&m, "sluice_storage_bytes").unwrap_or(0.0);
     let peak = peak.load(Ordering::Relaxed);
     println!("soak: eviction_grace = {grace}, pace {pace:?} per image per client");
     println!(

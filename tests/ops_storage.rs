@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::metrics;
+use common::ops::{config, pull, stats, stored_on_disk, ADMIN, READER};
 use common::sim::{Sim, SimImage};
 use common::{
     blob_files, blob_path, eventually, http_client, json_body, random_bytes, run_with_timeout,
@@ -16,103 +18,9 @@ use common::{
 };
 
 const MIB: u64 = 1 << 20;
-const ADMIN: &str = "admin-secret";
-const READER: &str = "read-secret";
-
-fn config(port: u16, data_dir: &Path, sim: &Sim, storage: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-shutdown_grace = "1s"
-
-[storage]
-data_dir = "{data}"
-{storage}
-
-[[auth.token]]
-name = "ops"
-token = "{ADMIN}"
-role = "admin"
-
-[[auth.token]]
-name = "ci"
-token = "{READER}"
-role = "read"
-
-[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-tag_ttl = "1h"
-"#,
-        data = data_dir.display(),
-        url = sim.url(),
-        host = sim.host()
-    )
-}
-
-/// Sum of the sizes of the files under `blobs/`.
-fn stored_on_disk(data_dir: &Path) -> u64 {
-    blob_files(data_dir)
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .reduce(|a, b| a + b)
-}
-
-/// Pulls `repo:tag` through sluice (manifest, config, layers), checking every digest.
-async fn pull(s: &Sluice, repo: &str, tag: &str, img: &SimImage) -> Vec<String> {
-    let c = http_client();
-    let base = s.base_url();
-    let mut caches = Vec::new();
-    let r = c
-        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("Accept", common::images::OCI_MANIFEST)
-        .send()
-        .await
-        .expect("manifest");
-    assert_eq!(r.status(), 200, "manifest of {repo}:{tag}");
-    caches.push(sluice_cache_header(&r));
-    assert_eq!(
-        sha256_digest(&r.bytes().await.expect("body")),
-        img.manifest_digest
-    );
-    for d in std::iter::once(&img.config_digest).chain(&img.layer_digests) {
-        let r = c
-            .get(format!("{base}/v2/{repo}/blobs/{d}"))
-            .send()
-            .await
-            .expect("blob");
-        assert_eq!(r.status(), 200, "blob {d} of {repo}:{tag}");
-        caches.push(sluice_cache_header(&r));
-        assert_eq!(&sha256_digest(&r.bytes().await.expect("body")), d);
-    }
-    caches
-}
 
 async fn storage_bytes_metric(s: &Sluice) -> u64 {
-    metric(&s.metrics().await, "sluice_storage_bytes").unwrap_or(-1.0) as u64
-}
-
-async fn stats(s: &Sluice) -> serde_json::Value {
-    let r = http_client()
-        .get(format!("{}/-/api/stats", s.base_url()))
-        .bearer_auth(READER)
-        .send()
-        .await
-        .expect("stats");
-    assert_eq!(r.status(), 200);
-    json_body(r).await
+    metrics::sum_prefixed(&s.metrics().await, "sluice_storage_bytes").unwrap_or(-1.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,8 +105,12 @@ name = "keep/*"
     assert!(blob_path(&data, &churn[5].layer_digests[0]).exists());
     assert!(!blob_path(&data, &churn[0].layer_digests[0]).exists());
     let m = s.metrics().await;
-    assert!(metric(&m, "sluice_evictions_total{reason=\"lru\"}").unwrap_or(0.0) >= 3.0);
-    assert!(metric(&m, "sluice_evicted_bytes_total").unwrap_or(0.0) >= (3 * MIB) as f64);
+    assert!(
+        metrics::sum_prefixed(&m, "sluice_evictions_total{reason=\"lru\"}").unwrap_or(0.0) >= 3.0
+    );
+    assert!(
+        metrics::sum_prefixed(&m, "sluice_evicted_bytes_total").unwrap_or(0.0) >= (3 * MIB) as f64
+    );
 
     // Accounting is exact: files on disk == metric == stats API, before and after a restart.
     let on_disk = stored_on_disk(&data);
@@ -365,7 +277,7 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     );
     let m = s.metrics().await;
     assert_eq!(
-        metric(&m, "sluice_evictions_total{reason=\"purge\"}"),
+        metrics::sum_prefixed(&m, "sluice_evictions_total{reason=\"purge\"}"),
         Some(4.0)
     );
 

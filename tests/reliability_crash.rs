@@ -19,19 +19,7 @@ const BLOB_SIZE: usize = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_fills_never_leaves_a_wrong_or_partial_blob() {
     let sim = Sim::start().await;
-    let mut s = Sluice::start(&format!(
-        r#"[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-retries = 0
-circuit_failures = 0
-"#,
-        url = sim.url(),
-        host = sim.host()
-    ));
+    let mut s = Sluice::start(&sim.upstream_toml("retries = 0\ncircuit_failures = 0"));
     let c = http_client();
     let mut rng = XorShift::new(0x5eed);
     let mut killed_mid_fill = 0;

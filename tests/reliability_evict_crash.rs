@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::metrics;
+use common::ops::stored_on_disk;
 use common::sim::{Fault, Sim};
 use common::{
     blob_files, http_client, random_bytes, run_with_timeout, sha256_digest, tmp_files, within,
@@ -25,27 +26,11 @@ const FETCHERS: usize = 4;
 /// A blob a fetcher pulled: digest and bytes.
 type Pulled = (String, Vec<u8>);
 
-/// Sum of the samples of `name` (all label sets) in a metrics page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Milliseconds of the wall clock (what eviction's whole seconds count).
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn stored_on_disk(data: &Path) -> u64 {
-    blob_files(data)
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,17 +42,8 @@ high_watermark = 0.6
 low_watermark = 0.3
 eviction_grace = "1s"
 
-[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-retries = 0
-circuit_failures = 0
-"#,
-        url = sim.url(),
-        host = sim.host()
+{}"#,
+        sim.upstream_toml("retries = 0\ncircuit_failures = 0")
     ));
     let c = http_client();
     let mut rng = XorShift::new(0xe71c7);
@@ -117,11 +93,11 @@ circuit_failures = 0
             tokio::time::sleep(Duration::from_millis(2200)).await;
             let boundary = Duration::from_millis(1000 - now_ms() % 1000);
             tokio::time::sleep(boundary.saturating_sub(Duration::from_millis(100))).await;
-            let before = metric(&s.metrics().await, "sluice_evictions_total");
+            let before = metrics::sum_prefixed(&s.metrics().await, "sluice_evictions_total").unwrap_or(0.0);
             let to_next = Duration::from_millis((1000 - now_ms() % 1000) % 1000);
             let at = to_next + Duration::from_millis(rng.next_u64() % 40);
             tokio::time::sleep(at).await;
-            let just_before = metric(&s.metrics().await, "sluice_evictions_total");
+            let just_before = metrics::sum_prefixed(&s.metrics().await, "sluice_evictions_total").unwrap_or(0.0);
             if just_before > before {
                 evicting_at_kill += 1;
             }
@@ -156,7 +132,7 @@ circuit_failures = 0
             let mut last = (0, 0.0);
             let mut agreed = false;
             for _ in 0..50 {
-                let m = metric(&s.metrics().await, "sluice_storage_bytes");
+                let m = metrics::sum_prefixed(&s.metrics().await, "sluice_storage_bytes").unwrap_or(0.0);
                 let disk = stored_on_disk(&data);
                 last = (disk, m);
                 if disk as f64 == m {

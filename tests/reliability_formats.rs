@@ -18,6 +18,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::metrics;
 use common::npm_sim::{NpmFault, NpmSim, Published};
 use common::pypi_sim::{Mode, PyFault, PypiSim, SimFile};
 use common::{
@@ -39,13 +40,6 @@ fn pypi_sluice(sim: &PypiSim, extra: &str) -> Sluice {
         "[[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\nretry_backoff = \"20ms\"\n{extra}\n",
         sim.simple_url()
     ))
-}
-
-/// The value of the sample `series` (name with labels, as rendered) in a metrics page.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// What a client got.
@@ -187,7 +181,7 @@ async fn npm_transient_5xx_is_retried_and_the_client_never_sees_it() {
         assert_eq!(sim.count("GET", &sim_tarball(&p)), 3);
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_upstream_retries_total{upstream=\"npmjs\"}"),
+            metrics::sample(&m, "sluice_upstream_retries_total{upstream=\"npmjs\"}"),
             4.0,
             "{m}"
         );
@@ -228,7 +222,7 @@ async fn pypi_transient_5xx_is_retried_and_the_client_never_sees_it() {
         assert_eq!(sim.count(&format!("/files/{}", f.filename)), 3);
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_upstream_retries_total{upstream=\"pypi\"}"),
+            metrics::sample(&m, "sluice_upstream_retries_total{upstream=\"pypi\"}"),
             4.0,
             "{m}"
         );
@@ -366,7 +360,7 @@ async fn npm_open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_it
         }
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"npmjs\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"npmjs\"}"),
             1.0,
             "{m}"
         );
@@ -411,7 +405,7 @@ async fn npm_open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_it
         assert_eq!(g.status, 200, "probe after the cool-down");
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"npmjs\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"npmjs\"}"),
             0.0,
             "{m}"
         );
@@ -467,7 +461,7 @@ async fn pypi_open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_i
         }
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"pypi\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"pypi\"}"),
             1.0,
             "{m}"
         );
@@ -508,7 +502,7 @@ async fn pypi_open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_i
         assert_eq!(g.status, 200, "probe after the cool-down");
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"pypi\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"pypi\"}"),
             0.0,
             "{m}"
         );
@@ -623,7 +617,7 @@ async fn npm_max_concurrent_queue_timeout_and_rate_limit() {
         assert_eq!(sim.peak_inflight(), 1);
         let m = s.metrics().await;
         assert!(
-            metric(&m, "sluice_upstream_throttled_total{upstream=\"npmjs\"}") >= 2.0,
+            metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"npmjs\"}") >= 2.0,
             "{m}"
         );
         assert_store_verified(&s.data_dir(), "npm limits").await;
@@ -654,7 +648,7 @@ async fn npm_rate_limit_paces_requests_to_the_upstream() {
         assert_eq!(sim.count("GET", "/registry/paced"), 6);
         let m = s.metrics().await;
         assert!(
-            metric(&m, "sluice_upstream_throttled_total{upstream=\"npmjs\"}") >= 2.0,
+            metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"npmjs\"}") >= 2.0,
             "{m}"
         );
         assert_store_verified(&s.data_dir(), "npm rate limit").await;
@@ -778,7 +772,7 @@ async fn pypi_max_concurrent_queue_timeout_and_rate_limit() {
         );
         let m = s.metrics().await;
         assert!(
-            metric(&m, "sluice_upstream_throttled_total{upstream=\"pypi\"}") >= 5.0,
+            metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"pypi\"}") >= 5.0,
             "{m}"
         );
         assert_store_verified(&s.data_dir(), "pypi limits").await;
@@ -813,7 +807,7 @@ async fn npm_cut_tarball_fill_is_resumed_with_a_range_request() {
         assert_eq!(ranges, vec![format!("bytes={}-", p.tarball.len() / 2)]);
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_fill_resumes_total{format=\"npm\"}"),
+            metrics::sample(&m, "sluice_fill_resumes_total{format=\"npm\"}"),
             1.0,
             "{m}"
         );
@@ -855,7 +849,7 @@ async fn pypi_cut_wheel_fill_is_resumed_with_a_range_request() {
         assert!(from > 0 && from <= f.bytes.len() / 2, "resumed at {from}");
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_fill_resumes_total{format=\"pypi\"}"),
+            metrics::sample(&m, "sluice_fill_resumes_total{format=\"pypi\"}"),
             1.0,
             "{m}"
         );

@@ -6,30 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::metrics;
 use common::sim::{Fault, Gate, Sim};
 use common::{http_client, random_bytes, within, Sluice};
 
 fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
-    Sluice::start(&format!(
-        r#"[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-retries = 0
-circuit_failures = 0
-{extra}
-"#,
-        url = sim.url(),
-        host = sim.host()
-    ))
-}
-
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    Sluice::start(&sim.upstream_toml(&format!("retries = 0\ncircuit_failures = 0\n{extra}")))
 }
 
 async fn get_blob(c: &reqwest::Client, s: &Sluice, digest: &str) -> (u16, Vec<u8>) {
@@ -83,7 +65,7 @@ async fn max_concurrent_one_never_has_two_fetches_in_flight_upstream() {
         );
         let m = s.metrics().await;
         assert!(
-            metric(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 1.0,
+            metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 1.0,
             "{m}"
         );
     })
@@ -158,7 +140,7 @@ async fn rate_limit_paces_requests_to_the_upstream() {
         );
         let m = s.metrics().await;
         assert!(
-            metric(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 2.0,
+            metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 2.0,
             "{m}"
         );
     })

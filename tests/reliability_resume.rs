@@ -7,29 +7,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::metrics;
 use common::sim::{Fault, Ranges, Sim};
 use common::{blob_path, http_client, random_bytes, sha256_digest, within, Sluice};
 
 fn sluice_for(sim: &Sim) -> Sluice {
-    Sluice::start(&format!(
-        r#"[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-retries = 0
-circuit_failures = 0
-"#,
-        url = sim.url(),
-        host = sim.host()
-    ))
-}
-
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    Sluice::start(&sim.upstream_toml("retries = 0\ncircuit_failures = 0"))
 }
 
 /// Status and body of a blob GET; `None` for the body when it did not arrive whole.
@@ -70,7 +53,7 @@ async fn a_cut_body_is_resumed_with_a_range_request_and_the_client_gets_it_whole
         assert_eq!(sha256_digest(&stored), d);
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_fill_resumes_total{format=\"oci\"}"),
+            metrics::sample(&m, "sluice_fill_resumes_total{format=\"oci\"}"),
             1.0,
             "{m}"
         );

@@ -8,32 +8,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::images::OCI_MANIFEST;
+use common::metrics;
 use common::sim::{Fault, Sim};
 use common::{http_client, random_bytes, sluice_cache_header, within, Sluice};
 
 /// sluice with the simulator as its default OCI upstream; `extra` adds upstream keys.
 fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
-    Sluice::start(&format!(
-        r#"[[upstream]]
-name = "sim"
-format = "oci"
-url = "{url}"
-host = "{host}"
-default = true
-tag_ttl = "1s"
-retry_backoff = "20ms"
-{extra}
-"#,
-        url = sim.url(),
-        host = sim.host()
-    ))
-}
-
-/// The value of the sample `series` (name with labels, as rendered) in a metrics page.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    Sluice::start(&sim.upstream_toml(&format!(
+        "tag_ttl = \"1s\"\nretry_backoff = \"20ms\"\n{extra}"
+    )))
 }
 
 /// Status and body of a GET (a cut body counts as an error string).
@@ -65,7 +48,7 @@ async fn transient_5xx_is_retried_and_the_client_never_sees_it() {
         assert_eq!(sim.blob_gets(&digest), 3, "one request plus two retries");
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_upstream_retries_total{upstream=\"sim\"}"),
+            metrics::sample(&m, "sluice_upstream_retries_total{upstream=\"sim\"}"),
             2.0,
             "{m}"
         );
@@ -156,12 +139,12 @@ async fn open_circuit_fails_fast_serves_stale_and_a_probe_closes_it() {
         }
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"sim\"}"),
             1.0,
             "{m}"
         );
         assert_eq!(
-            metric(&m, "sluice_circuit_opens_total{upstream=\"sim\"}"),
+            metrics::sample(&m, "sluice_circuit_opens_total{upstream=\"sim\"}"),
             1.0
         );
         // Open: no upstream contact; the stale tag answers, the uncached blob fails fast.
@@ -197,7 +180,7 @@ async fn open_circuit_fails_fast_serves_stale_and_a_probe_closes_it() {
         assert_eq!(status, 200, "probe after the cool-down");
         let m = s.metrics().await;
         assert_eq!(
-            metric(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"sim\"}"),
             0.0,
             "{m}"
         );
@@ -224,7 +207,10 @@ async fn a_refused_request_does_not_queue_for_a_concurrency_slot_first() {
         let url = |d: &str| format!("{}/v2/app/blobs/{d}", s.base_url());
         sim.fault(&failing, Fault::Status(503));
         let (status, _, _) = get(&c, &url(&failing), None).await;
-        assert!((500..600).contains(&status), "the failure that opens the circuit");
+        assert!(
+            (500..600).contains(&status),
+            "the failure that opens the circuit"
+        );
         tokio::time::sleep(Duration::from_millis(1100)).await;
         // The half-open probe holds the only concurrency slot: its upstream answer is held.
         let gate = common::sim::Gate::new();

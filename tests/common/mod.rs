@@ -5,9 +5,12 @@
 //! Each test file includes this with `mod common;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod http1;
 pub mod images;
+pub mod metrics;
 pub mod npm_sim;
+pub mod ops;
 pub mod pypi_sim;
 pub mod registry;
 pub mod sim;

@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::faults::FaultRules;
+
 /// How the fake misbehaves for requests whose path contains a pattern.
 #[derive(Clone, Debug)]
 pub enum NpmFault {
@@ -43,6 +45,15 @@ pub enum NpmFault {
         remaining: Arc<AtomicUsize>,
         fault: Box<NpmFault>,
     },
+}
+
+impl super::faults::SimFault for NpmFault {
+    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
+        match self {
+            NpmFault::Limited { remaining, fault } => Some((remaining, fault)),
+            _ => None,
+        }
+    }
 }
 
 impl NpmFault {
@@ -100,7 +111,7 @@ struct Version {
 #[derive(Default)]
 struct Inner {
     packages: BTreeMap<String, BTreeMap<String, Version>>,
-    faults: Vec<(String, NpmFault)>,
+    faults: FaultRules<NpmFault>,
     log: Vec<NpmReq>,
     corgi: bool,
     advisories: Value,
@@ -223,7 +234,7 @@ impl NpmSim {
     }
 
     pub fn fault(&self, pattern: &str, fault: NpmFault) {
-        self.inner().faults.push((pattern.to_string(), fault));
+        self.inner().faults.add_behind(pattern, fault);
     }
 
     pub fn clear_faults(&self) {
@@ -532,17 +543,7 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
 fn route(state: &State, req: &NpmReq) -> Resp {
     let (path, _query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let inner = state.inner.lock().expect("npm sim lock");
-    let fault = inner
-        .faults
-        .iter()
-        .find(|(p, _)| req.path.contains(p.as_str()))
-        .and_then(|(_, f)| match f {
-            NpmFault::Limited { remaining, fault } => remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .ok()
-                .map(|_| (**fault).clone()),
-            f => Some(f.clone()),
-        });
+    let fault = inner.faults.matching(&req.path);
     match &fault {
         Some(NpmFault::Status(code)) => return Resp::error(*code, "simulated upstream failure"),
         Some(NpmFault::RetryAfter(code, after)) => {

@@ -23,6 +23,8 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::faults::FaultRules;
+
 /// What the index serves for project pages and the root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -50,6 +52,15 @@ pub enum PyFault {
         remaining: Arc<AtomicUsize>,
         fault: Box<PyFault>,
     },
+}
+
+impl super::faults::SimFault for PyFault {
+    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
+        match self {
+            PyFault::Limited { remaining, fault } => Some((remaining, fault)),
+            _ => None,
+        }
+    }
 }
 
 impl PyFault {
@@ -119,7 +130,7 @@ impl PyReq {
 struct Inner {
     /// normalised name → (display name, files)
     projects: BTreeMap<String, (String, Vec<SimFile>)>,
-    faults: Vec<(String, PyFault)>,
+    faults: FaultRules<PyFault>,
     log: Vec<PyReq>,
     /// Files advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with a `206`.
     ranges: bool,
@@ -210,7 +221,7 @@ impl PypiSim {
 
     /// From now on, requests whose path contains `pattern` get `fault` (newest first).
     pub fn fault(&self, pattern: &str, fault: PyFault) {
-        self.inner().faults.insert(0, (pattern.to_string(), fault));
+        self.inner().faults.add(pattern, fault);
     }
 
     pub fn clear_faults(&self) {
@@ -391,17 +402,7 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
 
 fn route(state: &State, req: &PyReq) -> Resp {
     let inner = state.inner.lock().expect("lock");
-    let fault = inner
-        .faults
-        .iter()
-        .find(|(p, _)| req.path.contains(p.as_str()))
-        .and_then(|(_, f)| match f {
-            PyFault::Limited { remaining, fault } => remaining
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .ok()
-                .map(|_| (**fault).clone()),
-            f => Some(f.clone()),
-        });
+    let fault = inner.faults.matching(&req.path);
     match &fault {
         Some(PyFault::Status(s)) => return Resp::new(*s, "text/plain", format!("fault {s}\n")),
         Some(PyFault::RetryAfter(s, after)) => {

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::faults::{FaultRules, SimFault};
 use super::sha256_digest;
 
 /// How the simulator misbehaves for requests whose path contains a pattern.
@@ -57,6 +58,15 @@ pub enum Fault {
         remaining: Arc<std::sync::atomic::AtomicUsize>,
         fault: Box<Fault>,
     },
+}
+
+impl SimFault for Fault {
+    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
+        match self {
+            Fault::Limited { remaining, fault } => Some((remaining, fault)),
+            _ => None,
+        }
+    }
 }
 
 impl Fault {
@@ -156,7 +166,7 @@ struct Inner {
     blobs: HashMap<String, Bytes>,
     manifests: HashMap<String, (String, Bytes)>,
     tags: BTreeMap<(String, String), String>,
-    faults: Vec<(String, Fault)>,
+    faults: FaultRules<Fault>,
     ranges: Option<Ranges>,
     log: Vec<Req>,
     cdn_log: Vec<Req>,
@@ -222,6 +232,23 @@ impl Sim {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.state.port)
+    }
+
+    /// An `[[upstream]]` table naming this simulator `sim`, the default OCI upstream;
+    /// `extra` adds keys to it.
+    pub fn upstream_toml(&self, extra: &str) -> String {
+        format!(
+            r#"[[upstream]]
+name = "sim"
+format = "oci"
+url = "{url}"
+host = "{host}"
+default = true
+{extra}
+"#,
+            url = self.url(),
+            host = self.host()
+        )
     }
 
     /// The redirect target's port (reached as `localhost:PORT`).
@@ -318,7 +345,7 @@ impl Sim {
 
     /// From now on, requests whose path contains `pattern` get `fault` (newest rule wins).
     pub fn fault(&self, pattern: &str, fault: Fault) {
-        self.inner().faults.insert(0, (pattern.to_string(), fault));
+        self.inner().faults.add(pattern, fault);
     }
 
     pub fn clear_faults(&self) {
@@ -602,24 +629,7 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
 
 fn fault_for(state: &State, path: &str) -> Fault {
     let inner = state.inner.lock().expect("sim lock");
-    let fault = inner
-        .faults
-        .iter()
-        .find(|(p, _)| path.contains(p.as_str()))
-        .map(|(_, f)| f.clone())
-        .unwrap_or(Fault::Normal);
-    match fault {
-        Fault::Limited { remaining, fault } => {
-            let left =
-                remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if left.is_ok() {
-                *fault
-            } else {
-                Fault::Normal
-            }
-        }
-        f => f,
-    }
+    inner.faults.matching(path).unwrap_or(Fault::Normal)
 }
 
 /// Splits `/v2/<name>/<kind>/<rest>` on the last `/manifests/`, `/blobs/` or `/tags/`.
