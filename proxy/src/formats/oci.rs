@@ -296,12 +296,25 @@ fn tag_key(up: &Upstream, repo: &RepoName, tag: &Tag) -> String {
 /// the index path, which puts a fresh entry back. Sharded read-write locks: a hit takes one
 /// uncontended read lock.
 pub struct HotTags {
-    shards: [parking_lot::RwLock<std::collections::HashMap<String, Arc<HotTag>>>; HOT_SHARDS],
+    shards: [parking_lot::RwLock<HotShard>; HOT_SHARDS],
+}
+
+/// One shard: entries and the manifest bytes they hold.
+#[derive(Default)]
+struct HotShard {
+    map: std::collections::HashMap<String, Arc<HotTag>>,
+    bytes: usize,
 }
 
 const HOT_SHARDS: usize = 16;
 /// Entries per shard; a full shard is emptied (it refills from the index on demand).
 const HOT_PER_SHARD: usize = 4096;
+/// Manifest bytes per shard (64 MiB in all): past it the shard is emptied. Entries of tags
+/// that went away (purged, evicted, cleaned up) stay until then, so this bounds them too.
+const HOT_SHARD_BYTES: usize = 4 << 20;
+/// Larger manifests are not kept: they are memory-mapped, and a mapping held here would
+/// keep an evicted file's disk space in use.
+const HOT_MAX_MANIFEST: usize = 256 * 1024;
 
 /// A tag's manifest as last read from the index.
 pub struct HotTag {
@@ -331,10 +344,7 @@ impl HotTags {
         )
     }
 
-    fn shard(
-        &self,
-        key: &str,
-    ) -> &parking_lot::RwLock<std::collections::HashMap<String, Arc<HotTag>>> {
+    fn shard(&self, key: &str) -> &parking_lot::RwLock<HotShard> {
         use std::hash::BuildHasher;
         let h =
             std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
@@ -345,17 +355,27 @@ impl HotTags {
     fn get(&self, key: &str, generation: (u64, u64)) -> Option<Arc<HotTag>> {
         self.shard(key)
             .read()
+            .map
             .get(key)
             .filter(|t| t.generation == generation)
             .cloned()
     }
 
     fn insert(&self, key: String, tag: HotTag) {
-        let mut shard = self.shard(&key).write();
-        if shard.len() >= HOT_PER_SHARD && !shard.contains_key(&key) {
-            shard.clear();
+        let size = tag.manifest.bytes.len();
+        if size > HOT_MAX_MANIFEST {
+            return;
         }
-        shard.insert(key, Arc::new(tag));
+        let mut shard = self.shard(&key).write();
+        if let Some(old) = shard.map.remove(&key) {
+            shard.bytes -= old.manifest.bytes.len();
+        }
+        if shard.map.len() >= HOT_PER_SHARD || shard.bytes + size > HOT_SHARD_BYTES {
+            shard.map.clear();
+            shard.bytes = 0;
+        }
+        shard.bytes += size;
+        shard.map.insert(key, Arc::new(tag));
     }
 }
 
@@ -847,6 +867,63 @@ async fn tags_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hot(bytes: usize) -> HotTag {
+        let body = Bytes::from(vec![b'{'; bytes]);
+        HotTag {
+            generation: (1, 1),
+            fetched_at_ms: 0,
+            manifest: Manifest {
+                digest: Digest::of(&body),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                bytes: body,
+                head: None,
+            },
+        }
+    }
+
+    #[test]
+    fn hot_tags_stay_within_their_byte_bound_and_skip_large_manifests() {
+        let h = HotTags::default();
+        h.insert("up/big:1".into(), hot(HOT_MAX_MANIFEST + 1));
+        assert!(
+            h.get("up/big:1", (1, 1)).is_none(),
+            "a mapped-size manifest"
+        );
+        for i in 0..2_000 {
+            h.insert(format!("up/r:{i}"), hot(200 * 1024));
+        }
+        let held: usize = h.shards.iter().map(|s| s.read().bytes).sum();
+        let counted: usize = h
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .map
+                    .values()
+                    .map(|t| t.manifest.bytes.len())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        assert_eq!(held, counted, "byte count matches the entries");
+        assert!(held <= HOT_SHARDS * HOT_SHARD_BYTES, "{held}");
+        // Replacing an entry does not count it twice; a stale generation is not served.
+        h.insert("up/r:x".into(), hot(100));
+        h.insert("up/r:x".into(), hot(100));
+        assert_eq!(
+            h.shard("up/r:x")
+                .read()
+                .map
+                .get("up/r:x")
+                .unwrap()
+                .manifest
+                .bytes
+                .len(),
+            100
+        );
+        assert!(h.get("up/r:x", (1, 1)).is_some());
+        assert!(h.get("up/r:x", (2, 1)).is_none());
+    }
 
     #[test]
     fn routes_parse_from_the_right() {
