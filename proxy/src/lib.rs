@@ -37,7 +37,7 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -92,15 +92,47 @@ pub fn serve(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut http = Service::new("sluice http".to_string(), server::HttpApp::new(app.clone()));
-    // A 32 KiB write buffer (pingora's default is 1460 B): the head and a small known-length
-    // body (a cached packument or simple page) leave in one send instead of two; larger
-    // chunks still bypass the buffer.
-    http.add_listener(
-        ListenerConfig::tcp(listen.to_string())
-            .l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER)),
-    );
-    server.add_service(http);
+    // One single-threaded listening service per thread, each with its own SO_REUSEPORT
+    // socket (the kernel spreads connections over them, as over nginx's workers): a
+    // connection is accepted, registered and served on one thread. With one listener,
+    // pingora accepts on one runtime and serves on a random one, and the accepting
+    // runtime relayed every socket event of the other's connections with a cross-thread
+    // wake-up (an eventfd write per request). pingora shares one socket between services
+    // listening on the same address text, owned (and closed at shutdown) by each of them,
+    // so each service spells the port with its own number of leading zeros.
+    // Port 0 (any port) keeps one listener: each socket would get a port of its own
+    // (likewise an IPv6 address with a scope, which the spelling would drop).
+    let per_thread = threads > 1
+        && listen.port() != 0
+        && !matches!(listen, std::net::SocketAddr::V6(a) if a.scope_id() != 0);
+    if per_thread {
+        // SO_REUSEPORT would let a second sluice bind the same port silently; a plain
+        // bind first fails as before when the address is taken.
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    }
+    let first = server::HttpApp::new(app.clone());
+    for i in 0..if per_thread { threads } else { 1 } {
+        let mut http = Service::new("sluice http".to_string(), first.sibling());
+        let address = match listen {
+            _ if i == 0 => listen.to_string(),
+            std::net::SocketAddr::V4(a) => format!("{}:{}{}", a.ip(), "0".repeat(i), a.port()),
+            std::net::SocketAddr::V6(a) => format!("[{}]:{}{}", a.ip(), "0".repeat(i), a.port()),
+        };
+        // A 32 KiB write buffer (pingora's default is 1460 B): the head and a small
+        // known-length body (a cached packument or simple page) leave in one send instead
+        // of two; larger chunks still bypass the buffer.
+        let mut endpoint =
+            ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER));
+        if per_thread {
+            http.threads = Some(1);
+            let mut opts = TcpSocketOptions::default();
+            opts.so_reuseport = Some(true);
+            endpoint = endpoint.tcp_socket_options(opts);
+        }
+        http.add_listener(endpoint);
+        server.add_service(http);
+    }
     server.add_service(background_service(
         "upkeep",
         upkeep::Upkeep::new(app.clone()),

@@ -30,7 +30,8 @@ const SEND_CHUNK: usize = 1 << 20;
 /// The pingora application.
 pub struct HttpApp {
     app: Arc<App>,
-    seq: AtomicU64,
+    /// Shared by the per-thread copies ([`HttpApp::sibling`]): one id sequence per process.
+    seq: Arc<AtomicU64>,
     prefix: u32,
 }
 
@@ -39,8 +40,17 @@ impl HttpApp {
     pub fn new(app: Arc<App>) -> HttpApp {
         HttpApp {
             app,
-            seq: AtomicU64::new(0),
+            seq: Arc::new(AtomicU64::new(0)),
             prefix: rand::random(),
+        }
+    }
+
+    /// Another app for another listener thread, continuing the same request ids.
+    pub fn sibling(&self) -> HttpApp {
+        HttpApp {
+            app: self.app.clone(),
+            seq: self.seq.clone(),
+            prefix: self.prefix,
         }
     }
 
