@@ -25,11 +25,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use pingora::http::ResponseHeader;
 
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::flight::Flights;
-use crate::response::{Body, CacheStatus, Reply};
+use crate::response::{head_template, Body, CacheStatus, Reply};
 use crate::store::index::{IndexExt, MetaRecord, Tree};
 use crate::store::{unix_ms, Store};
 
@@ -109,6 +110,9 @@ pub struct Rendered {
     pub etag: String,
     /// Extra response headers (e.g. npm's `npm-notice` naming blocked versions).
     pub headers: Vec<(&'static str, String)>,
+    /// The `200` response header of the identity and the gzip variant, converted on first
+    /// use (see [`Reply::prebuilt`]).
+    head: [std::sync::OnceLock<Option<Arc<ResponseHeader>>>; 2],
 }
 
 impl Rendered {
@@ -121,6 +125,7 @@ impl Rendered {
             content_type: content_type.into(),
             etag,
             headers: Vec::new(),
+            head: Default::default(),
         }
     }
 
@@ -137,6 +142,7 @@ impl Rendered {
             })
             .collect();
         self.headers.push((name, clean));
+        self.head = Default::default();
         self
     }
 
@@ -175,12 +181,18 @@ impl Rendered {
         }
         let gzip = accept_encoding.is_some_and(accepts_gzip) && self.body.len() > 1024;
         let r = base(http::StatusCode::OK).header("Content-Type", self.content_type.clone());
-        if gzip {
-            r.header("Content-Encoding", "gzip")
-                .body(Body::Full(self.gzipped().clone()))
+        let (r, body) = if gzip {
+            (r.header("Content-Encoding", "gzip"), self.gzipped().clone())
         } else {
-            r.body(Body::Full(self.body.clone()))
-        }
+            (r, self.body.clone())
+        };
+        let head = self.head[usize::from(gzip)]
+            .get_or_init(|| head_template(r.status, &r.headers).map(Arc::new));
+        let r = match head {
+            Some(h) => r.with_prebuilt(h.clone()),
+            None => r,
+        };
+        r.body(Body::Full(body))
     }
 }
 
@@ -573,5 +585,18 @@ mod tests {
             .any(|(k, v)| *k == "Content-Encoding" && v == "gzip"));
         let plain = r.reply(None, Some("gzip;q=0"), CacheStatus::Hit);
         assert!(!plain.headers.iter().any(|(k, _)| *k == "Content-Encoding"));
+        // The header kept per variant is the one its headers convert to, on every request.
+        for _ in 0..2 {
+            for reply in [
+                r.reply(None, Some("gzip"), CacheStatus::Hit),
+                r.reply(None, None, CacheStatus::Hit),
+            ] {
+                let kept = reply.prebuilt.as_deref().expect("kept header");
+                let fresh = crate::response::head_template(reply.status, &reply.headers).unwrap();
+                assert_eq!(kept.status, fresh.status);
+                assert_eq!(kept.headers, fresh.headers);
+            }
+        }
+        assert!(not_mod.prebuilt.is_none());
     }
 }
