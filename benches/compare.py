@@ -436,7 +436,34 @@ def wrk_secs(v):
     return x * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
 
 
+def cpu_busy_fraction(interval=0.5):
+    """Share of all CPUs busy (not idle/iowait) over `interval` seconds, from /proc/stat."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+
+    t0, i0 = sample()
+    time.sleep(interval)
+    t1, i1 = sample()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def settle(limit=60.0, busy=0.15):
+    """Waits until the machine is quiet: a peer still working off requests queued by the
+    previous wrk run (Verdaccio on a multi-MB packument keeps going long after wrk stops)
+    would otherwise share the cores with the next server measured."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if cpu_busy_fraction() < busy:
+            return
+    log(f"machine still busy after {limit:.0f} s; measuring anyway")
+
+
 def wrk(url, headers):
+    settle()
     argv = ["wrk", "-t2", "-c32", f"-d{WRK_DURATION}", "--latency"]
     for k, v in headers.items():
         argv += ["-H", f"{k}: {v}"]
