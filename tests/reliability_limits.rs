@@ -101,11 +101,15 @@ async fn a_request_waiting_past_queue_timeout_fails_as_an_upstream_error() {
             "the held fetch never reached the upstream"
         );
         let t = Instant::now();
-        let (status, _) = get_blob(&c, &s, &other_d).await;
-        assert!(
-            (500..600).contains(&status),
-            "no slot within queue_timeout → 5xx, got {status}"
-        );
+        let r = c
+            .get(format!("{}/v2/app/blobs/{other_d}", s.base_url()))
+            .send()
+            .await
+            .expect("GET other blob");
+        assert_eq!(r.status(), 503, "no slot within queue_timeout: unavailable");
+        assert_eq!(common::header(&r, "retry-after"), "1");
+        let err = common::json_body(r).await;
+        assert_eq!(err["errors"][0]["code"], "UNAVAILABLE", "{err}");
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert_eq!(sim.blob_gets(&other_d), 0, "sent despite the cap");
         gate.open();
@@ -143,6 +147,51 @@ async fn rate_limit_paces_requests_to_the_upstream() {
             metrics::sample(&m, "sluice_upstream_throttled_total{upstream=\"sim\"}") >= 2.0,
             "{m}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_by_our_own_limits_never_opens_the_circuit() {
+    let sim = Sim::start().await;
+    let digests: Vec<String> = (0..4)
+        .map(|i| sim.add_blob(random_bytes(1000, 930 + i)))
+        .collect();
+    // One request per second, and a queue too short to wait for the next one: every request
+    // after the first is throttled. A breaker counting that as an upstream failure would
+    // open after one and refuse the rest.
+    let s = Sluice::start(&sim.upstream_toml(
+        "rate_limit = \"1/s\"\nqueue_timeout = \"100ms\"\ncircuit_failures = 1\n\
+         circuit_cooldown = \"60s\"\nretries = 2\nretry_backoff = \"20ms\"",
+    ));
+    let c = http_client();
+    within(60, "throttling and the circuit", async {
+        assert_eq!(get_blob(&c, &s, &digests[0]).await.0, 200);
+        for d in &digests[1..3] {
+            let r = c
+                .get(format!("{}/v2/app/blobs/{d}", s.base_url()))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 503);
+            let err = common::json_body(r).await;
+            let msg = err["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains("rate_limit"), "throttled, not circuit: {err}");
+            assert_eq!(sim.blob_gets(d), 0, "sent despite the rate limit");
+        }
+        let m = s.metrics().await;
+        assert_eq!(
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            0.0,
+            "{m}"
+        );
+        assert_eq!(
+            metrics::sample(&m, "sluice_circuit_opens_total{upstream=\"sim\"}"),
+            0.0
+        );
+        // Once the rate allows it, the next request goes through.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(get_blob(&c, &s, &digests[3]).await.0, 200);
     })
     .await;
 }

@@ -65,6 +65,19 @@ pub enum ProxyError {
         /// Whole seconds (at least 1) until the next probe may go through.
         retry_after: u64,
     },
+    /// This upstream's own limits (`max_concurrent`, `rate_limit`) did not let the request
+    /// through within `queue_timeout`: it was never sent (answered `503` with
+    /// `Retry-After`). Local, so it never counts against the circuit breaker and is not
+    /// retried; a stale cached copy may still answer.
+    #[error("upstream {upstream}: {message}")]
+    Throttled {
+        /// Upstream name.
+        upstream: String,
+        /// Which limit, and how long the request waited.
+        message: String,
+        /// Whole seconds (at least 1) to suggest to the client.
+        retry_after: u64,
+    },
     /// The upstream's bytes do not match the digest they were asked for.
     #[error("digest mismatch: expected {expected}, upstream sent content with digest {actual}")]
     DigestMismatch {
@@ -109,6 +122,7 @@ impl ProxyError {
                 status.is_none_or(|s| s >= 500 || s == 429 || s == 408)
             }
             ProxyError::CircuitOpen { .. }
+            | ProxyError::Throttled { .. }
             | ProxyError::DigestMismatch { .. }
             | ProxyError::HashMismatch { .. }
             | ProxyError::TooLarge(_) => true,
@@ -125,9 +139,9 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
-            ProxyError::Offline(_) | ProxyError::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Offline(_)
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Throttled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream {
                 status: Some(429), ..
             } => StatusCode::TOO_MANY_REQUESTS,
@@ -165,7 +179,8 @@ impl ProxyError {
     /// half-open probe may go through.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            ProxyError::CircuitOpen { retry_after, .. }
+            | ProxyError::Throttled { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -153,20 +153,19 @@ impl Upstream {
         }
         // Queue for a concurrency slot: held for the whole response body, it is what bounds
         // the transfers in flight to this upstream.
-        let slot = self
-            .limits
-            .slot()
-            .await
-            .map_err(|t| self.err(t.to_string(), None))?;
+        let slot = self.limits.slot().await.map_err(|t| self.throttled(&t))?;
         let permit = self.breaker.admit().map_err(circuit_open)?;
         let result = self
             .send_authenticated(method, url, headers, scope, body)
             .await;
-        permit.record(match &result {
-            Ok(r) if is_failure_status(r.status()) => Outcome::Failure,
-            Err(e) if e.is_upstream_failure() => Outcome::Failure,
-            _ => Outcome::Success,
-        });
+        match &result {
+            // Never sent (our own rate limit): says nothing about the upstream; a probe
+            // dropped unrecorded frees the half-open slot.
+            Err(ProxyError::Throttled { .. }) => drop(permit),
+            Ok(r) if is_failure_status(r.status()) => permit.record(Outcome::Failure),
+            Err(e) if e.is_upstream_failure() => permit.record(Outcome::Failure),
+            _ => permit.record(Outcome::Success),
+        }
         let mut resp = match slot {
             Some(slot) => limits::hold_until_body_ends(result?, slot),
             None => result?,
@@ -182,6 +181,15 @@ impl Upstream {
         self.cfg
             .max_stale
             .is_none_or(|m| u128::from(age_ms) <= m.get().as_millis())
+    }
+
+    /// The error of a request its own limits held back past `queue_timeout`.
+    fn throttled(&self, t: &limits::Throttled) -> ProxyError {
+        ProxyError::Throttled {
+            upstream: self.cfg.name.clone(),
+            message: t.to_string(),
+            retry_after: t.1.as_millis().div_ceil(1000).max(1) as u64,
+        }
     }
 
     /// State of this upstream's circuit breaker: 0 closed, 1 open, 2 half-open.
@@ -329,6 +337,8 @@ impl Upstream {
             }
             let backoff = retry::backoff(self.cfg.retry_backoff.get(), attempt, rand::random());
             let delay = match &r {
+                // It already waited queue_timeout for our own limits.
+                Err(ProxyError::Throttled { .. }) => return r,
                 Err(e) if e.is_upstream_failure() => backoff,
                 Ok(resp) if retry::is_retryable_status(resp.status()) => {
                     let asked = matches!(resp.status().as_u16(), 429 | 503)
@@ -377,10 +387,7 @@ impl Upstream {
                 req = req.header(http::header::AUTHORIZATION, a);
             }
             // Every attempt and redirect hop is a request against the upstream's rate.
-            self.limits
-                .pace()
-                .await
-                .map_err(|t| self.err(t.to_string(), None))?;
+            self.limits.pace().await.map_err(|t| self.throttled(&t))?;
             let started = Instant::now();
             let fut = req.send();
             let resp = match tokio::time::timeout(self.cfg.read_timeout.get(), fut).await {
