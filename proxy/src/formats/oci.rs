@@ -145,18 +145,26 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
             };
             app.policy
                 .check(&facts(&up, &repo, tag, asked.as_deref()))?;
-            let (m, cache) = match reference {
-                Reference::Digest(d) => manifest_by_digest(app, &up, &repo, d).await?,
-                Reference::Tag(ref t) => manifest_by_tag(app, &up, &repo, t).await?,
+            let (m, cache, key) = match reference {
+                Reference::Digest(d) => {
+                    let (m, cache) = manifest_by_digest(app, &up, &repo, d).await?;
+                    (m, cache, None)
+                }
+                Reference::Tag(ref t) => {
+                    // The tag's index key, shared by the tag map, the index and the pull log.
+                    let key = tag_key(&up, &repo, t);
+                    let (m, cache) = manifest_by_tag(app, &up, &repo, t, &key).await?;
+                    (m, cache, Some(key))
+                }
             };
             if tag.is_some() {
                 app.policy
                     .check(&facts(&up, &repo, tag, Some(m.digest.text().as_str())))?;
             }
             app.store.touch(&m.digest);
-            if let Some(t) = tag {
+            if let Some(key) = key {
                 // Batched in memory (cleanup policies rank tags by last pull).
-                app.store.tag_pulled(up.name(), repo.as_str(), t);
+                app.store.tag_pulled(key);
             }
             Ok(manifest_reply(m, cache))
         }
@@ -286,7 +294,7 @@ async fn manifest_by_digest(
 }
 
 fn tag_key(up: &Upstream, repo: &RepoName, tag: &Tag) -> String {
-    format!("{}/{}:{}", up.name(), repo, tag.as_str())
+    crate::store::pulls::tag_key(up.name(), repo.as_str(), tag.as_str())
 }
 
 /// Tags recently served from the store, kept in memory so that a hit on one reads and
@@ -384,11 +392,11 @@ async fn manifest_by_tag(
     up: &Arc<Upstream>,
     repo: &RepoName,
     tag: &Tag,
+    key: &str,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
-    let key = tag_key(up, repo, tag);
     // Read before the records: a write after this point makes the entry stale.
     let generation = HotTags::generation(app);
-    if let Some(hot) = app.oci_hot.get(&key, generation) {
+    if let Some(hot) = app.oci_hot.get(key, generation) {
         let age = unix_ms().saturating_sub(hot.fetched_at_ms);
         if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
             return Ok((hot.manifest.clone(), CacheStatus::Hit));
@@ -408,7 +416,7 @@ async fn manifest_by_tag(
                 manifest.head =
                     crate::response::head_template(StatusCode::OK, &headers).map(Arc::new);
                 app.oci_hot.insert(
-                    key,
+                    key.to_string(),
                     HotTag {
                         generation,
                         fetched_at_ms: rec.fetched_at_ms,
@@ -419,7 +427,7 @@ async fn manifest_by_tag(
             }
             match head_digest(up, repo, tag).await {
                 Ok(Some(d)) if d == rec.digest => {
-                    put_tag(app, &key, d)?;
+                    put_tag(app, key, d)?;
                     return Ok((cached, CacheStatus::Revalidated));
                 }
                 Ok(_) => {}
@@ -431,7 +439,7 @@ async fn manifest_by_tag(
             }
             return match fetch_manifest(app, up, repo, tag.as_str(), None).await {
                 Ok(m) => {
-                    put_tag(app, &key, m.digest)?;
+                    put_tag(app, key, m.digest)?;
                     Ok((m, CacheStatus::Miss))
                 }
                 Err(e) if e.is_upstream_failure() && up.stale_allowed(age) => {
@@ -441,17 +449,17 @@ async fn manifest_by_tag(
             };
         }
     }
-    if app.is_negative(&key) {
+    if app.is_negative(key) {
         return Err(manifest_unknown(repo, tag.as_str()));
     }
     match fetch_manifest(app, up, repo, tag.as_str(), None).await {
         Ok(m) => {
-            put_tag(app, &key, m.digest)?;
+            put_tag(app, key, m.digest)?;
             Ok((m, CacheStatus::Miss))
         }
         Err(e) => {
             if matches!(e, ProxyError::NotFound { .. }) {
-                app.remember_negative(key, up.cfg.negative_ttl.get());
+                app.remember_negative(key.to_string(), up.cfg.negative_ttl.get());
             }
             Err(e)
         }

@@ -90,10 +90,10 @@ fn decode(v: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Records that `upstream/repo:tag` was pulled now (a manifest requested by tag). Cheap:
-    /// one shard lock, no index write.
-    pub fn tag_pulled(&self, upstream: &str, repo: &str, tag: &str) {
-        self.pulls.record(tag_key(upstream, repo, tag), unix_ms());
+    /// Records that the tag with index key `key` ([`tag_key`]) was pulled now (a manifest
+    /// requested by tag). Cheap: one shard lock, no index write.
+    pub fn tag_pulled(&self, key: String) {
+        self.pulls.record(key, unix_ms());
     }
 
     /// Writes pending pull times to the index (not flushed to disk: the caller does).
