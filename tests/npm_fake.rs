@@ -211,6 +211,7 @@ async fn tarballs_are_verified_stored_by_sha256_and_served_byte_exact_from_one_f
         }
         sim.clear_faults();
         assert_eq!(sim.count("GET", "/files/"), 1, "single flight");
+        s.settled().await;
         assert!(
             blob_files(&s.data_dir())
                 .iter()

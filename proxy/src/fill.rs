@@ -6,10 +6,14 @@
 //! positional reads as progress advances: each streams at upstream speed, a slow client
 //! never slows the fill or the others, and memory stays at one read buffer per client.
 //!
-//! Only when the body is complete and its digest matches is the file fsynced and renamed
-//! into the store. On a mismatch, a short body or an upstream error the fill fails, the
-//! temp file is removed, and followers return an error so the server drops the connection
-//! instead of completing a response with wrong bytes.
+//! Every response's last byte is held back until the whole body's digest matches; then
+//! followers finish while the file is fsynced and renamed into the store (the client does
+//! not wait for the disk: an fsync of 200 MB takes ~50 ms). A request arriving in that
+//! window waits for the commit and is served from the store. On a mismatch, a short body or
+//! an upstream error the fill fails, the temp file is removed, and followers return an
+//! error so the server drops the connection instead of completing a response with wrong
+//! bytes. If the commit itself fails (a disk error), the bytes already verified still reach
+//! the followers from the open temp file; nothing is stored.
 //!
 //! The fill runs to completion even if every client goes away: the next pull is a hit.
 //!
@@ -106,8 +110,20 @@ pub type Opener = Box<dyn FnOnce() -> BoxFuture<'static, Result<UpstreamBody, Pr
 enum State {
     Connecting,
     Streaming,
+    /// The whole body is written and its digest matches; being committed to the store.
+    Verified,
+    /// Verified and committed: the store has it.
     Done,
+    /// Verified, but the commit failed: followers finish from the temp file.
+    Unstored,
     Failed(ProxyError),
+}
+
+impl State {
+    /// Whether every written byte is known good.
+    fn verified(&self) -> bool {
+        matches!(self, State::Verified | State::Done | State::Unstored)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -141,8 +157,30 @@ impl Fills {
 
     /// Joins the fill of `expect`, starting it with `open` if none is running. `format`
     /// labels the upstream byte counter. Returns `None` if the content is already stored (a
-    /// fill finished meanwhile): look it up again.
-    pub fn join_or_start(
+    /// fill finished meanwhile): look it up again. A fill whose body is complete and being
+    /// committed is waited for rather than joined, so that a request following a finished
+    /// response is served from the store.
+    pub async fn join_or_start(
+        &self,
+        expect: Expect,
+        format: &'static str,
+        open: Opener,
+    ) -> Result<Option<Arc<Fill>>, ProxyError> {
+        loop {
+            let committing = {
+                let map = self.inflight.lock();
+                match map.get(&expect) {
+                    Some(f) if matches!(f.progress.borrow().state, State::Verified) => f.clone(),
+                    Some(f) => return Ok(Some(f.clone())),
+                    None => break,
+                }
+            };
+            committing.settled().await;
+        }
+        self.start(expect, format, open)
+    }
+
+    fn start(
         &self,
         expect: Expect,
         format: &'static str,
@@ -180,9 +218,8 @@ impl Fills {
             inflight.lock().remove(&expect);
             metrics::gauge!("sluice_inflight_fills").decrement(1.0);
             match result {
-                Ok(()) => {
-                    tx.send_modify(|p| p.state = State::Done);
-                }
+                Ok(true) => tx.send_modify(|p| p.state = State::Done),
+                Ok(false) => tx.send_modify(|p| p.state = State::Unstored),
                 Err(e) => {
                     tracing::warn!(expect = %expect, error = %e, "fill failed; nothing stored");
                     metrics::counter!("sluice_fill_failures_total", "format" => format)
@@ -202,7 +239,7 @@ async fn run_fill(
     format: &'static str,
     open: Opener,
     tx: &watch::Sender<Progress>,
-) -> Result<(), ProxyError> {
+) -> Result<bool, ProxyError> {
     let UpstreamBody {
         len,
         mut stream,
@@ -274,6 +311,9 @@ async fn run_fill(
         if written - published >= PUBLISH_EVERY {
             tx.send_modify(|p| p.written = written);
             published = written;
+            // Let the followers on this thread send what was just published: a fast
+            // upstream would otherwise keep this task busy and the clients waiting.
+            tokio::task::yield_now().await;
         }
     }
     tx.send_modify(|p| p.written = written);
@@ -287,19 +327,29 @@ async fn run_fill(
         }
     }
     let digest = hashing.verify(expect, format)?;
-    // Publish the final length before committing so followers of a chunked body can finish.
-    tx.send_modify(|p| p.len = Some(written));
-    let store = store.clone();
-    let expect = expect.clone();
-    tokio::task::spawn_blocking(move || {
-        store.commit(tmp, &digest, written)?;
-        store.put_alias(&expect, &digest)
-    })
-    .await
-    .map_err(ProxyError::internal)??;
     metrics::counter!("sluice_bytes_total", "format" => format, "source" => "upstream")
         .increment(written);
-    Ok(())
+    // Release the last bytes (and the final length of a chunked body) now: the fsync and
+    // rename below need not delay the clients.
+    tx.send_modify(|p| {
+        p.len = Some(written);
+        p.state = State::Verified;
+    });
+    let store = store.clone();
+    let alias = expect.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        store.commit(tmp, &digest, written)?;
+        store.put_alias(&alias, &digest)
+    })
+    .await
+    .map_err(ProxyError::internal)
+    .and_then(|r| r);
+    if let Err(e) = committed {
+        tracing::error!(expect = %expect, error = %e, "verified body not stored: commit failed");
+        metrics::counter!("sluice_fill_failures_total", "format" => format).increment(1);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 impl Fill {
@@ -312,12 +362,28 @@ impl Fill {
                 match &p.state {
                     State::Connecting => {}
                     State::Failed(e) => return Err(e.clone()),
-                    State::Streaming | State::Done => return Ok(p.len),
+                    _ => return Ok(p.len),
                 }
             }
             rx.changed()
                 .await
                 .map_err(|_| ProxyError::internal("fill task ended without a result"))?;
+        }
+    }
+
+    /// Waits until the fill is over: stored, unstored or failed.
+    async fn settled(&self) {
+        let mut rx = self.progress.clone();
+        loop {
+            if matches!(
+                rx.borrow_and_update().state,
+                State::Done | State::Unstored | State::Failed(_)
+            ) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -378,7 +444,7 @@ impl Follower {
                 (None, Some(l)) => l,
                 (None, None) => u64::MAX,
             };
-            let verified = matches!(state, State::Done);
+            let verified = state.verified();
             // The last byte of a response is held back until the whole body's digest is
             // verified: a client can never receive a complete body that turns out wrong.
             let readable = if verified {
@@ -405,5 +471,116 @@ impl Follower {
                 .await
                 .map_err(|_| ProxyError::internal("fill task ended without a result"))?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use std::time::Duration;
+
+    fn opener(body: Bytes) -> Opener {
+        Box::new(move || {
+            async move {
+                let len = Some(body.len() as u64);
+                let chunks: Vec<Result<Bytes, ProxyError>> = body
+                    .chunks(100_000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                Ok(UpstreamBody {
+                    len,
+                    stream: futures_util::stream::iter(chunks).boxed(),
+                    resume: None,
+                })
+            }
+            .boxed()
+        })
+    }
+
+    async fn read_all(mut f: Follower) -> Result<Vec<u8>, ProxyError> {
+        let mut out = Vec::new();
+        while let Some(c) = f.next().await? {
+            out.extend_from_slice(&c);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn clients_get_the_verified_body_before_the_commit_and_later_requests_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fills = Fills::new(store.clone());
+        let body = Bytes::from(
+            (0..1_000_000u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
+        let expect = Expect::Sha256(Digest::of(&body));
+
+        let held = store.hold_commits();
+        let fill = fills
+            .join_or_start(expect.clone(), "oci", opener(body.clone()))
+            .await
+            .unwrap()
+            .expect("nothing stored yet");
+        assert_eq!(fill.started().await.unwrap(), Some(body.len() as u64));
+        // The whole body, last byte included, arrives while the commit cannot happen.
+        let got = tokio::time::timeout(Duration::from_secs(10), read_all(fill.follow(0, None)))
+            .await
+            .expect("the body is released before the commit")
+            .unwrap();
+        assert_eq!(got, body);
+        assert!(store.resolve(&expect).is_none(), "not committed yet");
+
+        // A request now waits for the commit instead of joining, then finds it stored.
+        let late = fills.join_or_start(expect.clone(), "oci", opener(Bytes::new()));
+        tokio::pin!(late);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut late)
+                .await
+                .is_err(),
+            "a request during the commit waits for it"
+        );
+        drop(held);
+        let late = tokio::time::timeout(Duration::from_secs(10), late)
+            .await
+            .expect("the commit finishes")
+            .unwrap();
+        assert!(
+            late.is_none(),
+            "served from the store, not from a second fill"
+        );
+        let stored = store.resolve(&expect).expect("committed");
+        assert_eq!(store.read(&stored).unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_body_is_never_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fills = Fills::new(store.clone());
+        let body = Bytes::from(vec![7u8; 300_000]);
+        let expect = Expect::Sha256(Digest::of(b"something else"));
+        let fill = fills
+            .join_or_start(expect.clone(), "oci", opener(body.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut f = fill.follow(0, None);
+        let mut got = 0;
+        let err = loop {
+            match f.next().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => panic!("a body with the wrong digest completed"),
+                Err(e) => break e,
+            }
+        };
+        assert!(got < body.len(), "the last byte was held back");
+        assert!(
+            err.to_string().contains("digest") || err.to_string().contains("sha256"),
+            "{err}"
+        );
+        assert!(store.resolve(&expect).is_none());
     }
 }

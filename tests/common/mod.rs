@@ -463,6 +463,30 @@ impl Sluice {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Waits until no fill is in flight. A client gets a fill's last byte once the body is
+    /// verified, before the file is fsynced and renamed into the store: call this before
+    /// looking at the disk (or at storage metrics) right after a cold response.
+    pub async fn settled(&self) {
+        let start = std::time::Instant::now();
+        loop {
+            let m = self.metrics().await;
+            let inflight = m
+                .lines()
+                .find(|l| l.starts_with("sluice_inflight_fills "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if inflight == 0.0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "fills still in flight after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The Prometheus text from `/-/metrics`.
     pub async fn metrics(&self) -> String {
         let r = http_client()

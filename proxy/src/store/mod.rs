@@ -438,6 +438,12 @@ impl Store {
         Ok(())
     }
 
+    /// Holds back every commit until the guard drops (tests of what happens meanwhile).
+    #[cfg(test)]
+    pub(crate) fn hold_commits(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.mutate.lock()
+    }
+
     /// Stores a small document whose bytes are in memory (manifests, tag lists). The digest
     /// is computed here, so what is stored always matches its name.
     pub fn put_bytes(&self, bytes: &Bytes) -> Result<Digest, ProxyError> {
