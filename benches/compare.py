@@ -12,7 +12,9 @@ Only loopback is loaded. The npm registry and the PyPI index that Verdaccio, dev
 proxpi and sluice proxy are asked from npm and pip at run time.
 
 Environment: QUICK=1 (small files, wrk -d2s, no live installs), SKIP_LIVE=1 (no npm ci /
-pip install), WRK_DURATION, LOAD_CLIENTS, LOAD_MB, LOAD_TIMEOUT, RESULTS_DIR, KEEP_WORK=1.
+pip install), WRK_DURATION, LOAD_CLIENTS, LOAD_MB, LOAD_TIMEOUT, RESULTS_DIR, KEEP_WORK=1,
+ONLY=copy,live,blob,docs,load (a subset of the workloads, for working on one of them; the
+results then go to RESULTS_DIR or a temp dir, never over a full run's files).
 """
 
 import asyncio
@@ -49,11 +51,19 @@ MIB = 1 << 20
 BIG_LAYER = (16 if QUICK else 200) * MIB
 OTHER_LAYERS = [2 * MIB, 1 * MIB] if QUICK else [30 * MIB, 15 * MIB]
 WRK_DURATION = os.environ.get("WRK_DURATION", "2s" if QUICK else "5s")
-BLOB_RUNS = 1 if QUICK else 3
-COPY_RUNS = 1 if QUICK else 3  # skopeo copies: median of this many (distinct images when cold)
+BLOB_RUNS = 1 if QUICK else 5
+COPY_RUNS = 1 if QUICK else 5  # skopeo copies: median of this many (distinct images when cold)
 LOAD_CLIENTS = int(os.environ.get("LOAD_CLIENTS", "1000"))
 LOAD_MB = int(os.environ.get("LOAD_MB", "4" if QUICK else "100"))
 LOAD_TIMEOUT = float(os.environ.get("LOAD_TIMEOUT", "60" if QUICK else "150"))
+WORKLOADS = ("copy", "live", "blob", "docs", "load")
+ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
+if any(w not in WORKLOADS for w in ONLY):
+    raise SystemExit(f"ONLY: choose from {','.join(WORKLOADS)}")
+
+
+def wanted(workload):
+    return not ONLY or workload in ONLY
 
 MANIFEST_ACCEPT = (
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
@@ -407,7 +417,12 @@ def curl_blob(url):
 
 
 def blob_throughput(url, streams):
-    """Aggregate MB/s of `streams` parallel curl downloads of url."""
+    """MB/s of `streams` parallel curl downloads of url: one stream by curl's own transfer
+    time (a curl process takes ~6 ms to start, 10% of a 200 MB transfer at 3 GB/s, which
+    would flatten the differences); several streams as total bytes over the wall time."""
+    if streams == 1:
+        size, secs = curl_blob(url)
+        return size / 1e6 / secs
     t = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -762,6 +777,8 @@ log: {{ type: stdout, format: pretty, level: warn }}
         self.srv["devpi"] = (p, port)
 
     def start_proxpi(self, pypi_url):
+        """proxpi as its Docker image runs it: gunicorn's default single sync worker,
+        --preload, access log on stdout (here: its log file)."""
         port = free_port()
         d = self.dir("proxpi")
         p = start(
@@ -770,10 +787,13 @@ log: {{ type: stdout, format: pretty, level: warn }}
                 os.path.join(PEERS_VENV, "bin", "gunicorn"),
                 "--bind",
                 f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--log-level",
-                "warning",
+                "--preload",
+                "--access-logfile",
+                "-",
+                "--access-logformat",
+                '%(h)s "%(r)s" %(s)s %(b)s %(M)dms',
+                "--logger-class",
+                "proxpi.server._GunicornLogger",
                 # proxpi lists the whole upstream index on its first request: that takes
                 # longer than gunicorn's default 30 s worker timeout on a busy machine.
                 "--timeout",
@@ -829,12 +849,17 @@ log: {{ type: stdout, format: pretty, level: warn }}
         out = {}
         hosts = self.oci_hosts()
         samples = {}
-        # Cold: each image once through each server (servers alternating); warm: v0 again.
+        # Cold: each image once through each server; warm: v0 again. The server that goes
+        # first rotates, and dirty pages are written out before each copy (the pushed
+        # images and the previous copy would otherwise be flushed during the next one).
+        names = list(hosts)
         for phase in ("cold", "warm"):
             for n in range(COPY_RUNS):
                 tag = f"v{n}" if phase == "cold" else "v0"
-                for name, host in hosts.items():
+                for name in names[n % len(names):] + names[: n % len(names)]:
+                    host = hosts[name]
                     dest = os.path.join(self.work, f"pull-{name}-{phase}")
+                    os.sync()
                     try:
                         secs = skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}")
                         samples.setdefault(name, {}).setdefault(phase, []).append(round(secs, 2))
@@ -1189,6 +1214,11 @@ def markdown(doc, rows, targets):
             f"in {v['wall_s']} s, {v['delivered_MBps']} MB/s delivered, RSS anon {v['rss_anon_mb_after']} MB + "
             f"file {v['rss_file_mb_after']} MB after"
             for k, v in load.items())]
+    samples = doc["results"].get("skopeo_copy_samples_s", {})
+    if samples:
+        out += ["", "skopeo copy samples (s, in image order): " + "; ".join(
+            f"{name} {phase} {', '.join(fmt(x) for x in xs)}"
+            for name, phases in samples.items() for phase, xs in phases.items())]
     out += ["", "RSS figures sum the process and its workers (nginx, gunicorn)."]
     return "\n".join(out) + "\n"
 
@@ -1239,9 +1269,10 @@ def main():
         log(f"idle RSS MB: {b.res['idle_rss_mb']}")
         log("building and pushing images")
         b.build_images()
-        log("skopeo copy")
-        b.skopeo_runs()
-        if not SKIP_LIVE:
+        if wanted("copy"):
+            log("skopeo copy")
+            b.skopeo_runs()
+        if not SKIP_LIVE and wanted("live"):
             log("npm ci")
             try:
                 b.npm_runs(npm_url)
@@ -1249,12 +1280,15 @@ def main():
                 b.error("npm", e)
             log("pip install")
             b.pip_runs(pypi_url)
-        log("warm blob throughput")
-        b.blob_runs()
-        log("cached documents (wrk)")
-        b.doc_runs()
-        log(f"{LOAD_CLIENTS} clients on one cold blob")
-        b.load_runs()
+        if wanted("blob"):
+            log("warm blob throughput")
+            b.blob_runs()
+        if wanted("docs"):
+            log("cached documents (wrk)")
+            b.doc_runs()
+        if wanted("load"):
+            log(f"{LOAD_CLIENTS} clients on one cold blob")
+            b.load_runs()
         b.res["rss_after_mb"] = {n: tree_rss_mb(p.pid) for n, (p, _) in b.srv.items() if n != "upstream"}
     finally:
         stop_all()
@@ -1298,7 +1332,8 @@ def main():
         "load_average": {"start": load_start, "end": load_end},
         "noisy": float(load_start.split()[0]) > 0.5 or float(load_end.split()[0]) > 0.5,
         "versions": versions,
-        "command": "QUICK=1 benches/compare" if QUICK else ("SKIP_LIVE=1 benches/compare" if SKIP_LIVE else "benches/compare"),
+        "command": ("QUICK=1 " if QUICK else "SKIP_LIVE=1 " if SKIP_LIVE else "")
+        + (f"ONLY={','.join(ONLY)} " if ONLY else "") + "benches/compare",
         "options": {"quick": QUICK, "skip_live": SKIP_LIVE, "wrk": f"-t2 -c32 -d{WRK_DURATION} --latency",
                     "blob_runs": BLOB_RUNS, "copy_runs": COPY_RUNS, "load_clients": LOAD_CLIENTS, "load_mb": LOAD_MB,
                     "npm_deps": NPM_DEPS, "pip_requirements": PIP_REQS,
@@ -1310,7 +1345,8 @@ def main():
     doc["rows"], doc["targets"] = rows, targets
     md = markdown(doc, rows, targets)
     print(md)
-    outdir = os.environ.get("RESULTS_DIR", os.path.join(ROOT, "benches", "results"))
+    default_dir = tempfile.mkdtemp(prefix="sluice-compare-only-") if ONLY else os.path.join(ROOT, "benches", "results")
+    outdir = os.environ.get("RESULTS_DIR", default_dir)
     os.makedirs(outdir, exist_ok=True)
     host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower().split(".")[0])[:24].strip("-") or "host"
     base = os.path.join(outdir, f"{started_utc.strftime('%Y-%m-%d')}-{host}" + ("-quick" if QUICK else ""))
