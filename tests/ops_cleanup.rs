@@ -260,6 +260,8 @@ async fn keep_last_reports_in_dry_run_then_enforce_removes_only_unshared_files_o
     assert_eq!(caches[2], "MISS", "own layer of t4 refetched");
     assert_eq!(caches[3], "HIT", "the layer shared with t2 stayed");
     assert_eq!(sim.count("GET", "/manifests/t4"), manifest_gets + 1);
+    // The refetched layer is committed (and counted) after its response.
+    s.settled().await;
     assert_eq!(storage_bytes(&s).await, Some(stored_on_disk(&data)));
 }
 
@@ -571,5 +573,7 @@ async fn pypi_keep_last_removes_the_files_of_the_least_recently_pulled_versions(
         page_gets,
         "the page was fetched again"
     );
+    // The refetched 3.0 wheel is committed (and counted) after its response.
+    s.settled().await;
     assert_eq!(storage_bytes(&s).await, Some(stored_on_disk(&data)));
 }

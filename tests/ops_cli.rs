@@ -91,6 +91,8 @@ async fn cli_commands_drive_a_running_sluice() {
     assert_eq!(pull(&s, "team/app", "v1", &app).await, ["MISS"; 3]);
     assert_eq!(pull(&s, "team/app", "v1", &app).await, ["HIT"; 3]);
     assert_eq!(pull(&s, "team/other", "v2", &other).await, ["MISS"; 3]);
+    // The cold layer of team/other is committed after its response: `list` sizes it.
+    s.settled().await;
 
     // stats: JSON as the API has it, and a table with the same figures.
     let v = ok_json(&s, &["stats", "--json"]).await;
@@ -158,6 +160,8 @@ async fn cli_commands_drive_a_running_sluice() {
         pull(&s, "team/app", "v1", &app).await,
         ["HIT", "HIT", "MISS"]
     );
+    // The refetched layer must be in the store before the purge counts its files.
+    s.settled().await;
 
     // purge by name:tag: the manifest, config and layer and the tag record.
     let v = ok_json(&s, &["purge", "--token", ADMIN, "team/app:v1", "--json"]).await;
@@ -166,6 +170,8 @@ async fn cli_commands_drive_a_running_sluice() {
     let listed = ok(&s, &["list", "--token", ADMIN]).await;
     assert!(!listed.contains("sim/team/app "), "{listed}");
     assert_eq!(pull(&s, "team/app", "v1", &app).await, ["MISS"; 3]);
+    // stored_bytes below counts the refetched layer once it is committed.
+    s.settled().await;
 
     // gc --now asks the running sluice (offline `sluice gc` refuses while it runs).
     let o = ok(&s, &["gc", "--now", "--token", ADMIN]).await;

@@ -168,6 +168,8 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
         .await
         .iter()
         .all(|c| c == "MISS"));
+    // The cold layer is committed after its response: the cache listing counts it.
+    s.settled().await;
 
     // Auth: no token 401, unknown token 401, read token 403, admin token 200.
     for ep in ["gc", "purge?digest=sha256:00", "pin?format=oci&name=x"] {
@@ -255,6 +257,8 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     assert!(!blob_path(&s.data_dir(), layer).exists());
     let caches = pull(&s, "team/app", "v1", &img).await;
     assert_eq!(caches, ["HIT", "HIT", "MISS"]);
+    // The refetched layer must be in the store before the purge counts its files.
+    s.settled().await;
 
     // Purge by name removes the manifest, config and layer and the tag record.
     let r = c
@@ -271,6 +275,7 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     assert!(blob_files(&s.data_dir()).is_empty());
     let caches = pull(&s, "team/app", "v1", &img).await;
     assert_eq!(caches, ["MISS", "MISS", "MISS"]);
+    s.settled().await;
     assert_eq!(
         storage_bytes_metric(&s).await,
         stored_on_disk(&s.data_dir())

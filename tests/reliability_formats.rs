@@ -185,6 +185,7 @@ async fn npm_transient_5xx_is_retried_and_the_client_never_sees_it() {
             4.0,
             "{m}"
         );
+        s.settled().await;
         assert!(blob_path(&s.data_dir(), &sha256_digest(&p.tarball)).exists());
         // Bounded: a persistent 503 is tried 1 + retries times, then the client gets a 5xx.
         sim.publish("down", "1.0.0", &[]);
@@ -226,6 +227,7 @@ async fn pypi_transient_5xx_is_retried_and_the_client_never_sees_it() {
             4.0,
             "{m}"
         );
+        s.settled().await;
         assert!(blob_path(&s.data_dir(), &sha256_digest(&f.bytes)).exists());
         assert_store_verified(&s.data_dir(), "pypi retries").await;
     })
@@ -811,6 +813,7 @@ async fn npm_cut_tarball_fill_is_resumed_with_a_range_request() {
             1.0,
             "{m}"
         );
+        s.settled().await;
         assert!(blob_path(&s.data_dir(), &sha256_digest(&p.tarball)).exists());
         let g = get(&c, &tarball_url(&s, &p), None).await;
         assert_eq!((g.status, g.cache.as_str()), (200, "HIT"));
@@ -853,6 +856,7 @@ async fn pypi_cut_wheel_fill_is_resumed_with_a_range_request() {
             1.0,
             "{m}"
         );
+        s.settled().await;
         let stored = std::fs::read(blob_path(&s.data_dir(), &sha256_digest(&f.bytes)))
             .expect("stored wheel");
         assert!(stored == f.bytes);

@@ -49,6 +49,7 @@ async fn a_cut_body_is_resumed_with_a_range_request_and_the_client_gets_it_whole
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("range {:?}", ranges[0]));
         assert!(from > 0 && from < blob.len() as u64, "resumed at {from}");
+        s.settled().await;
         let stored = std::fs::read(blob_path(&s.data_dir(), &d)).expect("stored blob");
         assert_eq!(sha256_digest(&stored), d);
         let m = s.metrics().await;

@@ -143,6 +143,7 @@ circuit_failures = 0
                 .any(|l| l.starts_with("sluice_fill_resumes_total{format=\"oci\"} 1")),
             "{m}"
         );
+        s.settled().await;
         let stored = std::fs::read(blob_path(&s.data_dir(), &big)).expect("stored layer");
         assert_eq!(sha256_digest(&stored), big);
         assert!(tmp_files(&s.data_dir()).is_empty());
