@@ -506,6 +506,8 @@ mod tests {
         Ok(out)
     }
 
+    // The held store lock is the point: commits (on the blocking pool) wait behind it.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn clients_get_the_verified_body_before_the_commit_and_later_requests_wait_for_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -685,7 +685,11 @@ async fn blob(
         }
         .boxed()
     });
-    let Some(fill) = app.fills.join_or_start(Expect::Sha256(d), "oci", opener).await? else {
+    let Some(fill) = app
+        .fills
+        .join_or_start(Expect::Sha256(d), "oci", opener)
+        .await?
+    else {
         // Stored between our lookup and the fill registry check.
         let bytes = app
             .store

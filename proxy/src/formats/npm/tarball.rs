@@ -178,7 +178,11 @@ pub async fn serve(
         }
         .boxed()
     });
-    let Some(fill) = app.fills.join_or_start(expect.clone(), "npm", opener).await? else {
+    let Some(fill) = app
+        .fills
+        .join_or_start(expect.clone(), "npm", opener)
+        .await?
+    else {
         // Stored between our lookup and the fill registry check.
         return stored(app, &expect).ok_or_else(|| ProxyError::internal("stored tarball vanished"));
     };

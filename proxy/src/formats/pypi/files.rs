@@ -327,7 +327,11 @@ async fn fill(
         }
         .boxed()
     });
-    let Some(fill) = app.fills.join_or_start(Expect::Sha256(d), "pypi", opener).await? else {
+    let Some(fill) = app
+        .fills
+        .join_or_start(Expect::Sha256(d), "pypi", opener)
+        .await?
+    else {
         let bytes = app
             .store
             .read(&d)

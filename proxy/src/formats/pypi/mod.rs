@@ -170,25 +170,42 @@ pub fn negotiate(accept_header: Option<&str>, query: Option<&str>) -> Option<Var
     let mut best: Option<(f32, u8, u8, Variant)> = None;
     for part in header.split(',') {
         let mut it = part.split(';');
-        let mt = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mt = it.next().unwrap_or("").trim();
+        // (media type, variant, specificity, preference on ties); compared without
+        // allocating a lowercased copy (this runs on every cached page request).
+        const KNOWN: [(&str, Variant, u8, u8); 7] = [
+            ("application/vnd.pypi.simple.v1+json", Variant::Json, 2, 3),
+            (
+                "application/vnd.pypi.simple.latest+json",
+                Variant::Json,
+                2,
+                3,
+            ),
+            ("application/vnd.pypi.simple.v1+html", Variant::HtmlV1, 2, 2),
+            (
+                "application/vnd.pypi.simple.latest+html",
+                Variant::HtmlV1,
+                2,
+                2,
+            ),
+            ("text/html", Variant::Html, 2, 1),
+            ("application/*", Variant::Json, 1, 3),
+            ("text/*", Variant::Html, 0, 1),
+        ];
+        let Some((variant, spec, pref)) = KNOWN
+            .iter()
+            .find(|k| k.0.eq_ignore_ascii_case(mt))
+            .map(|k| (k.1, k.2, k.3))
+            .or((mt == "*/*").then_some((Variant::Html, 0, 1)))
+        else {
+            continue;
+        };
         let mut q = 1.0f32;
         for p in it {
             if let Some(v) = p.trim().strip_prefix("q=") {
                 q = v.trim().parse().unwrap_or(0.0);
             }
         }
-        // (variant, specificity, preference on ties)
-        let (variant, spec, pref) =
-            match mt.as_str() {
-                "application/vnd.pypi.simple.v1+json"
-                | "application/vnd.pypi.simple.latest+json" => (Variant::Json, 2, 3),
-                "application/vnd.pypi.simple.v1+html"
-                | "application/vnd.pypi.simple.latest+html" => (Variant::HtmlV1, 2, 2),
-                "text/html" => (Variant::Html, 2, 1),
-                "application/*" => (Variant::Json, 1, 3),
-                "text/*" | "*/*" => (Variant::Html, 0, 1),
-                _ => continue,
-            };
         if q <= 0.0 {
             continue;
         }
@@ -717,6 +734,14 @@ mod tests {
         assert_eq!(negotiate(Some(pip), None), Some(Variant::Json));
         assert_eq!(negotiate(None, None), Some(Variant::Html));
         assert_eq!(negotiate(Some("*/*"), None), Some(Variant::Html));
+        assert_eq!(
+            negotiate(
+                Some("Application/VND.PyPI.Simple.v1+JSON, TEXT/HTML;q=0.5"),
+                None
+            ),
+            Some(Variant::Json),
+            "media types compare case-insensitively"
+        );
         assert_eq!(
             negotiate(
                 Some("text/html;q=0.9, application/vnd.pypi.simple.v1+json;q=0.5"),
