@@ -23,6 +23,7 @@ pub mod names;
 pub mod policy;
 pub mod response;
 pub mod server;
+pub mod sharded;
 pub mod stats;
 pub mod store;
 pub mod timefmt;

@@ -303,8 +303,9 @@ fn tag_key(up: &Upstream, repo: &RepoName, tag: &Tag) -> String {
 /// writes there) and while the tag is younger than `tag_ttl`; otherwise the request takes
 /// the index path, which puts a fresh entry back. Sharded read-write locks: a hit takes one
 /// uncontended read lock.
+#[derive(Default)]
 pub struct HotTags {
-    shards: [parking_lot::RwLock<HotShard>; HOT_SHARDS],
+    shards: crate::sharded::Sharded<parking_lot::RwLock<HotShard>>,
 }
 
 /// One shard: entries and the manifest bytes they hold.
@@ -314,7 +315,6 @@ struct HotShard {
     bytes: usize,
 }
 
-const HOT_SHARDS: usize = 16;
 /// Entries per shard; a full shard is emptied (it refills from the index on demand).
 const HOT_PER_SHARD: usize = 4096;
 /// Manifest bytes per shard (64 MiB in all): past it the shard is emptied. Entries of tags
@@ -334,14 +334,6 @@ pub struct HotTag {
     manifest: Manifest,
 }
 
-impl Default for HotTags {
-    fn default() -> HotTags {
-        HotTags {
-            shards: std::array::from_fn(|_| Default::default()),
-        }
-    }
-}
-
 impl HotTags {
     /// The generations an entry read now is valid for.
     fn generation(app: &App) -> (u64, u64) {
@@ -353,11 +345,7 @@ impl HotTags {
     }
 
     fn shard(&self, key: &str) -> &parking_lot::RwLock<HotShard> {
-        use std::hash::BuildHasher;
-        let h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one(key);
-        &self.shards[(h as usize) % HOT_SHARDS]
+        self.shards.shard(key)
     }
 
     fn get(&self, key: &str, generation: (u64, u64)) -> Option<Arc<HotTag>> {
@@ -918,7 +906,7 @@ mod tests {
             })
             .sum();
         assert_eq!(held, counted, "byte count matches the entries");
-        assert!(held <= HOT_SHARDS * HOT_SHARD_BYTES, "{held}");
+        assert!(held <= crate::sharded::SHARDS * HOT_SHARD_BYTES, "{held}");
         // Replacing an entry does not count it twice; a stale generation is not served.
         h.insert("up/r:x".into(), hot(100));
         h.insert("up/r:x".into(), hot(100));

@@ -7,32 +7,22 @@
 //! restart (a crash loses at most one flush interval).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use parking_lot::Mutex;
 
 use super::index::{Index, Tree};
 use super::{unix_ms, Store};
-
-const SHARDS: usize = 16;
+use crate::sharded::Sharded;
 
 /// Pull times not yet written to the index: tag key → unix milliseconds.
+#[derive(Default)]
 pub struct PullLog {
-    shards: [Mutex<HashMap<String, u64>>; SHARDS],
-}
-
-impl Default for PullLog {
-    fn default() -> Self {
-        PullLog {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-        }
-    }
+    shards: Sharded<Mutex<HashMap<String, u64>>>,
 }
 
 impl PullLog {
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, u64>> {
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
-        &self.shards[(h as usize) % SHARDS]
+        self.shards.shard(key)
     }
 
     /// Records a pull of `key` at `ms`.
