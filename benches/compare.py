@@ -471,9 +471,12 @@ def settle(limit=60.0, busy=0.15):
     """Waits until the machine is quiet: a peer still working off requests queued by the
     previous wrk run (Verdaccio on a multi-MB packument keeps going long after wrk stops)
     would otherwise share the cores with the next server measured."""
-    deadline = time.monotonic() + limit
+    start = time.monotonic()
+    deadline = start + limit
     while time.monotonic() < deadline:
         if cpu_busy_fraction() < busy:
+            if time.monotonic() - start > 1.5:
+                log(f"waited {time.monotonic() - start:.1f} s for the machine to be quiet")
             return
     log(f"machine still busy after {limit:.0f} s; measuring anyway")
 
@@ -861,6 +864,7 @@ log: {{ type: stdout, format: pretty, level: warn }}
                     host = hosts[name]
                     dest = os.path.join(self.work, f"pull-{name}-{phase}")
                     os.sync()
+                    settle()  # distribution keeps storing a pulled image after the client is done
                     try:
                         secs = skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}")
                         samples.setdefault(name, {}).setdefault(phase, []).append(round(secs, 2))
