@@ -204,6 +204,15 @@ async fn followers_receive_bytes_before_the_fill_completes() {
         .expect("some body");
         assert!(!first.is_empty());
         assert!(!gate.is_open());
+        // A HEAD meanwhile is answered from the fill in progress, not by asking upstream.
+        let h = within(10, "HEAD during the fill", c.head(&url).send())
+            .await
+            .expect("HEAD");
+        assert_eq!(h.status(), 200);
+        assert_eq!(header(&h, "content-length"), blob.len().to_string());
+        assert_eq!(header(&h, "docker-content-digest"), digest);
+        assert_eq!(sluice_cache_header(&h), "MISS");
+        assert_eq!(sim.count("HEAD", &digest), 0, "HEAD went upstream");
         let mut got = first.to_vec();
         gate.open();
         while let Some(ch) = resp.chunk().await.expect("rest of body") {

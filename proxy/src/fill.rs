@@ -166,18 +166,26 @@ impl Fills {
         format: &'static str,
         open: Opener,
     ) -> Result<Option<Arc<Fill>>, ProxyError> {
+        match self.in_flight(&expect).await {
+            Some(f) => Ok(Some(f)),
+            None => self.start(expect, format, open),
+        }
+    }
+
+    /// The fill of `expect` in progress, if any. One whose body is complete and being
+    /// committed is waited for and not returned: look in the store again.
+    pub async fn in_flight(&self, expect: &Expect) -> Option<Arc<Fill>> {
         loop {
             let committing = {
                 let map = self.inflight.lock();
-                match map.get(&expect) {
+                match map.get(expect) {
                     Some(f) if matches!(f.progress.borrow().state, State::Verified) => f.clone(),
-                    Some(f) => return Ok(Some(f.clone())),
-                    None => break,
+                    Some(f) => return Some(f.clone()),
+                    None => return None,
                 }
             };
             committing.settled().await;
         }
-        self.start(expect, format, open)
     }
 
     fn start(

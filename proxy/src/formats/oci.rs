@@ -639,7 +639,18 @@ async fn blob(
     }
     let path = format!("/v2/{repo}/blobs/{d}");
     if head {
-        // A HEAD does not start a fill: ask the upstream whether (and how big) it is.
+        // A HEAD does not start a fill. One in progress knows the size once the upstream
+        // answered; one just committed is in the store.
+        if let Some(fill) = app.fills.in_flight(&Expect::Sha256(d)).await {
+            if let Ok(Some(len)) = fill.started().await {
+                let mut r = blob_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d);
+                r.head_length = Some(len);
+                return Ok(r);
+            }
+        } else if let Some(bytes) = app.store.read(&d) {
+            return serve_stored(d, bytes, range, CacheStatus::Hit);
+        }
+        // Otherwise ask the upstream whether (and how big) it is.
         let resp = up
             .send(
                 Method::HEAD,
