@@ -649,7 +649,8 @@ async fn max_concurrent_and_queue_timeout(fmt: Format) {
             Duration::from_millis(2500),
         ),
     );
-    let queued_min = fmt.pick(Duration::ZERO, Duration::from_millis(900));
+    // ... and at the least: nine tenths of queue_timeout.
+    let queued_min = fmt.pick(Duration::from_millis(270), Duration::from_millis(900));
     let s = fmt.sluice(&format!(
         "retries = 0\ncircuit_failures = 0\nmax_concurrent = 1\n{queue_timeout}"
     ));

@@ -1,7 +1,16 @@
-//! The fault rules every simulator keeps: a rule applies to requests whose path contains
-//! its pattern; a limited rule (`first(n, fault)`) only to its next `n` matches.
+//! The fault control every simulator (OCI, npm, PyPI) shares: fault rules (a rule applies
+//! to requests whose path contains its pattern; a limited rule (`first(n, fault)`) only to
+//! its next `n` matches), cut and trickled bodies, the count of responses in flight, the
+//! accept loop, and counting logged requests.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// A simulator's fault enum.
 pub trait SimFault: Clone {
@@ -45,4 +54,163 @@ impl<F: SimFault> FaultRules<F> {
             None => Some(f.clone()),
         }
     }
+}
+
+/// Responses being written right now, and the most ever at once.
+#[derive(Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InFlight {
+    /// A response starts: it counts until [`Flight::end`] (or until dropped).
+    pub fn begin(&self) -> Flight<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Flight {
+            of: self,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// The most responses that were being written at the same moment.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// One response counted in an [`InFlight`].
+pub struct Flight<'a> {
+    of: &'a InFlight,
+    ended: AtomicBool,
+}
+
+impl Flight<'_> {
+    /// The response stops counting (the first call; later ones do nothing).
+    pub fn end(&self) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            self.of.now.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Accepts connections on `listener` and serves each with `serve` until `shutdown` turns
+/// true (which also ends the connections being served).
+pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future + Send + 'static,
+{
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => {
+                let Ok((sock, _)) = accepted else { continue };
+                let conn = serve(sock);
+                let mut stop = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        _ = conn => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Writes the first half of `body` and lets it leave before the caller closes the
+/// connection, so the peer sees a short body rather than a reset that might discard the
+/// bytes. Always `Ok(false)`: the connection may not be reused.
+pub async fn cut_mid_body<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<bool> {
+    w.write_all(&body[..body.len() / 2]).await?;
+    w.flush().await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(false)
+}
+
+/// Trickles `body`: `chunk` bytes at a time, `delay` between chunks only. `done` runs just
+/// before the last chunk goes out: once a client has the last byte it may send its next
+/// request at once, so the response's in-flight count must not outlive it.
+pub async fn trickle<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &[u8],
+    chunk: usize,
+    delay: Duration,
+    done: impl FnOnce(),
+) -> io::Result<()> {
+    let mut done = Some(done);
+    let n = body.chunks(chunk.max(1)).count();
+    for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(delay).await;
+        }
+        if i + 1 == n {
+            if let Some(d) = done.take() {
+                d();
+            }
+        }
+        w.write_all(c).await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// A request as a simulator logs it (implement with [`logged_request!`]).
+pub trait Logged {
+    fn method(&self) -> &str;
+    /// Path including any query string.
+    fn path(&self) -> &str;
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// `impl Logged` for a request type with `method`, `path` and `headers` fields.
+macro_rules! logged_request {
+    ($t:ty) => {
+        impl $crate::common::faults::Logged for $t {
+            fn method(&self) -> &str {
+                &self.method
+            }
+
+            fn path(&self) -> &str {
+                &self.path
+            }
+
+            fn header(&self, name: &str) -> Option<&str> {
+                $crate::common::faults::header(&self.headers, name)
+            }
+        }
+    };
+}
+pub(crate) use logged_request;
+
+/// The value of header `name` (any case) in `headers`.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Requests in `log` whose path contains `pattern` (with `method`, when given).
+pub fn count<R: Logged>(log: &[R], method: Option<&str>, pattern: &str) -> usize {
+    log.iter()
+        .filter(|r| method.is_none_or(|m| r.method() == m) && r.path().contains(pattern))
+        .count()
+}
+
+/// `Range` header values of the GETs in `log` whose path contains `pattern`.
+pub fn range_requests<R: Logged>(log: &[R], pattern: &str) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.method() == "GET" && r.path().contains(pattern))
+        .filter_map(|r| r.header("range").map(str::to_string))
+        .collect()
 }

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::faults::FaultRules;
+use super::faults::{self, FaultRules, InFlight};
 
 /// How the fake misbehaves for requests whose path contains a pattern.
 #[derive(Clone, Debug)]
@@ -77,13 +77,11 @@ pub struct NpmReq {
     pub body: Bytes,
 }
 
+faults::logged_request!(NpmReq);
+
 impl NpmReq {
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        faults::header(&self.headers, name)
     }
 }
 
@@ -126,9 +124,7 @@ struct State {
     port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
-    /// Responses being written right now, and the most ever at once.
-    inflight: AtomicUsize,
-    peak_inflight: AtomicUsize,
+    inflight: InFlight,
 }
 
 /// A running fake registry; it stops when dropped.
@@ -148,10 +144,14 @@ impl NpmSim {
                 ..Inner::default()
             }),
             shutdown: watch::channel(false).0,
-            inflight: AtomicUsize::new(0),
-            peak_inflight: AtomicUsize::new(0),
+            inflight: InFlight::default(),
         });
-        tokio::spawn(accept_loop(l, state.clone()));
+        let st = state.clone();
+        tokio::spawn(faults::accept_loop(
+            l,
+            state.shutdown.subscribe(),
+            move |sock| serve_conn(sock, st.clone()),
+        ));
         NpmSim { state }
     }
 
@@ -249,19 +249,14 @@ impl NpmSim {
 
     /// `Range` header values of GETs whose path contains `path_contains`.
     pub fn range_requests(&self, path_contains: &str) -> Vec<String> {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains(path_contains))
-            .filter_map(|r| r.header("range").map(str::to_string))
-            .collect()
+        faults::range_requests(&self.inner().log, path_contains)
     }
 
     /// The most responses that were being written at the same moment. A response stops
     /// counting just before its last body chunk goes out (once a client has the last byte
     /// it may send its next request at once).
     pub fn peak_inflight(&self) -> usize {
-        self.state.peak_inflight.load(Ordering::SeqCst)
+        self.state.inflight.peak()
     }
 
     pub fn requests(&self) -> Vec<NpmReq> {
@@ -270,11 +265,7 @@ impl NpmSim {
 
     /// Requests with this method whose path contains `path_contains`.
     pub fn count(&self, method: &str, path_contains: &str) -> usize {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_contains))
-            .count()
+        faults::count(&self.inner().log, Some(method), path_contains)
     }
 
     /// The packument the fake serves for `name` (full form).
@@ -375,26 +366,6 @@ fn packument_json(inner: &Inner, port: u16, name: &str, corgi: bool) -> Option<V
     })
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let mut shutdown = state.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            accepted = listener.accept() => {
-                let Ok((sock, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let mut shutdown = state.shutdown.subscribe();
-                    tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => {}
-                        _ = serve_conn(sock, state.clone()) => {}
-                    }
-                });
-            }
-        }
-    }
-}
-
 struct Resp {
     status: u16,
     headers: Vec<(String, String)>,
@@ -453,16 +424,9 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>) -> io::Result<()> {
             .log
             .push(req.clone());
         let resp = route(&state, &req);
-        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
-        let ended = AtomicBool::new(false);
-        let end = || {
-            if !ended.swap(true, Ordering::SeqCst) {
-                state.inflight.fetch_sub(1, Ordering::SeqCst);
-            }
-        };
-        let written = write_resp(&mut w, resp, end).await;
-        end();
+        let flight = state.inflight.begin();
+        let written = write_resp(&mut w, resp, || flight.end()).await;
+        flight.end();
         if !written? {
             let _ = w.shutdown().await;
             return Ok(());
@@ -486,7 +450,6 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     resp: Resp,
     done: impl FnOnce(),
 ) -> io::Result<bool> {
-    let mut done = Some(done);
     let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
     for (k, v) in &resp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -501,9 +464,7 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     match resp.fault {
         None | Some(NpmFault::Status(_) | NpmFault::RetryAfter(..) | NpmFault::Limited { .. }) => {
             // One chunk: it is the last.
-            if let Some(d) = done.take() {
-                d();
-            }
+            done();
             w.write_all(&body).await?
         }
         Some(NpmFault::WrongBytes) => {
@@ -513,27 +474,9 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
             }
             w.write_all(&v).await?;
         }
-        Some(NpmFault::CutMidBody) => {
-            w.write_all(&body[..body.len() / 2]).await?;
-            w.flush().await?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Ok(false);
-        }
+        Some(NpmFault::CutMidBody) => return faults::cut_mid_body(w, &body).await,
         Some(NpmFault::Slow { chunk, delay }) => {
-            // Delays between chunks only: once the last byte is out the response is done.
-            let n = body.chunks(chunk.max(1)).count();
-            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
-                if i > 0 {
-                    tokio::time::sleep(delay).await;
-                }
-                if i + 1 == n {
-                    if let Some(d) = done.take() {
-                        d();
-                    }
-                }
-                w.write_all(c).await?;
-                w.flush().await?;
-            }
+            faults::trickle(w, &body, chunk, delay, done).await?
         }
     }
     w.flush().await?;

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::faults::FaultRules;
+use super::faults::{self, FaultRules, InFlight};
 
 /// What the index serves for project pages and the root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,12 +117,11 @@ pub struct PyReq {
     pub headers: Vec<(String, String)>,
 }
 
+faults::logged_request!(PyReq);
+
 impl PyReq {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        faults::header(&self.headers, name)
     }
 }
 
@@ -142,9 +141,8 @@ struct State {
     files_port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
-    /// Responses being written right now (either listener), and the most ever at once.
-    inflight: AtomicUsize,
-    peak_inflight: AtomicUsize,
+    /// Responses being written (either listener).
+    inflight: InFlight,
 }
 
 /// A running fake index; stops when dropped.
@@ -186,11 +184,16 @@ impl PypiSim {
             files_port: files.local_addr().expect("addr").port(),
             inner: Mutex::new(Inner::default()),
             shutdown: watch::channel(false).0,
-            inflight: AtomicUsize::new(0),
-            peak_inflight: AtomicUsize::new(0),
+            inflight: InFlight::default(),
         });
-        tokio::spawn(accept_loop(index, state.clone(), false));
-        tokio::spawn(accept_loop(files, state.clone(), true));
+        for (l, files_host) in [(index, false), (files, true)] {
+            let st = state.clone();
+            tokio::spawn(faults::accept_loop(
+                l,
+                state.shutdown.subscribe(),
+                move |sock| serve(sock, st.clone(), files_host),
+            ));
+        }
         PypiSim { state }
     }
 
@@ -236,18 +239,13 @@ impl PypiSim {
 
     /// `Range` header values of GETs whose path contains `pat`.
     pub fn range_requests(&self, pat: &str) -> Vec<String> {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains(pat))
-            .filter_map(|r| r.header("range").map(str::to_string))
-            .collect()
+        faults::range_requests(&self.inner().log, pat)
     }
 
     /// The most responses (either listener) that were being written at the same moment. A
     /// response stops counting just before its last body chunk goes out.
     pub fn peak_inflight(&self) -> usize {
-        self.state.peak_inflight.load(Ordering::SeqCst)
+        self.state.inflight.peak()
     }
 
     pub fn requests(&self) -> Vec<PyReq> {
@@ -256,37 +254,13 @@ impl PypiSim {
 
     /// Requests (either listener) whose path contains `pat`.
     pub fn count(&self, pat: &str) -> usize {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.path.contains(pat))
-            .count()
+        faults::count(&self.inner().log, None, pat)
     }
 }
 
 impl Drop for PypiSim {
     fn drop(&mut self) {
         self.state.shutdown.send_replace(true);
-    }
-}
-
-async fn accept_loop(l: TcpListener, state: Arc<State>, files_host: bool) {
-    let mut shutdown = state.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            acc = l.accept() => {
-                let Ok((sock, _)) = acc else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let mut sd = state.shutdown.subscribe();
-                    tokio::select! {
-                        _ = sd.wait_for(|s| *s) => {}
-                        _ = serve(sock, state.clone(), files_host) => {}
-                    }
-                });
-            }
-        }
     }
 }
 
@@ -326,16 +300,9 @@ async fn serve(sock: TcpStream, state: Arc<State>, files_host: bool) -> io::Resu
         state.inner.lock().expect("lock").log.push(req.clone());
         let resp = route(&state, &req);
         let head = req.method == "HEAD";
-        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
-        let ended = AtomicBool::new(false);
-        let end = || {
-            if !ended.swap(true, Ordering::SeqCst) {
-                state.inflight.fetch_sub(1, Ordering::SeqCst);
-            }
-        };
-        let written = write_resp(&mut w, resp, head, end).await;
-        end();
+        let flight = state.inflight.begin();
+        let written = write_resp(&mut w, resp, head, || flight.end()).await;
+        flight.end();
         if !written? {
             let _ = w.shutdown().await;
             return Ok(());
@@ -367,28 +334,9 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     }
     let body = resp.body;
     match resp.fault {
-        Some(PyFault::CutMidBody) => {
-            w.write_all(&body[..body.len() / 2]).await?;
-            w.flush().await?;
-            // Let the bytes leave before the close, so the peer sees a short body.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Ok(false);
-        }
+        Some(PyFault::CutMidBody) => return faults::cut_mid_body(w, &body).await,
         Some(PyFault::Slow { chunk, delay }) => {
-            let n = body.chunks(chunk.max(1)).count();
-            let mut done = Some(done);
-            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
-                if i > 0 {
-                    tokio::time::sleep(delay).await;
-                }
-                if i + 1 == n {
-                    if let Some(d) = done.take() {
-                        d();
-                    }
-                }
-                w.write_all(c).await?;
-                w.flush().await?;
-            }
+            faults::trickle(w, &body, chunk, delay, done).await?
         }
         _ => {
             // One chunk: it is the last.

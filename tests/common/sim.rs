@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::faults::{FaultRules, SimFault};
+use super::faults::{self, FaultRules, InFlight, SimFault};
 use super::sha256_digest;
 
 /// How the simulator misbehaves for requests whose path contains a pattern.
@@ -151,13 +151,11 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
 }
 
+faults::logged_request!(Req);
+
 impl Req {
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        faults::header(&self.headers, name)
     }
 }
 
@@ -178,9 +176,8 @@ struct State {
     cdn_port: u16,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
-    /// Responses being written right now, and the most ever at once (either listener).
-    inflight: AtomicUsize,
-    peak_inflight: AtomicUsize,
+    /// Responses being written (either listener).
+    inflight: InFlight,
 }
 
 /// A running simulator; its listeners and connections stop when it is dropped.
@@ -213,11 +210,16 @@ impl Sim {
             cdn_port: cdn.local_addr().expect("addr").port(),
             inner: Mutex::new(Inner::default()),
             shutdown: watch::channel(false).0,
-            inflight: AtomicUsize::new(0),
-            peak_inflight: AtomicUsize::new(0),
+            inflight: InFlight::default(),
         });
-        tokio::spawn(accept_loop(main, state.clone(), false));
-        tokio::spawn(accept_loop(cdn, state.clone(), true));
+        for (l, cdn) in [(main, false), (cdn, true)] {
+            let st = state.clone();
+            tokio::spawn(faults::accept_loop(
+                l,
+                state.shutdown.subscribe(),
+                move |sock| serve_conn(sock, st.clone(), cdn),
+            ));
+        }
         Sim { state }
     }
 
@@ -335,12 +337,7 @@ default = true
 
     /// Blob GETs for `digest` that carried a `Range` header, with its value.
     pub fn range_requests(&self, digest: &str) -> Vec<String> {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains(&format!("/blobs/{digest}")))
-            .filter_map(|r| r.header("range").map(str::to_string))
-            .collect()
+        faults::range_requests(&self.inner().log, &format!("/blobs/{digest}"))
     }
 
     /// From now on, requests whose path contains `pattern` get `fault` (newest rule wins).
@@ -364,11 +361,7 @@ default = true
 
     /// Requests to the registry listener with `method` and a path containing `path_contains`.
     pub fn count(&self, method: &str, path_contains: &str) -> usize {
-        self.inner()
-            .log
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_contains))
-            .count()
+        faults::count(&self.inner().log, Some(method), path_contains)
     }
 
     /// Blob GETs for `digest` that reached the registry listener.
@@ -378,7 +371,7 @@ default = true
 
     /// The most responses (head and body) that were being written at the same moment.
     pub fn peak_inflight(&self) -> usize {
-        self.state.peak_inflight.load(Ordering::SeqCst)
+        self.state.inflight.peak()
     }
 
     /// Requests to `/token`.
@@ -390,26 +383,6 @@ default = true
 impl Drop for Sim {
     fn drop(&mut self) {
         self.state.shutdown.send_replace(true);
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>, cdn: bool) {
-    let mut shutdown = state.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            accepted = listener.accept() => {
-                let Ok((sock, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let mut shutdown = state.shutdown.subscribe();
-                    tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => {}
-                        _ = serve_conn(sock, state.clone(), cdn) => {}
-                    }
-                });
-            }
-        }
     }
 }
 
@@ -480,16 +453,9 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>, cdn: bool) -> io::Result
         } else {
             route(&state, &req)
         };
-        let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.peak_inflight.fetch_max(now, Ordering::SeqCst);
-        let ended = std::sync::atomic::AtomicBool::new(false);
-        let end = || {
-            if !ended.swap(true, Ordering::SeqCst) {
-                state.inflight.fetch_sub(1, Ordering::SeqCst);
-            }
-        };
-        let written = write_resp(&mut w, resp, end).await;
-        end();
+        let flight = state.inflight.begin();
+        let written = write_resp(&mut w, resp, || flight.end()).await;
+        flight.end();
         if !written? || close {
             let _ = w.shutdown().await;
             return Ok(());
@@ -547,7 +513,6 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     resp: Resp,
     done: impl FnOnce(),
 ) -> io::Result<bool> {
-    let mut done = Some(done);
     if let Fault::HoldHead(gate) = &resp.fault {
         gate.wait().await;
     }
@@ -590,31 +555,8 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
                 tokio::time::sleep(delay).await;
             }
         }
-        Fault::CutMidBody => {
-            w.write_all(&body[..body.len() / 2]).await?;
-            w.flush().await?;
-            // Let the bytes leave before the close, so the peer sees a short body rather
-            // than a reset that might discard them.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Ok(false);
-        }
-        Fault::Slow { chunk, delay } => {
-            // Delays between chunks only: once the last byte is out the response is done
-            // (the in-flight count must not outlive it, see `peak_inflight`).
-            let n = body.chunks(chunk.max(1)).count();
-            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
-                if i > 0 {
-                    tokio::time::sleep(delay).await;
-                }
-                if i + 1 == n {
-                    if let Some(d) = done.take() {
-                        d();
-                    }
-                }
-                w.write_all(c).await?;
-                w.flush().await?;
-            }
-        }
+        Fault::CutMidBody => return faults::cut_mid_body(w, &body).await,
+        Fault::Slow { chunk, delay } => faults::trickle(w, &body, chunk, delay, done).await?,
         Fault::Hold { gate, after } => {
             let after = after.min(body.len());
             w.write_all(&body[..after]).await?;
