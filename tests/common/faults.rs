@@ -18,6 +18,32 @@ pub trait SimFault: Clone {
     fn limited(&self) -> Option<(&AtomicUsize, &Self)>;
 }
 
+/// `impl SimFault` and a `first(n, fault)` constructor for a fault enum with a variant
+/// `Limited { remaining: Arc<AtomicUsize>, fault: Box<Self> }`.
+macro_rules! limited_fault {
+    ($t:ident) => {
+        impl $crate::common::faults::SimFault for $t {
+            fn limited(&self) -> Option<(&std::sync::atomic::AtomicUsize, &Self)> {
+                match self {
+                    $t::Limited { remaining, fault } => Some((remaining, fault)),
+                    _ => None,
+                }
+            }
+        }
+
+        impl $t {
+            /// `fault` for the first `n` matching requests only.
+            pub fn first(n: usize, fault: $t) -> $t {
+                $t::Limited {
+                    remaining: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(n)),
+                    fault: Box::new(fault),
+                }
+            }
+        }
+    };
+}
+pub(crate) use limited_fault;
+
 /// Fault rules by path pattern.
 pub struct FaultRules<F>(Vec<(String, F)>);
 
@@ -101,9 +127,26 @@ impl Drop for Flight<'_> {
     }
 }
 
-/// Accepts connections on `listener` and serves each with `serve` until `shutdown` turns
-/// true (which also ends the connections being served).
-pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: watch::Receiver<bool>, serve: F)
+/// Serves each listener's connections with `serve(connection, the listener's tag)` until
+/// `shutdown` turns true (which also ends the connections being served).
+pub fn spawn_listeners<K, F, Fut, const N: usize>(
+    listeners: [(TcpListener, K); N],
+    shutdown: &watch::Sender<bool>,
+    serve: F,
+) where
+    K: Copy + Send + 'static,
+    F: Fn(TcpStream, K) -> Fut + Clone + Send + 'static,
+    Fut: Future + Send + 'static,
+{
+    for (l, tag) in listeners {
+        let serve = serve.clone();
+        tokio::spawn(accept_loop(l, shutdown.subscribe(), move |sock| {
+            serve(sock, tag)
+        }));
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: watch::Receiver<bool>, serve: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: Future + Send + 'static,

@@ -47,24 +47,7 @@ pub enum NpmFault {
     },
 }
 
-impl super::faults::SimFault for NpmFault {
-    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
-        match self {
-            NpmFault::Limited { remaining, fault } => Some((remaining, fault)),
-            _ => None,
-        }
-    }
-}
-
-impl NpmFault {
-    /// `fault` for the first `n` matching requests only.
-    pub fn first(n: usize, fault: NpmFault) -> NpmFault {
-        NpmFault::Limited {
-            remaining: Arc::new(AtomicUsize::new(n)),
-            fault: Box::new(fault),
-        }
-    }
-}
+faults::limited_fault!(NpmFault);
 
 /// One request as the fake received it.
 #[derive(Clone, Debug)]
@@ -147,11 +130,9 @@ impl NpmSim {
             inflight: InFlight::default(),
         });
         let st = state.clone();
-        tokio::spawn(faults::accept_loop(
-            l,
-            state.shutdown.subscribe(),
-            move |sock| serve_conn(sock, st.clone()),
-        ));
+        faults::spawn_listeners([(l, ())], &state.shutdown, move |sock, ()| {
+            serve_conn(sock, st.clone())
+        });
         NpmSim { state }
     }
 

@@ -54,24 +54,7 @@ pub enum PyFault {
     },
 }
 
-impl super::faults::SimFault for PyFault {
-    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
-        match self {
-            PyFault::Limited { remaining, fault } => Some((remaining, fault)),
-            _ => None,
-        }
-    }
-}
-
-impl PyFault {
-    /// `fault` for the first `n` matching requests only.
-    pub fn first(n: usize, fault: PyFault) -> PyFault {
-        PyFault::Limited {
-            remaining: Arc::new(AtomicUsize::new(n)),
-            fault: Box::new(fault),
-        }
-    }
-}
+faults::limited_fault!(PyFault);
 
 /// One distribution file of a project.
 #[derive(Clone, Debug)]
@@ -186,14 +169,12 @@ impl PypiSim {
             shutdown: watch::channel(false).0,
             inflight: InFlight::default(),
         });
-        for (l, files_host) in [(index, false), (files, true)] {
-            let st = state.clone();
-            tokio::spawn(faults::accept_loop(
-                l,
-                state.shutdown.subscribe(),
-                move |sock| serve(sock, st.clone(), files_host),
-            ));
-        }
+        let st = state.clone();
+        faults::spawn_listeners(
+            [(index, false), (files, true)],
+            &state.shutdown,
+            move |sock, files_host| serve(sock, st.clone(), files_host),
+        );
         PypiSim { state }
     }
 

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::faults::{self, FaultRules, InFlight, SimFault};
+use super::faults::{self, FaultRules, InFlight};
 use super::sha256_digest;
 
 /// How the simulator misbehaves for requests whose path contains a pattern.
@@ -60,24 +59,7 @@ pub enum Fault {
     },
 }
 
-impl SimFault for Fault {
-    fn limited(&self) -> Option<(&AtomicUsize, &Self)> {
-        match self {
-            Fault::Limited { remaining, fault } => Some((remaining, fault)),
-            _ => None,
-        }
-    }
-}
-
-impl Fault {
-    /// `fault` for the first `n` matching requests only.
-    pub fn first(n: usize, fault: Fault) -> Fault {
-        Fault::Limited {
-            remaining: Arc::new(std::sync::atomic::AtomicUsize::new(n)),
-            fault: Box::new(fault),
-        }
-    }
-}
+faults::limited_fault!(Fault);
 
 /// A latch a test opens to let held response bodies continue.
 #[derive(Clone, Debug)]
@@ -212,14 +194,12 @@ impl Sim {
             shutdown: watch::channel(false).0,
             inflight: InFlight::default(),
         });
-        for (l, cdn) in [(main, false), (cdn, true)] {
-            let st = state.clone();
-            tokio::spawn(faults::accept_loop(
-                l,
-                state.shutdown.subscribe(),
-                move |sock| serve_conn(sock, st.clone(), cdn),
-            ));
-        }
+        let st = state.clone();
+        faults::spawn_listeners(
+            [(main, false), (cdn, true)],
+            &state.shutdown,
+            move |sock, cdn| serve_conn(sock, st.clone(), cdn),
+        );
         Sim { state }
     }
 
