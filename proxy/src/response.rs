@@ -84,12 +84,15 @@ pub struct Reply {
 }
 
 /// `status` and `headers` as the pingora response header the server sends (before it adds
-/// `X-Request-Id`, `X-Sluice-Cache` and the length).
+/// `X-Request-Id`, `X-Sluice-Cache` and the length). Header names go out in lower case
+/// (HTTP/1.1 names are case-insensitive; HTTP/2 requires lower case): a header that keeps
+/// a second map of the names' spelling costs a second map to clone and to append to on
+/// every response.
 pub fn head_template(
     status: StatusCode,
     headers: &[(&'static str, String)],
 ) -> Option<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 4)).ok()?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(headers.len() + 4)).ok()?;
     for (k, v) in headers {
         let _ = resp.append_header(*k, v.as_str());
     }
@@ -109,8 +112,26 @@ impl Reply {
         }
     }
 
+    /// A reply whose headers are only the converted `head` (kept by a handler from an
+    /// earlier [`head_template`] of the same headers); `headers` stays empty, so no header
+    /// may be added to it.
+    pub fn prebuilt_only(
+        status: StatusCode,
+        cache: CacheStatus,
+        head: Arc<ResponseHeader>,
+    ) -> Reply {
+        Reply {
+            prebuilt: Some(head),
+            ..Reply::new(status, cache)
+        }
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        debug_assert!(
+            self.prebuilt.is_none() || !self.headers.is_empty(),
+            "a header added to a reply built from a kept head only"
+        );
         self.headers.push((name, value.into()));
         self.prebuilt = None;
         self

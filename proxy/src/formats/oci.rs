@@ -248,16 +248,16 @@ fn without_blocked_tags(app: &App, up: &Upstream, repo: &RepoName, mut reply: Re
 }
 
 fn manifest_reply(m: Manifest, cache: CacheStatus) -> Reply {
-    let r = Reply::new(StatusCode::OK, cache)
-        .header(API_VERSION.0, API_VERSION.1)
-        .header("Content-Type", m.media_type)
-        .header("Docker-Content-Digest", m.digest.text().as_str())
-        .header("ETag", format!("\"{}\"", m.digest.text().as_str()))
-        .body(Body::Full(m.bytes));
     match m.head {
-        Some(head) => r.with_prebuilt(head),
-        None => r,
+        // A kept manifest carries its converted header: no header list to build again.
+        Some(head) => Reply::prebuilt_only(StatusCode::OK, cache, head),
+        None => Reply::new(StatusCode::OK, cache)
+            .header(API_VERSION.0, API_VERSION.1)
+            .header("Content-Type", m.media_type)
+            .header("Docker-Content-Digest", m.digest.text().as_str())
+            .header("ETag", format!("\"{}\"", m.digest.text().as_str())),
     }
+    .body(Body::Full(m.bytes))
 }
 
 fn scope(repo: &RepoName) -> String {
