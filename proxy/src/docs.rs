@@ -180,11 +180,21 @@ impl Rendered {
             return base(http::StatusCode::NOT_MODIFIED);
         }
         let gzip = accept_encoding.is_some_and(accepts_gzip) && self.body.len() > 1024;
-        let r = base(http::StatusCode::OK).header("Content-Type", self.content_type.clone());
-        let (r, body) = if gzip {
-            (r.header("Content-Encoding", "gzip"), self.gzipped().clone())
+        let body = if gzip {
+            self.gzipped().clone()
         } else {
-            (r, self.body.clone())
+            self.body.clone()
+        };
+        if let Some(Some(head)) = self.head[usize::from(gzip)].get() {
+            // Converted on the first reply of this variant: no header list to build again.
+            return Reply::prebuilt_only(http::StatusCode::OK, cache, head.clone())
+                .body(Body::Full(body));
+        }
+        let r = base(http::StatusCode::OK).header("Content-Type", self.content_type.clone());
+        let r = if gzip {
+            r.header("Content-Encoding", "gzip")
+        } else {
+            r
         };
         let head = self.head[usize::from(gzip)]
             .get_or_init(|| head_template(r.status, &r.headers).map(Arc::new));
@@ -585,16 +595,22 @@ mod tests {
             .any(|(k, v)| *k == "Content-Encoding" && v == "gzip"));
         let plain = r.reply(None, Some("gzip;q=0"), CacheStatus::Hit);
         assert!(!plain.headers.iter().any(|(k, _)| *k == "Content-Encoding"));
-        // The header kept per variant is the one its headers convert to, on every request.
+        // The header kept per variant is the one its first reply's headers convert to, and
+        // later replies carry it (and its body) without building the list again.
         for _ in 0..2 {
-            for reply in [
-                r.reply(None, Some("gzip"), CacheStatus::Hit),
-                r.reply(None, None, CacheStatus::Hit),
+            for (reply, first) in [
+                (r.reply(None, Some("gzip"), CacheStatus::Hit), &gz),
+                (r.reply(None, None, CacheStatus::Hit), &plain),
             ] {
                 let kept = reply.prebuilt.as_deref().expect("kept header");
-                let fresh = crate::response::head_template(reply.status, &reply.headers).unwrap();
+                let fresh = crate::response::head_template(first.status, &first.headers).unwrap();
                 assert_eq!(kept.status, fresh.status);
                 assert_eq!(kept.headers, fresh.headers);
+                assert!(reply.headers.is_empty());
+                match (&reply.body, &first.body) {
+                    (Body::Full(a), Body::Full(b)) => assert_eq!(a, b),
+                    _ => panic!("full bodies"),
+                }
             }
         }
         assert!(not_mod.prebuilt.is_none());
