@@ -7,11 +7,12 @@
 //! upstream's `tag_ttl`; when the upstream fails, the stale mapping is served. Blobs are
 //! streamed through [`crate::fill`].
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
+use memchr::memmem;
 
 use crate::app::App;
 use crate::digest::Digest;
@@ -49,23 +50,35 @@ pub enum OciRoute<'a> {
     Unknown,
 }
 
+/// Substring searchers built once: `str::contains` / `rsplit_once` with a string pattern set
+/// one up on every call, and every OCI request parses its path.
+static UPLOADS: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new("/blobs/uploads"));
+static MANIFESTS: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new("/manifests/"));
+static BLOBS: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new("/blobs/"));
+
 impl<'a> OciRoute<'a> {
     /// Parses the part of the path after `/v2/`.
     pub fn parse(rest: &'a str) -> OciRoute<'a> {
         if rest.is_empty() {
             return OciRoute::Base;
         }
-        if rest == "_catalog" || rest.contains("/blobs/uploads") {
+        let bytes = rest.as_bytes();
+        if rest == "_catalog" || UPLOADS.find(bytes).is_some() {
             return OciRoute::Unsupported;
         }
         if let Some(name) = rest.strip_suffix("/tags/list") {
             return OciRoute::Tags(name);
         }
-        if let Some((name, r)) = rest.rsplit_once("/manifests/") {
-            return OciRoute::Manifest(name, r);
+        // The last occurrence, as `rsplit_once` would split (the needles are ASCII, so the
+        // split points are character boundaries).
+        if let Some(i) = MANIFESTS.rfind(bytes) {
+            return OciRoute::Manifest(&rest[..i], &rest[i + "/manifests/".len()..]);
         }
-        if let Some((name, d)) = rest.rsplit_once("/blobs/") {
-            return OciRoute::Blob(name, d);
+        if let Some(i) = BLOBS.rfind(bytes) {
+            return OciRoute::Blob(&rest[..i], &rest[i + "/blobs/".len()..]);
         }
         OciRoute::Unknown
     }
@@ -934,6 +947,48 @@ mod tests {
         );
         assert!(h.get("up/r:x", (1, 1)).is_some());
         assert!(h.get("up/r:x", (2, 1)).is_none());
+    }
+
+    #[test]
+    fn routes_split_where_str_searches_would() {
+        fn by_str(rest: &str) -> OciRoute<'_> {
+            if rest.is_empty() {
+                return OciRoute::Base;
+            }
+            if rest == "_catalog" || rest.contains("/blobs/uploads") {
+                return OciRoute::Unsupported;
+            }
+            if let Some(name) = rest.strip_suffix("/tags/list") {
+                return OciRoute::Tags(name);
+            }
+            if let Some((n, r)) = rest.rsplit_once("/manifests/") {
+                return OciRoute::Manifest(n, r);
+            }
+            if let Some((n, d)) = rest.rsplit_once("/blobs/") {
+                return OciRoute::Blob(n, d);
+            }
+            OciRoute::Unknown
+        }
+        for p in [
+            "a/manifests/b/manifests/c",
+            "a/blobs/x/manifests/y",
+            "a/manifests/",
+            "/manifests/x",
+            "manifests/x",
+            "a/blobs/",
+            "x/blobs/uploads",
+            "x/blobs/uploadsy/z",
+            "a/b/blobs/sha256:1/blobs/2",
+            "ä/manifests/ü",
+            "é/blobs/sha256:ü",
+            "a/tags/list/manifests/x",
+            "a/manifests/x/tags/list",
+            "_catalog",
+            "_catalog/x",
+            "a",
+        ] {
+            assert_eq!(OciRoute::parse(p), by_str(p), "{p}");
+        }
     }
 
     #[test]
