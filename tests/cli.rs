@@ -132,25 +132,41 @@ fn serve_without_config_runs_the_embedded_default_and_stops_on_sigterm() {
         std::net::TcpListener::bind("127.0.0.1:5080").is_ok(),
         "port 5080 is busy: this test checks the embedded default listener"
     );
-    let mut child = sluice()
-        .arg("serve")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_healthy("127.0.0.1:5080", &mut child);
+    // Killed on drop: a failed assertion must not leave a sluice holding port 5080.
+    let mut child = Reap(
+        sluice()
+            .arg("serve")
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    wait_healthy("127.0.0.1:5080", child);
     let v2 = http_get("127.0.0.1:5080", "/v2/").unwrap();
     assert!(v2.starts_with("HTTP/1.1 200"), "{v2}");
+    // Header names are case-insensitive (sluice sends its own in lower case).
     assert!(
-        v2.contains("Docker-Distribution-API-Version: registry/2.0"),
+        v2.to_ascii_lowercase()
+            .contains("docker-distribution-api-version: registry/2.0"),
         "{v2}"
     );
     assert!(dir.path().join("sluice-data/blobs/sha256").is_dir());
     assert!(dir.path().join("sluice-data/tmp").is_dir());
-    signal(&child, "-TERM");
-    let st = wait_exit(&mut child, Duration::from_secs(15));
+    signal(child, "-TERM");
+    let st = wait_exit(child, Duration::from_secs(15));
     assert!(st.success(), "exit status after SIGTERM: {st}");
+}
+
+/// A child process killed and reaped when dropped.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
