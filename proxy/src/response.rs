@@ -126,6 +126,24 @@ impl Reply {
         }
     }
 
+    /// The `Content-Type` it will be sent with, from its headers or its kept head.
+    pub fn content_type(&self) -> Option<&str> {
+        match self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            Some((_, v)) => Some(v.as_str()),
+            None => self
+                .prebuilt
+                .as_ref()?
+                .headers
+                .get(http::header::CONTENT_TYPE)?
+                .to_str()
+                .ok(),
+        }
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         debug_assert!(
@@ -219,6 +237,28 @@ impl ByteRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_type_comes_from_the_headers_or_the_kept_head() {
+        let full = Reply::new(StatusCode::OK, CacheStatus::Hit)
+            .header("Content-Type", "application/vnd.oci.image.index.v1+json");
+        assert_eq!(
+            full.content_type(),
+            Some("application/vnd.oci.image.index.v1+json")
+        );
+        let head = Arc::new(head_template(full.status, &full.headers).unwrap());
+        let kept = Reply::prebuilt_only(StatusCode::OK, CacheStatus::Hit, head);
+        assert!(kept.headers.is_empty());
+        assert_eq!(
+            kept.content_type(),
+            Some("application/vnd.oci.image.index.v1+json"),
+            "the images-served figure tells an index by it"
+        );
+        assert_eq!(
+            Reply::new(StatusCode::OK, CacheStatus::Hit).content_type(),
+            None
+        );
+    }
 
     #[test]
     fn ranges_parse_and_resolve() {

@@ -226,13 +226,7 @@ impl HttpServerApp for HttpApp {
         let cache = reply.cache;
         // Tells an image manifest from an index, for the images-served figure.
         let manifest_type = (kind == Kind::Oci && req.uri.path().contains("/manifests/"))
-            .then(|| {
-                reply
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                    .map(|(_, v)| v.clone())
-            })
+            .then(|| reply.content_type().map(str::to_owned))
             .flatten();
         let (ok, sent) = write_reply(&mut session, reply, request_id).await;
         let path = session.req_header().uri.path();
