@@ -470,13 +470,7 @@ impl Sluice {
         let start = std::time::Instant::now();
         loop {
             let m = self.metrics().await;
-            let inflight = m
-                .lines()
-                .find(|l| l.starts_with("sluice_inflight_fills "))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            if inflight == 0.0 {
+            if metrics::sample(&m, "sluice_inflight_fills ") == 0.0 {
                 return;
             }
             assert!(
