@@ -369,9 +369,7 @@ def skopeo_copy(src, dest, push=False):
         if push
         else ["--src-tls-verify=false"]
     )
-    t = time.monotonic()
     run(argv + [src, dest], timeout=600)
-    return time.monotonic() - t
 
 
 def upload_blob(port, repo, path):
@@ -631,6 +629,19 @@ class Bench:
         log("ERROR " + msg)
         self.res["errors"].append(msg)
 
+    def timed(self, what, fn):
+        """Wall seconds of fn(), logged as `what`; None when it failed (recorded as an
+        error: the run goes on)."""
+        t = time.monotonic()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            self.error(what, e)
+            return None
+        secs = round(time.monotonic() - t, 2)
+        log(f"{what}: {secs:.2f}s")
+        return secs
+
     # -- servers --
 
     def start_registry(self, name, proxy_of=None, accesslog=True):
@@ -865,12 +876,12 @@ log: {{ type: stdout, format: pretty, level: warn }}
                     dest = os.path.join(self.work, f"pull-{name}-{phase}")
                     os.sync()
                     settle()  # distribution keeps storing a pulled image after the client is done
-                    try:
-                        secs = skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}")
-                        samples.setdefault(name, {}).setdefault(phase, []).append(round(secs, 2))
-                        log(f"skopeo copy {phase} bench/big:{tag} via {name}: {secs:.2f}s")
-                    except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                        self.error(f"skopeo {phase} {name}", e)
+                    secs = self.timed(
+                        f"skopeo copy {phase} bench/big:{tag} via {name}",
+                        lambda: skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}"),
+                    )
+                    if secs is not None:
+                        samples.setdefault(name, {}).setdefault(phase, []).append(secs)
                     shutil.rmtree(dest, ignore_errors=True)
         for name, phases in samples.items():
             out[name] = {ph: round(statistics.median(v), 2) for ph, v in phases.items()}
@@ -1003,13 +1014,10 @@ log: {{ type: stdout, format: pretty, level: warn }}
                 d = os.path.join(self.work, "npm", f"{name}-{phase}")
                 shutil.copytree(proj, d)
                 shutil.rmtree(os.path.join(d, "node_modules"), ignore_errors=True)
-                try:
-                    t = time.monotonic()
-                    npm(reg, d, os.path.join(d, ".cache"), "ci")
-                    out.setdefault(name, {})[phase] = round(time.monotonic() - t, 2)
-                    log(f"npm ci {phase} via {name}: {out[name][phase]}s")
-                except Exception as e:  # noqa: BLE001
-                    self.error(f"npm ci {phase} {name}", e)
+                secs = self.timed(f"npm ci {phase} via {name}",
+                                  lambda: npm(reg, d, os.path.join(d, ".cache"), "ci"))
+                if secs is not None:
+                    out.setdefault(name, {})[phase] = secs
                 shutil.rmtree(d, ignore_errors=True)
         self.res["npm_ci_s"] = out
 
@@ -1028,13 +1036,10 @@ log: {{ type: stdout, format: pretty, level: warn }}
                 d = os.path.join(self.work, "pip", f"{name}-{phase}")
                 argv = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         "--no-cache-dir", "--only-binary", ":all:", "--target", d, "--index-url", url]
-                try:
-                    t = time.monotonic()
-                    run(argv + PIP_REQS, env=env, timeout=300, unset=PIP_UNSET)
-                    out.setdefault(name, {})[phase] = round(time.monotonic() - t, 2)
-                    log(f"pip install {phase} via {name}: {out[name][phase]}s")
-                except Exception as e:  # noqa: BLE001
-                    self.error(f"pip install {phase} {name}", e)
+                secs = self.timed(f"pip install {phase} via {name}",
+                                  lambda: run(argv + PIP_REQS, env=env, timeout=300, unset=PIP_UNSET))
+                if secs is not None:
+                    out.setdefault(name, {})[phase] = secs
                 shutil.rmtree(d, ignore_errors=True)
         self.res["pip_install_s"] = out
 
