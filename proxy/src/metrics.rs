@@ -7,7 +7,7 @@
 //!   fetched from upstreams (`upstream`).
 //! - `sluice_upstream_requests_total{upstream,method,status}`,
 //!   `sluice_upstream_request_seconds{upstream}` (time to response headers).
-//! - `sluice_inflight_fills`, `sluice_storage_bytes`, `sluice_fill_failures_total`,
+//! - `sluice_inflight_fills`, `sluice_storage_bytes`, `sluice_mapped_bytes`, `sluice_fill_failures_total`,
 //!   `sluice_digest_mismatches_total{format}`, `sluice_upstream_token_requests_total`.
 
 use std::sync::OnceLock;
@@ -50,7 +50,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "sluice_storage_bytes",
         "Bytes stored in the content-addressed store"
     );
+    metrics::describe_gauge!(
+        "sluice_mapped_bytes",
+        "Bytes of recently served large files kept memory-mapped for the next reader"
+    );
     metrics::gauge!("sluice_inflight_fills").set(0.0);
+    metrics::gauge!("sluice_mapped_bytes").set(0.0);
     Ok(handle)
 }
 

@@ -1,4 +1,5 @@
-//! Background upkeep: flushes batched last-access times to the index, drains metric
+//! Background upkeep: flushes batched last-access times to the index, closes idle kept
+//! file mappings, drains metric
 //! histograms, enforces the storage limits (a commit that takes the store over its high
 //! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
 //! `storage.gc_interval` (idle expiry, index records of content that is gone), persists
@@ -57,6 +58,7 @@ impl Upkeep {
         if let Err(e) = self.app.store.flush_access() {
             tracing::warn!(error = %e, "flushing access times failed");
         }
+        self.app.store.expire_mappings(Instant::now());
         self.app.metrics.run_upkeep();
     }
 

@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod evict;
 pub mod index;
+mod mapped;
 pub mod pins;
 pub mod pulls;
 pub mod verify;
@@ -17,8 +18,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -37,10 +38,8 @@ pub struct Store {
     tmp_dir: PathBuf,
     index: Arc<dyn Index>,
     small: moka::sync::Cache<Digest, Bytes>,
-    /// The live mapping of each large file being read: concurrent readers of one blob
-    /// share it (every separate mapping of the same pages counts again in the process's
-    /// RSS: a thousand clients on one 100 MB blob would "use" 100 GB).
-    mapped: Mutex<HashMap<Digest, Weak<memmap2::Mmap>>>,
+    /// The mappings of large files: shared by concurrent readers, recent ones kept.
+    mapped: mapped::Mappings,
     /// Last-access times not yet written to the index (flushed in batches so a hit does
     /// not write).
     pending_access: Mutex<HashMap<Digest, u64>>,
@@ -121,7 +120,7 @@ impl Store {
                 .weigher(|_k: &Digest, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(64 << 20)
                 .build(),
-            mapped: Mutex::new(HashMap::new()),
+            mapped: mapped::Mappings::new(mapped::KEEP_BYTES),
             pending_access: Mutex::new(HashMap::new()),
             pulls: pulls::PullLog::default(),
             cleanup_reports: Mutex::new(Vec::new()),
@@ -230,7 +229,7 @@ impl Store {
             self.touch(d);
             return Some(b);
         }
-        if let Some(map) = self.mapped.lock().get(d).and_then(Weak::upgrade) {
+        if let Some(map) = self.mapped.get(d) {
             self.touch(d);
             return Some(Bytes::from_owner(SharedMap(map)));
         }
@@ -246,25 +245,16 @@ impl Store {
             self.small.insert(*d, b.clone());
             b
         } else {
-            // SAFETY: store files are immutable once renamed into place (never truncated or
-            // rewritten); unlinking keeps an existing mapping valid.
-            let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.ok()?);
-            let mut mapped = self.mapped.lock();
-            // Another reader may have mapped it meanwhile: use one mapping.
-            let map = match mapped.get(d).and_then(Weak::upgrade) {
-                Some(existing) => existing,
-                None => {
-                    if mapped.len() >= 1024 {
-                        mapped.retain(|_, w| w.strong_count() > 0);
-                    }
-                    mapped.insert(*d, Arc::downgrade(&map));
-                    map
-                }
-            };
-            Bytes::from_owner(SharedMap(map))
+            Bytes::from_owner(SharedMap(self.mapped.map(d, &file)?))
         };
         self.touch(d);
         Some(bytes)
+    }
+
+    /// Closes the kept mappings of large files not read for [`mapped::KEEP_IDLE`] before
+    /// `now`.
+    pub fn expire_mappings(&self, now: Instant) {
+        self.mapped.expire(now, mapped::KEEP_IDLE);
     }
 
     /// Records an access, written to the index at the next [`Store::flush_access`].
@@ -309,7 +299,7 @@ impl Store {
         self.index.remove(Tree::Blobs, d.as_bytes())?;
         self.index.remove(Tree::Manifests, d.as_bytes())?;
         self.small.invalidate(d);
-        self.mapped.lock().remove(d);
+        self.mapped.forget(d);
         self.pending_access.lock().remove(d);
         if size.is_some() {
             match fs::remove_file(&path) {
@@ -571,14 +561,20 @@ mod tests {
         let b = s.read(&d).unwrap();
         assert_eq!(a, big);
         assert_eq!(a.as_ptr(), b.as_ptr(), "one mapping for both readers");
-        // Once every reader is gone the mapping goes too; the next read maps afresh.
+        let ptr = a.as_ptr();
+        // Once every reader is gone the mapping is kept for the next reader, until idle.
         drop((a, b));
-        assert!(s.mapped.lock().get(&d).unwrap().upgrade().is_none());
+        let c = s.read(&d).unwrap();
+        assert_eq!(c.as_ptr(), ptr, "the kept mapping");
+        drop(c);
+        s.expire_mappings(Instant::now() + mapped::KEEP_IDLE);
+        assert!(!s.mapped.is_open(&d));
         let c = s.read(&d).unwrap();
         assert_eq!(c, big);
         // Removal forgets the mapping: a reader holding it keeps valid bytes.
         s.remove(&d).unwrap();
-        assert!(s.mapped.lock().get(&d).is_none());
+        assert!(!s.mapped.is_open(&d));
+        assert_eq!(s.mapped.kept_bytes(), 0);
         assert!(s.read(&d).is_none());
         assert_eq!(c, big);
     }
