@@ -245,6 +245,14 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // A stored layer over 256 KiB served again stays mapped for its next reader
+    // (storage.keep_mapped); purging it closes that mapping, so nothing keeps the removed
+    // file's disk space in use.
+    let mapped = || async { metrics::sum_prefixed(&s.metrics().await, "sluice_mapped_bytes") };
+    assert_eq!(mapped().await, Some(0.0));
+    assert_eq!(pull(&s, "team/app", "v1", &img).await, ["HIT", "HIT", "HIT"]);
+    assert_eq!(mapped().await, Some((300 * 1024) as f64));
+
     // Purge by digest removes one file; the next request for it is a MISS.
     let layer = &img.layer_digests[0];
     let r = c
@@ -254,6 +262,7 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
         .await
         .unwrap();
     assert_eq!(json_body(r).await["removed_files"], 1);
+    assert_eq!(mapped().await, Some(0.0));
     assert!(!blob_path(&s.data_dir(), layer).exists());
     let caches = pull(&s, "team/app", "v1", &img).await;
     assert_eq!(caches, ["HIT", "HIT", "MISS"]);

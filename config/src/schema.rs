@@ -84,6 +84,10 @@ pub struct StorageConfig {
     /// request that has not opened it yet). At least 1 s.
     #[serde(default = "default_eviction_grace")]
     pub eviction_grace: Duration,
+    /// Memory mappings of recently served large files kept open for their next reader, at
+    /// most this many bytes (0: none kept). Their pages are page cache, counted in RSS.
+    #[serde(default = "default_keep_mapped")]
+    pub keep_mapped: ByteSize,
     /// `[[storage.pin]]`: content never evicted.
     #[serde(default, rename = "pin")]
     pub pins: Vec<PinConfig>,
@@ -447,6 +451,7 @@ impl Default for StorageConfig {
             idle_expiry: None,
             gc_interval: default_gc_interval(),
             eviction_grace: default_eviction_grace(),
+            keep_mapped: default_keep_mapped(),
             pins: Vec::new(),
             cleanup: Vec::new(),
         }
@@ -479,6 +484,9 @@ fn default_gc_interval() -> Duration {
 }
 fn default_eviction_grace() -> Duration {
     Duration::from_secs(10)
+}
+fn default_keep_mapped() -> ByteSize {
+    ByteSize(512 << 20)
 }
 fn default_any() -> String {
     "*".into()

@@ -61,6 +61,7 @@ impl App {
         let limits = crate::store::evict::Limits::from_config(&config.storage)?;
         let store = Arc::new(Store::open(&config.storage.data_dir)?);
         store.set_high_watermark(limits.high_bytes());
+        store.set_keep_mapped(config.storage.keep_mapped.0);
         let stats = crate::stats::Stats::load(store.index().as_ref()).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "persisted stats unreadable; starting from zero");
             crate::stats::Stats::default()

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,16 +19,14 @@ use parking_lot::Mutex;
 
 use crate::digest::Digest;
 
-/// Kept mappings stay under this many bytes (least recently read go first).
-pub const KEEP_BYTES: u64 = 512 << 20;
-
 /// A kept mapping not read for this long is closed at the next [`Mappings::expire`].
 pub const KEEP_IDLE: Duration = Duration::from_secs(30);
 
 /// The mappings, by digest.
 pub struct Mappings {
     inner: Mutex<Inner>,
-    keep_bytes: u64,
+    /// Kept mappings stay under this many bytes (least recently read go first).
+    keep_bytes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -48,8 +47,16 @@ impl Mappings {
     pub fn new(keep_bytes: u64) -> Mappings {
         Mappings {
             inner: Mutex::new(Inner::default()),
-            keep_bytes,
+            keep_bytes: AtomicU64::new(keep_bytes),
         }
+    }
+
+    /// Changes the budget (closing the least recently read kept mappings over it).
+    pub fn set_keep_bytes(&self, keep_bytes: u64) {
+        self.keep_bytes.store(keep_bytes, Ordering::Relaxed);
+        let mut inner = self.inner.lock();
+        inner.shrink_to(keep_bytes, None);
+        metrics::gauge!("sluice_mapped_bytes").set(inner.kept_bytes as f64);
     }
 
     /// The mapping of `d` if one is open.
@@ -71,10 +78,11 @@ impl Mappings {
             inner.drop_dead();
         }
         let len = fresh.len() as u64;
-        let kept = (len <= self.keep_bytes).then(|| fresh.clone());
+        let keep_bytes = self.keep_bytes.load(Ordering::Relaxed);
+        let kept = (len <= keep_bytes).then(|| fresh.clone());
         if kept.is_some() {
             inner.kept_bytes += len;
-            inner.shrink_to(self.keep_bytes, Some(d));
+            inner.shrink_to(keep_bytes, Some(d));
         }
         let old = inner.files.insert(
             *d,
@@ -224,6 +232,13 @@ mod tests {
         assert_eq!(m.kept_bytes(), 8000);
         drop(held);
         assert!(!m.is_open(&d4));
+        // A smaller budget closes the least recently read at once; 0 keeps none.
+        m.set_keep_bytes(4000);
+        assert!(m.is_open(&d3) && !m.is_open(&d1));
+        m.set_keep_bytes(0);
+        assert_eq!(m.kept_bytes(), 0);
+        drop(m.map(&d1, &f));
+        assert!(!m.is_open(&d1));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Store {
                 .weigher(|_k: &Digest, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(64 << 20)
                 .build(),
-            mapped: mapped::Mappings::new(mapped::KEEP_BYTES),
+            mapped: mapped::Mappings::new(0),
             pending_access: Mutex::new(HashMap::new()),
             pulls: pulls::PullLog::default(),
             cleanup_reports: Mutex::new(Vec::new()),
@@ -249,6 +249,12 @@ impl Store {
         };
         self.touch(d);
         Some(bytes)
+    }
+
+    /// Keeps at most `bytes` of recently served large files mapped for their next reader
+    /// (`storage.keep_mapped`; none until set).
+    pub fn set_keep_mapped(&self, bytes: u64) {
+        self.mapped.set_keep_bytes(bytes);
     }
 
     /// Closes the kept mappings of large files not read for [`mapped::KEEP_IDLE`] before
@@ -557,6 +563,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let big = Bytes::from(vec![9u8; 2 * SMALL_FILE as usize]);
         let d = s.put_bytes(&big).unwrap();
+        s.set_keep_mapped(1 << 30);
         let a = s.read(&d).unwrap();
         let b = s.read(&d).unwrap();
         assert_eq!(a, big);
