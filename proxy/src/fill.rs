@@ -593,4 +593,82 @@ mod tests {
         );
         assert!(store.resolve(&expect).is_none());
     }
+    /// An upstream whose body arrives as the test sends it.
+    fn paced_opener(len: Option<u64>) -> (Opener, tokio::sync::mpsc::UnboundedSender<Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let open: Opener = Box::new(move || {
+            async move {
+                let stream = tokio_stream_from(rx).map(Ok).boxed();
+                Ok(UpstreamBody {
+                    len,
+                    stream,
+                    resume: None,
+                })
+            }
+            .boxed()
+        });
+        (open, tx)
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    ) -> impl futures_util::Stream<Item = Bytes> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    /// Followers of a fill in progress get exactly the bytes written so far, ranges
+    /// included, with the length announced or not.
+    #[tokio::test]
+    async fn followers_read_only_what_was_written_with_or_without_a_length() {
+        for announced in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let fills = Fills::new(store.clone());
+            let body = Bytes::from(
+                (0..3_000_000u32)
+                    .map(|i| (i % 253) as u8 | 1)
+                    .collect::<Vec<_>>(),
+            );
+            let expect = Expect::Sha256(Digest::of(&body));
+            let (open, tx) = paced_opener(announced.then_some(body.len() as u64));
+            let fill = fills
+                .join_or_start(expect.clone(), "oci", open)
+                .await
+                .unwrap()
+                .unwrap();
+            tx.send(body.slice(..1_200_000)).unwrap();
+            let mut whole = fill.follow(0, None);
+            let mut range = fill.follow(1_000_000, Some(2_500_000));
+            let mut got = Vec::new();
+            while got.len() < 1_200_000 {
+                let c = tokio::time::timeout(Duration::from_secs(5), whole.next())
+                    .await
+                    .expect("written bytes arrive")
+                    .unwrap()
+                    .unwrap();
+                got.extend_from_slice(&c);
+            }
+            assert_eq!(got, body[..1_200_000], "announced={announced}");
+            // Nothing past the written bytes.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), whole.next())
+                    .await
+                    .is_err(),
+                "a follower read past the written bytes"
+            );
+            tx.send(body.slice(1_200_000..)).unwrap();
+            drop(tx);
+            let mut rest = read_all(whole).await.unwrap();
+            got.append(&mut rest);
+            assert_eq!(got, body);
+            let mut r = Vec::new();
+            while let Some(c) = range.next().await.unwrap() {
+                r.extend_from_slice(&c);
+            }
+            assert_eq!(r, body[1_000_000..2_500_000]);
+            fill.settled().await;
+            let stored = store.resolve(&expect).expect("committed");
+            assert_eq!(store.read(&stored).unwrap(), body);
+        }
+    }
 }
