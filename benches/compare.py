@@ -125,16 +125,21 @@ def descendants(pid):
     return out
 
 
-def proc_status(pid, key):
-    """A /proc/PID/status field in KiB (0 when the process is gone)."""
+def kib_field(path, key):
+    """A "Key: N kB" field of a /proc file in KiB (0 when absent or the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def proc_status(pid, key):
+    """A /proc/PID/status field in KiB (0 when the process is gone)."""
+    return kib_field(f"/proc/{pid}/status", key)
 
 
 def tree_rss_mb(pid):
@@ -463,6 +468,39 @@ def cpu_busy_fraction(interval=0.5):
     time.sleep(interval)
     t1, i1 = sample()
     return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def fill_page_cache(work):
+    """Fills the machine's free memory with clean page cache, kept for the run, as on a
+    server that has been up for a while; returns the GiB filled.
+
+    A VM whose memory the host backs lazily (Firecracker with free page reporting, as the
+    one the committed results come from) pays a host page fault on the first touch of
+    each guest page: writing 512 MB of new files there took 0.09 s while the kernel
+    recycled pages it had used, and 1.0-1.3 s once it reached pages never touched (or
+    handed back to the host). A caching proxy grows the page cache by everything it
+    stores, so cold fills through sluice or distribution paid that and a direct copy (its
+    output deleted, its pages recycled) did not: cold copies through the caches cost twice
+    the CPU late in a run. With the free memory held by zero pages of a sparse file (read,
+    never written: no disk I/O), new files take pages the kernel reclaims from it, already
+    touched, the steady state of a long-running machine; every server is measured in it.
+    FILL_PAGE_CACHE=0 skips this."""
+    if os.environ.get("FILL_PAGE_CACHE", "1") == "0":
+        return 0.0
+    spare = 2 << 30  # left free for the servers' and clients' own memory
+    size = kib_field("/proc/meminfo", "MemFree") * 1024 - spare
+    if size <= 0:
+        return 0.0
+    t = time.monotonic()
+    path = os.path.join(work, "page-cache-filler")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    with open(path, "rb", buffering=0) as f:
+        while f.read(8 * MIB):
+            pass
+    gib = round(size / (1 << 30), 1)
+    log(f"filled {gib} GiB of free memory with clean page cache in {time.monotonic() - t:.1f} s")
+    return gib
 
 
 def settle(limit=60.0, busy=0.15):
@@ -903,6 +941,9 @@ log: {{ type: stdout, format: pretty, level: warn }}
                 size, _ = curl_blob(url)  # warm
                 if size != self.big_blob["size"]:
                     raise RuntimeError(f"{size} bytes, expected {self.big_blob['size']}")
+                # A proxy may still be storing what it just fetched (distribution does so
+                # after its response; until then it fetches from the upstream again).
+                settle()
                 one[name] = round(statistics.median(blob_throughput(url, 1) for _ in range(BLOB_RUNS)))
                 eight[name] = round(statistics.median(blob_throughput(url, 8) for _ in range(BLOB_RUNS)))
                 log(f"blob via {name}: {one[name]} MB/s one stream, {eight[name]} MB/s 8 streams")
@@ -1197,6 +1238,10 @@ def markdown(doc, rows, targets):
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v),
         "",
+        f"Before the servers started, {doc['results'].get('page_cache_filled_gib', 0)} GiB of free memory were "
+        "filled with clean page cache, kept during the run (the state of a machine that has been up; "
+        "see fill_page_cache in compare.py).",
+        "",
         f"Command: `{doc['command']}`; options: {json.dumps(doc['options'])}; run took {doc['duration_s']} s.",
         "All traffic on loopback; npm/PyPI peers proxy the registries npm and pip use (asked at run time).",
         "",
@@ -1264,6 +1309,7 @@ def main():
     started_utc = datetime.datetime.now(datetime.timezone.utc)
     ports = []
     try:
+        b.res["page_cache_filled_gib"] = fill_page_cache(work)
         npm_url = npm_registry()
         pypi_url = pip_index()
         if not pypi_url.endswith("/"):
