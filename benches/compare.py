@@ -53,6 +53,7 @@ BIG_LAYER = (16 if QUICK else 200) * MIB
 OTHER_LAYERS = [2 * MIB, 1 * MIB] if QUICK else [30 * MIB, 15 * MIB]
 WRK_DURATION = os.environ.get("WRK_DURATION", "2s" if QUICK else "5s")
 BLOB_RUNS = 1 if QUICK else 7
+DOC_ROUNDS = 1 if QUICK else 3  # wrk runs of sluice and of nginx per document, alternating
 COPY_RUNS = 1 if QUICK else 7  # skopeo copies: median of this many (distinct images when cold)
 LOAD_CLIENTS = int(os.environ.get("LOAD_CLIENTS", "1000"))
 LOAD_MB = int(os.environ.get("LOAD_MB", "4" if QUICK else "100"))
@@ -517,6 +518,25 @@ def settle(limit=60.0, busy=0.15):
     log(f"machine still busy after {limit:.0f} s; measuring anyway")
 
 
+def rotated(names, i):
+    """`names` starting at the i-th (round i of an interleaved measurement)."""
+    k = i % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+def median_run(runs):
+    """One wrk result from several: the median of each figure, the runs' req/s kept."""
+    med = lambda k: statistics.median(r[k] for r in runs if r[k] is not None) if any(r[k] is not None for r in runs) else None  # noqa: E731
+    return {
+        "rps": round(med("rps")) if med("rps") is not None else None,
+        "p50_ms": med("p50_ms"),
+        "p99_ms": med("p99_ms"),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "socket_errors": "; ".join(r["socket_errors"] for r in runs if r["socket_errors"]),
+        "rps_runs": [r["rps"] for r in runs],
+    }
+
+
 def wrk(url, headers):
     settle()
     argv = ["wrk", "-t2", "-c32", f"-d{WRK_DURATION}", "--latency"]
@@ -935,23 +955,37 @@ log: {{ type: stdout, format: pretty, level: warn }}
             "distribution": f"http://127.0.0.1:{self.port('distribution')}/v2/bench/big/blobs/{d}",
             "nginx": f"http://127.0.0.1:{self.port('nginx')}/blob",
         }
-        one, eight = {}, {}
-        for name, url in urls.items():
+        for name, url in list(urls.items()):
             try:
                 size, _ = curl_blob(url)  # warm
                 if size != self.big_blob["size"]:
                     raise RuntimeError(f"{size} bytes, expected {self.big_blob['size']}")
-                # A proxy may still be storing what it just fetched (distribution does so
-                # after its response; until then it fetches from the upstream again).
-                settle()
-                one[name] = round(statistics.median(blob_throughput(url, 1) for _ in range(BLOB_RUNS)))
-                eight[name] = round(statistics.median(blob_throughput(url, 8) for _ in range(BLOB_RUNS)))
-                log(f"blob via {name}: {one[name]} MB/s one stream, {eight[name]} MB/s 8 streams")
             except Exception as e:  # noqa: BLE001
                 self.error(f"blob {name}", e)
+                del urls[name]
+        # A proxy may still be storing what it just fetched (distribution does so after its
+        # response; until then it fetches from the upstream again).
+        settle()
+        # Rounds interleave the servers (who goes first rotates), so that a noisy moment
+        # on a shared machine lands on one sample of each rather than on all of one.
+        samples = {"1": {}, "8": {}}
+        for i in range(BLOB_RUNS):
+            for name in rotated(list(urls), i):
+                for streams in (1, 8):
+                    try:
+                        mbps = blob_throughput(urls[name], streams)
+                        samples[str(streams)].setdefault(name, []).append(round(mbps))
+                    except Exception as e:  # noqa: BLE001
+                        self.error(f"blob {name} {streams} streams", e)
+        one = {n: round(statistics.median(v)) for n, v in samples["1"].items()}
+        eight = {n: round(statistics.median(v)) for n, v in samples["8"].items()}
+        for name in urls:
+            log(f"blob via {name}: {one.get(name)} MB/s one stream {samples['1'].get(name)}, "
+                f"{eight.get(name)} MB/s 8 streams")
         self.res["blob_mb"] = round(self.big_blob["size"] / 1e6, 1)
         self.res["blob_1_stream_MBps"] = one
         self.res["blob_8_streams_MBps"] = eight
+        self.res["blob_samples_MBps"] = samples
 
     def doc_runs(self):
         """wrk on cached documents; nginx serves a file of the same bytes as sluice's."""
@@ -994,7 +1028,7 @@ log: {{ type: stdout, format: pretty, level: warn }}
         out = {}
         for doc, (headers, urls, fname) in docs.items():
             row = out.setdefault(doc, {})
-            for name, url in urls.items():
+            for name, url in list(urls.items()):
                 try:
                     u = urllib.parse.urlsplit(url)
                     status, body = None, b""
@@ -1011,21 +1045,31 @@ log: {{ type: stdout, format: pretty, level: warn }}
                     if name == "sluice":
                         with open(os.path.join(self.www, fname), "wb") as f:
                             f.write(body)
-                        urls_nginx = f"http://127.0.0.1:{self.port('nginx')}/{fname}"
+                        urls["nginx"] = f"http://127.0.0.1:{self.port('nginx')}/{fname}"
+                        sluice_len = len(body)
+                        continue  # measured in rounds with nginx, below
                     r = wrk(url, headers)
                     r["bytes"] = len(body)
                     row[name] = r
                     log(f"{doc} via {name}: {r['rps']} req/s ({len(body)} bytes)")
                 except Exception as e:  # noqa: BLE001
                     self.error(f"{doc} {name}", e)
-            if "sluice" in row:
-                try:
-                    r = wrk(urls_nginx, headers)
-                    r["bytes"] = row["sluice"]["bytes"]
-                    row["nginx"] = r
-                    log(f"{doc} via nginx: {r['rps']} req/s")
-                except Exception as e:  # noqa: BLE001
-                    self.error(f"{doc} nginx", e)
+                    urls.pop(name, None)
+            # sluice and nginx are within a few per cent of each other: rounds alternate
+            # them (who goes first rotates), each keeping the median of its runs.
+            pair = [n for n in ("sluice", "nginx") if n in urls]
+            runs = {}
+            for i in range(DOC_ROUNDS):
+                for name in rotated(pair, i):
+                    try:
+                        runs.setdefault(name, []).append(wrk(urls[name], headers))
+                    except Exception as e:  # noqa: BLE001
+                        self.error(f"{doc} {name}", e)
+            for name, rs in runs.items():
+                r = median_run(rs)
+                r["bytes"] = sluice_len  # nginx serves a file of sluice's bytes
+                row[name] = r
+                log(f"{doc} via {name}: {r['rps']} req/s (runs {r['rps_runs']})")
         self.res["docs"] = out
 
     def npm_runs(self, direct):
@@ -1277,6 +1321,16 @@ def markdown(doc, rows, targets):
         out += ["", "skopeo copy samples (s, in image order): " + "; ".join(
             f"{name} {phase} {', '.join(fmt(x) for x in xs)}"
             for name, phases in samples.items() for phase, xs in phases.items())]
+    blobs = doc["results"].get("blob_samples_MBps", {})
+    if blobs:
+        out += ["", "Warm blob samples (MB/s, in round order): " + "; ".join(
+            f"{name} {streams} stream{'s' if streams != '1' else ''} {', '.join(fmt(x) for x in xs)}"
+            for streams, by in blobs.items() for name, xs in by.items())]
+    docs = doc["results"].get("docs", {})
+    runs = [f"{d} {name} {', '.join(fmt(x) for x in r['rps_runs'])}"
+            for d, row in docs.items() for name, r in row.items() if r.get("rps_runs")]
+    if runs:
+        out += ["", "wrk req/s of each run (sluice and nginx alternate): " + "; ".join(runs)]
     out += ["", "RSS figures sum the process and its workers (nginx, gunicorn)."]
     return "\n".join(out) + "\n"
 
@@ -1394,7 +1448,7 @@ def main():
         "command": ("QUICK=1 " if QUICK else "SKIP_LIVE=1 " if SKIP_LIVE else "")
         + (f"ONLY={','.join(ONLY)} " if ONLY else "") + "benches/compare",
         "options": {"quick": QUICK, "skip_live": SKIP_LIVE, "wrk": f"-t2 -c32 -d{WRK_DURATION} --latency",
-                    "blob_runs": BLOB_RUNS, "copy_runs": COPY_RUNS, "load_clients": LOAD_CLIENTS, "load_mb": LOAD_MB,
+                    "blob_runs": BLOB_RUNS, "doc_rounds": DOC_ROUNDS, "copy_runs": COPY_RUNS, "load_clients": LOAD_CLIENTS, "load_mb": LOAD_MB,
                     "npm_deps": NPM_DEPS, "pip_requirements": PIP_REQS,
                     "packuments": [SMALL_PACKAGE, LARGE_PACKAGE], "simple_project": SIMPLE_PROJECT},
         "duration_s": round(time.monotonic() - T0),
