@@ -250,7 +250,10 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     // file's disk space in use.
     let mapped = || async { metrics::sum_prefixed(&s.metrics().await, "sluice_mapped_bytes") };
     assert_eq!(mapped().await, Some(0.0));
-    assert_eq!(pull(&s, "team/app", "v1", &img).await, ["HIT", "HIT", "HIT"]);
+    assert_eq!(
+        pull(&s, "team/app", "v1", &img).await,
+        ["HIT", "HIT", "HIT"]
+    );
     assert_eq!(mapped().await, Some((300 * 1024) as f64));
 
     // Purge by digest removes one file; the next request for it is a MISS.

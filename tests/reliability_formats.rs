@@ -25,7 +25,7 @@ use common::metrics;
 use common::npm_sim::{NpmFault, NpmSim};
 use common::pypi_sim::{Mode, PyFault, PypiSim, SimFile};
 use common::{
-    blob_files, blob_path, eventually, http_client, random_bytes, sha256_digest,
+    blob_files, blob_path, eventually, eventually_async, http_client, random_bytes, sha256_digest,
     sluice_cache_header, tmp_files, within, Sluice,
 };
 
@@ -97,21 +97,6 @@ fn assert_circuit_open_answer(g: &Got, took: Duration, cooldown_secs: u64, what:
     );
     assert!(took < Duration::from_millis(500), "{what}: took {took:?}");
     secs
-}
-
-/// Polls the async `cond` every 100 ms for up to 5 s; whether it held.
-async fn eventually_async<F, Fut>(mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..50 {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 // ---------------------------------------------------------------------------------------

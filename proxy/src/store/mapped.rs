@@ -248,7 +248,10 @@ mod tests {
         let (d1, d2) = (digest(1), digest(2));
         drop(m.map(&d1, &f));
         let held = m.map(&d2, &f).unwrap();
-        m.expire(Instant::now() + Duration::from_secs(60), Duration::from_secs(30));
+        m.expire(
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
         assert_eq!(m.kept_bytes(), 0);
         assert!(!m.is_open(&d1), "idle and unread: closed");
         assert!(m.is_open(&d2), "a reader still holds it");
