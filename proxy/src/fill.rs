@@ -593,6 +593,7 @@ mod tests {
         );
         assert!(store.resolve(&expect).is_none());
     }
+
     /// An upstream whose body arrives as the test sends it.
     fn paced_opener(len: Option<u64>) -> (Opener, tokio::sync::mpsc::UnboundedSender<Bytes>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
