@@ -493,13 +493,15 @@ def fill_page_cache(work):
     if size <= 0:
         return 0.0
     t = time.monotonic()
+    cached = kib_field("/proc/meminfo", "Cached")
     path = os.path.join(work, "page-cache-filler")
     with open(path, "wb") as f:
         f.truncate(size)
     with open(path, "rb", buffering=0) as f:
         while f.read(8 * MIB):
             pass
-    gib = round(size / (1 << 30), 1)
+    # What the page cache really grew by (a tmpfs work dir, say, caches no holes).
+    gib = round((kib_field("/proc/meminfo", "Cached") - cached) / (1 << 20), 1)
     log(f"filled {gib} GiB of free memory with clean page cache in {time.monotonic() - t:.1f} s")
     return gib
 
