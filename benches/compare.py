@@ -528,9 +528,14 @@ def rotated(names, i):
 
 def median_run(runs):
     """One wrk result from several: the median of each figure, the runs' req/s kept."""
-    med = lambda k: statistics.median(r[k] for r in runs if r[k] is not None) if any(r[k] is not None for r in runs) else None  # noqa: E731
+
+    def med(key):
+        xs = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(xs) if xs else None
+
+    rps = med("rps")
     return {
-        "rps": round(med("rps")) if med("rps") is not None else None,
+        "rps": round(rps) if rps is not None else None,
         "p50_ms": med("p50_ms"),
         "p99_ms": med("p99_ms"),
         "non_2xx": sum(r["non_2xx"] for r in runs),
@@ -1284,10 +1289,15 @@ def markdown(doc, rows, targets):
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v),
         "",
-        f"Before the servers started, {doc['results'].get('page_cache_filled_gib', 0)} GiB of free memory were "
-        "filled with clean page cache, kept during the run (the state of a machine that has been up; "
-        "see fill_page_cache in compare.py).",
-        "",
+    ]
+    if "page_cache_filled_gib" in doc["results"]:
+        out += [
+            f"Before the servers started, {doc['results']['page_cache_filled_gib']} GiB of free memory were "
+            "filled with clean page cache, kept during the run (the state of a machine that has been up; "
+            "see fill_page_cache in compare.py).",
+            "",
+        ]
+    out += [
         f"Command: `{doc['command']}`; options: {json.dumps(doc['options'])}; run took {doc['duration_s']} s.",
         "All traffic on loopback; npm/PyPI peers proxy the registries npm and pip use (asked at run time).",
         "",
