@@ -1290,7 +1290,7 @@ def markdown(doc, rows, targets):
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v),
         "",
     ]
-    if "page_cache_filled_gib" in doc["results"]:
+    if doc["results"].get("page_cache_filled_gib"):
         out += [
             f"Before the servers started, {doc['results']['page_cache_filled_gib']} GiB of free memory were "
             "filled with clean page cache, kept during the run (the state of a machine that has been up; "

@@ -431,6 +431,16 @@ async fn expired_pages_revalidate_with_etag_and_304() {
     assert!(
         eventually_async(|| async { sluice_cache_header(&get(&base, None).await) == "HIT" }).await
     );
+    // Fresh again by revalidation: every page request after the first was conditional.
+    let pages: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.path == "/simple/demo-pkg/")
+        .collect();
+    assert!(pages.len() >= 2);
+    assert!(pages[1..]
+        .iter()
+        .all(|q| q.header("if-none-match").is_some()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

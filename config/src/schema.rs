@@ -85,7 +85,7 @@ pub struct StorageConfig {
     #[serde(default = "default_eviction_grace")]
     pub eviction_grace: Duration,
     /// Memory mappings of recently served large files kept open for their next reader, at
-    /// most this many bytes (0: none kept). Their pages are page cache, counted in RSS.
+    /// most this many bytes (`"0"`: none kept). Their pages are page cache, counted in RSS.
     #[serde(default = "default_keep_mapped")]
     pub keep_mapped: ByteSize,
     /// `[[storage.pin]]`: content never evicted.

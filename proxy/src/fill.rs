@@ -657,12 +657,28 @@ mod tests {
                     .is_err(),
                 "a follower read past the written bytes"
             );
+            // The same for a range that starts inside the written part.
+            let mut r = Vec::new();
+            while r.len() < 200_000 {
+                let c = tokio::time::timeout(Duration::from_secs(5), range.next())
+                    .await
+                    .expect("written bytes of the range arrive")
+                    .unwrap()
+                    .unwrap();
+                r.extend_from_slice(&c);
+            }
+            assert_eq!(r, body[1_000_000..1_200_000], "announced={announced}");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), range.next())
+                    .await
+                    .is_err(),
+                "a range follower read past the written bytes"
+            );
             tx.send(body.slice(1_200_000..)).unwrap();
             drop(tx);
             let mut rest = read_all(whole).await.unwrap();
             got.append(&mut rest);
             assert_eq!(got, body);
-            let mut r = Vec::new();
             while let Some(c) = range.next().await.unwrap() {
                 r.extend_from_slice(&c);
             }

@@ -256,7 +256,6 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
-/// Awaits `fut`, panicking with `what` if it takes longer than `secs`.
 /// Polls the async `cond` every 50 ms for up to 5 s; whether it held.
 pub async fn eventually_async<F, Fut>(mut cond: F) -> bool
 where
@@ -275,6 +274,7 @@ where
     }
 }
 
+/// Awaits `fut`, panicking with `what` if it takes longer than `secs`.
 pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(v) => v,

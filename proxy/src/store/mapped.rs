@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -55,8 +56,10 @@ impl Mappings {
     pub fn set_keep_bytes(&self, keep_bytes: u64) {
         self.keep_bytes.store(keep_bytes, Ordering::Relaxed);
         let mut inner = self.inner.lock();
-        inner.shrink_to(keep_bytes, None);
-        metrics::gauge!("sluice_mapped_bytes").set(inner.kept_bytes as f64);
+        let closed = inner.shrink_to(keep_bytes, None);
+        inner.publish();
+        drop(inner);
+        drop(closed); // unmapped outside the lock: a large munmap takes a while
     }
 
     /// The mapping of `d` if one is open.
@@ -74,15 +77,22 @@ impl Mappings {
         if let Some(existing) = inner.open(d) {
             return Some(existing);
         }
+        // A file removed since this reader opened it is read, never registered: the
+        // removal's `forget` may already have run (it runs again after the unlink, under
+        // this lock, so a file unlinked after this check is forgotten then).
+        if !file.metadata().is_ok_and(|m| m.nlink() > 0) {
+            return Some(fresh);
+        }
         if inner.files.len() >= 1024 {
             inner.drop_dead();
         }
         let len = fresh.len() as u64;
         let keep_bytes = self.keep_bytes.load(Ordering::Relaxed);
         let kept = (len <= keep_bytes).then(|| fresh.clone());
+        let mut closed = Vec::new();
         if kept.is_some() {
             inner.kept_bytes += len;
-            inner.shrink_to(keep_bytes, Some(d));
+            closed = inner.shrink_to(keep_bytes, Some(d));
         }
         let old = inner.files.insert(
             *d,
@@ -93,9 +103,11 @@ impl Mappings {
             },
         );
         if let Some(old) = old {
-            inner.release(old);
+            closed.extend(inner.release(old));
         }
-        metrics::gauge!("sluice_mapped_bytes").set(inner.kept_bytes as f64);
+        inner.publish();
+        drop(inner);
+        drop(closed);
         Some(fresh)
     }
 
@@ -103,25 +115,32 @@ impl Mappings {
     /// the unlinked file's space in use after them.
     pub fn forget(&self, d: &Digest) {
         let mut inner = self.inner.lock();
-        if let Some(old) = inner.files.remove(d) {
-            inner.release(old);
-            metrics::gauge!("sluice_mapped_bytes").set(inner.kept_bytes as f64);
-        }
+        let Some(old) = inner.files.remove(d) else {
+            return;
+        };
+        let closed = inner.release(old);
+        inner.publish();
+        drop(inner);
+        drop(closed);
     }
 
     /// Closes kept mappings not read since `now - idle`, and forgets mappings nobody holds.
     pub fn expire(&self, now: Instant, idle: Duration) {
         let mut inner = self.inner.lock();
         let Inner { files, kept_bytes } = &mut *inner;
+        let mut closed = Vec::new();
         for e in files.values_mut() {
             if now.saturating_duration_since(e.read_at) >= idle {
                 if let Some(k) = e.kept.take() {
                     *kept_bytes -= k.len() as u64;
+                    closed.push(k);
                 }
             }
         }
         inner.drop_dead();
-        metrics::gauge!("sluice_mapped_bytes").set(inner.kept_bytes as f64);
+        inner.publish();
+        drop(inner);
+        drop(closed);
     }
 
     /// Bytes of mappings kept open.
@@ -150,29 +169,38 @@ impl Inner {
         Some(map)
     }
 
-    fn release(&mut self, e: Entry) {
-        if let Some(k) = e.kept {
-            self.kept_bytes -= k.len() as u64;
-        }
+    /// Uncounts a removed entry's kept mapping and hands it back, to be unmapped after
+    /// the lock is released.
+    fn release(&mut self, e: Entry) -> Option<Arc<memmap2::Mmap>> {
+        let k = e.kept?;
+        self.kept_bytes -= k.len() as u64;
+        Some(k)
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("sluice_mapped_bytes").set(self.kept_bytes as f64);
     }
 
     fn drop_dead(&mut self) {
         self.files.retain(|_, e| e.map.strong_count() > 0);
     }
 
-    /// Closes the least recently read kept mappings (other than `except`) until the kept
-    /// bytes are at most `limit`.
-    fn shrink_to(&mut self, limit: u64, except: Option<&Digest>) {
+    /// Stops keeping the least recently read mappings (other than `except`) until the
+    /// kept bytes are at most `limit`; returns them, to be unmapped after the lock.
+    fn shrink_to(&mut self, limit: u64, except: Option<&Digest>) -> Vec<Arc<memmap2::Mmap>> {
+        let mut closed = Vec::new();
         while self.kept_bytes > limit {
             let oldest = self
                 .files
                 .iter_mut()
                 .filter(|(d, e)| e.kept.is_some() && Some(*d) != except)
                 .min_by_key(|(_, e)| e.read_at);
-            let Some((_, e)) = oldest else { return };
+            let Some((_, e)) = oldest else { break };
             let k = e.kept.take().expect("filtered on kept");
             self.kept_bytes -= k.len() as u64;
+            closed.push(k);
         }
+        closed
     }
 }
 
@@ -181,8 +209,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn file_of(len: usize) -> File {
-        let mut f = tempfile::tempfile().unwrap();
+    /// A stored-like file: named (linked) while the test holds it.
+    fn file_of(len: usize) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&vec![7u8; len]).unwrap();
         f
     }
@@ -196,8 +225,8 @@ mod tests {
         let m = Mappings::new(1 << 20);
         let f = file_of(4096);
         let d = digest(1);
-        let a = m.map(&d, &f).unwrap();
-        let b = m.map(&d, &f).unwrap();
+        let a = m.map(&d, f.as_file()).unwrap();
+        let b = m.map(&d, f.as_file()).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "one mapping for both readers");
         drop((a, b));
         let c = m.get(&d).expect("kept after the readers are done");
@@ -214,20 +243,20 @@ mod tests {
         let m = Mappings::new(10_000);
         let f = file_of(4000);
         let (d1, d2, d3) = (digest(1), digest(2), digest(3));
-        drop(m.map(&d1, &f));
+        drop(m.map(&d1, f.as_file()));
         std::thread::sleep(Duration::from_millis(2));
-        drop(m.map(&d2, &f));
+        drop(m.map(&d2, f.as_file()));
         std::thread::sleep(Duration::from_millis(2));
         drop(m.get(&d1)); // d1 read again: d2 is now the least recently read
         std::thread::sleep(Duration::from_millis(2));
-        drop(m.map(&d3, &f));
+        drop(m.map(&d3, f.as_file()));
         assert_eq!(m.kept_bytes(), 8000);
         assert!(m.is_open(&d1) && m.is_open(&d3));
         assert!(!m.is_open(&d2));
         // Larger than the whole budget: shared while read, never kept.
         let big = file_of(20_000);
         let d4 = digest(4);
-        let held = m.map(&d4, &big).unwrap();
+        let held = m.map(&d4, big.as_file()).unwrap();
         assert!(m.is_open(&d4));
         assert_eq!(m.kept_bytes(), 8000);
         drop(held);
@@ -237,8 +266,25 @@ mod tests {
         assert!(m.is_open(&d3) && !m.is_open(&d1));
         m.set_keep_bytes(0);
         assert_eq!(m.kept_bytes(), 0);
-        drop(m.map(&d1, &f));
+        drop(m.map(&d1, f.as_file()));
         assert!(!m.is_open(&d1));
+    }
+
+    /// A reader that opened a file just before its removal unlinked it reads it, but its
+    /// mapping is not kept (nor shared): it would hold the removed file's space.
+    #[test]
+    fn a_file_removed_before_it_was_mapped_is_read_but_not_kept() {
+        let m = Mappings::new(1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![5u8; 8192]).unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let d = digest(9);
+        let map = m.map(&d, &f).expect("still readable");
+        assert_eq!(&map[..], &[5u8; 8192][..]);
+        assert!(!m.is_open(&d), "registered though unlinked");
+        assert_eq!(m.kept_bytes(), 0);
     }
 
     #[test]
@@ -246,8 +292,8 @@ mod tests {
         let m = Mappings::new(1 << 20);
         let f = file_of(100);
         let (d1, d2) = (digest(1), digest(2));
-        drop(m.map(&d1, &f));
-        let held = m.map(&d2, &f).unwrap();
+        drop(m.map(&d1, f.as_file()));
+        let held = m.map(&d2, f.as_file()).unwrap();
         m.expire(
             Instant::now() + Duration::from_secs(60),
             Duration::from_secs(30),

@@ -314,6 +314,10 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Again after the unlink: a reader that opened the file before it may have
+        // registered its mapping since the first `forget` (one mapping after it sees the
+        // unlink and is not registered).
+        self.mapped.forget(d);
         if let Some(n) = size {
             let prev = self
                 .total_bytes
@@ -410,6 +414,10 @@ impl Store {
             let existed = dest.exists();
             fs::rename(&tmp.path, &dest).map_err(io)?;
             tmp.committed = true;
+            if existed {
+                // A kept mapping of the replaced file would hold its space.
+                self.mapped.forget(d);
+            }
             let now = unix_secs();
             self.index
                 .put_rec(
