@@ -617,6 +617,27 @@ mod tests {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
+    /// Reads `n` bytes from `f`, then checks that nothing more comes (the fill is waiting
+    /// for its upstream).
+    async fn read_written(f: &mut Follower, n: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let c = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .expect("written bytes arrive")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&c);
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), f.next())
+                .await
+                .is_err(),
+            "a follower read past the written bytes"
+        );
+        got
+    }
+
     /// Followers of a fill in progress get exactly the bytes written so far, ranges
     /// included, with the length announced or not.
     #[tokio::test]
@@ -640,40 +661,11 @@ mod tests {
             tx.send(body.slice(..1_200_000)).unwrap();
             let mut whole = fill.follow(0, None);
             let mut range = fill.follow(1_000_000, Some(2_500_000));
-            let mut got = Vec::new();
-            while got.len() < 1_200_000 {
-                let c = tokio::time::timeout(Duration::from_secs(5), whole.next())
-                    .await
-                    .expect("written bytes arrive")
-                    .unwrap()
-                    .unwrap();
-                got.extend_from_slice(&c);
-            }
+            // Each gets the written bytes, and nothing past them, the range too.
+            let mut got = read_written(&mut whole, 1_200_000).await;
             assert_eq!(got, body[..1_200_000], "announced={announced}");
-            // Nothing past the written bytes.
-            assert!(
-                tokio::time::timeout(Duration::from_millis(100), whole.next())
-                    .await
-                    .is_err(),
-                "a follower read past the written bytes"
-            );
-            // The same for a range that starts inside the written part.
-            let mut r = Vec::new();
-            while r.len() < 200_000 {
-                let c = tokio::time::timeout(Duration::from_secs(5), range.next())
-                    .await
-                    .expect("written bytes of the range arrive")
-                    .unwrap()
-                    .unwrap();
-                r.extend_from_slice(&c);
-            }
+            let mut r = read_written(&mut range, 200_000).await;
             assert_eq!(r, body[1_000_000..1_200_000], "announced={announced}");
-            assert!(
-                tokio::time::timeout(Duration::from_millis(100), range.next())
-                    .await
-                    .is_err(),
-                "a range follower read past the written bytes"
-            );
             tx.send(body.slice(1_200_000..)).unwrap();
             drop(tx);
             let mut rest = read_all(whole).await.unwrap();
