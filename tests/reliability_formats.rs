@@ -21,9 +21,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::faults::BodyFault as Fault;
 use common::metrics;
-use common::npm_sim::{NpmFault, NpmSim};
-use common::pypi_sim::{Mode, PyFault, PypiSim, SimFile};
+use common::npm_sim::NpmSim;
+use common::pypi_sim::{Mode, PypiSim, SimFile};
 use common::{
     blob_files, blob_path, eventually, eventually_async, http_client, random_bytes, sha256_digest,
     sluice_cache_header, tmp_files, within, Sluice,
@@ -101,52 +102,6 @@ fn assert_circuit_open_answer(g: &Got, took: Duration, cooldown_secs: u64, what:
 
 // ---------------------------------------------------------------------------------------
 // The formats under test
-
-/// A fault to inject, in either simulator's terms.
-#[derive(Clone)]
-enum Fault {
-    Status(u16),
-    RetryAfter(u16, &'static str),
-    CutMidBody,
-    Slow {
-        chunk: usize,
-        delay_ms: u64,
-    },
-    /// The inner fault for the first `n` matching requests only.
-    First(usize, Box<Fault>),
-}
-
-fn first(n: usize, f: Fault) -> Fault {
-    Fault::First(n, Box::new(f))
-}
-
-impl Fault {
-    fn npm(&self) -> NpmFault {
-        match self {
-            Fault::Status(s) => NpmFault::Status(*s),
-            Fault::RetryAfter(s, v) => NpmFault::RetryAfter(*s, v.to_string()),
-            Fault::CutMidBody => NpmFault::CutMidBody,
-            Fault::Slow { chunk, delay_ms } => NpmFault::Slow {
-                chunk: *chunk,
-                delay: Duration::from_millis(*delay_ms),
-            },
-            Fault::First(n, f) => NpmFault::first(*n, f.npm()),
-        }
-    }
-
-    fn pypi(&self) -> PyFault {
-        match self {
-            Fault::Status(s) => PyFault::Status(*s),
-            Fault::RetryAfter(s, v) => PyFault::RetryAfter(*s, v.to_string()),
-            Fault::CutMidBody => PyFault::CutMidBody,
-            Fault::Slow { chunk, delay_ms } => PyFault::Slow {
-                chunk: *chunk,
-                delay: Duration::from_millis(*delay_ms),
-            },
-            Fault::First(n, f) => PyFault::first(*n, f.pypi()),
-        }
-    }
-}
 
 /// A published file: an npm tarball or a PyPI wheel/sdist.
 #[derive(Clone)]
@@ -284,8 +239,8 @@ impl Format {
 
     fn fault(&self, pattern: &str, f: Fault) {
         match self {
-            Format::Npm(sim) => sim.fault(pattern, f.npm()),
-            Format::Pypi(sim) => sim.fault(pattern, f.pypi()),
+            Format::Npm(sim) => sim.fault(pattern, f),
+            Format::Pypi(sim) => sim.fault(pattern, f),
         }
     }
 
@@ -429,8 +384,11 @@ scenario!(
 async fn transient_5xx_is_retried_and_the_client_never_sees_it(fmt: Format) {
     let f = fmt.publish("flaky", 200_000, 7001);
     fmt.publish("down", 1000, 7009);
-    fmt.fault(&fmt.doc_path("flaky"), first(2, Fault::Status(503)));
-    fmt.fault(&f.sim_path, first(2, Fault::Status(fmt.pick(502, 500))));
+    fmt.fault(&fmt.doc_path("flaky"), Fault::first(2, Fault::Status(503)));
+    fmt.fault(
+        &f.sim_path,
+        Fault::first(2, Fault::Status(fmt.pick(502, 500))),
+    );
     let s = fmt.sluice("retries = 2\ncircuit_failures = 0");
     let c = http_client();
     let what = format!("{} retries", fmt.name());
@@ -477,11 +435,17 @@ async fn retry_after_is_waited_out_up_to_the_cap_and_not_beyond(fmt: Format) {
     let withheld = fmt.publish("withheld", 1000, 7008);
     fmt.fault(
         &fmt.doc_path("patient"),
-        first(1, Fault::RetryAfter(429, "1")),
+        Fault::first(1, Fault::RetryAfter(429, "1".into())),
     );
-    fmt.fault(&f.sim_path, first(1, Fault::RetryAfter(503, "1")));
-    fmt.fault(&fmt.doc_path("refused"), Fault::RetryAfter(503, "3600"));
-    fmt.fault(&withheld.sim_path, Fault::RetryAfter(503, "3600"));
+    fmt.fault(
+        &f.sim_path,
+        Fault::first(1, Fault::RetryAfter(503, "1".into())),
+    );
+    fmt.fault(
+        &fmt.doc_path("refused"),
+        Fault::RetryAfter(503, "3600".into()),
+    );
+    fmt.fault(&withheld.sim_path, Fault::RetryAfter(503, "3600".into()));
     let s = fmt.sluice("retries = 2\nretry_after_max = \"5s\"\ncircuit_failures = 0");
     let c = http_client();
     let what = format!("{} retry-after", fmt.name());
@@ -648,7 +612,8 @@ async fn max_concurrent_and_queue_timeout(fmt: Format) {
         // Three slow files at once: the upstream never serves two at a time.
         let (chunk, delay_ms) = fmt.pick((32, 10), (8 * 1024, 20));
         for f in &files {
-            fmt.fault(&f.sim_path, Fault::Slow { chunk, delay_ms });
+            let delay = Duration::from_millis(delay_ms);
+            fmt.fault(&f.sim_path, Fault::Slow { chunk, delay });
         }
         let t = Instant::now();
         let results = futures_util::future::join_all(files.iter().map(|f| {
@@ -678,7 +643,7 @@ async fn max_concurrent_and_queue_timeout(fmt: Format) {
             &held.sim_path,
             Fault::Slow {
                 chunk: fmt.pick(16, 1024),
-                delay_ms: 100,
+                delay: Duration::from_millis(100),
             },
         );
         let first = {
@@ -773,7 +738,7 @@ scenario!(
 async fn cut_file_fill_is_resumed_with_a_range_request(fmt: Format) {
     fmt.set_ranges(true);
     let f = fmt.publish("resumed", 3 << 20, 7200);
-    fmt.fault(&f.sim_path, first(1, Fault::CutMidBody));
+    fmt.fault(&f.sim_path, Fault::first(1, Fault::CutMidBody));
     let s = fmt.sluice("retries = 0\ncircuit_failures = 0");
     let c = http_client();
     let what = format!("{} resume", fmt.name());

@@ -44,6 +44,31 @@ macro_rules! limited_fault {
 }
 pub(crate) use limited_fault;
 
+/// How the npm and PyPI simulators misbehave for requests whose path contains a pattern
+/// (each answers in its format: an npm error is a JSON body, a PyPI one plain text).
+#[derive(Clone, Debug)]
+pub enum BodyFault {
+    /// Answer with this status (and the format's error body).
+    Status(u16),
+    /// Right status and length, different bytes.
+    WrongBytes,
+    /// Full `Content-Length` announced, connection closed after half the body.
+    CutMidBody,
+    /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
+    Slow { chunk: usize, delay: Duration },
+    /// Answer with this status, the format's error body and a `Retry-After` header with
+    /// this value.
+    RetryAfter(u16, String),
+    /// The inner fault for the next `remaining` matching requests, then normal service
+    /// (build with [`BodyFault::first`]).
+    Limited {
+        remaining: std::sync::Arc<AtomicUsize>,
+        fault: Box<BodyFault>,
+    },
+}
+
+limited_fault!(BodyFault);
+
 /// Fault rules by path pattern.
 pub struct FaultRules<F>(Vec<(String, F)>);
 

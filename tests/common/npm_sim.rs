@@ -13,9 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -26,28 +24,8 @@ use tokio::sync::watch;
 
 use super::faults::{self, FaultRules, InFlight};
 
-/// How the fake misbehaves for requests whose path contains a pattern.
-#[derive(Clone, Debug)]
-pub enum NpmFault {
-    /// Answer with this status (and a JSON error body).
-    Status(u16),
-    /// Right status and length, different bytes.
-    WrongBytes,
-    /// Full `Content-Length` announced, connection closed after half the body.
-    CutMidBody,
-    /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
-    Slow { chunk: usize, delay: Duration },
-    /// Answer with this status, a JSON error body and a `Retry-After` header with this value.
-    RetryAfter(u16, String),
-    /// The inner fault for the next `remaining` matching requests, then normal service
-    /// (build with [`NpmFault::first`]).
-    Limited {
-        remaining: Arc<AtomicUsize>,
-        fault: Box<NpmFault>,
-    },
-}
-
-faults::limited_fault!(NpmFault);
+/// How the fake misbehaves for requests whose path contains a pattern (errors as JSON).
+pub type NpmFault = faults::BodyFault;
 
 /// One request as the fake received it.
 #[derive(Clone, Debug)]

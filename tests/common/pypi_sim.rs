@@ -13,9 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -34,27 +32,8 @@ pub enum Mode {
     Html,
 }
 
-#[derive(Clone, Debug)]
-pub enum PyFault {
-    /// Right status and length, different bytes.
-    WrongBytes,
-    /// Answer with this status.
-    Status(u16),
-    /// Answer with this status and a `Retry-After` header with this value.
-    RetryAfter(u16, String),
-    /// Full `Content-Length` announced, connection closed after half the body.
-    CutMidBody,
-    /// Body trickled: `chunk` bytes, then `delay`, repeatedly.
-    Slow { chunk: usize, delay: Duration },
-    /// The inner fault for the next `remaining` matching requests, then normal service
-    /// (build with [`PyFault::first`]).
-    Limited {
-        remaining: Arc<AtomicUsize>,
-        fault: Box<PyFault>,
-    },
-}
-
-faults::limited_fault!(PyFault);
+/// How the fake misbehaves for requests whose path contains a pattern (errors as text).
+pub type PyFault = faults::BodyFault;
 
 /// One distribution file of a project.
 #[derive(Clone, Debug)]
