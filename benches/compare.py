@@ -14,7 +14,8 @@ proxpi and sluice proxy are asked from npm and pip at run time.
 Environment: QUICK=1 (small files, wrk -d2s, no live installs), SKIP_LIVE=1 (no npm ci /
 pip install), WRK_DURATION, LOAD_CLIENTS, LOAD_MB, LOAD_TIMEOUT, RESULTS_DIR, KEEP_WORK=1,
 ONLY=copy,live,blob,docs,load (a subset of the workloads, for working on one of them; the
-results then go to RESULTS_DIR or a temp dir, never over a full run's files).
+results then go to RESULTS_DIR or a temp dir, never over a full run's files), ISOLATE=0 (no
+client-on-its-own-cores placement; see PLACEMENTS).
 `python3 benches/compare.py --report FILE.json` renders a saved run's markdown again.
 """
 
@@ -53,12 +54,27 @@ BIG_LAYER = (16 if QUICK else 200) * MIB
 OTHER_LAYERS = [2 * MIB, 1 * MIB] if QUICK else [30 * MIB, 15 * MIB]
 WRK_DURATION = os.environ.get("WRK_DURATION", "2s" if QUICK else "5s")
 BLOB_RUNS = 1 if QUICK else 7
-DOC_ROUNDS = 1 if QUICK else 3  # wrk runs of sluice and of nginx per document, alternating
+DOC_ROUNDS = 1 if QUICK else 5  # wrk runs of sluice and of nginx per document, alternating
 COPY_RUNS = 1 if QUICK else 7  # skopeo copies: median of this many (distinct images when cold)
 LOAD_CLIENTS = int(os.environ.get("LOAD_CLIENTS", "1000"))
 LOAD_MB = int(os.environ.get("LOAD_MB", "4" if QUICK else "100"))
 LOAD_TIMEOUT = float(os.environ.get("LOAD_TIMEOUT", "60" if QUICK else "150"))
 WORKLOADS = ("copy", "live", "blob", "docs", "load")
+
+# Where the processes run. A single client (skopeo, one curl, npm, pip) is measured twice:
+# "isolated", the client on its own half of the CPUs and every server on the other half, as
+# when the client is another machine (a CI runner pulling through its mirror); and "shared",
+# all on all CPUs, left to the scheduler. On 2 cores the shared figures depend on whether
+# the scheduler happens to put the client on the server's core (one-stream blob through
+# sluice: 5.7 GB/s apart, 2.7 GB/s together) and on the client's own CPU time competing
+# with the proxy's (skopeo hashes everything it pulls). Many clients (8 streams, wrk, the
+# 1000-client run) need every core and run shared only.
+CPUS = sorted(os.sched_getaffinity(0))
+ISOLATE = len(CPUS) >= 2 and os.environ.get("ISOLATE", "1") != "0"
+SERVER_CPUS = CPUS[: len(CPUS) // 2] if ISOLATE else CPUS
+CLIENT_CPUS = CPUS[len(CPUS) // 2 :] if ISOLATE else CPUS
+PLACEMENTS = ("isolated", "shared") if ISOLATE else ("shared",)
+_client_cpus = None  # set while a placement is in force: run() starts clients there
 ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
 if any(w not in WORKLOADS for w in ONLY):
     raise SystemExit(f"ONLY: choose from {','.join(WORKLOADS)}")
@@ -204,8 +220,10 @@ def run(argv, timeout=600, env=None, cwd=None, check=True, unset=()):
     e.update(env or {})
     for k in unset:
         e.pop(k, None)
+    cpus = _client_cpus
     r = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd
+        argv, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     if check and r.returncode != 0:
         raise RuntimeError(
@@ -526,6 +544,12 @@ def rotated(names, i):
     return names[k:] + names[:k]
 
 
+def placed_key(key, placement, places=PLACEMENTS):
+    """The result key of a figure measured in `placement`: the first of `places` (isolated
+    when the machine allows it) keeps the plain key, as in runs from before placements."""
+    return key if placement == places[0] else f"{key}_{placement}"
+
+
 def median_run(runs):
     """One wrk result from several: the median of each figure, the runs' req/s kept."""
 
@@ -706,6 +730,25 @@ class Bench:
         secs = round(time.monotonic() - t, 2)
         log(f"{what}: {secs:.2f}s")
         return secs
+
+    def place(self, placement):
+        """Puts every thread of every server on its CPUs for `placement` (see PLACEMENTS)
+        and makes run() start clients on theirs; "shared" lets all run anywhere."""
+        global _client_cpus
+        servers, _client_cpus = (
+            (SERVER_CPUS, CLIENT_CPUS) if placement == "isolated" else (CPUS, None)
+        )
+        for proc, _ in self.srv.values():
+            for pid in [proc.pid] + descendants(proc.pid):
+                try:
+                    threads = os.listdir(f"/proc/{pid}/task")
+                except OSError:
+                    continue  # exited
+                for tid in threads:
+                    try:
+                        os.sched_setaffinity(int(tid), servers)
+                    except OSError:
+                        pass  # exited meanwhile
 
     # -- servers --
 
@@ -891,11 +934,12 @@ log: {{ type: stdout, format: pretty, level: warn }}
     # -- workloads --
 
     def build_images(self):
-        """COPY_RUNS distinct ~250 MB images (bench/big:v0, v1, ...: a cold pull each) and a
-        small one; image v0's 200 MB layer is the blob of the throughput runs."""
+        """COPY_RUNS distinct ~250 MB images per placement (bench/big:v0, v1, ...: a cold
+        pull each) and a small one; image v0's 200 MB layer is the blob of the throughput
+        runs."""
         lay = Layout(self.dir("layout"))
         host = f"127.0.0.1:{self.port('upstream')}"
-        for n in range(COPY_RUNS):
+        for n in range(COPY_RUNS * len(PLACEMENTS)):
             big = [lay.random_layer("opt/bench/big.bin", BIG_LAYER)]
             for i, size in enumerate(OTHER_LAYERS):
                 big.append(lay.random_layer(f"opt/bench/layer{i}.bin", size))
@@ -926,32 +970,37 @@ log: {{ type: stdout, format: pretty, level: warn }}
         }
 
     def skopeo_runs(self):
-        out = {}
         hosts = self.oci_hosts()
-        samples = {}
-        # Cold: each image once through each server; warm: v0 again. The server that goes
-        # first rotates, and dirty pages are written out before each copy (the pushed
-        # images and the previous copy would otherwise be flushed during the next one).
         names = list(hosts)
+        samples = {pl: {} for pl in PLACEMENTS}
+        # Cold: each image once through each server, each placement its own images; warm:
+        # v0 again. The server and the placement that go first rotate, and dirty pages are
+        # written out before each copy (the pushed images and the previous copy would
+        # otherwise be flushed during the next one).
         for phase in ("cold", "warm"):
             for n in range(COPY_RUNS):
-                tag = f"v{n}" if phase == "cold" else "v0"
-                for name in names[n % len(names):] + names[: n % len(names)]:
-                    host = hosts[name]
-                    dest = os.path.join(self.work, f"pull-{name}-{phase}")
-                    os.sync()
-                    settle()  # distribution keeps storing a pulled image after the client is done
-                    secs = self.timed(
-                        f"skopeo copy {phase} bench/big:{tag} via {name}",
-                        lambda: skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}"),
-                    )
-                    if secs is not None:
-                        samples.setdefault(name, {}).setdefault(phase, []).append(secs)
-                    shutil.rmtree(dest, ignore_errors=True)
-        for name, phases in samples.items():
-            out[name] = {ph: round(statistics.median(v), 2) for ph, v in phases.items()}
-        self.res["skopeo_copy_s"] = out
-        self.res["skopeo_copy_samples_s"] = samples
+                for k, placement in enumerate(rotated(list(PLACEMENTS), n)):
+                    tag = f"v{PLACEMENTS.index(placement) * COPY_RUNS + n}" if phase == "cold" else "v0"
+                    self.place(placement)
+                    for name in rotated(names, n):
+                        host = hosts[name]
+                        dest = os.path.join(self.work, f"pull-{name}-{phase}")
+                        os.sync()
+                        settle()  # distribution keeps storing a pulled image after the client is done
+                        secs = self.timed(
+                            f"skopeo copy {phase} bench/big:{tag} via {name} ({placement})",
+                            lambda: skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}"),
+                        )
+                        if secs is not None:
+                            samples[placement].setdefault(name, {}).setdefault(phase, []).append(secs)
+                        shutil.rmtree(dest, ignore_errors=True)
+        self.place("shared")
+        for placement, by_name in samples.items():
+            self.res[placed_key("skopeo_copy_s", placement)] = {
+                name: {ph: round(statistics.median(v), 2) for ph, v in phases.items()}
+                for name, phases in by_name.items()
+            }
+            self.res[placed_key("skopeo_copy_samples_s", placement)] = by_name
         self.res["image_mb"] = round(self.image_bytes / 1e6, 1)
 
     def blob_runs(self):
@@ -974,24 +1023,26 @@ log: {{ type: stdout, format: pretty, level: warn }}
         # response; until then it fetches from the upstream again).
         settle()
         # Rounds interleave the servers (who goes first rotates), so that a noisy moment
-        # on a shared machine lands on one sample of each rather than on all of one.
-        samples = {"1": {}, "8": {}}
+        # on a shared machine lands on one sample of each rather than on all of one. One
+        # stream is measured in each placement, 8 streams (which need every core) shared.
+        # Each kind: (streams, placement, key of its samples, key of its medians).
+        kinds = [(1, pl, placed_key("1", pl), placed_key("blob_1_stream_MBps", pl)) for pl in PLACEMENTS]
+        kinds.append((8, "shared", "8", "blob_8_streams_MBps"))
+        samples = {}
         for i in range(BLOB_RUNS):
             for name in rotated(list(urls), i):
-                for streams in (1, 8):
+                for streams, placement, skey, _ in kinds:
+                    self.place(placement)
                     try:
                         mbps = blob_throughput(urls[name], streams)
-                        samples[str(streams)].setdefault(name, []).append(round(mbps))
+                        samples.setdefault(skey, {}).setdefault(name, []).append(round(mbps))
                     except Exception as e:  # noqa: BLE001
-                        self.error(f"blob {name} {streams} streams", e)
-        one = {n: round(statistics.median(v)) for n, v in samples["1"].items()}
-        eight = {n: round(statistics.median(v)) for n, v in samples["8"].items()}
-        for name in urls:
-            log(f"blob via {name}: {one.get(name)} MB/s one stream {samples['1'].get(name)}, "
-                f"{eight.get(name)} MB/s 8 streams")
+                        self.error(f"blob {name} {streams} streams ({placement})", e)
+        self.place("shared")
+        for streams, placement, skey, key in kinds:
+            self.res[key] = {n: round(statistics.median(v)) for n, v in samples.get(skey, {}).items()}
+            log(f"blob, {streams} stream(s), {placement}: {self.res[key]} MB/s")
         self.res["blob_mb"] = round(self.big_blob["size"] / 1e6, 1)
-        self.res["blob_1_stream_MBps"] = one
-        self.res["blob_8_streams_MBps"] = eight
         self.res["blob_samples_MBps"] = samples
 
     def doc_runs(self):
@@ -1185,6 +1236,15 @@ def ratio(a, b):
     return round(a / b, 4) if a and b else None
 
 
+def placements_of(res):
+    """The placements a run measured single clients in (see PLACEMENTS) and the label of
+    each in the report: runs from before placements measured everything shared, with plain
+    keys (placed_key) and no labels."""
+    if res.get("placement", {}).get("isolate"):
+        return ("isolated", "shared"), {"isolated": ", client on its own core", "shared": ", client sharing the cores"}
+    return ("shared",), {"shared": ""}
+
+
 def report(res):
     """Rows of the table, and the SPEC section 7 targets with their status."""
     rows, targets = [], []
@@ -1212,11 +1272,14 @@ def report(res):
             "sluice_vs_direct": ratio(values.get("sluice"), values.get("direct")) if vs_direct else None,
         })
 
-    one = res.get("blob_1_stream_MBps", {})
-    add(f"warm {res.get('blob_mb')} MB blob, 1 stream", "MB/s", one, True)
+    places, where = placements_of(res)
+    for pl in places:
+        one = res.get(placed_key("blob_1_stream_MBps", pl, places), {})
+        add(f"warm {res.get('blob_mb')} MB blob, 1 stream{where[pl]}", "MB/s", one, True)
+        target(f"warm blob 1 stream ≥ 1.0 × nginx{where[pl]}", ratio(one.get("sluice"), one.get("nginx")), ">=", 1.0)
+        target(f"warm blob 1 stream ≥ 1.5 × distribution proxy{where[pl]}",
+               ratio(one.get("sluice"), one.get("distribution")), ">=", 1.5)
     add(f"warm {res.get('blob_mb')} MB blob, 8 streams", "MB/s (aggregate)", res.get("blob_8_streams_MBps", {}), True)
-    target("warm blob 1 stream ≥ 1.0 × nginx", ratio(one.get("sluice"), one.get("nginx")), ">=", 1.0)
-    target("warm blob 1 stream ≥ 1.5 × distribution proxy", ratio(one.get("sluice"), one.get("distribution")), ">=", 1.5)
 
     peers_25 = {"packument_small": ["verdaccio"], "simple_page": ["devpi", "proxpi"]}
     for doc, runs in res.get("docs", {}).items():
@@ -1232,10 +1295,12 @@ def report(res):
         for p in peers_25.get(doc, []):
             target(f"{doc} req/s ≥ 25 × {p}", ratio(rps.get("sluice"), rps.get(p)), ">=", 25)
 
-    for key, label in (("skopeo_copy_s", f"skopeo copy {res.get('image_mb')} MB image (median of {COPY_RUNS})"),
-                       ("npm_ci_s", f"npm ci ({res.get('npm_lock_packages')} packages)"),
-                       ("pip_install_s", f"pip install ({len(PIP_REQS)} wheels)")):
-        runs = res.get(key)
+    copy = f"skopeo copy {res.get('image_mb')} MB image (median of {COPY_RUNS})"
+    for rkey, label in [(placed_key("skopeo_copy_s", pl, places), copy + where[pl]) for pl in places] + [
+        ("npm_ci_s", f"npm ci ({res.get('npm_lock_packages')} packages){where[places[0]]}"),
+        ("pip_install_s", f"pip install ({len(PIP_REQS)} wheels){where[places[0]]}"),
+    ]:
+        runs = res.get(rkey)
         if not runs:
             continue
         for phase in ("cold", "warm"):
@@ -1243,7 +1308,7 @@ def report(res):
             add(f"{label}, {phase}", "s (wall)", vals, False, vs_direct=True)
         cold = {k: v.get("cold") for k, v in runs.items()}
         target(f"cold {label} through sluice ≤ 1.05 × direct", ratio(cold.get("sluice"), cold.get("direct")), "<=", 1.05,
-               "live network: noisy" if key != "skopeo_copy_s" else "")
+               "" if rkey.startswith("skopeo") else "live network: noisy")
 
     load = res.get("load", {})
     if load:
@@ -1297,6 +1362,16 @@ def markdown(doc, rows, targets):
             "see fill_page_cache in compare.py).",
             "",
         ]
+    places, where = placements_of(doc["results"])
+    if len(places) > 1:
+        pl = doc["results"]["placement"]
+        out += [
+            f"Placement: a single client (skopeo, one curl, npm, pip) runs on CPU {pl['client_cpus']} and every "
+            f"server on CPU {pl['server_cpus']} (\"client on its own core\", as when the client is another "
+            "machine); skopeo copies and the one-stream blob are measured again with everything free to run "
+            "anywhere (\"client sharing the cores\"). 8 streams, wrk and the 1000 clients use all cores.",
+            "",
+        ]
     out += [
         f"Command: `{doc['command']}`; options: {json.dumps(doc['options'])}; run took {doc['duration_s']} s.",
         "All traffic on loopback; npm/PyPI peers proxy the registries npm and pip use (asked at run time).",
@@ -1328,16 +1403,19 @@ def markdown(doc, rows, targets):
             f"in {v['wall_s']} s, {v['delivered_MBps']} MB/s delivered, RSS anon {v['rss_anon_mb_after']} MB + "
             f"file {v['rss_file_mb_after']} MB after"
             for k, v in load.items())]
-    samples = doc["results"].get("skopeo_copy_samples_s", {})
-    if samples:
-        out += ["", "skopeo copy samples (s, in image order): " + "; ".join(
-            f"{name} {phase} {', '.join(fmt(x) for x in xs)}"
-            for name, phases in samples.items() for phase, xs in phases.items())]
+    for pl in places:
+        samples = doc["results"].get(placed_key("skopeo_copy_samples_s", pl, places), {})
+        if samples:
+            out += ["", f"skopeo copy samples{where[pl]} (s, in image order): " + "; ".join(
+                f"{name} {phase} {', '.join(fmt(x) for x in xs)}"
+                for name, phases in samples.items() for phase, xs in phases.items())]
     blobs = doc["results"].get("blob_samples_MBps", {})
+    kinds = {placed_key("1", pl, places): f"1 stream{where[pl]}" for pl in places}
+    kinds["8"] = "8 streams"
     if blobs:
         out += ["", "Warm blob samples (MB/s, in round order): " + "; ".join(
-            f"{name} {streams} stream{'s' if streams != '1' else ''} {', '.join(fmt(x) for x in xs)}"
-            for streams, by in blobs.items() for name, xs in by.items())]
+            f"{name} {kinds.get(k, k)} {', '.join(fmt(x) for x in xs)}"
+            for k, by in blobs.items() for name, xs in by.items())]
     docs = doc["results"].get("docs", {})
     runs = [f"{d} {name} {', '.join(fmt(x) for x in r['rps_runs'])}"
             for d, row in docs.items() for name, r in row.items() if r.get("rps_runs")]
@@ -1376,6 +1454,7 @@ def main():
     ports = []
     try:
         b.res["page_cache_filled_gib"] = fill_page_cache(work)
+        b.res["placement"] = {"isolate": ISOLATE, "server_cpus": SERVER_CPUS, "client_cpus": CLIENT_CPUS}
         npm_url = npm_registry()
         pypi_url = pip_index()
         if not pypi_url.endswith("/"):
@@ -1398,13 +1477,15 @@ def main():
             log("skopeo copy")
             b.skopeo_runs()
         if not SKIP_LIVE and wanted("live"):
-            log("npm ci")
+            b.place(PLACEMENTS[0])  # one client at a time: on its own cores when isolating
+            log(f"npm ci ({PLACEMENTS[0]})")
             try:
                 b.npm_runs(npm_url)
             except Exception as e:  # noqa: BLE001
                 b.error("npm", e)
-            log("pip install")
+            log(f"pip install ({PLACEMENTS[0]})")
             b.pip_runs(pypi_url)
+            b.place("shared")
         if wanted("blob"):
             log("warm blob throughput")
             b.blob_runs()
