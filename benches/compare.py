@@ -15,11 +15,12 @@ Environment: QUICK=1 (small files, wrk -d2s, no live installs), SKIP_LIVE=1 (no 
 pip install), WRK_DURATION, LOAD_CLIENTS, LOAD_MB, LOAD_TIMEOUT, RESULTS_DIR, KEEP_WORK=1,
 ONLY=copy,live,blob,docs,load (a subset of the workloads, for working on one of them; the
 results then go to RESULTS_DIR or a temp dir, never over a full run's files), ISOLATE=0 (no
-client-on-its-own-cores placement; see PLACEMENTS).
+client-on-its-own-CPU placement; see PLACEMENTS).
 `python3 benches/compare.py --report FILE.json` renders a saved run's markdown again.
 """
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -61,20 +62,20 @@ LOAD_MB = int(os.environ.get("LOAD_MB", "4" if QUICK else "100"))
 LOAD_TIMEOUT = float(os.environ.get("LOAD_TIMEOUT", "60" if QUICK else "150"))
 WORKLOADS = ("copy", "live", "blob", "docs", "load")
 
-# Where the processes run. A single client (skopeo, one curl, npm, pip) is measured twice:
-# "isolated", the client on its own half of the CPUs and every server on the other half, as
-# when the client is another machine (a CI runner pulling through its mirror); and "shared",
-# all on all CPUs, left to the scheduler. On 2 cores the shared figures depend on whether
-# the scheduler happens to put the client on the server's core (one-stream blob through
-# sluice: 5.7 GB/s apart, 2.7 GB/s together) and on the client's own CPU time competing
-# with the proxy's (skopeo hashes everything it pulls). Many clients (8 streams, wrk, the
-# 1000-client run) need every core and run shared only.
+# Where the processes run. skopeo copies and the one-stream blob, one client each, are
+# measured in two placements: "shared", everything free to run on every CPU (as every other
+# workload runs), and "isolated", the client on its own CPUs and every server (the upstream
+# too) on the others, as when the client is another machine (a CI runner pulling through
+# its mirror). On 2 CPUs the shared figures depend on whether the scheduler puts the client
+# on the server's CPU (sluice's one-stream blob pinned beside curl: 2.7 GB/s; curl on the
+# other CPU: 5.7 GB/s) and on the client's CPU time competing with the proxy's (skopeo is
+# CPU-bound: it hashes everything it pulls; a direct copy has no proxy to compete with).
 CPUS = sorted(os.sched_getaffinity(0))
 ISOLATE = len(CPUS) >= 2 and os.environ.get("ISOLATE", "1") != "0"
-SERVER_CPUS = CPUS[: len(CPUS) // 2] if ISOLATE else CPUS
-CLIENT_CPUS = CPUS[len(CPUS) // 2 :] if ISOLATE else CPUS
+SERVER_CPUS = CPUS[: (len(CPUS) + 1) // 2]  # the servers get the larger half
+CLIENT_CPUS = CPUS[(len(CPUS) + 1) // 2 :]
 PLACEMENTS = ("isolated", "shared") if ISOLATE else ("shared",)
-_client_cpus = None  # set while a placement is in force: run() starts clients there
+_client_cpus = None  # set while isolated: run() starts clients there
 ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
 if any(w not in WORKLOADS for w in ONLY):
     raise SystemExit(f"ONLY: choose from {','.join(WORKLOADS)}")
@@ -544,10 +545,10 @@ def rotated(names, i):
     return names[k:] + names[:k]
 
 
-def placed_key(key, placement, places=PLACEMENTS):
-    """The result key of a figure measured in `placement`: the first of `places` (isolated
-    when the machine allows it) keeps the plain key, as in runs from before placements."""
-    return key if placement == places[0] else f"{key}_{placement}"
+def placed_key(key, placement):
+    """The result key of a figure measured in `placement`: shared keeps the plain key, as
+    in the runs from before placements, which measured everything shared."""
+    return key if placement == "shared" else f"{key}_{placement}"
 
 
 def median_run(runs):
@@ -731,24 +732,40 @@ class Bench:
         log(f"{what}: {secs:.2f}s")
         return secs
 
-    def place(self, placement):
-        """Puts every thread of every server on its CPUs for `placement` (see PLACEMENTS)
-        and makes run() start clients on theirs; "shared" lets all run anywhere."""
+    @contextlib.contextmanager
+    def placed(self, placement):
+        """Runs the body with the servers and the clients run() starts in `placement` (see
+        PLACEMENTS); everything runs anywhere again afterwards, also on an error."""
         global _client_cpus
-        servers, _client_cpus = (
-            (SERVER_CPUS, CLIENT_CPUS) if placement == "isolated" else (CPUS, None)
-        )
-        for proc, _ in self.srv.values():
-            for pid in [proc.pid] + descendants(proc.pid):
-                try:
-                    threads = os.listdir(f"/proc/{pid}/task")
-                except OSError:
-                    continue  # exited
-                for tid in threads:
+        try:
+            _client_cpus = CLIENT_CPUS if placement == "isolated" else None
+            self.pin_servers(SERVER_CPUS if placement == "isolated" else CPUS)
+            yield
+        finally:
+            _client_cpus = None
+            self.pin_servers(CPUS)
+
+    def pin_servers(self, cpus):
+        """Every thread of every server process on `cpus`. Threads created meanwhile take
+        their creator's old set, so passes repeat until one finds nothing to change."""
+        for _ in range(10):
+            changed = 0
+            for proc, _ in self.srv.values():
+                for pid in [proc.pid] + descendants(proc.pid):
                     try:
-                        os.sched_setaffinity(int(tid), servers)
+                        threads = os.listdir(f"/proc/{pid}/task")
                     except OSError:
-                        pass  # exited meanwhile
+                        continue  # exited
+                    for tid in map(int, threads):
+                        try:
+                            if os.sched_getaffinity(tid) != set(cpus):
+                                os.sched_setaffinity(tid, cpus)
+                                changed += 1
+                        except OSError:
+                            pass  # exited meanwhile
+            if not changed:
+                return
+        log(f"WARNING: server threads still moving after 10 passes pinning them to CPUs {cpus}")
 
     # -- servers --
 
@@ -979,22 +996,21 @@ log: {{ type: stdout, format: pretty, level: warn }}
         # otherwise be flushed during the next one).
         for phase in ("cold", "warm"):
             for n in range(COPY_RUNS):
-                for k, placement in enumerate(rotated(list(PLACEMENTS), n)):
+                for placement in rotated(list(PLACEMENTS), n):
                     tag = f"v{PLACEMENTS.index(placement) * COPY_RUNS + n}" if phase == "cold" else "v0"
-                    self.place(placement)
                     for name in rotated(names, n):
                         host = hosts[name]
                         dest = os.path.join(self.work, f"pull-{name}-{phase}")
                         os.sync()
                         settle()  # distribution keeps storing a pulled image after the client is done
-                        secs = self.timed(
-                            f"skopeo copy {phase} bench/big:{tag} via {name} ({placement})",
-                            lambda: skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}"),
-                        )
+                        with self.placed(placement):
+                            secs = self.timed(
+                                f"skopeo copy {phase} bench/big:{tag} via {name} ({placement})",
+                                lambda: skopeo_copy(f"docker://{host}/bench/big:{tag}", f"dir:{dest}"),
+                            )
                         if secs is not None:
                             samples[placement].setdefault(name, {}).setdefault(phase, []).append(secs)
                         shutil.rmtree(dest, ignore_errors=True)
-        self.place("shared")
         for placement, by_name in samples.items():
             self.res[placed_key("skopeo_copy_s", placement)] = {
                 name: {ph: round(statistics.median(v), 2) for ph, v in phases.items()}
@@ -1032,13 +1048,12 @@ log: {{ type: stdout, format: pretty, level: warn }}
         for i in range(BLOB_RUNS):
             for name in rotated(list(urls), i):
                 for streams, placement, skey, _ in kinds:
-                    self.place(placement)
                     try:
-                        mbps = blob_throughput(urls[name], streams)
+                        with self.placed(placement):
+                            mbps = blob_throughput(urls[name], streams)
                         samples.setdefault(skey, {}).setdefault(name, []).append(round(mbps))
                     except Exception as e:  # noqa: BLE001
                         self.error(f"blob {name} {streams} streams ({placement})", e)
-        self.place("shared")
         for streams, placement, skey, key in kinds:
             self.res[key] = {n: round(statistics.median(v)) for n, v in samples.get(skey, {}).items()}
             log(f"blob, {streams} stream(s), {placement}: {self.res[key]} MB/s")
@@ -1237,11 +1252,11 @@ def ratio(a, b):
 
 
 def placements_of(res):
-    """The placements a run measured single clients in (see PLACEMENTS) and the label of
-    each in the report: runs from before placements measured everything shared, with plain
-    keys (placed_key) and no labels."""
+    """The placements a run measured skopeo copies and the one-stream blob in (see
+    PLACEMENTS) and the label of each in the report; runs from before placements, or with
+    ISOLATE=0, measured everything shared and label nothing."""
     if res.get("placement", {}).get("isolate"):
-        return ("isolated", "shared"), {"isolated": ", client on its own core", "shared": ", client sharing the cores"}
+        return ("isolated", "shared"), {"isolated": ", client on its own CPU", "shared": ", client sharing the CPUs"}
     return ("shared",), {"shared": ""}
 
 
@@ -1273,12 +1288,14 @@ def report(res):
         })
 
     places, where = placements_of(res)
+    reference = "(reference)" if len(places) > 1 else ""  # see markdown(): judged isolated
     for pl in places:
-        one = res.get(placed_key("blob_1_stream_MBps", pl, places), {})
+        one = res.get(placed_key("blob_1_stream_MBps", pl), {})
         add(f"warm {res.get('blob_mb')} MB blob, 1 stream{where[pl]}", "MB/s", one, True)
-        target(f"warm blob 1 stream ≥ 1.0 × nginx{where[pl]}", ratio(one.get("sluice"), one.get("nginx")), ">=", 1.0)
+        ref = reference if pl == "shared" else ""
+        target(f"warm blob 1 stream ≥ 1.0 × nginx{where[pl]}", ratio(one.get("sluice"), one.get("nginx")), ">=", 1.0, ref)
         target(f"warm blob 1 stream ≥ 1.5 × distribution proxy{where[pl]}",
-               ratio(one.get("sluice"), one.get("distribution")), ">=", 1.5)
+               ratio(one.get("sluice"), one.get("distribution")), ">=", 1.5, ref)
     add(f"warm {res.get('blob_mb')} MB blob, 8 streams", "MB/s (aggregate)", res.get("blob_8_streams_MBps", {}), True)
 
     peers_25 = {"packument_small": ["verdaccio"], "simple_page": ["devpi", "proxpi"]}
@@ -1296,9 +1313,11 @@ def report(res):
             target(f"{doc} req/s ≥ 25 × {p}", ratio(rps.get("sluice"), rps.get(p)), ">=", 25)
 
     copy = f"skopeo copy {res.get('image_mb')} MB image (median of {COPY_RUNS})"
-    for rkey, label in [(placed_key("skopeo_copy_s", pl, places), copy + where[pl]) for pl in places] + [
-        ("npm_ci_s", f"npm ci ({res.get('npm_lock_packages')} packages){where[places[0]]}"),
-        ("pip_install_s", f"pip install ({len(PIP_REQS)} wheels){where[places[0]]}"),
+    for rkey, label, note in [
+        (placed_key("skopeo_copy_s", pl), copy + where[pl], reference if pl == "shared" else "") for pl in places
+    ] + [
+        ("npm_ci_s", f"npm ci ({res.get('npm_lock_packages')} packages)", "live network: noisy"),
+        ("pip_install_s", f"pip install ({len(PIP_REQS)} wheels)", "live network: noisy"),
     ]:
         runs = res.get(rkey)
         if not runs:
@@ -1308,7 +1327,7 @@ def report(res):
             add(f"{label}, {phase}", "s (wall)", vals, False, vs_direct=True)
         cold = {k: v.get("cold") for k, v in runs.items()}
         target(f"cold {label} through sluice ≤ 1.05 × direct", ratio(cold.get("sluice"), cold.get("direct")), "<=", 1.05,
-               "" if rkey.startswith("skopeo") else "live network: noisy")
+               note)
 
     load = res.get("load", {})
     if load:
@@ -1365,11 +1384,12 @@ def markdown(doc, rows, targets):
     places, where = placements_of(doc["results"])
     if len(places) > 1:
         pl = doc["results"]["placement"]
+        cpus = lambda xs: ", ".join(map(str, xs))  # noqa: E731
         out += [
-            f"Placement: a single client (skopeo, one curl, npm, pip) runs on CPU {pl['client_cpus']} and every "
-            f"server on CPU {pl['server_cpus']} (\"client on its own core\", as when the client is another "
-            "machine); skopeo copies and the one-stream blob are measured again with everything free to run "
-            "anywhere (\"client sharing the cores\"). 8 streams, wrk and the 1000 clients use all cores.",
+            "Placement: skopeo copies and the one-stream blob are measured twice, with the client on "
+            f"CPU {cpus(pl['client_cpus'])} and every server (the upstream too) on CPU {cpus(pl['server_cpus'])} "
+            "(\"client on its own CPU\", as when the client is another machine), and with everything free "
+            "to run on every CPU (\"client sharing the CPUs\"), as every other workload runs.",
             "",
         ]
     out += [
@@ -1388,7 +1408,12 @@ def markdown(doc, rows, targets):
         )
     out += ["", "Ratios are sluice's figure divided by the other's: above 1 is better for MB/s, req/s "
             "and clients; below 1 is better for times, latencies, upstream GETs and RSS."]
-    out += ["", "## SPEC §7 targets", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    out += ["", "## SPEC §7 targets", ""]
+    if len(places) > 1:
+        out += ["A target measured in both placements is judged with the client on its own CPU, as sluice is "
+                "deployed: a mirror that CI runners pull through over the network. The same check with the client "
+                "sharing the CPUs is shown as measured, marked (reference).", ""]
+    out += ["| target | measured | goal | met |", "|---|---:|---|---|"]
     for t in targets:
         met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
         note = f" {t['note']}" if t.get("note") else ""
@@ -1404,13 +1429,13 @@ def markdown(doc, rows, targets):
             f"file {v['rss_file_mb_after']} MB after"
             for k, v in load.items())]
     for pl in places:
-        samples = doc["results"].get(placed_key("skopeo_copy_samples_s", pl, places), {})
+        samples = doc["results"].get(placed_key("skopeo_copy_samples_s", pl), {})
         if samples:
             out += ["", f"skopeo copy samples{where[pl]} (s, in image order): " + "; ".join(
                 f"{name} {phase} {', '.join(fmt(x) for x in xs)}"
                 for name, phases in samples.items() for phase, xs in phases.items())]
     blobs = doc["results"].get("blob_samples_MBps", {})
-    kinds = {placed_key("1", pl, places): f"1 stream{where[pl]}" for pl in places}
+    kinds = {placed_key("1", pl): f"1 stream{where[pl]}" for pl in places}
     kinds["8"] = "8 streams"
     if blobs:
         out += ["", "Warm blob samples (MB/s, in round order): " + "; ".join(
@@ -1477,15 +1502,13 @@ def main():
             log("skopeo copy")
             b.skopeo_runs()
         if not SKIP_LIVE and wanted("live"):
-            b.place(PLACEMENTS[0])  # one client at a time: on its own cores when isolating
-            log(f"npm ci ({PLACEMENTS[0]})")
+            log("npm ci")
             try:
                 b.npm_runs(npm_url)
             except Exception as e:  # noqa: BLE001
                 b.error("npm", e)
-            log(f"pip install ({PLACEMENTS[0]})")
+            log("pip install")
             b.pip_runs(pypi_url)
-            b.place("shared")
         if wanted("blob"):
             log("warm blob throughput")
             b.blob_runs()
@@ -1540,7 +1563,7 @@ def main():
         "versions": versions,
         "command": ("QUICK=1 " if QUICK else "SKIP_LIVE=1 " if SKIP_LIVE else "")
         + (f"ONLY={','.join(ONLY)} " if ONLY else "") + "benches/compare",
-        "options": {"quick": QUICK, "skip_live": SKIP_LIVE, "wrk": f"-t2 -c32 -d{WRK_DURATION} --latency",
+        "options": {"quick": QUICK, "skip_live": SKIP_LIVE, "isolate": ISOLATE, "wrk": f"-t2 -c32 -d{WRK_DURATION} --latency",
                     "blob_runs": BLOB_RUNS, "doc_rounds": DOC_ROUNDS, "copy_runs": COPY_RUNS, "load_clients": LOAD_CLIENTS, "load_mb": LOAD_MB,
                     "npm_deps": NPM_DEPS, "pip_requirements": PIP_REQS,
                     "packuments": [SMALL_PACKAGE, LARGE_PACKAGE], "simple_project": SIMPLE_PROJECT},
