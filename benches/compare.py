@@ -990,17 +990,11 @@ log: {{ type: stdout, format: pretty, level: warn }}
         hosts = self.oci_hosts()
         names = list(hosts)
         samples = {pl: {} for pl in PLACEMENTS}
-        # Every blob of the upstream read once first, so that every copy finds the
-        # upstream's files in the page cache: the first copy of a run (of the image pushed
-        # first) took 1.2-1.3 s where the others took 0.8 s. The upstream stands in for a
-        # remote registry; its disk is not what is measured.
-        t, size = time.monotonic(), 0
-        for root, _, files in os.walk(self.dir("upstream", "storage")):
-            for f in files:
-                with open(os.path.join(root, f), "rb", buffering=0) as fh:
-                    while chunk := fh.read(8 * MIB):
-                        size += len(chunk)
-        log(f"read the upstream's {size / 1e9:.1f} GB in {time.monotonic() - t:.1f} s")
+        # The first timed copy of a run (direct, image v0, the first placement) has taken
+        # 1.1-1.3 s where the others took 0.8 s. Not the upstream's disk (its files were all
+        # cached: 3.8 GB read in 0.6 s) nor a cold skopeo (an untimed copy of another image
+        # just before took 0.8 s, and v0 stayed slow); cause not found. A median of 7 keeps
+        # it to one rank of the direct figures.
         # Cold: each image once through each server, each placement its own images; warm:
         # v0 again. The server and the placement that go first rotate, and dirty pages are
         # written out before each copy (the pushed images and the previous copy would
