@@ -993,8 +993,9 @@ log: {{ type: stdout, format: pretty, level: warn }}
         # The first timed copy of a run (direct, image v0, the first placement) has taken
         # 1.1-1.3 s where the others took 0.8 s. Not the upstream's disk (its files were all
         # cached: 3.8 GB read in 0.6 s) nor a cold skopeo (an untimed copy of another image
-        # just before took 0.8 s, and v0 stayed slow); cause not found. A median of 7 keeps
-        # it to one rank of the direct figures.
+        # just before took 0.8 s, and v0 stayed slow); once, with an untimed copy of v0
+        # itself first, neither was slow (0.84 s, 0.81 s). Cause not found; a median of 7
+        # keeps it to one rank of the direct figures.
         # Cold: each image once through each server, each placement its own images; warm:
         # v0 again. The server and the placement that go first rotate, and dirty pages are
         # written out before each copy (the pushed images and the previous copy would
