@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -142,14 +143,38 @@ pub struct SledIndex {
     generations: [AtomicU64; 8],
 }
 
+/// How long opening the index waits for another holder of its lock to let go: a sluice
+/// restarted while the previous one is still exiting, or (in one process) sled's I/O
+/// thread finishing a write of an index just closed.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 impl SledIndex {
-    /// Opens (or creates) the index in `dir`.
+    /// Opens (or creates) the index in `dir`, waiting up to [`LOCK_WAIT`] if it is locked.
     pub fn open(dir: &Path) -> anyhow::Result<SledIndex> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| anyhow::anyhow!("cannot open index at {}: {e}", dir.display()))?;
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> anyhow::Result<SledIndex> {
+        let started = Instant::now();
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .flush_every_ms(Some(500))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if lock_busy(&e) && started.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if lock_busy(&e) => anyhow::bail!(
+                    "cannot open index at {}: still locked after {:?}; is another sluice \
+                     using this data dir? ({e})",
+                    dir.display(),
+                    wait
+                ),
+                Err(e) => anyhow::bail!("cannot open index at {}: {e}", dir.display()),
+            }
+        };
         let trees = [
             Tree::Blobs,
             Tree::Manifests,
@@ -172,6 +197,14 @@ impl SledIndex {
     fn tree(&self, t: Tree) -> anyhow::Result<&sled::Tree> {
         Ok(&self.trees[t as usize])
     }
+}
+
+/// Whether opening failed because another holder has the index's lock (sled reports it
+/// as an I/O error of kind `Other` with this text).
+fn lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock
+            || io.to_string().contains("could not acquire lock"))
 }
 
 impl Index for SledIndex {
@@ -200,5 +233,42 @@ impl Index for SledIndex {
     }
     fn generation(&self, tree: Tree) -> u64 {
         self.generations[tree as usize].load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_waits_for_a_lock_that_is_let_go_and_says_why_when_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let first = SledIndex::open(&path).unwrap();
+        first.put(Tree::Meta, b"k", b"v").unwrap();
+        first.flush().unwrap();
+
+        // Still held after the wait: a clear error, no index.
+        let err = SledIndex::open_waiting(&path, Duration::from_millis(200))
+            .err()
+            .expect("a locked index must not open twice");
+        assert!(
+            err.to_string().contains("another sluice"),
+            "unclear error: {err}"
+        );
+
+        // Let go while a second open waits: it opens and sees the data.
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(first);
+        });
+        let started = Instant::now();
+        let second = SledIndex::open_waiting(&path, Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(
+            second.get(Tree::Meta, b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        holder.join().unwrap();
     }
 }
