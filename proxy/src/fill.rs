@@ -2,9 +2,12 @@
 //!
 //! The first request creates a [`Fill`] and spawns one task that streams the upstream body
 //! into a temp file while hashing it, publishing progress on a `watch` channel. Every client
-//! (the first one too) is a [`Follower`] that reads the temp file at its own offset with
-//! positional reads as progress advances: each streams at upstream speed, a slow client
-//! never slows the fill or the others, and memory stays at one read buffer per client.
+//! (the first one too) is a [`Follower`] that reads at its own offset as progress advances:
+//! each streams at upstream speed, a slow client never slows the fill or the others, and
+//! memory stays at one read buffer per client. The fill keeps its latest received chunks
+//! (about [`RECENT_BYTES`]) in memory, shared: a follower keeping up with the upstream, the
+//! usual case, is sent those very buffers, and only one that fell behind reads the temp
+//! file back with positional reads.
 //!
 //! Every response's last byte is held back until the whole body's digest matches; then
 //! followers finish while the file is fsynced and renamed into the store (the client does
@@ -21,7 +24,7 @@
 //! an npm packument states. Files are always stored under their sha256; for the other
 //! algorithms an alias (`sha512:<hex>` → sha256) is indexed after verification.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -44,6 +47,11 @@ const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// Bytes written between progress notifications while the upstream keeps data coming.
 const PUBLISH_EVERY: u64 = 256 * 1024;
+
+/// Bytes of its latest chunks a fill keeps in memory for the followers at its head (one
+/// set per fill, however many followers): each is spared reading back from the temp file
+/// what the fill has just written there.
+const RECENT_BYTES: u64 = 1024 * 1024;
 
 /// Attempts to continue one fill's body after it broke off.
 const MAX_RESUMES: u32 = 3;
@@ -126,11 +134,43 @@ impl State {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Progress {
     state: State,
     len: Option<u64>,
     written: u64,
+    /// The latest chunks up to `written`, by offset, in order and contiguous: at least the
+    /// last [`RECENT_BYTES`] of them (all of them at first); emptied once the fill is over.
+    recent: VecDeque<(u64, Bytes)>,
+}
+
+impl Progress {
+    /// Makes `written` and the chunks received up to it visible to the followers.
+    fn publish(&mut self, written: u64, received: &mut Vec<(u64, Bytes)>) {
+        self.written = written;
+        self.recent.extend(received.drain(..));
+        while self.recent.len() > 1 && written - self.recent[1].0 >= RECENT_BYTES {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The bytes from `pos` (up to `upto` and the end of the chunk that holds them), if
+    /// still in memory.
+    fn recent_from(&self, pos: u64, upto: u64) -> Option<Bytes> {
+        let i = self
+            .recent
+            .partition_point(|(off, _)| *off <= pos)
+            .checked_sub(1)?;
+        let (off, chunk) = &self.recent[i];
+        let end = (off + chunk.len() as u64).min(upto);
+        (pos < end).then(|| chunk.slice((pos - off) as usize..(end - off) as usize))
+    }
+
+    /// Ends the fill in `state`, letting go of the chunks kept in memory.
+    fn finish(&mut self, state: State) {
+        self.state = state;
+        self.recent = VecDeque::new();
+    }
 }
 
 /// One in-progress (or just finished) fill.
@@ -208,6 +248,7 @@ impl Fills {
             state: State::Connecting,
             len: None,
             written: 0,
+            recent: VecDeque::new(),
         });
         let fill = Arc::new(Fill {
             expect: expect.clone(),
@@ -226,13 +267,13 @@ impl Fills {
             inflight.lock().remove(&expect);
             metrics::gauge!("sluice_inflight_fills").decrement(1.0);
             match result {
-                Ok(true) => tx.send_modify(|p| p.state = State::Done),
-                Ok(false) => tx.send_modify(|p| p.state = State::Unstored),
+                Ok(true) => tx.send_modify(|p| p.finish(State::Done)),
+                Ok(false) => tx.send_modify(|p| p.finish(State::Unstored)),
                 Err(e) => {
                     tracing::warn!(expect = %expect, error = %e, "fill failed; nothing stored");
                     metrics::counter!("sluice_fill_failures_total", "format" => format)
                         .increment(1);
-                    tx.send_modify(|p| p.state = State::Failed(e));
+                    tx.send_modify(|p| p.finish(State::Failed(e)));
                 }
             }
         });
@@ -261,6 +302,8 @@ async fn run_fill(
     let mut hashing = Hashing::new(expect);
     let mut written: u64 = 0;
     let mut published: u64 = 0;
+    // Chunks written since the last publish, by offset.
+    let mut received: Vec<(u64, Bytes)> = Vec::new();
     loop {
         // Wake followers once per PUBLISH_EVERY bytes, or whenever the upstream has
         // nothing more ready right now: few wake-ups on a fast upstream, no held-back
@@ -269,7 +312,7 @@ async fn run_fill(
             Some(n) => n,
             None => {
                 if written > published {
-                    tx.send_modify(|p| p.written = written);
+                    tx.send_modify(|p| p.publish(written, &mut received));
                     published = written;
                 }
                 stream.next().await
@@ -315,16 +358,20 @@ async fn run_fill(
         (&**tmp.file())
             .write_all(&chunk)
             .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
+        let at = written;
         written += chunk.len() as u64;
+        if !chunk.is_empty() {
+            received.push((at, chunk));
+        }
         if written - published >= PUBLISH_EVERY {
-            tx.send_modify(|p| p.written = written);
+            tx.send_modify(|p| p.publish(written, &mut received));
             published = written;
             // Let the followers on this thread send what was just published: a fast
             // upstream would otherwise keep this task busy and the clients waiting.
             tokio::task::yield_now().await;
         }
     }
-    tx.send_modify(|p| p.written = written);
+    tx.send_modify(|p| p.publish(written, &mut received));
     if let Some(l) = len {
         if written != l {
             return Err(ProxyError::Upstream {
@@ -439,26 +486,32 @@ impl Follower {
     /// response must be aborted.
     pub async fn next(&mut self) -> Result<Option<Bytes>, ProxyError> {
         loop {
-            let (state, len, written) = {
+            let (readable, verified) = {
                 let p = self.rx.borrow_and_update();
-                (p.state.clone(), p.len, p.written)
-            };
-            if let State::Failed(e) = state {
-                return Err(e);
-            }
-            let end = match (self.end, len) {
-                (Some(e), Some(l)) => e.min(l),
-                (Some(e), None) => e,
-                (None, Some(l)) => l,
-                (None, None) => u64::MAX,
-            };
-            let verified = state.verified();
-            // The last byte of a response is held back until the whole body's digest is
-            // verified: a client can never receive a complete body that turns out wrong.
-            let readable = if verified {
-                written.min(end)
-            } else {
-                written.min(end.saturating_sub(1))
+                if let State::Failed(e) = &p.state {
+                    return Err(e.clone());
+                }
+                let end = match (self.end, p.len) {
+                    (Some(e), Some(l)) => e.min(l),
+                    (Some(e), None) => e,
+                    (None, Some(l)) => l,
+                    (None, None) => u64::MAX,
+                };
+                let verified = p.state.verified();
+                // The last byte of a response is held back until the whole body's digest
+                // is verified: a client can never receive a complete body that turns out
+                // wrong.
+                let readable = if verified {
+                    p.written.min(end)
+                } else {
+                    p.written.min(end.saturating_sub(1))
+                };
+                if let Some(bytes) = p.recent_from(self.pos, readable) {
+                    self.pos += bytes.len() as u64;
+                    crate::metrics::record_follow_bytes(true, bytes.len() as u64);
+                    return Ok(Some(bytes));
+                }
+                (readable, verified)
             };
             if self.pos < readable {
                 let n = (readable - self.pos).min(FOLLOW_CHUNK) as usize;
@@ -468,6 +521,7 @@ impl Follower {
                     .read_exact_at(&mut buf, self.pos)
                     .map_err(|e| ProxyError::internal(format!("reading fill temp file: {e}")))?;
                 self.pos += n as u64;
+                crate::metrics::record_follow_bytes(false, n as u64);
                 return Ok(Some(buf.freeze()));
             }
             if verified {
@@ -679,5 +733,90 @@ mod tests {
             let stored = store.resolve(&expect).expect("committed");
             assert_eq!(store.read(&stored).unwrap(), body);
         }
+    }
+
+    /// Whether `c` is a slice of one of the buffers the upstream sent, not a copy.
+    fn is_one_of(c: &Bytes, sent: &[Bytes]) -> bool {
+        let p = c.as_ptr() as usize;
+        sent.iter().any(|s| {
+            let from = s.as_ptr() as usize;
+            p >= from && p + c.len() <= from + s.len()
+        })
+    }
+
+    /// A follower keeping up is sent the very buffers the upstream delivered; one that fell
+    /// more than RECENT_BYTES behind reads the temp file back, then catches up; both get
+    /// the exact body, and the fill lets go of its buffers when it is over.
+    #[tokio::test]
+    async fn a_follower_in_step_is_sent_the_received_buffers_one_far_behind_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fills = Fills::new(store.clone());
+        let body = Bytes::from(
+            (0..3_000_000u32)
+                .map(|i| (i % 241) as u8)
+                .collect::<Vec<_>>(),
+        );
+        let expect = Expect::Sha256(Digest::of(&body));
+        let (open, tx) = paced_opener(Some(body.len() as u64));
+        let fill = fills
+            .join_or_start(expect.clone(), "oci", open)
+            .await
+            .unwrap()
+            .unwrap();
+        // Each chunk its own allocation, as an upstream's would be.
+        let sent: Vec<Bytes> = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
+        let mut lead = fill.follow(0, None);
+        let behind = fill.follow(0, None);
+        let mut got = Vec::new();
+        for (i, chunk) in sent.iter().enumerate() {
+            tx.send(chunk.clone()).unwrap();
+            // The last byte waits for the digest.
+            let upto = if i + 1 == sent.len() {
+                chunk.len() - 1
+            } else {
+                chunk.len()
+            };
+            let mut n = 0;
+            while n < upto {
+                let c = tokio::time::timeout(Duration::from_secs(5), lead.next())
+                    .await
+                    .expect("written bytes arrive")
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    is_one_of(&c, &sent),
+                    "chunk {i}: a copy, not the received buffer"
+                );
+                n += c.len();
+                got.extend_from_slice(&c);
+            }
+        }
+        {
+            let p = fill.progress.borrow();
+            let kept: u64 = p.recent.iter().map(|(_, c)| c.len() as u64).sum();
+            assert!(
+                (RECENT_BYTES..RECENT_BYTES + 100_000).contains(&kept),
+                "{kept} bytes kept in memory"
+            );
+        }
+        drop(tx);
+        got.append(&mut read_all(lead).await.unwrap());
+        assert_eq!(got, body);
+
+        let mut behind = behind;
+        let first = behind.next().await.unwrap().unwrap();
+        assert!(
+            !is_one_of(&first, &sent),
+            "the start is long gone from memory"
+        );
+        let mut rest = first.to_vec();
+        rest.append(&mut read_all(behind).await.unwrap());
+        assert_eq!(rest, body);
+
+        fill.settled().await;
+        assert!(fill.progress.borrow().recent.is_empty(), "buffers let go");
+        let stored = store.resolve(&expect).expect("committed");
+        assert_eq!(store.read(&stored).unwrap(), body);
     }
 }

@@ -9,6 +9,8 @@
 //!   `sluice_upstream_request_seconds{upstream}` (time to response headers).
 //! - `sluice_inflight_fills`, `sluice_storage_bytes`, `sluice_mapped_bytes`, `sluice_fill_failures_total`,
 //!   `sluice_digest_mismatches_total{format}`, `sluice_upstream_token_requests_total`.
+//! - `sluice_fill_follow_bytes_total{from}`: bytes of fills in progress sent to clients,
+//!   `memory` (the received buffers) or `file` (read back from the temp file).
 
 use std::sync::OnceLock;
 
@@ -46,6 +48,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Upstream time to response headers"
     );
     metrics::describe_gauge!("sluice_inflight_fills", "Blob fills in progress");
+    metrics::describe_counter!(
+        "sluice_fill_follow_bytes_total",
+        "Bytes of fills in progress sent to clients, from the received buffers (memory) or read back from the temp file (file)"
+    );
     metrics::describe_gauge!(
         "sluice_storage_bytes",
         "Bytes stored in the content-addressed store"
@@ -93,6 +99,16 @@ pub fn record_response(
             None => counter().increment(cache_bytes),
         }
     }
+}
+
+/// Counts body bytes a fill's follower handed to its client, by where they came from:
+/// the buffers received from the upstream (`memory`) or the temp file read back (`file`).
+pub fn record_follow_bytes(from_memory: bool, bytes: u64) {
+    static FOLLOW: [OnceLock<Counter>; 2] = [UNSET; 2];
+    let from = if from_memory { "memory" } else { "file" };
+    FOLLOW[usize::from(from_memory)]
+        .get_or_init(|| metrics::counter!("sluice_fill_follow_bytes_total", "from" => from))
+        .increment(bytes);
 }
 
 fn requests_counter(format: &'static str, status: u16) -> Counter {
