@@ -1585,6 +1585,11 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower().split(".")[0])[:24].strip("-") or "host"
     base = os.path.join(outdir, f"{started_utc.strftime('%Y-%m-%d')}-{host}" + ("-quick" if QUICK else ""))
+    # A second run on the same day gets -2, -3, ...: never overwrite a saved run.
+    first, n = base, 1
+    while os.path.exists(base + ".json") or os.path.exists(base + ".md"):
+        n += 1
+        base = f"{first}-{n}"
     with open(base + ".json", "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
