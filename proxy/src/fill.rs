@@ -3,11 +3,12 @@
 //! The first request creates a [`Fill`] and spawns one task that streams the upstream body
 //! into a temp file while hashing it, publishing progress on a `watch` channel. Every client
 //! (the first one too) is a [`Follower`] that reads at its own offset as progress advances:
-//! each streams at upstream speed, a slow client never slows the fill or the others, and
-//! memory stays at one read buffer per client. The fill keeps its latest received chunks
-//! (about [`RECENT_BYTES`]) in memory, shared: a follower keeping up with the upstream, the
-//! usual case, is sent those very buffers, and only one that fell behind reads the temp
-//! file back with positional reads.
+//! each streams at upstream speed, and a slow client never slows the fill or the others.
+//! While it has followers, the fill keeps its latest received chunks (about
+//! [`RECENT_BYTES`]) in memory, shared: a follower keeping up with the upstream is sent
+//! those very buffers; one that fell behind (or joined late, or reads after the fill is
+//! over) reads the temp file back with positional reads, [`FOLLOW_CHUNK`] at a time. What
+//! all fills keep is bounded by [`KEPT_LIMIT`]: past it, followers read the file.
 //!
 //! Every response's last byte is held back until the whole body's digest matches; then
 //! followers finish while the file is fsynced and renamed into the store (the client does
@@ -28,6 +29,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -41,8 +44,10 @@ use crate::error::ProxyError;
 use crate::hashes::{Expect, Hashing};
 use crate::store::Store;
 
-/// Bytes a follower reads per step, each into its own buffer held until the client's
-/// socket took it: a thousand followers lagging at once hold 64 MB at most.
+/// Bytes a follower reads from the temp file per step, each into its own buffer held until
+/// the client's socket took it: a thousand followers lagging at once hold 64 MB of them at
+/// most. (A follower sent a kept chunk holds that chunk's buffer instead: a slice of the
+/// upstream client's read buffer, a few hundred KiB at most.)
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// Bytes written between progress notifications while the upstream keeps data coming.
@@ -50,8 +55,13 @@ const PUBLISH_EVERY: u64 = 256 * 1024;
 
 /// Bytes of its latest chunks a fill keeps in memory for the followers at its head (one
 /// set per fill, however many followers): each is spared reading back from the temp file
-/// what the fill has just written there.
+/// what the fill has just written there. A fill keeps a little more (the chunk that
+/// crosses the mark), and holds up to [`PUBLISH_EVERY`] more between notifications.
 const RECENT_BYTES: u64 = 1024 * 1024;
+
+/// Bytes all fills together keep in memory for their followers: the windows of about 30
+/// fills at once. Chunks past it are not kept; followers read them from the file.
+const KEPT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Attempts to continue one fill's body after it broke off.
 const MAX_RESUMES: u32 = 3;
@@ -134,23 +144,53 @@ impl State {
     }
 }
 
+/// The bytes all fills of a registry keep in memory, against their limit.
+#[derive(Debug)]
+struct Kept {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Kept {
+    /// Counts `n` more bytes kept, if that stays within the limit.
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug)]
 struct Progress {
     state: State,
     len: Option<u64>,
     written: u64,
-    /// The latest chunks up to `written`, by offset, in order and contiguous: at least the
-    /// last [`RECENT_BYTES`] of them (all of them at first); emptied once the fill is over.
+    /// The latest chunks up to `written`, by offset, in order: at least the last
+    /// [`RECENT_BYTES`] of them (all of them at first), less any [`Kept`] had no room for
+    /// (a gap, read from the file); emptied once the fill is over.
     recent: VecDeque<(u64, Bytes)>,
+    kept: Arc<Kept>,
 }
 
 impl Progress {
     /// Makes `written` and the chunks received up to it visible to the followers.
     fn publish(&mut self, written: u64, received: &mut Vec<(u64, Bytes)>) {
         self.written = written;
-        self.recent.extend(received.drain(..));
+        for (off, chunk) in received.drain(..) {
+            if self.kept.take(chunk.len() as u64) {
+                self.recent.push_back((off, chunk));
+            }
+        }
         while self.recent.len() > 1 && written - self.recent[1].0 >= RECENT_BYTES {
-            self.recent.pop_front();
+            if let Some((_, chunk)) = self.recent.pop_front() {
+                self.kept.give_back(chunk.len() as u64);
+            }
         }
     }
 
@@ -169,7 +209,19 @@ impl Progress {
     /// Ends the fill in `state`, letting go of the chunks kept in memory.
     fn finish(&mut self, state: State) {
         self.state = state;
+        self.let_go();
+    }
+
+    fn let_go(&mut self) {
+        let n: u64 = self.recent.iter().map(|(_, c)| c.len() as u64).sum();
+        self.kept.give_back(n);
         self.recent = VecDeque::new();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.let_go();
     }
 }
 
@@ -184,14 +236,24 @@ pub struct Fill {
 pub struct Fills {
     store: Arc<Store>,
     inflight: Arc<Mutex<HashMap<Expect, Arc<Fill>>>>,
+    kept: Arc<Kept>,
 }
 
 impl Fills {
     /// An empty registry filling into `store`.
     pub fn new(store: Arc<Store>) -> Fills {
+        Fills::keeping(store, KEPT_LIMIT)
+    }
+
+    /// An empty registry whose fills keep at most `limit` bytes in memory together.
+    fn keeping(store: Arc<Store>, limit: u64) -> Fills {
         Fills {
             store,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            kept: Arc::new(Kept {
+                limit,
+                used: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -249,6 +311,7 @@ impl Fills {
             len: None,
             written: 0,
             recent: VecDeque::new(),
+            kept: self.kept.clone(),
         });
         let fill = Arc::new(Fill {
             expect: expect.clone(),
@@ -261,7 +324,12 @@ impl Fills {
         let store = self.store.clone();
         let inflight = self.inflight.clone();
         tokio::spawn(async move {
-            let result = run_fill(&store, tmp, &expect, format, open, &tx).await;
+            // A panic fails the fill like an error would: followers get the error and the
+            // next request starts afresh.
+            let result = AssertUnwindSafe(run_fill(&store, tmp, &expect, format, open, &tx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(ProxyError::internal("fill task panicked")));
             // Remove from the registry before publishing the outcome: a request arriving
             // after this sees the store (on success) or starts a fresh fill (on failure).
             inflight.lock().remove(&expect);
@@ -360,7 +428,8 @@ async fn run_fill(
             .map_err(|e| ProxyError::internal(format!("writing temp file: {e}")))?;
         let at = written;
         written += chunk.len() as u64;
-        if !chunk.is_empty() {
+        // Kept only while someone follows (the `Fill` itself holds one receiver).
+        if !chunk.is_empty() && tx.receiver_count() > 1 {
             received.push((at, chunk));
         }
         if written - published >= PUBLISH_EVERY {
@@ -371,7 +440,9 @@ async fn run_fill(
             tokio::task::yield_now().await;
         }
     }
-    tx.send_modify(|p| p.publish(written, &mut received));
+    if written > published {
+        tx.send_modify(|p| p.publish(written, &mut received));
+    }
     if let Some(l) = len {
         if written != l {
             return Err(ProxyError::Upstream {
@@ -744,79 +815,170 @@ mod tests {
         })
     }
 
-    /// A follower keeping up is sent the very buffers the upstream delivered; one that fell
-    /// more than RECENT_BYTES behind reads the temp file back, then catches up; both get
-    /// the exact body, and the fill lets go of its buffers when it is over.
-    #[tokio::test]
-    async fn a_follower_in_step_is_sent_the_received_buffers_one_far_behind_reads_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let fills = Fills::new(store.clone());
+    /// A 3 MB body of 100 KB chunks, each its own allocation as an upstream's would be.
+    fn chunked_body() -> (Bytes, Vec<Bytes>) {
         let body = Bytes::from(
             (0..3_000_000u32)
                 .map(|i| (i % 241) as u8)
                 .collect::<Vec<_>>(),
         );
+        let sent = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
+        (body, sent)
+    }
+
+    /// Reads from `f` until it is at `to`, counting the bytes that came as slices of `sent`.
+    async fn read_to(f: &mut Follower, to: u64, sent: &[Bytes], got: &mut Vec<u8>) -> usize {
+        let mut from_memory = 0;
+        while f.pos < to {
+            let c = tokio::time::timeout(Duration::from_secs(5), f.next())
+                .await
+                .expect("written bytes arrive")
+                .unwrap()
+                .unwrap();
+            if is_one_of(&c, sent) {
+                from_memory += c.len();
+            }
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(f.pos, to, "read past {to}");
+        from_memory
+    }
+
+    fn kept_bytes(fill: &Fill) -> u64 {
+        let p = fill.progress.borrow();
+        p.recent.iter().map(|(_, c)| c.len() as u64).sum()
+    }
+
+    /// A follower keeping up is sent the very buffers the upstream delivered; one that fell
+    /// more than RECENT_BYTES behind reads the temp file back, then catches up into the
+    /// kept chunks; the last byte waits for the digest either way; both get the exact body,
+    /// and the fill lets go of its buffers when it is over.
+    #[tokio::test]
+    async fn a_follower_in_step_is_sent_the_received_buffers_one_far_behind_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fills = Fills::new(store.clone());
+        let (body, sent) = chunked_body();
+        let len = body.len() as u64;
         let expect = Expect::Sha256(Digest::of(&body));
-        let (open, tx) = paced_opener(Some(body.len() as u64));
+        let (open, tx) = paced_opener(Some(len));
         let fill = fills
             .join_or_start(expect.clone(), "oci", open)
             .await
             .unwrap()
             .unwrap();
-        // Each chunk its own allocation, as an upstream's would be.
-        let sent: Vec<Bytes> = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
         let mut lead = fill.follow(0, None);
-        let behind = fill.follow(0, None);
+        let mut behind = fill.follow(0, None);
         let mut got = Vec::new();
-        for (i, chunk) in sent.iter().enumerate() {
+        let mut at = 0;
+        for chunk in &sent {
             tx.send(chunk.clone()).unwrap();
             // The last byte waits for the digest.
-            let upto = if i + 1 == sent.len() {
-                chunk.len() - 1
-            } else {
-                chunk.len()
-            };
-            let mut n = 0;
-            while n < upto {
-                let c = tokio::time::timeout(Duration::from_secs(5), lead.next())
-                    .await
-                    .expect("written bytes arrive")
-                    .unwrap()
-                    .unwrap();
-                assert!(
-                    is_one_of(&c, &sent),
-                    "chunk {i}: a copy, not the received buffer"
-                );
-                n += c.len();
-                got.extend_from_slice(&c);
-            }
+            at = (at + chunk.len() as u64).min(len - 1);
+            let n = at - lead.pos;
+            let from_memory = read_to(&mut lead, at, &sent, &mut got).await;
+            assert_eq!(
+                from_memory as u64, n,
+                "at {at}: a copy, not the received buffer"
+            );
         }
-        {
-            let p = fill.progress.borrow();
-            let kept: u64 = p.recent.iter().map(|(_, c)| c.len() as u64).sum();
+        let kept = kept_bytes(&fill);
+        assert!(
+            (RECENT_BYTES..RECENT_BYTES + 100_000).contains(&kept),
+            "{kept} bytes kept in memory"
+        );
+        assert_eq!(fills.kept.used.load(Ordering::Acquire), kept);
+
+        // The one behind starts from the file and ends in the kept chunks, the fill still
+        // running; neither gets the last byte before the digest is checked.
+        let mut rest = Vec::new();
+        let from_memory = read_to(&mut behind, len - 1, &sent, &mut rest).await as u64;
+        assert!(
+            (RECENT_BYTES - 100_000..=kept).contains(&from_memory),
+            "{from_memory} bytes of the late part from memory"
+        );
+        for f in [&mut lead, &mut behind] {
             assert!(
-                (RECENT_BYTES..RECENT_BYTES + 100_000).contains(&kept),
-                "{kept} bytes kept in memory"
+                tokio::time::timeout(Duration::from_millis(100), f.next())
+                    .await
+                    .is_err(),
+                "the last byte was sent before the body was verified"
             );
         }
         drop(tx);
         got.append(&mut read_all(lead).await.unwrap());
         assert_eq!(got, body);
-
-        let mut behind = behind;
-        let first = behind.next().await.unwrap().unwrap();
-        assert!(
-            !is_one_of(&first, &sent),
-            "the start is long gone from memory"
-        );
-        let mut rest = first.to_vec();
         rest.append(&mut read_all(behind).await.unwrap());
         assert_eq!(rest, body);
 
         fill.settled().await;
-        assert!(fill.progress.borrow().recent.is_empty(), "buffers let go");
+        assert_eq!(kept_bytes(&fill), 0, "buffers let go");
+        assert_eq!(fills.kept.used.load(Ordering::Acquire), 0);
         let stored = store.resolve(&expect).expect("committed");
         assert_eq!(store.read(&stored).unwrap(), body);
+    }
+
+    /// All fills together keep no more than their limit, chunks past it are read from the
+    /// file, and a fill nobody follows keeps nothing.
+    #[tokio::test]
+    async fn kept_chunks_stay_within_the_limit_and_a_fill_without_followers_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fills = Fills::keeping(store.clone(), 250_000);
+        let (body, sent) = chunked_body();
+        let len = body.len() as u64;
+        let expect = Expect::Sha256(Digest::of(&body));
+        let (open, tx) = paced_opener(Some(len));
+        let fill = fills
+            .join_or_start(expect.clone(), "oci", open)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut f = fill.follow(0, None);
+        let mut got = Vec::new();
+        let mut from_memory = 0;
+        for (i, chunk) in sent.iter().enumerate() {
+            tx.send(chunk.clone()).unwrap();
+            let to = ((i as u64 + 1) * 100_000).min(len - 1);
+            from_memory += read_to(&mut f, to, &sent, &mut got).await;
+            let used = fills.kept.used.load(Ordering::Acquire);
+            assert!(used <= 250_000, "{used} bytes kept, over the limit");
+        }
+        // Two chunks fit, then one more each time the window lets go of an old one
+        // (RECENT_BYTES later): 400 KB of 3 MB; the rest came from the file.
+        assert!(
+            (200_000..=500_000).contains(&from_memory),
+            "{from_memory} bytes from memory"
+        );
+        drop(tx);
+        got.append(&mut read_all(f).await.unwrap());
+        assert_eq!(got, body);
+        fill.settled().await;
+        assert_eq!(fills.kept.used.load(Ordering::Acquire), 0, "all given back");
+
+        // Nobody follows this one: it keeps nothing.
+        let other = Bytes::from(vec![3u8; 1_000_000]);
+        let expect = Expect::Sha256(Digest::of(&other));
+        let (open, tx) = paced_opener(Some(other.len() as u64));
+        let fill = fills
+            .join_or_start(expect.clone(), "oci", open)
+            .await
+            .unwrap()
+            .unwrap();
+        for c in other.chunks(100_000) {
+            tx.send(Bytes::copy_from_slice(c)).unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while fill.progress.borrow().written < 900_000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the fill writes");
+        assert_eq!(kept_bytes(&fill), 0);
+        assert_eq!(fills.kept.used.load(Ordering::Acquire), 0);
+        drop(tx);
+        fill.settled().await;
+        assert!(store.resolve(&expect).is_some());
     }
 }

@@ -9,7 +9,7 @@
 //!   `sluice_upstream_request_seconds{upstream}` (time to response headers).
 //! - `sluice_inflight_fills`, `sluice_storage_bytes`, `sluice_mapped_bytes`, `sluice_fill_failures_total`,
 //!   `sluice_digest_mismatches_total{format}`, `sluice_upstream_token_requests_total`.
-//! - `sluice_fill_follow_bytes_total{from}`: bytes of fills in progress sent to clients,
+//! - `sluice_fill_follow_bytes_total{from}`: body bytes of fills handed to clients,
 //!   `memory` (the received buffers) or `file` (read back from the temp file).
 
 use std::sync::OnceLock;
@@ -50,7 +50,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!("sluice_inflight_fills", "Blob fills in progress");
     metrics::describe_counter!(
         "sluice_fill_follow_bytes_total",
-        "Bytes of fills in progress sent to clients, from the received buffers (memory) or read back from the temp file (file)"
+        "Body bytes of fills handed to clients, from the fill's latest received chunks (memory) or read back from the temp file (file)"
     );
     metrics::describe_gauge!(
         "sluice_storage_bytes",
