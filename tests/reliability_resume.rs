@@ -58,6 +58,11 @@ async fn a_cut_body_is_resumed_with_a_range_request_and_the_client_gets_it_whole
             1.0,
             "{m}"
         );
+        // Every byte the one client got went through the fill's follower, counted once,
+        // from the kept chunks or from the temp file.
+        let handed = metrics::sample(&m, "sluice_fill_follow_bytes_total{from=\"memory\"}")
+            + metrics::sample(&m, "sluice_fill_follow_bytes_total{from=\"file\"}");
+        assert_eq!(handed, blob.len() as f64, "{m}");
         // And it is a hit from now on.
         let (status, body) = get_blob(&c, &s, &d).await;
         assert_eq!(status, 200);
