@@ -815,15 +815,49 @@ mod tests {
         })
     }
 
-    /// A 3 MB body of 100 KB chunks, each its own allocation as an upstream's would be.
-    fn chunked_body() -> (Bytes, Vec<Bytes>) {
-        let body = Bytes::from(
-            (0..3_000_000u32)
-                .map(|i| (i % 241) as u8)
-                .collect::<Vec<_>>(),
-        );
-        let sent = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
-        (body, sent)
+    /// A fill of a 3 MB body whose 100 KB chunks (each its own allocation, as an upstream's
+    /// would be) the test sends through `tx`, in a store of its own.
+    struct Paced {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        fills: Fills,
+        body: Bytes,
+        sent: Vec<Bytes>,
+        expect: Expect,
+        fill: Arc<Fill>,
+        tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl Paced {
+        /// Starts the fill, its registry keeping at most `kept_limit` bytes.
+        async fn start(kept_limit: u64) -> Paced {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let fills = Fills::keeping(store.clone(), kept_limit);
+            let body = Bytes::from(
+                (0..3_000_000u32)
+                    .map(|i| (i % 241) as u8)
+                    .collect::<Vec<_>>(),
+            );
+            let sent = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
+            let expect = Expect::Sha256(Digest::of(&body));
+            let (open, tx) = paced_opener(Some(body.len() as u64));
+            let fill = fills
+                .join_or_start(expect.clone(), "oci", open)
+                .await
+                .unwrap()
+                .unwrap();
+            Paced {
+                _dir: dir,
+                store,
+                fills,
+                body,
+                sent,
+                expect,
+                fill,
+                tx,
+            }
+        }
     }
 
     /// Reads from `f` until it is at `to`, counting the bytes that came as slices of `sent`.
@@ -855,44 +889,34 @@ mod tests {
     /// and the fill lets go of its buffers when it is over.
     #[tokio::test]
     async fn a_follower_in_step_is_sent_the_received_buffers_one_far_behind_reads_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let fills = Fills::new(store.clone());
-        let (body, sent) = chunked_body();
-        let len = body.len() as u64;
-        let expect = Expect::Sha256(Digest::of(&body));
-        let (open, tx) = paced_opener(Some(len));
-        let fill = fills
-            .join_or_start(expect.clone(), "oci", open)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut lead = fill.follow(0, None);
-        let mut behind = fill.follow(0, None);
+        let p = Paced::start(KEPT_LIMIT).await;
+        let len = p.body.len() as u64;
+        let mut lead = p.fill.follow(0, None);
+        let mut behind = p.fill.follow(0, None);
         let mut got = Vec::new();
         let mut at = 0;
-        for chunk in &sent {
-            tx.send(chunk.clone()).unwrap();
+        for chunk in &p.sent {
+            p.tx.send(chunk.clone()).unwrap();
             // The last byte waits for the digest.
             at = (at + chunk.len() as u64).min(len - 1);
             let n = at - lead.pos;
-            let from_memory = read_to(&mut lead, at, &sent, &mut got).await;
+            let from_memory = read_to(&mut lead, at, &p.sent, &mut got).await;
             assert_eq!(
                 from_memory as u64, n,
                 "at {at}: a copy, not the received buffer"
             );
         }
-        let kept = kept_bytes(&fill);
+        let kept = kept_bytes(&p.fill);
         assert!(
             (RECENT_BYTES..RECENT_BYTES + 100_000).contains(&kept),
             "{kept} bytes kept in memory"
         );
-        assert_eq!(fills.kept.used.load(Ordering::Acquire), kept);
+        assert_eq!(p.fills.kept.used.load(Ordering::Acquire), kept);
 
         // The one behind starts from the file and ends in the kept chunks, the fill still
         // running; neither gets the last byte before the digest is checked.
         let mut rest = Vec::new();
-        let from_memory = read_to(&mut behind, len - 1, &sent, &mut rest).await as u64;
+        let from_memory = read_to(&mut behind, len - 1, &p.sent, &mut rest).await as u64;
         assert!(
             (RECENT_BYTES - 100_000..=kept).contains(&from_memory),
             "{from_memory} bytes of the late part from memory"
@@ -905,43 +929,33 @@ mod tests {
                 "the last byte was sent before the body was verified"
             );
         }
-        drop(tx);
+        drop(p.tx);
         got.append(&mut read_all(lead).await.unwrap());
-        assert_eq!(got, body);
+        assert_eq!(got, p.body);
         rest.append(&mut read_all(behind).await.unwrap());
-        assert_eq!(rest, body);
+        assert_eq!(rest, p.body);
 
-        fill.settled().await;
-        assert_eq!(kept_bytes(&fill), 0, "buffers let go");
-        assert_eq!(fills.kept.used.load(Ordering::Acquire), 0);
-        let stored = store.resolve(&expect).expect("committed");
-        assert_eq!(store.read(&stored).unwrap(), body);
+        p.fill.settled().await;
+        assert_eq!(kept_bytes(&p.fill), 0, "buffers let go");
+        assert_eq!(p.fills.kept.used.load(Ordering::Acquire), 0);
+        let stored = p.store.resolve(&p.expect).expect("committed");
+        assert_eq!(p.store.read(&stored).unwrap(), p.body);
     }
 
     /// All fills together keep no more than their limit, chunks past it are read from the
     /// file, and a fill nobody follows keeps nothing.
     #[tokio::test]
     async fn kept_chunks_stay_within_the_limit_and_a_fill_without_followers_keeps_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let fills = Fills::keeping(store.clone(), 250_000);
-        let (body, sent) = chunked_body();
-        let len = body.len() as u64;
-        let expect = Expect::Sha256(Digest::of(&body));
-        let (open, tx) = paced_opener(Some(len));
-        let fill = fills
-            .join_or_start(expect.clone(), "oci", open)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut f = fill.follow(0, None);
+        let p = Paced::start(250_000).await;
+        let len = p.body.len() as u64;
+        let mut f = p.fill.follow(0, None);
         let mut got = Vec::new();
         let mut from_memory = 0;
-        for (i, chunk) in sent.iter().enumerate() {
-            tx.send(chunk.clone()).unwrap();
+        for (i, chunk) in p.sent.iter().enumerate() {
+            p.tx.send(chunk.clone()).unwrap();
             let to = ((i as u64 + 1) * 100_000).min(len - 1);
-            from_memory += read_to(&mut f, to, &sent, &mut got).await;
-            let used = fills.kept.used.load(Ordering::Acquire);
+            from_memory += read_to(&mut f, to, &p.sent, &mut got).await;
+            let used = p.fills.kept.used.load(Ordering::Acquire);
             assert!(used <= 250_000, "{used} bytes kept, over the limit");
         }
         // Two chunks fit, then one more each time the window lets go of an old one
@@ -950,11 +964,16 @@ mod tests {
             (200_000..=500_000).contains(&from_memory),
             "{from_memory} bytes from memory"
         );
-        drop(tx);
+        drop(p.tx);
         got.append(&mut read_all(f).await.unwrap());
-        assert_eq!(got, body);
-        fill.settled().await;
-        assert_eq!(fills.kept.used.load(Ordering::Acquire), 0, "all given back");
+        assert_eq!(got, p.body);
+        p.fill.settled().await;
+        assert_eq!(
+            p.fills.kept.used.load(Ordering::Acquire),
+            0,
+            "all given back"
+        );
+        let (store, fills) = (p.store, p.fills);
 
         // Nobody follows this one: it keeps nothing.
         let other = Bytes::from(vec![3u8; 1_000_000]);
