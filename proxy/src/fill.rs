@@ -59,8 +59,10 @@ const PUBLISH_EVERY: u64 = 256 * 1024;
 /// crosses the mark), and holds up to [`PUBLISH_EVERY`] more between notifications.
 const RECENT_BYTES: u64 = 1024 * 1024;
 
-/// Bytes all fills together keep in memory for their followers: the windows of about 30
-/// fills at once. Chunks past it are not kept; followers read them from the file.
+/// Bytes all fills together keep in memory for their followers: the windows of about 60
+/// fills at once (the chunks each fill holds between two notifications, up to
+/// [`PUBLISH_EVERY`], are not counted). Chunks past it are not kept; followers read them
+/// from the file.
 const KEPT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Attempts to continue one fill's body after it broke off.
