@@ -146,7 +146,7 @@ pub struct SledIndex {
 /// How long opening the index waits for another holder of its lock to let go: a sluice
 /// restarted while the previous one is still exiting, or (in one process) sled's I/O
 /// thread finishing a write of an index just closed.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 impl SledIndex {
     /// Opens (or creates) the index in `dir`, waiting up to [`LOCK_WAIT`] if it is locked.
@@ -154,7 +154,7 @@ impl SledIndex {
         Self::open_waiting(dir, LOCK_WAIT)
     }
 
-    fn open_waiting(dir: &Path, wait: Duration) -> anyhow::Result<SledIndex> {
+    pub(crate) fn open_waiting(dir: &Path, wait: Duration) -> anyhow::Result<SledIndex> {
         let started = Instant::now();
         let db = loop {
             match sled::Config::new()

@@ -91,13 +91,24 @@ impl AsRef<[u8]> for SharedMap {
 }
 
 impl Store {
-    /// Opens the store under `data_dir`: creates directories, empties `tmp/`, drops index
-    /// entries whose file is gone and indexes files the index lost.
+    /// Opens the store under `data_dir`: creates directories, takes the index (and its
+    /// lock), empties `tmp/`, drops index entries whose file is gone and indexes files the
+    /// index lost.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        Store::open_waiting(data_dir, index::LOCK_WAIT)
+    }
+
+    /// [`Store::open`], waiting up to `lock_wait` for another holder of the index.
+    fn open_waiting(data_dir: &Path, lock_wait: std::time::Duration) -> anyhow::Result<Store> {
         let blobs_dir = data_dir.join("blobs").join("sha256");
         let tmp_dir = data_dir.join("tmp");
         fs::create_dir_all(&blobs_dir)?;
         fs::create_dir_all(&tmp_dir)?;
+        // The lock first: `tmp/` of a data dir another sluice is using holds its fills in
+        // progress (a `gc` or `verify` run against a live server must refuse, not delete
+        // them).
+        let index: Arc<dyn Index> =
+            Arc::new(SledIndex::open_waiting(&data_dir.join("index"), lock_wait)?);
         let mut removed = 0;
         for e in fs::read_dir(&tmp_dir)? {
             let e = e?;
@@ -111,7 +122,6 @@ impl Store {
         if removed > 0 {
             tracing::info!(removed, "removed unfinished temp files from a previous run");
         }
-        let index: Arc<dyn Index> = Arc::new(SledIndex::open(&data_dir.join("index"))?);
         let store = Store {
             blobs_dir,
             tmp_dir,
@@ -534,6 +544,28 @@ mod tests {
         assert_eq!(s.read(&d).unwrap(), big);
         assert_eq!(s.size_of(&d), Some(big.len() as u64));
         assert_eq!(s.total_bytes(), big.len() as u64);
+    }
+
+    /// `gc`/`verify` (or a second sluice) opening a data dir a running sluice holds is
+    /// refused without touching that sluice's fills in progress in `tmp/`.
+    #[test]
+    fn opening_a_held_store_leaves_its_temp_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        let body = b"a fill in progress";
+        let tmp = held.temp_file().unwrap();
+        (&**tmp.file()).write_all(body).unwrap();
+        let err = Store::open_waiting(dir.path(), std::time::Duration::from_millis(200))
+            .err()
+            .expect("the index is held");
+        assert!(err.to_string().contains("still locked"), "{err}");
+        assert!(
+            tmp.path.exists(),
+            "the refused open removed a fill's temp file"
+        );
+        let d = Digest::of(body);
+        held.commit(tmp, &d, body.len() as u64).unwrap();
+        assert_eq!(held.read(&d).unwrap(), &body[..]);
     }
 
     #[test]
