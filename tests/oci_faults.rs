@@ -550,11 +550,23 @@ async fn range_request_on_cached_blob_returns_exact_slice() {
         }
         let f = get(&c, &url, &[("Range", &format!("bytes={len}-"))]).await;
         assert_eq!(f.status, 416, "unsatisfiable range");
+        assert_eq!(hdr(&f, "content-range"), format!("bytes */{len}"));
         assert_eq!(
             sim.blob_gets(&digest),
             1,
             "ranges on a cached blob went upstream"
         );
+        // Nothing of an empty blob is satisfiable, a suffix range included.
+        let empty = sim.add_blob(Vec::new());
+        let url = format!("{}/v2/app/blobs/{empty}", s.base_url());
+        let f = get(&c, &url, &[]).await;
+        assert_eq!(f.status, 200);
+        assert_eq!(f.body.expect("empty body").len(), 0);
+        for range in ["bytes=-1", "bytes=0-"] {
+            let f = get(&c, &url, &[("Range", range)]).await;
+            assert_eq!(f.status, 416, "{range} on an empty blob");
+            assert_eq!(hdr(&f, "content-range"), "bytes */0", "{range}");
+        }
     })
     .await;
 }

@@ -225,7 +225,8 @@ impl ByteRange {
                 Some((s, e.unwrap_or(size).min(size)))
             }
             ByteRange::Suffix(n) => {
-                if n == 0 {
+                // Nothing of an empty body is satisfiable (RFC 9110 §14.1.3).
+                if n == 0 || size == 0 {
                     return None;
                 }
                 Some((size.saturating_sub(n), size))
@@ -280,6 +281,9 @@ mod tests {
         );
         assert_eq!(ByteRange::parse("bytes=100-").unwrap().resolve(100), None);
         assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), None);
+        // An empty body: 416, never a range ending before it starts.
+        assert_eq!(ByteRange::parse("bytes=-1").unwrap().resolve(0), None);
+        assert_eq!(ByteRange::parse("bytes=0-").unwrap().resolve(0), None);
         assert!(ByteRange::parse("bytes=5-1").is_none());
         assert!(ByteRange::parse("bytes=0-1,3-4").is_none());
         assert!(ByteRange::parse("items=0-1").is_none());
