@@ -391,6 +391,11 @@ async fn tarball_urls_come_only_from_the_packument_and_writes_are_refused() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 405, "{m} {path}");
+            assert_eq!(
+                r.headers().get("allow").and_then(|v| v.to_str().ok()),
+                Some("GET, HEAD"),
+                "{m} {path}"
+            );
             let e = json_body(r).await;
             assert!(e["error"].as_str().unwrap().contains("read-only"), "{e}");
         }

@@ -604,6 +604,17 @@ async fn push_through_sluice_is_rejected_with_unsupported() {
                 .await
                 .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
             assert_eq!(r.status(), 405, "{method} {url}");
+            // Upload endpoints serve no method at all; manifests and blobs serve reads.
+            let allow = if url.contains("/blobs/uploads/") {
+                ""
+            } else {
+                "GET, HEAD"
+            };
+            assert_eq!(
+                r.headers().get("allow").and_then(|v| v.to_str().ok()),
+                Some(allow),
+                "{method} {url}: a 405 says what is allowed"
+            );
             sluice_cache_header(&r);
             let v = json_body(r).await;
             assert_eq!(v["errors"][0]["code"], "UNSUPPORTED", "{method} {url}: {v}");

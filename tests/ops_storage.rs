@@ -272,6 +272,26 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     // The refetched layer must be in the store before the purge counts its files.
     s.settled().await;
 
+    // A method an admin route does not take: 405 saying which it does.
+    for (method, route, allow) in [
+        (reqwest::Method::GET, "purge", "POST"),
+        (reqwest::Method::DELETE, "stats", "GET"),
+        (reqwest::Method::PUT, "cleanup", "GET, POST"),
+    ] {
+        let r = c
+            .request(method.clone(), format!("{base}/-/api/{route}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {route}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {route}"
+        );
+    }
+
     // Purge by name removes the manifest, config and layer and the tag record.
     let r = c
         .post(format!("{base}/-/api/purge"))

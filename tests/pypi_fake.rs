@@ -524,6 +524,11 @@ async fn uploads_are_refused_with_405() {
         .await
         .expect("POST");
         assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("GET, HEAD"),
+            "{path}"
+        );
     }
     assert!(sim.requests().is_empty());
 }

@@ -196,13 +196,9 @@ pub async fn handle(
                 }),
             ))
         }
-        (
-            _,
-            "stats" | "cache" | "purge" | "pin" | "unpin" | "pins" | "gc" | "cleanup"
-            | "policy/check",
-        ) => Err(ProxyError::Unsupported(format!(
-            "{method} is not supported on /-/api/{rest}"
-        ))),
+        (_, "stats" | "cache" | "pins" | "policy/check") => Err(unsupported(method, rest, "GET")),
+        (_, "purge" | "pin" | "unpin" | "gc") => Err(unsupported(method, rest, "POST")),
+        (_, "cleanup") => Err(unsupported(method, rest, "GET, POST")),
         _ => Err(ProxyError::NotFound {
             code: "NOT_FOUND",
             message: format!(
@@ -210,6 +206,14 @@ pub async fn handle(
                 rest.chars().take(100).collect::<String>()
             ),
         }),
+    }
+}
+
+/// 405 for a method an admin route does not take; `allow` is what it takes.
+fn unsupported(method: &http::Method, rest: &str, allow: &'static str) -> ProxyError {
+    ProxyError::Unsupported {
+        message: format!("{method} is not supported on /-/api/{rest} (use {allow})"),
+        allow,
     }
 }
 

@@ -24,9 +24,15 @@ pub enum ProxyError {
         /// Human explanation.
         message: String,
     },
-    /// A write operation on a read-only pull-through cache.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A method this endpoint does not serve (a write on a read-only pull-through cache);
+    /// `allow` lists the methods it does serve, for the `Allow` header of the 405.
+    #[error("{message}")]
+    Unsupported {
+        /// What was refused and why.
+        message: String,
+        /// The methods the endpoint serves, e.g. `GET, HEAD`.
+        allow: &'static str,
+    },
     /// The client did not authenticate.
     #[error("{0}")]
     Unauthorized(String),
@@ -135,7 +141,7 @@ impl ProxyError {
         match self {
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Unsupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
@@ -163,7 +169,7 @@ impl ProxyError {
     pub fn oci_code(&self) -> &'static str {
         match self {
             ProxyError::NotFound { code, .. } | ProxyError::BadRequest { code, .. } => code,
-            ProxyError::Unsupported(_) => "UNSUPPORTED",
+            ProxyError::Unsupported { .. } => "UNSUPPORTED",
             ProxyError::Unauthorized(_) => "UNAUTHORIZED",
             ProxyError::Blocked { hidden: true, .. } => "NAME_UNKNOWN",
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => "DENIED",
@@ -217,7 +223,10 @@ mod tests {
 
     #[test]
     fn oci_body_has_code_message_and_request_id() {
-        let e = ProxyError::Unsupported("push is not supported".into());
+        let e = ProxyError::Unsupported {
+            message: "push is not supported".into(),
+            allow: "GET, HEAD",
+        };
         let v: serde_json::Value = serde_json::from_slice(&e.oci_body("rid-1")).unwrap();
         assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
         assert_eq!(v["errors"][0]["detail"]["request_id"], "rid-1");
@@ -235,7 +244,11 @@ mod tests {
         assert!(up(Some(503)).is_upstream_failure());
         assert!(up(Some(429)).is_upstream_failure());
         assert!(!up(Some(404)).is_upstream_failure());
-        assert!(!ProxyError::Unsupported("x".into()).is_upstream_failure());
+        assert!(!ProxyError::Unsupported {
+            message: "x".into(),
+            allow: "GET"
+        }
+        .is_upstream_failure());
     }
 
     #[test]

@@ -471,6 +471,7 @@ fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
     }
     match e {
         ProxyError::Unauthorized(_) => r = r.header("WWW-Authenticate", "Basic realm=\"sluice\""),
+        ProxyError::Unsupported { allow, .. } => r = r.header("Allow", *allow),
         ProxyError::RangeNotSatisfiable { size } => {
             r = r.header("Content-Range", format!("bytes */{size}"))
         }

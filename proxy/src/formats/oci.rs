@@ -124,15 +124,20 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
     let route = OciRoute::parse(req.rest);
     let read = matches!(*req.method, Method::GET | Method::HEAD);
     if !read || route == OciRoute::Unsupported {
-        return Err(ProxyError::Unsupported(format!(
-            "{} {} is not supported: sluice is a read-only pull-through cache",
-            req.method,
-            if route == OciRoute::Unsupported {
-                "on this endpoint"
-            } else {
-                "(push, delete and uploads)"
-            }
-        )));
+        let unserved = route == OciRoute::Unsupported;
+        return Err(ProxyError::Unsupported {
+            message: format!(
+                "{} {} is not supported: sluice is a read-only pull-through cache",
+                req.method,
+                if unserved {
+                    "on this endpoint"
+                } else {
+                    "(push, delete and uploads)"
+                }
+            ),
+            // An endpoint sluice does not serve allows no method at all.
+            allow: if unserved { "" } else { "GET, HEAD" },
+        });
     }
     let head = *req.method == Method::HEAD;
     match route {

@@ -76,11 +76,14 @@ pub async fn handle(
     };
     let head = *req.method == Method::HEAD;
     match route {
-        Route::Write => Err(ProxyError::Unsupported(format!(
-            "{} is not supported: sluice is a read-only npm mirror (no publish, unpublish, \
-             dist-tag changes or login); publish to the registry itself",
-            req.method
-        ))),
+        Route::Write => Err(ProxyError::Unsupported {
+            message: format!(
+                "{} is not supported: sluice is a read-only npm mirror (no publish, unpublish, \
+                 dist-tag changes or login); publish to the registry itself",
+                req.method
+            ),
+            allow: "GET, HEAD",
+        }),
         Route::Packument(name) => {
             check_name(app, up, &name)?;
             packument(app, up, &name, &req).await

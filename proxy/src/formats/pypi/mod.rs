@@ -51,10 +51,13 @@ pub async fn handle(
     req: Request<'_>,
 ) -> Result<Reply, ProxyError> {
     if !matches!(*req.method, Method::GET | Method::HEAD) {
-        return Err(ProxyError::Unsupported(format!(
-            "{} is not supported: sluice is a read-only mirror of the index (upload to the index itself)",
-            req.method
-        )));
+        return Err(ProxyError::Unsupported {
+            message: format!(
+                "{} is not supported: sluice is a read-only mirror of the index (upload to the index itself)",
+                req.method
+            ),
+            allow: "GET, HEAD",
+        });
     }
     let rest = req.rest;
     if rest == "simple" {
