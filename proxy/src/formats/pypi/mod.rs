@@ -536,8 +536,10 @@ fn json_api_base(up: &Upstream) -> Option<Url> {
     Url::parse(&format!("{stem}pypi/")).ok()
 }
 
+/// A version as a path segment: PEP 440 characters, starting with a letter or digit (so
+/// never `.` or `..`, which would change the upstream URL it is joined into).
 fn valid_version(v: &str) -> bool {
-    !v.is_empty()
+    v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
         && v.len() <= 100
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+!-".contains(&b))
@@ -729,6 +731,16 @@ mod tests {
             Some("old-style-name")
         );
         assert_eq!(log_name("simple/"), None);
+    }
+
+    #[test]
+    fn versions_are_path_segments_that_cannot_climb() {
+        for ok in ["1.0", "2.0.0rc1", "1!2.0", "1.0+local.7", "v1.2", "0"] {
+            assert!(valid_version(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".1", "-1", "1/2", "1%2F2", &"9".repeat(101)] {
+            assert!(!valid_version(bad), "{bad}");
+        }
     }
 
     #[test]
