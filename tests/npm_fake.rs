@@ -451,6 +451,21 @@ async fn api_endpoints_pass_through_and_keys_are_cached() {
             None,
             "client cookies stay with sluice"
         );
+
+        // An audit body over the limit is refused in npm's format and never forwarded
+        // (it used to go upstream with an empty body).
+        let r = c
+            .post(format!("{mount}/-/npm/v1/security/advisories/bulk"))
+            .header("Content-Type", "application/json")
+            .body(vec![b' '; (16 << 20) + 1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        let e = json_body(r).await;
+        assert!(e["error"].as_str().unwrap().contains("larger than"), "{e}");
+        let posts = sim.requests().iter().filter(|r| r.method == "POST").count();
+        assert_eq!(posts, 1, "the oversized audit reached the upstream");
     })
     .await;
 }

@@ -103,6 +103,12 @@ pub enum ProxyError {
     /// A document is larger than the configured limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A client's request body is larger than sluice accepts on that route.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The route's limit in bytes.
+        limit: usize,
+    },
     /// A `Range` outside the artifact.
     #[error("requested range not satisfiable (size {size})")]
     RangeNotSatisfiable {
@@ -160,6 +166,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::TooLarge(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -177,6 +184,7 @@ impl ProxyError {
                 status: Some(429), ..
             } => "TOOMANYREQUESTS",
             ProxyError::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
+            ProxyError::BodyTooLarge { .. } => "SIZE_INVALID",
             _ => "UNAVAILABLE",
         }
     }

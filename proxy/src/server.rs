@@ -177,6 +177,7 @@ impl HttpServerApp for HttpApp {
 
         // Request bodies are read only for POSTs to mounted upstreams (npm audits), bounded.
         let mut body = None;
+        let mut body_error = None;
         let mut keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
         let (admin_post, mounted_post) = {
             let path = session.req_header().uri.path();
@@ -196,7 +197,11 @@ impl HttpServerApp for HttpApp {
                     body = Some(b);
                     keepalive = !*shutdown.borrow();
                 }
-                Err(()) => keepalive = false,
+                // Answered as an error below, never routed without its body.
+                Err(e) => {
+                    body_error = Some(e);
+                    keepalive = false;
+                }
             }
         }
         session.set_keepalive(if keepalive { Some(60) } else { None });
@@ -212,7 +217,11 @@ impl HttpServerApp for HttpApp {
             authorization: header("authorization"),
             headers: &req.headers,
         };
-        let (kind, result) = self.route(incoming, body).await;
+        let (kind, result) = match body_error {
+            Some(e) if admin_post => (Kind::Admin, Err(e)),
+            Some(e) => (self.mounted_kind(incoming.path), Err(e)),
+            None => self.route(incoming, body).await,
+        };
         let reply = match result {
             Ok(r) => r,
             Err(e) => error_reply(&e, kind, request_id),
@@ -297,10 +306,7 @@ impl HttpApp {
         let app = &self.app;
         if let Some((name, rest)) = self.mounted_name(path) {
             let up = app.mounted[name].clone();
-            let kind = match up.cfg.format {
-                sluice_config::Format::Npm => Kind::Npm,
-                _ => Kind::Pypi,
-            };
+            let kind = self.mounted_kind(path);
             if app.role_of(authorization) < Role::Read {
                 return (
                     kind,
@@ -410,18 +416,25 @@ const MAX_REQUEST_BODY: usize = 16 << 20;
 /// Largest admin API request body (a small JSON object).
 const MAX_ADMIN_BODY: usize = 64 << 10;
 
-async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ()> {
+/// The whole request body, up to `limit` bytes: over it, `413`; cut short or unreadable,
+/// `400`.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ProxyError> {
     let mut buf = bytes::BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
-                    return Err(());
+                    return Err(ProxyError::BodyTooLarge { limit });
                 }
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err(()),
+            Err(e) => {
+                return Err(ProxyError::BadRequest {
+                    code: "BAD_REQUEST",
+                    message: format!("the request body could not be read: {e}"),
+                })
+            }
         }
     }
 }
@@ -450,6 +463,17 @@ impl HttpApp {
         let p = path.strip_prefix('/')?;
         let (name, rest) = p.split_once('/').unwrap_or((p, ""));
         self.app.mounted.contains_key(name).then_some((name, rest))
+    }
+
+    /// The format of the upstream mounted at the start of `path` (PyPI unless npm).
+    fn mounted_kind(&self, path: &str) -> Kind {
+        let up = self
+            .mounted_name(path)
+            .and_then(|(name, _)| self.app.mounted.get(name));
+        match up.map(|u| u.cfg.format) {
+            Some(sluice_config::Format::Npm) => Kind::Npm,
+            _ => Kind::Pypi,
+        }
     }
 }
 
