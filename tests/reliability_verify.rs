@@ -1,6 +1,7 @@
 //! `sluice verify`: a stored file corrupted on disk is found by re-hashing, moved to
 //! `data_dir/quarantine/`, dropped from the index (the next pull fetches a good copy), and
-//! the command exits 1; a second run on the repaired store exits 0.
+//! the command exits 1; a second run on the repaired store exits 0. A file whose size
+//! changed is caught already when sluice starts.
 
 mod common;
 
@@ -96,4 +97,52 @@ async fn verify_quarantines_a_corrupted_blob_and_exits_1_then_0() {
     })
     .await;
     assert_eq!(sim.blob_gets(&bad_d), 2, "refetched from upstream once");
+}
+
+/// A stored file whose size changed while sluice was down (truncated) is found when sluice
+/// starts: quarantined, counted, and the next pull fetches a good copy instead of serving
+/// the cut bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_blob_is_quarantined_at_start_and_fetched_afresh() {
+    let sim = Sim::start().await;
+    let blob = random_bytes(300_000, 811);
+    let d = sim.add_blob(blob.clone());
+    let mut s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"sim\"\nformat = \"oci\"\nurl = \"{}\"\ndefault = true\n",
+        sim.url()
+    ));
+    let c = http_client();
+    let get = |s: &Sluice| {
+        let (c, url) = (c.clone(), format!("{}/v2/app/blobs/{d}", s.base_url()));
+        async move {
+            let r = c.get(url).send().await.expect("GET");
+            assert_eq!(r.status(), 200);
+            r.bytes().await.expect("body")
+        }
+    };
+    within(30, "warm", async {
+        assert!(get(&s).await == blob);
+    })
+    .await;
+    s.stop();
+    let path = blob_path(&s.data_dir(), &d);
+    std::fs::write(&path, &blob[..100_000]).expect("truncate");
+
+    s.restart();
+    within(30, "after restart", async {
+        assert!(get(&s).await == blob, "the truncated file was served");
+        let m = s.metrics().await;
+        assert!(
+            m.lines()
+                .any(|l| l == "sluice_evictions_total{reason=\"quarantine\"} 1"),
+            "{m}"
+        );
+    })
+    .await;
+    assert_eq!(sim.blob_gets(&d), 2, "fetched afresh once");
+    let q = s
+        .data_dir()
+        .join("quarantine")
+        .join(d.trim_start_matches("sha256:"));
+    assert_eq!(std::fs::read(&q).expect("quarantined"), &blob[..100_000]);
 }

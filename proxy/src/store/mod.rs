@@ -47,6 +47,8 @@ pub struct Store {
     pulls: pulls::PullLog,
     /// The last evaluation of each cleanup policy.
     cleanup_reports: Mutex<Vec<cleanup::PolicyReport>>,
+    /// Files found corrupt while opening (see `reconcile`), for `sluice verify`'s report.
+    quarantined_at_open: Mutex<Vec<verify::Quarantined>>,
     total_bytes: AtomicU64,
     /// Held while a file is renamed into place or removed, with its index record and the
     /// byte count: files, index and `total_bytes` change together.
@@ -134,6 +136,7 @@ impl Store {
             pending_access: Mutex::new(HashMap::new()),
             pulls: pulls::PullLog::default(),
             cleanup_reports: Mutex::new(Vec::new()),
+            quarantined_at_open: Mutex::new(Vec::new()),
             total_bytes: AtomicU64::new(0),
             mutate: Mutex::new(()),
             evicting: Mutex::new(()),
@@ -142,6 +145,36 @@ impl Store {
         };
         store.reconcile()?;
         Ok(store)
+    }
+
+    /// Whether the stored file of `d` (of `size` bytes) hashes to `d`; if not, it is moved
+    /// to `quarantine/` and its index records dropped, and `false` is returned.
+    fn sound_or_quarantined(&self, d: &Digest, size: u64) -> anyhow::Result<bool> {
+        let path = self.path_of(d);
+        let actual = verify::hash_file(&path, &mut vec![0u8; 1 << 20])
+            .ok()
+            .map(|(h, _)| h);
+        if actual.as_deref() == Some(d.hex().as_str()) {
+            return Ok(true);
+        }
+        let data_dir = self.tmp_dir.parent().expect("tmp/ is in the data dir");
+        let dest = verify::quarantine(data_dir, &path, d)?;
+        // The file is gone from blobs/: this drops its index records.
+        self.remove(d)?;
+        tracing::warn!(digest = %d, size, actual = ?actual, to = %dest.display(),
+            "stored file does not match its digest; quarantined");
+        evict::count_removal("quarantine", size);
+        self.quarantined_at_open.lock().push(verify::Quarantined {
+            expected: d.clone(),
+            actual,
+            path: dest,
+        });
+        Ok(false)
+    }
+
+    /// Files found corrupt and quarantined when the store was opened.
+    pub fn take_quarantined_at_open(&self) -> Vec<verify::Quarantined> {
+        std::mem::take(&mut *self.quarantined_at_open.lock())
     }
 
     /// Makes the index and the files agree, and computes the stored size.
@@ -178,9 +211,12 @@ impl Store {
         let mut total = 0;
         let now = unix_secs();
         for (d, size) in &on_disk {
-            total += size;
             match indexed.get(d) {
                 Some(Some(rec)) if rec.size == *size => {}
+                // Content decides size: a file whose size is not the one it was stored
+                // with is corrupt (truncated, or written over) unless its record is the
+                // wrong one. Hashing tells; a corrupt file is never served.
+                Some(Some(_)) if !self.sound_or_quarantined(d, *size)? => continue,
                 _ => {
                     // A file is only renamed into place after verification, so one the index
                     // lost (crash between rename and index write) is re-indexed; `sluice
@@ -196,6 +232,7 @@ impl Store {
                     )?;
                 }
             }
+            total += size;
         }
         for d in indexed.keys() {
             if !on_disk.contains_key(d) {
@@ -595,6 +632,61 @@ mod tests {
         assert!(s.read(&lost).is_none());
         assert_eq!(s.size_of(&lost), None);
         assert_eq!(s.total_bytes(), 4);
+    }
+
+    /// A stored file whose size changed is hashed at open: corrupt, it is quarantined and
+    /// forgotten (never served); sound (its record was what was wrong), it is re-indexed.
+    #[test]
+    fn open_quarantines_a_file_whose_size_changed_and_fixes_a_record_that_was_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cut, other, recorded) = {
+            let s = Store::open(dir.path()).unwrap();
+            let cut = s.put_bytes(&Bytes::from(vec![1u8; 5000])).unwrap();
+            let other = s.put_bytes(&Bytes::from(vec![2u8; 3000])).unwrap();
+            let recorded = s.put_bytes(&Bytes::from(vec![3u8; 1000])).unwrap();
+            // A record whose size is wrong, for a file that is right.
+            s.index
+                .put_rec(
+                    Tree::Blobs,
+                    recorded.as_bytes(),
+                    &BlobRecord {
+                        size: 999,
+                        created: 1,
+                        last_access: 1,
+                    },
+                )
+                .unwrap();
+            s.index.flush().unwrap();
+            (cut, other, recorded)
+        };
+        let path = |d: &Digest| {
+            dir.path()
+                .join("blobs/sha256")
+                .join(&d.hex()[..2])
+                .join(d.hex())
+        };
+        // Truncated, as a disk repair or a full disk may leave it.
+        std::fs::write(path(&cut), vec![1u8; 4096]).unwrap();
+
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.read(&cut).is_none(), "a truncated file was served");
+        assert_eq!(s.size_of(&cut), None);
+        assert!(!path(&cut).exists());
+        let q = dir.path().join("quarantine").join(cut.hex());
+        assert_eq!(std::fs::read(&q).unwrap(), vec![1u8; 4096]);
+        assert_eq!(s.size_of(&recorded), Some(1000), "the record is fixed");
+        assert_eq!(s.read(&recorded).unwrap(), vec![3u8; 1000]);
+        assert_eq!(s.read(&other).unwrap(), vec![2u8; 3000]);
+        assert_eq!(s.total_bytes(), 4000, "the quarantined file is not counted");
+        let found = s.take_quarantined_at_open();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].expected, cut);
+        assert_eq!(found[0].path, q);
+        drop(s);
+        // Nothing left to find the next time.
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.take_quarantined_at_open().is_empty());
+        assert_eq!(s.total_bytes(), 4000);
     }
 
     #[test]

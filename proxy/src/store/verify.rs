@@ -70,8 +70,13 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<Report> {
     // Opening the store also empties tmp/ and reconciles index and files.
     let store = Store::open(data_dir)?;
     let blobs = data_dir.join("blobs").join("sha256");
-    let quarantine = data_dir.join("quarantine");
+    // Files opening the store found corrupt (a size that is not theirs) are already
+    // quarantined.
     let mut report = Report::default();
+    for q in store.take_quarantined_at_open() {
+        report.checked += 1;
+        report.quarantined.push(q);
+    }
     let mut buf = vec![0u8; 1 << 20];
     let mut shards: Vec<PathBuf> = fs::read_dir(&blobs)?
         .filter_map(|e| e.ok())
@@ -103,9 +108,7 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<Report> {
             if actual.as_deref() == Some(expected.hex().as_str()) {
                 continue;
             }
-            fs::create_dir_all(&quarantine)?;
-            let dest = free_name(&quarantine, &expected.hex());
-            fs::rename(&path, &dest)?;
+            let dest = quarantine(data_dir, &path, &expected)?;
             // The file is gone from blobs/: this drops its index records and cached copy.
             store.remove(&expected)?;
             tracing::warn!(expected = %expected, actual = ?actual, to = %dest.display(),
@@ -121,7 +124,27 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
+/// Moves the stored file at `path`, which does not match `expected`, to
+/// `data_dir/quarantine/`, durably (both directories are fsynced: the move must not be
+/// undone by a power loss once its index records are dropped). Returns where it went.
+pub(crate) fn quarantine(
+    data_dir: &Path,
+    path: &Path,
+    expected: &Digest,
+) -> std::io::Result<PathBuf> {
+    let dir = data_dir.join("quarantine");
+    fs::create_dir_all(&dir)?;
+    let dest = free_name(&dir, &expected.hex());
+    fs::rename(path, &dest)?;
+    File::open(&dir)?.sync_all()?;
+    if let Some(from) = path.parent() {
+        File::open(from)?.sync_all()?;
+    }
+    Ok(dest)
+}
+
+/// The sha256 (hex) and length of the file at `path`, read with `buf`.
+pub(crate) fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<(String, u64)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut n = 0u64;
