@@ -165,7 +165,7 @@ impl Store {
             "stored file does not match its digest; quarantined");
         evict::count_removal("quarantine", size);
         self.quarantined_at_open.lock().push(verify::Quarantined {
-            expected: d.clone(),
+            expected: *d,
             actual,
             path: dest,
         });
