@@ -1,5 +1,5 @@
 //! Hostile input never crashes sluice or escapes: slow-loris clients are cut off by the
-//! header deadline, over-long request lines get a 4xx, and malformed or over-size upstream
+//! header deadline, over-long request lines get a 4xx, heads that are not HTTP a 400, and malformed or over-size upstream
 //! documents get a clear 5xx with nothing stored. (Traversal and malformed names/digests:
 //! tests/oci_edges.rs; property tests: proxy/tests/properties.rs.)
 
@@ -103,6 +103,43 @@ async fn an_over_long_request_line_gets_a_4xx_or_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "sluice survived");
+}
+
+/// A head that is not HTTP gets a 400 before the connection closes, not a silent close a
+/// client cannot tell from a network failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_is_not_http_gets_a_400() {
+    let sim = Sim::start().await;
+    let s = sluice_for(&sim, "");
+    let addr = s.addr();
+    for head in [
+        "NOT HTTP AT ALL\r\n\r\n",
+        "GET /v2/ HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+    ] {
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(head.as_bytes()).unwrap();
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).to_string()
+        })
+        .await
+        .unwrap();
+        let status = answer.lines().next().unwrap_or("");
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{head:?} answered {answer:?}"
+        );
+        assert!(answer.contains("bad request head"), "{answer:?}");
+    }
+    assert!(sim.requests().is_empty());
+    let m = s.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l == "sluice_requests_total{format=\"other\",status=\"400\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,7 +163,19 @@ impl HttpServerApp for HttpApp {
         let deadline = self.app.config.server.header_timeout.get();
         match tokio::time::timeout(deadline, session.read_request()).await {
             Ok(Ok(true)) => {}
-            Ok(_) => return None,
+            Ok(Ok(false)) => return None,
+            // A head that is not HTTP, or too large: a 400 before closing, not a silent
+            // close the client cannot tell from a network failure (an I/O error gets
+            // nothing: there is no one to answer).
+            Ok(Err(e)) => {
+                if *e.etype() == pingora::ErrorType::InvalidHTTPHeader {
+                    let body =
+                        Bytes::from(format!("bad request head: {}\n", truncate(&e.to_string())));
+                    let _ = session.respond_error_with_body(400, body).await;
+                    crate::metrics::record_response("other", 400, None, 0);
+                }
+                return None;
+            }
             Err(_) => {
                 metrics::counter!("sluice_header_timeouts_total").increment(1);
                 return None;
