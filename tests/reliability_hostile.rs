@@ -1,7 +1,8 @@
 //! Hostile input never crashes sluice or escapes: slow-loris clients are cut off by the
-//! header deadline, over-long request lines get a 4xx, heads that are not HTTP a 400, and malformed or over-size upstream
-//! documents get a clear 5xx with nothing stored. (Traversal and malformed names/digests:
-//! tests/oci_edges.rs; property tests: proxy/tests/properties.rs.)
+//! header deadline, over-long request lines get a 4xx, heads that are not HTTP a 400, and
+//! malformed or over-size upstream documents get a clear 5xx with nothing stored.
+//! (Traversal and malformed names/digests: tests/oci_edges.rs; property tests:
+//! proxy/tests/properties.rs.)
 
 mod common;
 
