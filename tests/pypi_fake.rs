@@ -32,6 +32,16 @@ struct Demo {
 
 /// Project `Demo_Pkg`: a wheel with core metadata and a yanked sdist with an awkward
 /// `requires-python` and yank reason (both need HTML escaping).
+/// sluice's URL of the demo wheel.
+fn wheel_url(s: &Sluice, d: &Demo) -> String {
+    format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        d.wheel_sha,
+        d.wheel.filename
+    )
+}
+
 fn demo(sim: &PypiSim) -> Demo {
     let metadata = bytes::Bytes::from_static(
         b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\nRequires-Python: >=3.8\n",
@@ -338,12 +348,7 @@ async fn wrong_file_bytes_are_refused_and_nothing_is_stored() {
     let s = sluice_for(&sim, "");
     get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
     sim.fault(&d.wheel.filename, PyFault::WrongBytes);
-    let url = format!(
-        "{}/pypi/files/sha256/{}/{}",
-        s.base_url(),
-        d.wheel_sha,
-        d.wheel.filename
-    );
+    let url = wheel_url(&s, &d);
     let r = get(&url, None).await;
     let status = r.status();
     let body = r.bytes().await;
@@ -485,12 +490,7 @@ async fn concurrent_requests_for_one_file_fetch_it_once() {
     let d = demo(&sim);
     let s = sluice_for(&sim, "");
     get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
-    let url = format!(
-        "{}/pypi/files/sha256/{}/{}",
-        s.base_url(),
-        d.wheel_sha,
-        d.wheel.filename
-    );
+    let url = wheel_url(&s, &d);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let url = url.clone();
@@ -506,6 +506,52 @@ async fn concurrent_requests_for_one_file_fetch_it_once() {
         assert_eq!(&b[..], &d.wheel.bytes[..]);
     }
     assert_eq!(sim.count(&format!("/files/{}", d.wheel.filename)), 1);
+}
+
+/// A HEAD of a file not stored asks the upstream with a HEAD and downloads nothing; once a
+/// GET stored it, a HEAD is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_of_an_uncached_file_downloads_nothing() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
+    let url = wheel_url(&s, &d);
+    let c = http_client();
+    let file_requests = || {
+        sim.requests()
+            .into_iter()
+            .filter(|q| q.path.contains(&d.wheel.filename))
+            .map(|q| q.method)
+            .collect::<Vec<_>>()
+    };
+    let stored = blob_path(&s.data_dir(), &format!("sha256:{}", d.wheel_sha));
+    within(30, "head, get, head", async {
+        let r = c.head(&url).send().await.expect("HEAD");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "content-length"),
+            d.wheel.bytes.len().to_string()
+        );
+        assert_eq!(sluice_cache_header(&r), "BYPASS");
+        assert_eq!(file_requests(), ["HEAD"], "a HEAD started a download");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!stored.exists(), "a HEAD stored the file");
+
+        let r = get(&url, None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(&r.bytes().await.unwrap()[..], &d.wheel.bytes[..]);
+        assert!(eventually(std::time::Duration::from_secs(5), || stored.exists()).await);
+        let r = c.head(&url).send().await.expect("HEAD");
+        assert_eq!(r.status(), 200);
+        assert_eq!(sluice_cache_header(&r), "HIT");
+        assert_eq!(
+            header(&r, "content-length"),
+            d.wheel.bytes.len().to_string()
+        );
+        assert_eq!(file_requests(), ["HEAD", "GET"]);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,12 +669,7 @@ async fn offline_restart_serves_cached_pages_and_files() {
     let d = demo(&sim);
     let mut s = sluice_for(&sim, "");
     let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
-    let url = format!(
-        "{}/pypi/files/sha256/{}/{}",
-        s.base_url(),
-        d.wheel_sha,
-        d.wheel.filename
-    );
+    let url = wheel_url(&s, &d);
     get(&base, Some(PIP_ACCEPT)).await;
     get(&url, None).await.bytes().await.expect("body");
     let cfg = std::fs::read_to_string(s.config_path()).expect("config");

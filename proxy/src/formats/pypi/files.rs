@@ -250,7 +250,7 @@ pub async fn serve(
         return metadata(app, up, &rec, origin, head).await;
     }
     match key {
-        FileKey::Sha256(d) => fill(app, up, d, origin, range).await,
+        FileKey::Sha256(d) => fill(app, up, d, origin, range, head).await,
         FileKey::Url(_) => pass_through(up, origin, head).await,
     }
 }
@@ -299,16 +299,21 @@ fn serve_stored(
 }
 
 /// Streams `origin` into the store as `d` (single flight), serving this client as it comes.
+/// A HEAD starts no fill: see [`head_of`].
 async fn fill(
     app: &Arc<App>,
     up: &Arc<Upstream>,
     d: Digest,
     origin: Url,
     range: Option<ByteRange>,
+    head: bool,
 ) -> Result<Reply, ProxyError> {
     let neg_key = format!("{}/file/{d}", up.name());
     if app.is_negative(&neg_key) {
         return Err(not_found_upstream(&origin));
+    }
+    if head {
+        return head_of(app, up, d, origin, range).await;
     }
     let up2 = up.clone();
     let opener = Box::new(move || {
@@ -371,6 +376,40 @@ async fn fill(
     }
 }
 
+/// A HEAD of a file not stored: the length a fill in progress knows, the stored file if a
+/// fill just committed it, else the upstream's answer to a HEAD. Never downloads the file.
+async fn head_of(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    d: Digest,
+    origin: Url,
+    range: Option<ByteRange>,
+) -> Result<Reply, ProxyError> {
+    let ct = "application/octet-stream";
+    if let Some(fill) = app.fills.in_flight(&Expect::Sha256(d)).await {
+        if let Ok(Some(len)) = fill.started().await {
+            let mut r = file_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d, ct);
+            r.head_length = Some(len);
+            return Ok(r);
+        }
+    } else if let Some(bytes) = app.store.read(&d) {
+        return serve_stored(&d, bytes, range, CacheStatus::Hit);
+    }
+    let resp = up
+        .send_url(Method::HEAD, origin.clone(), HeaderMap::new(), None, None)
+        .await?;
+    if !resp.status().is_success() {
+        return Err(up.status_error(resp.status(), origin.path(), not_found_upstream(&origin)));
+    }
+    let mut r = file_headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), &d, ct);
+    r.head_length = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok(r)
+}
+
 fn not_found_upstream(origin: &Url) -> ProxyError {
     ProxyError::NotFound {
         code: "NOT_FOUND",
@@ -399,7 +438,7 @@ async fn metadata(
         .as_deref()
         .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok());
     match digest {
-        Some(d) => fill(app, up, d, meta_url, None).await,
+        Some(d) => fill(app, up, d, meta_url, None, head).await,
         None => pass_through(up, meta_url, head).await,
     }
 }
