@@ -69,8 +69,13 @@ async fn retries_are_bounded_and_other_4xx_are_never_retried() {
         let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{a}", s.base_url()), None).await;
         assert!((500..600).contains(&status), "persistent 502 → {status}");
         assert_eq!(sim.blob_gets(&a), 4, "retries = 3: four attempts, no more");
-        let (status, _, _) = get(&c, &format!("{}/v2/app/blobs/{b}", s.base_url()), None).await;
-        assert!(status >= 400, "403 → {status}");
+        let (status, _, body) = get(&c, &format!("{}/v2/app/blobs/{b}", s.base_url()), None).await;
+        // A refusal, in Docker's format, saying why: not an opaque 502.
+        assert_eq!(status, 403, "upstream 403");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("OCI error JSON");
+        assert_eq!(v["errors"][0]["code"], "DENIED", "{v}");
+        let msg = v["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("credentials"), "{msg}");
         assert_eq!(
             sim.blob_gets(&b),
             1,

@@ -157,10 +157,12 @@ impl ProxyError {
             ProxyError::Upstream {
                 status: Some(429), ..
             } => StatusCode::TOO_MANY_REQUESTS,
+            // The upstream refused sluice: the client's answer is a refusal too (Docker
+            // reads a 4xx's error body and names the repository; a 502 says nothing).
             ProxyError::Upstream {
                 status: Some(401 | 403),
                 ..
-            } => StatusCode::BAD_GATEWAY,
+            } => StatusCode::FORBIDDEN,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -183,6 +185,10 @@ impl ProxyError {
             ProxyError::Upstream {
                 status: Some(429), ..
             } => "TOOMANYREQUESTS",
+            ProxyError::Upstream {
+                status: Some(401 | 403),
+                ..
+            } => "DENIED",
             ProxyError::RangeNotSatisfiable { .. } => "BLOB_UNKNOWN",
             ProxyError::BodyTooLarge { .. } => "SIZE_INVALID",
             _ => "UNAVAILABLE",
@@ -257,6 +263,21 @@ mod tests {
             allow: "GET"
         }
         .is_upstream_failure());
+    }
+
+    #[test]
+    fn an_upstream_refusal_is_a_403_denied_and_other_upstream_errors_a_502() {
+        let up = |s| ProxyError::Upstream {
+            upstream: "u".into(),
+            message: "x".into(),
+            status: s,
+        };
+        for s in [401, 403] {
+            assert_eq!(up(Some(s)).status(), StatusCode::FORBIDDEN, "{s}");
+            assert_eq!(up(Some(s)).oci_code(), "DENIED", "{s}");
+        }
+        assert_eq!(up(Some(500)).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(up(None).oci_code(), "UNAVAILABLE");
     }
 
     #[test]

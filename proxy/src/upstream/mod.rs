@@ -461,6 +461,15 @@ impl Upstream {
     ) -> ProxyError {
         if status == StatusCode::NOT_FOUND {
             not_found
+        } else if matches!(status.as_u16(), 401 | 403) {
+            self.err(
+                format!(
+                    "{what}: upstream answered {status}: it does not exist there, or it needs \
+                     credentials sluice does not have (the upstream's username and password \
+                     in sluice's config)"
+                ),
+                Some(status.as_u16()),
+            )
         } else {
             self.err(
                 format!("{what}: upstream answered {status}"),
