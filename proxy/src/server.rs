@@ -234,6 +234,7 @@ impl HttpServerApp for HttpApp {
             Some(e) => (self.mounted_kind(incoming.path), Err(e)),
             None => self.route(incoming, body).await,
         };
+        let blocked = matches!(result, Err(ProxyError::Blocked { .. }));
         let reply = match result {
             Ok(r) => r,
             Err(e) => error_reply(&e, kind, request_id),
@@ -275,6 +276,7 @@ impl HttpServerApp for HttpApp {
             cached_bytes,
             client: &client,
             content_type: manifest_type.as_deref(),
+            blocked,
         });
         crate::accesslog::write(&crate::accesslog::Line {
             request_id,

@@ -80,6 +80,9 @@ pub struct Served<'a> {
     pub client: &'a str,
     /// `Content-Type` of the response (tells an OCI image manifest from an index).
     pub content_type: Option<&'a str>,
+    /// The policy blocked it (whatever the status: a hidden block is a 404, and a 403 may
+    /// be the upstream's refusal).
+    pub blocked: bool,
 }
 
 /// Counters of one period.
@@ -264,7 +267,7 @@ impl Stats {
         } else {
             None
         };
-        let blocked = s.status == 403;
+        let blocked = s.blocked;
         let key = client_key(s.client);
         let day = unix_secs() / 86_400;
         let mut g = self.inner.lock();
@@ -486,6 +489,7 @@ mod tests {
             cached_bytes: 10,
             client,
             content_type: None,
+            blocked: false,
         }
     }
 
@@ -503,7 +507,14 @@ mod tests {
         s.record(&i);
         let mut b = served("oci", "/v2/r/blobs/sha256:x", "[::1]:8");
         b.status = 403;
+        b.blocked = true;
         s.record(&b);
+        // An upstream's refusal is a 403 too, but not a block.
+        let mut refused = served("oci", "/v2/r/blobs/sha256:y", "[::1]:8");
+        refused.status = 403;
+        refused.cache = CacheStatus::Bypass;
+        refused.cached_bytes = 0;
+        s.record(&refused);
         let v = s.snapshot();
         let t = &v["today"];
         assert_eq!(t["distinct_clients"], 3);
