@@ -158,17 +158,35 @@ impl Store {
             return Ok(true);
         }
         let data_dir = self.tmp_dir.parent().expect("tmp/ is in the data dir");
-        let dest = verify::quarantine(data_dir, &path, d)?;
-        // The file is gone from blobs/: this drops its index records.
-        self.remove(d)?;
-        tracing::warn!(digest = %d, size, actual = ?actual, to = %dest.display(),
-            "stored file does not match its digest; quarantined");
+        // A disk too full to quarantine must not keep sluice from starting: the file is
+        // then deleted. One that can be neither moved nor deleted (a read-only disk) fails
+        // the open: it would be served.
+        match verify::quarantine(data_dir, &path, d) {
+            Ok(dest) => {
+                tracing::warn!(digest = %d, size, actual = ?actual, to = %dest.display(),
+                    "stored file does not match its digest; quarantined");
+                self.quarantined_at_open.lock().push(verify::Quarantined {
+                    expected: *d,
+                    actual,
+                    path: dest,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(digest = %d, size, actual = ?actual, error = %e,
+                    "stored file does not match its digest and could not be quarantined; deleting it");
+                fs::remove_file(&path).map_err(|e2| {
+                    anyhow::anyhow!(
+                        "{} does not match its digest and can be neither quarantined ({e}) \
+                         nor deleted ({e2})",
+                        path.display()
+                    )
+                })?;
+            }
+        }
         evict::count_removal("quarantine", size);
-        self.quarantined_at_open.lock().push(verify::Quarantined {
-            expected: *d,
-            actual,
-            path: dest,
-        });
+        // The file is gone from blobs/: its index records go too.
+        self.index.remove(Tree::Blobs, d.as_bytes())?;
+        self.index.remove(Tree::Manifests, d.as_bytes())?;
         Ok(false)
     }
 
@@ -216,7 +234,20 @@ impl Store {
                 // Content decides size: a file whose size is not the one it was stored
                 // with is corrupt (truncated, or written over) unless its record is the
                 // wrong one. Hashing tells; a corrupt file is never served.
-                Some(Some(_)) if !self.sound_or_quarantined(d, *size)? => continue,
+                Some(Some(rec)) => {
+                    if !self.sound_or_quarantined(d, *size)? {
+                        continue;
+                    }
+                    // Sound: the record was wrong. Its times stay (eviction uses them).
+                    self.index.put_rec(
+                        Tree::Blobs,
+                        d.as_bytes(),
+                        &BlobRecord {
+                            size: *size,
+                            ..rec.clone()
+                        },
+                    )?;
+                }
                 _ => {
                     // A file is only renamed into place after verification, so one the index
                     // lost (crash between rename and index write) is re-indexed; `sluice
@@ -675,6 +706,12 @@ mod tests {
         let q = dir.path().join("quarantine").join(cut.hex());
         assert_eq!(std::fs::read(&q).unwrap(), vec![1u8; 4096]);
         assert_eq!(s.size_of(&recorded), Some(1000), "the record is fixed");
+        let rec: BlobRecord = s
+            .index
+            .get_rec(Tree::Blobs, recorded.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!((rec.created, rec.last_access), (1, 1), "its times are kept");
         assert_eq!(s.read(&recorded).unwrap(), vec![3u8; 1000]);
         assert_eq!(s.read(&other).unwrap(), vec![2u8; 3000]);
         assert_eq!(s.total_bytes(), 4000, "the quarantined file is not counted");
@@ -687,6 +724,21 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert!(s.take_quarantined_at_open().is_empty());
         assert_eq!(s.total_bytes(), 4000);
+        drop(s);
+
+        // No room for quarantine/ (here: a file in its place): the corrupt file is deleted
+        // and sluice still starts, serving it never.
+        std::fs::rename(dir.path().join("quarantine"), dir.path().join("q-old")).unwrap();
+        std::fs::write(dir.path().join("quarantine"), b"not a directory").unwrap();
+        std::fs::write(path(&other), vec![2u8; 10]).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.read(&other).is_none());
+        assert!(
+            !path(&other).exists(),
+            "deleted when it could not be quarantined"
+        );
+        assert!(s.take_quarantined_at_open().is_empty());
+        assert_eq!(s.total_bytes(), 1000);
     }
 
     #[test]
