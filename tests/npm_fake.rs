@@ -453,11 +453,12 @@ async fn api_endpoints_pass_through_and_keys_are_cached() {
         );
 
         // An audit body over the limit is refused in npm's format and never forwarded
-        // (it used to go upstream with an empty body).
+        // (it used to go upstream with an empty body). Three times the limit: sluice
+        // discards the rest before answering, so the client gets the 413, not a reset.
         let r = c
             .post(format!("{mount}/-/npm/v1/security/advisories/bulk"))
             .header("Content-Type", "application/json")
-            .body(vec![b' '; (16 << 20) + 1])
+            .body(vec![b' '; 3 * (16 << 20)])
             .send()
             .await
             .unwrap();

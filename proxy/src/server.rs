@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -187,17 +187,24 @@ impl HttpServerApp for HttpApp {
         let method = session.req_header().method.clone();
         let client = client_text(session.client_addr());
 
-        // Request bodies are read only for POSTs to mounted upstreams (npm audits), bounded.
+        // Request bodies are read only for POSTs to npm mounts (audits) and the admin API,
+        // bounded; any other body (a refused write) is discarded.
         let mut body = None;
         let mut body_error = None;
-        let mut keepalive = !*shutdown.borrow() && matches!(method, Method::GET | Method::HEAD);
+        let reads = matches!(method, Method::GET | Method::HEAD);
+        let mut keepalive = !*shutdown.borrow() && reads;
         let (admin_post, mounted_post) = {
             let path = session.req_header().uri.path();
             (
                 method == Method::POST && path.starts_with("/-/api/"),
-                method == Method::POST && self.mounted_name(path).is_some(),
+                method == Method::POST
+                    && self.mounted_name(path).is_some()
+                    && self.mounted_kind(path) == Kind::Npm,
             )
         };
+        if !reads && !admin_post && !mounted_post {
+            drain_body(&mut session).await;
+        }
         if admin_post || mounted_post {
             let limit = if admin_post {
                 MAX_ADMIN_BODY
@@ -430,6 +437,16 @@ const MAX_REQUEST_BODY: usize = 16 << 20;
 /// Largest admin API request body (a small JSON object).
 const MAX_ADMIN_BODY: usize = 64 << 10;
 
+/// Reads and discards what is left of a request body (for up to [`DRAIN_TIMEOUT`]) before
+/// an error answer: closing with unread bytes makes the kernel reset the connection, and a
+/// client still sending sees the reset instead of the answer.
+async fn drain_body(session: &mut ServerSession) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
+}
+
+/// Longest a refused request body is read and discarded.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The whole request body, up to `limit` bytes: over it, `413`; cut short or unreadable,
 /// `400`.
 async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ProxyError> {
@@ -438,6 +455,7 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, P
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
+                    drain_body(session).await;
                     return Err(ProxyError::BodyTooLarge { limit });
                 }
                 buf.extend_from_slice(&chunk);
