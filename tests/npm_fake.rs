@@ -189,6 +189,16 @@ async fn tarballs_are_verified_stored_by_sha256_and_served_byte_exact_from_one_f
     let mount = format!("{}/npmjs", s.base_url());
     within(60, "tarballs", async {
         let url = format!("{mount}/@scope/pkg/-/{}", p.file);
+        // A HEAD before anything is stored: the origin's length, and no download.
+        let r = c.head(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(sluice_cache_header(&r), "BYPASS");
+        assert_eq!(header(&r, "content-length"), p.tarball.len().to_string());
+        assert_eq!(
+            sim.count("GET", "/files/"),
+            0,
+            "a HEAD downloaded the tarball"
+        );
         // Many clients at once on a slow upstream: exactly one fetch, every body exact.
         sim.fault(
             &format!("/files/@scope/pkg/-/{}", p.file),

@@ -682,11 +682,7 @@ async fn blob(
             return Err(up.status_error(resp.status(), &path, blob_unknown(&d)));
         }
         let mut r = blob_headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), &d);
-        r.head_length = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        r.head_length = crate::upstream::stated_length(&resp);
         return Ok(r);
     }
     let (up2, scope2) = (up.clone(), scope(repo));

@@ -527,6 +527,16 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// The `Content-Length` an upstream response states. For the answer to a HEAD this is the
+/// length of what a GET would send; reqwest's `content_length()` is that of the (empty)
+/// body, 0.
+pub fn stated_length(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Header map with one `Accept` value.
 pub fn accept(v: &str) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -158,7 +158,7 @@ pub async fn serve(
             return Err(up.status_error(resp.status(), file, not_found(name, file)));
         }
         let mut r = headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), None);
-        r.head_length = resp.content_length();
+        r.head_length = crate::upstream::stated_length(&resp);
         return Ok(r);
     }
     let (up2, nf, what) = (

@@ -402,11 +402,7 @@ async fn head_of(
         return Err(up.status_error(resp.status(), origin.path(), not_found_upstream(&origin)));
     }
     let mut r = file_headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), &d, ct);
-    r.head_length = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    r.head_length = crate::upstream::stated_length(&resp);
     Ok(r)
 }
 
