@@ -30,8 +30,6 @@ struct Demo {
     metadata: bytes::Bytes,
 }
 
-/// Project `Demo_Pkg`: a wheel with core metadata and a yanked sdist with an awkward
-/// `requires-python` and yank reason (both need HTML escaping).
 /// sluice's URL of the demo wheel.
 fn wheel_url(s: &Sluice, d: &Demo) -> String {
     format!(
@@ -42,6 +40,8 @@ fn wheel_url(s: &Sluice, d: &Demo) -> String {
     )
 }
 
+/// Project `Demo_Pkg`: a wheel with core metadata and a yanked sdist with an awkward
+/// `requires-python` and yank reason (both need HTML escaping).
 fn demo(sim: &PypiSim) -> Demo {
     let metadata = bytes::Bytes::from_static(
         b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\nRequires-Python: >=3.8\n",
