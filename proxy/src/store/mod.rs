@@ -174,13 +174,15 @@ impl Store {
             Err(e) => {
                 tracing::warn!(digest = %d, size, actual = ?actual, error = %e,
                     "stored file does not match its digest and could not be quarantined; deleting it");
-                fs::remove_file(&path).map_err(|e2| {
-                    anyhow::anyhow!(
+                match fs::remove_file(&path) {
+                    // Gone already: moved before an fsync of the move failed.
+                    Err(e2) if e2.kind() != std::io::ErrorKind::NotFound => anyhow::bail!(
                         "{} does not match its digest and can be neither quarantined ({e}) \
                          nor deleted ({e2})",
                         path.display()
-                    )
-                })?;
+                    ),
+                    _ => {}
+                }
             }
         }
         evict::count_removal("quarantine", size);
