@@ -197,9 +197,7 @@ impl HttpServerApp for HttpApp {
             let path = session.req_header().uri.path();
             (
                 method == Method::POST && path.starts_with("/-/api/"),
-                method == Method::POST
-                    && self.mounted_name(path).is_some()
-                    && self.mounted_kind(path) == Kind::Npm,
+                method == Method::POST && self.mounted_kind(path) == Some(Kind::Npm),
             )
         };
         if !reads && !admin_post && !mounted_post {
@@ -238,7 +236,8 @@ impl HttpServerApp for HttpApp {
         };
         let (kind, result) = match body_error {
             Some(e) if admin_post => (Kind::Admin, Err(e)),
-            Some(e) => (self.mounted_kind(incoming.path), Err(e)),
+            // The only other bodies read are npm audits.
+            Some(e) => (Kind::Npm, Err(e)),
             None => self.route(incoming, body).await,
         };
         let blocked = matches!(result, Err(ProxyError::Blocked { .. }));
@@ -327,7 +326,7 @@ impl HttpApp {
         let app = &self.app;
         if let Some((name, rest)) = self.mounted_name(path) {
             let up = app.mounted[name].clone();
-            let kind = self.mounted_kind(path);
+            let kind = kind_of(&up);
             if app.role_of(authorization) < Role::Read {
                 return (
                     kind,
@@ -497,15 +496,18 @@ impl HttpApp {
         self.app.mounted.contains_key(name).then_some((name, rest))
     }
 
-    /// The format of the upstream mounted at the start of `path` (PyPI unless npm).
-    fn mounted_kind(&self, path: &str) -> Kind {
-        let up = self
-            .mounted_name(path)
-            .and_then(|(name, _)| self.app.mounted.get(name));
-        match up.map(|u| u.cfg.format) {
-            Some(sluice_config::Format::Npm) => Kind::Npm,
-            _ => Kind::Pypi,
-        }
+    /// The format of the upstream mounted at the start of `path`, if one is.
+    fn mounted_kind(&self, path: &str) -> Option<Kind> {
+        let (name, _) = self.mounted_name(path)?;
+        Some(kind_of(&self.app.mounted[name]))
+    }
+}
+
+/// The client protocol of a mounted upstream (PyPI unless npm).
+fn kind_of(up: &crate::upstream::Upstream) -> Kind {
+    match up.cfg.format {
+        sluice_config::Format::Npm => Kind::Npm,
+        _ => Kind::Pypi,
     }
 }
 
