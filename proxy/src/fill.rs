@@ -40,6 +40,7 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::hashes::{Expect, Hashing};
 use crate::store::Store;
@@ -234,6 +235,14 @@ pub struct Fill {
     progress: watch::Receiver<Progress>,
 }
 
+/// What is known of a digest without fetching it (see [`Fills::known_without_fetching`]).
+pub enum Known {
+    /// A fill is streaming it; its length.
+    Filling(u64),
+    /// It is stored: its bytes.
+    Stored(Bytes),
+}
+
 /// The registry of in-flight fills.
 pub struct Fills {
     store: Arc<Store>,
@@ -289,6 +298,19 @@ impl Fills {
                 }
             };
             committing.settled().await;
+        }
+    }
+
+    /// What a HEAD of `d` can say without fetching anything: the length a fill in progress
+    /// learnt from its upstream, or the stored file (a fill may just have committed it).
+    /// `None`: ask the upstream.
+    pub async fn known_without_fetching(&self, d: Digest) -> Option<Known> {
+        match self.in_flight(&Expect::Sha256(d)).await {
+            Some(fill) => match fill.started().await {
+                Ok(Some(len)) => Some(Known::Filling(len)),
+                _ => None,
+            },
+            None => self.store.read(&d).map(Known::Stored),
         }
     }
 

@@ -17,7 +17,7 @@ use memchr::memmem;
 use crate::app::App;
 use crate::digest::Digest;
 use crate::error::ProxyError;
-use crate::fill::UpstreamBody;
+use crate::fill::{Known, UpstreamBody};
 use crate::hashes::Expect;
 use crate::names::{Reference, RepoName, Tag};
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
@@ -659,14 +659,14 @@ async fn blob(
     if head {
         // A HEAD does not start a fill. One in progress knows the size once the upstream
         // answered; one just committed is in the store.
-        if let Some(fill) = app.fills.in_flight(&Expect::Sha256(d)).await {
-            if let Ok(Some(len)) = fill.started().await {
+        match app.fills.known_without_fetching(d).await {
+            Some(Known::Filling(len)) => {
                 let mut r = blob_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d);
                 r.head_length = Some(len);
                 return Ok(r);
             }
-        } else if let Some(bytes) = app.store.read(&d) {
-            return serve_stored(d, bytes, range, CacheStatus::Hit);
+            Some(Known::Stored(bytes)) => return serve_stored(d, bytes, range, CacheStatus::Hit),
+            None => {}
         }
         // Otherwise ask the upstream whether (and how big) it is.
         let resp = up

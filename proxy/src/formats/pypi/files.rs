@@ -23,7 +23,7 @@ use url::Url;
 use crate::app::App;
 use crate::digest::Digest;
 use crate::error::ProxyError;
-use crate::fill::UpstreamBody;
+use crate::fill::{Known, UpstreamBody};
 use crate::hashes::Expect;
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
 use crate::store::index::{IndexExt, Tree};
@@ -386,14 +386,14 @@ async fn head_of(
     range: Option<ByteRange>,
 ) -> Result<Reply, ProxyError> {
     let ct = "application/octet-stream";
-    if let Some(fill) = app.fills.in_flight(&Expect::Sha256(d)).await {
-        if let Ok(Some(len)) = fill.started().await {
+    match app.fills.known_without_fetching(d).await {
+        Some(Known::Filling(len)) => {
             let mut r = file_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d, ct);
             r.head_length = Some(len);
             return Ok(r);
         }
-    } else if let Some(bytes) = app.store.read(&d) {
-        return serve_stored(&d, bytes, range, CacheStatus::Hit);
+        Some(Known::Stored(bytes)) => return serve_stored(&d, bytes, range, CacheStatus::Hit),
+        None => {}
     }
     let resp = up
         .send_url(Method::HEAD, origin.clone(), HeaderMap::new(), None, None)
