@@ -188,6 +188,61 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
     .await;
 }
 
+/// A tarball fetched before any packument (`npm ci` from a lockfile asks for nothing else)
+/// is checked against the full packument's publish times and licenses, also when the
+/// upstream would answer the smaller abbreviated form, which has neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarball_fetched_first_meets_the_cooldown_and_license_rules() {
+    let sim = NpmSim::start().await;
+    sim.set_corgi(true);
+    sim.publish("fresh-lib", "1.0.0", &[]);
+    sim.set_time("fresh-lib", "1.0.0", &rfc3339_days_ago(30));
+    sim.publish("fresh-lib", "1.1.0", &[]);
+    sim.set_time("fresh-lib", "1.1.0", &rfc3339_days_ago(0));
+    sim.publish_with(
+        "gpl-lib",
+        "1.0.0",
+        &[],
+        serde_json::json!({"license": "GPL-3.0-only"}),
+        false,
+    );
+    sim.set_time("gpl-lib", "1.0.0", &rfc3339_days_ago(400));
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n{}",
+        sim.registry_url(),
+        r#"
+[[policy.rule]]
+id = "cooldown"
+kind = "min_age"
+format = "npm"
+age = "7d"
+
+[[policy.rule]]
+id = "no-gpl"
+kind = "license"
+format = "npm"
+deny = ["GPL-3.0-only"]
+"#
+    ));
+    let registry = format!("{}/npmjs/", s.base_url());
+    let c = http_client();
+    within(60, "tarballs first", async {
+        for (path, status, rule) in [
+            ("fresh-lib/-/fresh-lib-1.1.0.tgz", 403, Some("cooldown")),
+            ("gpl-lib/-/gpl-lib-1.0.0.tgz", 403, Some("no-gpl")),
+            ("fresh-lib/-/fresh-lib-1.0.0.tgz", 200, None),
+        ] {
+            let r = c.get(format!("{registry}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), status, "{path}");
+            let body = r.text().await.unwrap();
+            if let Some(rule) = rule {
+                assert!(body.contains(rule), "{path}: {body}");
+            }
+        }
+    })
+    .await;
+}
+
 /// An offline OSV database: a `MAL-` advisory blocks exactly the versions it lists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn osv_malware_advisory_blocks_exactly_its_versions() {

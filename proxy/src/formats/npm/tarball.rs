@@ -63,9 +63,13 @@ async fn find(
     name: &NpmName,
     file: &str,
 ) -> Result<TarballEntry, ProxyError> {
-    // Consult whichever form is cached (npm caches the full one, pnpm the abbreviated one);
-    // when neither is, fetch the smaller abbreviated form.
-    let corgi = app.docs.peek(&super::doc_key(up, name, false)).is_none();
+    // Without a policy, consult whichever form is cached (npm caches the full one, pnpm
+    // the abbreviated one); when neither is, fetch the smaller abbreviated form. With one,
+    // always the full form: the abbreviated one has no publish times (`time`) and no
+    // `license`, and a tarball fetched first (`npm ci` from a lockfile asks for nothing
+    // else) would pass the cooldown and license rules unchecked.
+    let corgi =
+        app.policy.engine().is_empty() && app.docs.peek(&super::doc_key(up, name, false)).is_none();
     for force in [false, true] {
         if force && app.freshness(up).offline {
             break;
