@@ -126,3 +126,103 @@ async fn blocked_versions_vanish_from_pages_and_pinned_installs_fail_with_the_re
     })
     .await;
 }
+
+/// The JSON API meets the policy like the simple pages: a release under cooldown is gone
+/// from `releases` and is not the `info.version`/`urls` latest, its own document is a `403`,
+/// and its file stays refused when the JSON API was the first thing asked (the files it
+/// lists carry their upload time to the files route). A name the namespace rule keeps
+/// internal never reaches the public upstream through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_meets_the_cooldown_and_keeps_internal_names_in() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let now = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    sim.add_file(
+        "freshpy",
+        SimFile::new("freshpy-1.0-py3-none-any.whl", "1.0", &b"old wheel"[..]),
+    );
+    let mut fresh = SimFile::new("freshpy-1.1-py3-none-any.whl", "1.1", &b"new wheel"[..]);
+    fresh.upload_time = Some(now.trim().to_string());
+    let fresh_sha = fresh.sha256();
+    sim.add_file("freshpy", fresh);
+    sim.add_file(
+        "corp-secret",
+        SimFile::new("corp_secret-1.0-py3-none-any.whl", "1.0", &b"secret"[..]),
+    );
+    let s = Sluice::start(&format!(
+        "[[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\n{}",
+        sim.simple_url(),
+        r#"
+[[policy.rule]]
+id = "cooldown"
+kind = "min_age"
+format = "pypi"
+age = "7d"
+
+[[policy.rule]]
+id = "internal"
+kind = "namespace"
+names = ["corp-*"]
+"#
+    ));
+    let base = format!("{}/pypi", s.base_url());
+    let c = http_client();
+    within(60, "JSON API with policy", async {
+        let doc: serde_json::Value = c
+            .get(format!("{base}/pypi/freshpy/json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let releases = doc["releases"].as_object().unwrap();
+        assert!(
+            releases.contains_key("1.0") && !releases.contains_key("1.1"),
+            "{doc}"
+        );
+        assert_eq!(doc["info"]["version"], "1.0", "{doc}");
+        let urls = doc["urls"].as_array().unwrap();
+        assert_eq!(urls.len(), 1, "{doc}");
+        assert_eq!(urls[0]["filename"], "freshpy-1.0-py3-none-any.whl");
+
+        let r = c
+            .get(format!("{base}/pypi/freshpy/1.1/json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.text().await.unwrap().contains("cooldown"));
+
+        // Nothing but the JSON API was asked: the file is still refused.
+        let r = c
+            .get(format!(
+                "{base}/files/sha256/{fresh_sha}/freshpy-1.1-py3-none-any.whl"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.text().await.unwrap().contains("cooldown"));
+
+        let r = c
+            .get(format!("{base}/pypi/corp-secret/json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(r.text().await.unwrap().contains("internal"));
+        assert_eq!(
+            sim.count("corp"),
+            0,
+            "an internal name was asked of the public upstream"
+        );
+    })
+    .await;
+}

@@ -48,6 +48,8 @@ pub struct SimFile {
     pub metadata: Option<Bytes>,
     /// List only an md5 (no sha256) for this file.
     pub md5_only: bool,
+    /// Upload time (RFC 3339) on JSON pages and the JSON API; `None`: a fixed one in 2024.
+    pub upload_time: Option<String>,
 }
 
 impl SimFile {
@@ -60,6 +62,7 @@ impl SimFile {
             yanked: None,
             metadata: None,
             md5_only: false,
+            upload_time: None,
         }
     }
 
@@ -406,7 +409,7 @@ fn route(state: &State, req: &PyReq) -> Resp {
                         "core-metadata": meta,
                         "yanked": match &f.yanked { None => json!(false), Some(r) if r.is_empty() => json!(true), Some(r) => json!(r) },
                         "size": f.bytes.len(),
-                        "upload-time": "2024-01-02T03:04:05.000000Z",
+                        "upload-time": upload_time(f),
                     })
                 })
                 .collect();
@@ -454,11 +457,23 @@ fn route(state: &State, req: &PyReq) -> Resp {
         .strip_prefix("/pypi/")
         .and_then(|p| p.strip_suffix("/json"))
     {
+        // `<project>/json` or a version's `<project>/<version>/json`.
+        let (p, only) = match p.split_once('/') {
+            Some((p, v)) => (p, Some(v)),
+            None => (p, None),
+        };
         let Some((display, files)) = inner.projects.get(p) else {
             return Resp::new(404, "application/json", "{\"message\":\"Not Found\"}");
         };
+        let files: Vec<&SimFile> = files
+            .iter()
+            .filter(|f| only.is_none_or(|v| f.version == v))
+            .collect();
+        if files.is_empty() {
+            return Resp::new(404, "application/json", "{\"message\":\"Not Found\"}");
+        }
         let mut releases = serde_json::Map::new();
-        for f in files {
+        for f in &files {
             let e = releases
                 .entry(f.version.clone())
                 .or_insert_with(|| json!([]));
@@ -468,11 +483,22 @@ fn route(state: &State, req: &PyReq) -> Resp {
                     "url": format!("{files_base}/{}", f.filename),
                     "digests": {"sha256": f.sha256()},
                     "size": f.bytes.len(),
+                    "upload_time_iso_8601": upload_time(f),
                 }));
             }
         }
         let latest = files.last().map(|f| f.version.clone()).unwrap_or_default();
         let urls = releases.get(&latest).cloned().unwrap_or(json!([]));
+        if only.is_some() {
+            return Resp::new(
+                200,
+                "application/json",
+                serde_json::to_vec(
+                    &json!({"info": {"name": display, "version": latest}, "urls": urls}),
+                )
+                .expect("json"),
+            );
+        }
         Resp::new(
             200,
             "application/json",
@@ -506,6 +532,12 @@ fn route(state: &State, req: &PyReq) -> Resp {
         return resp;
     }
     resp
+}
+
+fn upload_time(f: &SimFile) -> &str {
+    f.upload_time
+        .as_deref()
+        .unwrap_or("2024-01-02T03:04:05.000000Z")
 }
 
 /// A file's `200`, or with range support a `206` for `Range: bytes=N-`.

@@ -567,6 +567,12 @@ fn json_api_files(v: &Value, base: &Url) -> Vec<FileEntry> {
                 }
             }
         }
+        // The upload time, as a simple page's `upload-time`: the files route checks the
+        // cooldown against it.
+        let mut extra = serde_json::Map::new();
+        if let Some(t) = f.get("upload_time_iso_8601").filter(|t| t.is_string()) {
+            extra.insert("upload-time".into(), t.clone());
+        }
         out.push(FileEntry {
             filename: filename.to_string(),
             url,
@@ -574,7 +580,7 @@ fn json_api_files(v: &Value, base: &Url) -> Vec<FileEntry> {
             requires_python: None,
             core_metadata: None,
             yanked: simple::Yanked::No,
-            extra: serde_json::Map::new(),
+            extra,
         });
     };
     if let Some(Value::Array(urls)) = v.get("urls") {
@@ -588,6 +594,54 @@ fn json_api_files(v: &Value, base: &Url) -> Vec<FileEntry> {
         }
     }
     out
+}
+
+/// The upload time of the first file of a JSON API file list (`urls`, a `releases` entry).
+fn first_upload_time(files: &Value) -> Option<i64> {
+    files
+        .as_array()?
+        .first()?
+        .get("upload_time_iso_8601")?
+        .as_str()
+        .and_then(crate::timefmt::parse_rfc3339)
+}
+
+/// Drops the releases `allowed` refuses from a project's JSON API document. When the
+/// latest (`info.version`, whose files are `urls`) is one of them, `info.version` and
+/// `urls` name the newest allowed release instead, as npm's `latest` is repointed; with
+/// none allowed, `urls` is empty.
+fn hide_blocked_releases(v: &mut Value, allowed: impl Fn(&str, &Value) -> bool) {
+    if let Some(Value::Object(rels)) = v.get_mut("releases") {
+        rels.retain(|ver, files| allowed(ver, files));
+    }
+    let latest = v.pointer("/info/version").and_then(Value::as_str);
+    let urls = v.get("urls").cloned().unwrap_or(Value::Null);
+    if latest.is_none_or(|l| allowed(l, &urls)) {
+        return;
+    }
+    let newest = v
+        .get("releases")
+        .and_then(Value::as_object)
+        .and_then(|rels| {
+            rels.iter()
+                .filter_map(|(ver, files)| {
+                    let parsed = sluice_policy::pep440::Version::parse(ver).ok()?;
+                    // A release with no files is not installable.
+                    let any = files.as_array().is_some_and(|a| !a.is_empty());
+                    (any && !parsed.is_prerelease()).then(|| (parsed, ver.clone(), files.clone()))
+                })
+                .max_by(|a, b| a.0.cmp(&b.0))
+                .map(|(_, ver, files)| (ver, files))
+        });
+    match newest {
+        Some((ver, files)) => {
+            if let Some(info) = v.get_mut("info").and_then(Value::as_object_mut) {
+                info.insert("version".into(), Value::String(ver));
+            }
+            v["urls"] = files;
+        }
+        None => v["urls"] = Value::Array(Vec::new()),
+    }
 }
 
 /// Rewrites every file `url` of a JSON API document to sluice's.
@@ -653,6 +707,9 @@ async fn json_api(
             up.name()
         ),
     })?;
+    // A project the policy blocks as a whole (namespace, deny without versions) is never
+    // fetched.
+    app.policy.check(&files::facts(up, &norm, None, None))?;
     let url = api.join(&tail).map_err(ProxyError::internal)?;
     let key = format!("pypi/{}/json/{tail}", up.name());
     let fetch = recording_fetcher(
@@ -678,9 +735,12 @@ async fn json_api(
         )
         .await?;
     if let Some(v) = version {
-        app.policy.check(&files::facts(up, &norm, Some(v), None))?;
-    } else {
-        app.policy.check(&files::facts(up, &norm, None, None))?;
+        // Its files' upload time (`urls`), for the cooldown.
+        let published = serde_json::from_slice::<Value>(&doc.bytes)
+            .ok()
+            .and_then(|d| first_upload_time(d.get("urls")?));
+        app.policy
+            .check(&files::facts(up, &norm, Some(v), published))?;
     }
     let mount = app.mount_url(up.name());
     let variant_key = format!(
@@ -688,22 +748,17 @@ async fn json_api(
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
-    let (policy, up2) = (app.policy.clone(), up.clone());
+    let (policy, up2, project_doc) = (app.policy.clone(), up.clone(), version.is_none());
     let rendered = render(app, doc, variant_key, move |doc| {
         let mut v: Value = serde_json::from_slice(&doc.bytes).map_err(ProxyError::internal)?;
         if !policy.engine().is_empty() {
-            // Blocked releases disappear from `releases`.
-            if let Some(Value::Object(rels)) = v.get_mut("releases") {
-                rels.retain(|ver, files| {
-                    let published = files
-                        .as_array()
-                        .and_then(|a| a.first())
-                        .and_then(|f| f.get("upload_time_iso_8601"))
-                        .and_then(|t| t.as_str())
-                        .and_then(crate::timefmt::parse_rfc3339);
-                    let facts = files::facts(&up2, &norm, Some(ver), published);
-                    policy.decide(&facts).verdict != sluice_policy::Verdict::Block
-                });
+            let allowed = |ver: &str, files: &Value| {
+                let facts = files::facts(&up2, &norm, Some(ver), first_upload_time(files));
+                policy.decide(&facts).verdict != sluice_policy::Verdict::Block
+            };
+            // A version's own document was checked above.
+            if project_doc {
+                hide_blocked_releases(&mut v, allowed);
             }
         }
         rewrite_json_api(&mut v, &url, &mount);
