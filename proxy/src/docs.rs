@@ -226,6 +226,15 @@ pub struct Docs {
     rendered: moka::sync::Cache<(Digest, String), Arc<Rendered>>,
     flights: Flights<(Arc<Doc>, CacheStatus)>,
     negative: moka::sync::Cache<String, u64>,
+    /// Keys whose background revalidation failed, with when to try again (unix ms): until
+    /// then a stale copy is served without asking the upstream once per request.
+    retry_at: moka::sync::Cache<String, u64>,
+}
+
+/// How long a failed background revalidation waits before the next: the TTL, within 1 s
+/// and 30 s.
+fn revalidation_backoff(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 impl Docs {
@@ -245,6 +254,7 @@ impl Docs {
                 .build(),
             flights: Flights::default(),
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            retry_at: moka::sync::Cache::builder().max_capacity(100_000).build(),
         }
     }
 
@@ -335,19 +345,38 @@ impl Docs {
             .max_stale
             .is_some_and(|m| u128::from(age) > m.as_millis());
         if !force && !too_old {
-            // Stale while revalidate: one background refresh, this client served now.
+            // Stale while revalidate: one background refresh, this client served now; none
+            // while a failed one waits out its backoff.
+            if self.retry_at.get(key).is_some_and(|at| unix_ms() < at) {
+                return Ok((doc, CacheStatus::Stale));
+            }
             let (this, key2, old) = (self.clone(), key.to_string(), doc.clone());
             tokio::spawn(async move {
-                if let Err(e) = this.refresh(&key2, Some(old), fetch).await {
-                    tracing::warn!(key = %key2, error = %e, "background revalidation failed; stale copy kept");
+                let r = this.clone().refresh(&key2, Some(old), fetch).await;
+                count_revalidation(&r);
+                match r {
+                    Ok(_) => this.retry_at.invalidate(&key2),
+                    // Gone upstream: a 404 from now on, as for a document never cached.
+                    Err(e) if is_not_found_err(&e) => this.forget_gone(&key2, fresh.negative_ttl),
+                    Err(e) => {
+                        let wait = revalidation_backoff(fresh.ttl);
+                        this.retry_at
+                            .insert(key2.clone(), unix_ms() + wait.as_millis() as u64);
+                        tracing::warn!(key = %key2, error = %e, retry_in_s = wait.as_secs(), "background revalidation failed; stale copy kept");
+                    }
                 }
             });
             return Ok((doc, CacheStatus::Stale));
         }
-        match self.clone().refresh(key, Some(doc.clone()), fetch).await {
-            Ok(r) => Ok(r),
+        let r = self.clone().refresh(key, Some(doc.clone()), fetch).await;
+        count_revalidation(&r);
+        match r {
+            Ok(r) => {
+                self.retry_at.invalidate(key);
+                Ok(r)
+            }
             Err(e) if is_not_found_err(&e) => {
-                self.remember_404(key, fresh.negative_ttl);
+                self.forget_gone(key, fresh.negative_ttl);
                 Err(not_found())
             }
             Err(e)
@@ -358,6 +387,17 @@ impl Docs {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Drops the cached document `key`, which the upstream says no longer exists (only
+    /// connection failures, timeouts, 5xx and 429 keep a stale copy served), and remembers
+    /// the 404.
+    fn forget_gone(&self, key: &str, negative_ttl: Duration) {
+        if let Err(e) = self.store.index().remove(Tree::Meta, key.as_bytes()) {
+            tracing::warn!(key, error = %e, "dropping a document gone upstream failed");
+        }
+        self.hot.invalidate(key);
+        self.remember_404(key, negative_ttl);
     }
 
     fn remember_404(&self, key: &str, ttl: Duration) {
@@ -453,6 +493,18 @@ impl Docs {
         self.rendered.insert(key, r.clone());
         Ok(r)
     }
+}
+
+/// `sluice_metadata_revalidations_total{result}`: what asking the upstream about a cached
+/// document found.
+fn count_revalidation(r: &Result<(Arc<Doc>, CacheStatus), ProxyError>) {
+    let result = match r {
+        Ok((_, CacheStatus::Revalidated)) => "not_modified",
+        Ok(_) => "updated",
+        Err(e) if is_not_found_err(e) => "gone",
+        Err(_) => "failed",
+    };
+    metrics::counter!("sluice_metadata_revalidations_total", "result" => result).increment(1);
 }
 
 fn is_not_found_err(e: &ProxyError) -> bool {
@@ -581,6 +633,83 @@ mod tests {
             Err(ProxyError::Offline(_))
         ));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Waits (bounded) until `calls` reaches `n`, then a little longer for the background
+    /// task to finish what follows its fetch.
+    async fn calls_reach(calls: &AtomicUsize, n: usize) {
+        for _ in 0..200 {
+            if calls.load(Ordering::SeqCst) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn a_document_gone_upstream_is_dropped_and_its_404_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new("v1"));
+        let f = fetcher(calls.clone(), mode.clone());
+        docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        *mode.lock() = "404";
+        // Stale: served once while the background revalidation learns it is gone.
+        let (_, s) = docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        assert_eq!(s, CacheStatus::Stale);
+        calls_reach(&calls, 2).await;
+        for _ in 0..3 {
+            assert!(matches!(
+                docs.get("k", fresh(0), false, f.clone(), nf).await,
+                Err(ProxyError::NotFound { .. })
+            ));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the 404 was not remembered"
+        );
+        assert!(
+            docs.peek("k").is_none(),
+            "the gone document is still cached"
+        );
+        // The same through a forced revalidation (a version missing from a packument).
+        *mode.lock() = "v1";
+        docs.get("f", fresh(0), false, f.clone(), nf).await.unwrap();
+        *mode.lock() = "404";
+        assert!(matches!(
+            docs.get("f", fresh(0), true, f.clone(), nf).await,
+            Err(ProxyError::NotFound { .. })
+        ));
+        assert!(docs.peek("f").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_background_revalidation_waits_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new("v1"));
+        let f = fetcher(calls.clone(), mode.clone());
+        docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        *mode.lock() = "fail";
+        docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        calls_reach(&calls, 2).await;
+        // Within the backoff (1 s at TTL 0): stale copies, no upstream request.
+        for _ in 0..5 {
+            let (d, s) = docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+            assert_eq!((&d.bytes[..], s), (&b"v1"[..], CacheStatus::Stale));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // After it: one more try, which succeeds.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        *mode.lock() = "v2";
+        docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        calls_reach(&calls, 3).await;
+        assert_eq!(docs.lookup("k").unwrap().bytes, "v2");
     }
 
     #[test]
