@@ -692,6 +692,103 @@ async fn upstream_404_is_blob_unknown_or_manifest_unknown() {
     .await;
 }
 
+/// A stale tag is answered at once from the cache while one background HEAD revalidates it,
+/// however slow the upstream: eight concurrent pulls past the TTL, with the upstream holding
+/// its answer, all get `STALE` within a second and the upstream sees one HEAD. Once it
+/// answers (the tag moved meanwhile), pulls get the new digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tag_is_answered_at_once_and_revalidated_once_in_the_background() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("app", "latest", &[random_bytes(1000, 21)]);
+    let s = sluice_for(&sim, "");
+    within(60, "stale while revalidate", async {
+        let c = http_client();
+        let url = format!("{}/v2/app/manifests/latest", s.base_url());
+        let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!((f.status, f.cache.as_str()), (200, "MISS"));
+        let gate = Gate::new();
+        sim.fault("/manifests/latest", Fault::HoldHead(gate.clone()));
+        tokio::time::sleep(Duration::from_millis(1600)).await; // tag_ttl = 1s
+        let t = std::time::Instant::now();
+        let pulls = futures_util::future::join_all(
+            (0..8).map(|_| get(&c, &url, &[("Accept", OCI_MANIFEST)])),
+        )
+        .await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stale pulls waited for the upstream: {:?}",
+            t.elapsed()
+        );
+        for f in &pulls {
+            assert_eq!((f.status, f.cache.as_str()), (200, "STALE"));
+            assert_eq!(hdr(f, "docker-content-digest"), img.manifest_digest);
+        }
+        assert!(
+            eventually(Duration::from_secs(2), || sim
+                .count("HEAD", "/manifests/latest")
+                == 1)
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            sim.count("HEAD", "/manifests/latest"),
+            1,
+            "one revalidation per stale tag"
+        );
+        let moved = sim.push_image("app", "latest", &[random_bytes(1000, 22)]);
+        gate.open();
+        let mut last = String::new();
+        for _ in 0..50 {
+            let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
+            last = hdr(&f, "docker-content-digest");
+            if last == moved.manifest_digest {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            last, moved.manifest_digest,
+            "the moved tag was never served"
+        );
+
+        // Deleted upstream: after one more stale answer, a 404, remembered (no HEAD each).
+        sim.fault("/manifests/latest", Fault::Status(404));
+        tokio::time::sleep(Duration::from_millis(1600)).await; // tag_ttl = 1s
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
+            statuses.push(f.status);
+            if f.status == 404 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            statuses.last(),
+            Some(&404),
+            "a tag deleted upstream: {statuses:?}"
+        );
+        let heads = sim.count("HEAD", "/manifests/latest");
+        for _ in 0..3 {
+            assert_eq!(get(&c, &url, &[("Accept", OCI_MANIFEST)]).await.status, 404);
+        }
+        assert_eq!(
+            sim.count("HEAD", "/manifests/latest"),
+            heads,
+            "the 404 was not remembered"
+        );
+        let m = s.metrics().await;
+        for result in ["updated", "gone"] {
+            let v = common::metrics::sample(
+                &m,
+                &format!("sluice_metadata_revalidations_total{{result=\"{result}\"}}"),
+            );
+            assert!(v >= 1.0, "{result}: {v}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_tag_is_served_when_upstream_fails_revalidation() {
     let sim = Sim::start().await;

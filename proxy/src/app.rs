@@ -46,6 +46,8 @@ pub struct App {
     pub stats: crate::stats::Stats,
     /// OCI tags served from memory (see [`crate::formats::oci::HotTags`]).
     pub oci_hot: crate::formats::oci::HotTags,
+    /// Stale OCI tags being revalidated in the background.
+    pub tag_revalidations: crate::formats::oci::TagRevalidations,
 }
 
 impl App {
@@ -100,6 +102,7 @@ impl App {
             limits,
             stats,
             oci_hot: Default::default(),
+            tag_revalidations: Default::default(),
             config,
         })
     }

@@ -233,7 +233,7 @@ pub struct Docs {
 
 /// How long a failed background revalidation waits before the next: the TTL, within 1 s
 /// and 30 s.
-fn revalidation_backoff(ttl: Duration) -> Duration {
+pub fn revalidation_backoff(ttl: Duration) -> Duration {
     ttl.clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
@@ -495,8 +495,7 @@ impl Docs {
     }
 }
 
-/// `sluice_metadata_revalidations_total{result}`: what asking the upstream about a cached
-/// document found.
+/// Counts what asking the upstream about a cached document found.
 fn count_revalidation(r: &Result<(Arc<Doc>, CacheStatus), ProxyError>) {
     let result = match r {
         Ok((_, CacheStatus::Revalidated)) => "not_modified",
@@ -504,7 +503,7 @@ fn count_revalidation(r: &Result<(Arc<Doc>, CacheStatus), ProxyError>) {
         Err(e) if is_not_found_err(e) => "gone",
         Err(_) => "failed",
     };
-    metrics::counter!("sluice_metadata_revalidations_total", "result" => result).increment(1);
+    crate::metrics::record_revalidation(result);
 }
 
 fn is_not_found_err(e: &ProxyError) -> bool {

@@ -103,6 +103,13 @@ pub fn record_response(
 
 /// Counts body bytes a fill's follower handed to its client, by where they came from:
 /// the buffers received from the upstream (`memory`) or the temp file read back (`file`).
+/// `sluice_metadata_revalidations_total{result}`: what asking the upstream about cached
+/// mutable metadata (an OCI tag, a packument, a simple page) past its TTL found: `updated`,
+/// `not_modified`, `gone` (404) or `failed`.
+pub fn record_revalidation(result: &'static str) {
+    metrics::counter!("sluice_metadata_revalidations_total", "result" => result).increment(1);
+}
+
 pub fn record_follow_bytes(from_memory: bool, bytes: u64) {
     static FOLLOW: [OnceLock<Counter>; 2] = [UNSET; 2];
     let from = if from_memory { "memory" } else { "file" };

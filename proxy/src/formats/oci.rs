@@ -431,26 +431,16 @@ async fn manifest_by_tag(
                 );
                 return Ok((cached, CacheStatus::Hit));
             }
-            match head_digest(up, repo, tag).await {
-                Ok(Some(d)) if d == rec.digest => {
-                    put_tag(app, key, d)?;
-                    return Ok((cached, CacheStatus::Revalidated));
-                }
-                Ok(_) => {}
-                Err(e) if e.is_upstream_failure() && up.stale_allowed(age) => {
-                    tracing::warn!(tag = %key, error = %e, "tag revalidation failed; serving stale");
-                    return Ok((cached, CacheStatus::Stale));
-                }
-                Err(e) => return Err(e),
+            // Stale while revalidate: one background revalidation per tag, this client
+            // served now. A copy older than `max_stale` waits for the upstream instead.
+            if up.stale_allowed(age) {
+                revalidate_in_background(app, up, repo, tag, key, rec.digest);
+                return Ok((cached, CacheStatus::Stale));
             }
-            return match fetch_manifest(app, up, repo, tag.as_str(), None).await {
-                Ok(m) => {
-                    put_tag(app, key, m.digest)?;
-                    Ok((m, CacheStatus::Miss))
-                }
-                Err(e) if e.is_upstream_failure() && up.stale_allowed(age) => {
-                    Ok((cached, CacheStatus::Stale))
-                }
+            // Older than `max_stale`: the upstream's answer or its error.
+            return match revalidate_tag(app, up, repo, tag, key, rec.digest).await {
+                Ok(Revalidated::Unchanged) => Ok((cached, CacheStatus::Revalidated)),
+                Ok(Revalidated::Moved(m)) => Ok((m, CacheStatus::Miss)),
                 Err(e) => Err(e),
             };
         }
@@ -468,6 +458,124 @@ async fn manifest_by_tag(
                 app.remember_negative(key.to_string(), up.cfg.negative_ttl.get());
             }
             Err(e)
+        }
+    }
+}
+
+/// Revalidates the stale tag `key` (cached as `old`) in a task of its own, unless one is
+/// running or a failed one is waiting out its backoff.
+fn revalidate_in_background(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    tag: &Tag,
+    key: &str,
+    old: Digest,
+) {
+    if !app.tag_revalidations.start(key) {
+        return;
+    }
+    let (app, up, repo, tag, key) = (
+        app.clone(),
+        up.clone(),
+        repo.clone(),
+        tag.clone(),
+        key.to_string(),
+    );
+    tokio::spawn(async move {
+        let r = revalidate_tag(&app, &up, &repo, &tag, &key, old).await;
+        let backoff = r
+            .as_ref()
+            .is_err_and(|e| !matches!(e, ProxyError::NotFound { .. }))
+            .then(|| crate::docs::revalidation_backoff(up.cfg.tag_ttl.get()));
+        app.tag_revalidations.done(&key, backoff);
+        if let (Err(e), Some(wait)) = (r, backoff) {
+            tracing::warn!(tag = %key, error = %e, retry_in_s = wait.as_secs(), "tag revalidation failed; stale copy kept");
+        }
+    });
+}
+
+/// What revalidating a tag found.
+enum Revalidated {
+    /// It still points to the cached manifest.
+    Unchanged,
+    /// It moved: the manifest it points to now (fetched and stored).
+    Moved(Manifest),
+}
+
+/// Asks the upstream about the tag `key`, cached as `old`: a HEAD, and the manifest only
+/// when the digest moved. Records the answer; a tag gone upstream (404) is dropped and
+/// its 404 remembered.
+async fn revalidate_tag(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    tag: &Tag,
+    key: &str,
+    old: Digest,
+) -> Result<Revalidated, ProxyError> {
+    let r = async {
+        match head_digest(up, repo, tag).await? {
+            Some(d) if d == old => {
+                put_tag(app, key, d)?;
+                Ok(Revalidated::Unchanged)
+            }
+            _ => {
+                let m = fetch_manifest(app, up, repo, tag.as_str(), None).await?;
+                put_tag(app, key, m.digest)?;
+                Ok(Revalidated::Moved(m))
+            }
+        }
+    }
+    .await;
+    crate::metrics::record_revalidation(match &r {
+        Ok(Revalidated::Unchanged) => "not_modified",
+        Ok(Revalidated::Moved(_)) => "updated",
+        Err(ProxyError::NotFound { .. }) => "gone",
+        Err(_) => "failed",
+    });
+    if let Err(ProxyError::NotFound { .. }) = &r {
+        if let Err(e) = app.store.index().remove(Tree::Tags, key.as_bytes()) {
+            tracing::warn!(tag = %key, error = %e, "dropping a tag gone upstream failed");
+        }
+        app.remember_negative(key.to_string(), up.cfg.negative_ttl.get());
+    }
+    r
+}
+
+/// Tags being revalidated in the background, and those whose last revalidation failed,
+/// with when the next may start.
+#[derive(Default)]
+pub struct TagRevalidations {
+    /// Tag key → unix ms before which no revalidation starts (`u64::MAX`: one is running).
+    next: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl TagRevalidations {
+    /// Whether a revalidation of `key` may start now; if so it is marked running.
+    fn start(&self, key: &str) -> bool {
+        let now = unix_ms();
+        let mut next = self.next.lock();
+        if next.get(key).is_some_and(|&at| now < at) {
+            return false;
+        }
+        if next.len() >= 10_000 {
+            next.retain(|_, at| now < *at);
+        }
+        next.insert(key.to_string(), u64::MAX);
+        true
+    }
+
+    /// The revalidation of `key` is over; `backoff`: it failed, the next waits this long.
+    fn done(&self, key: &str, backoff: Option<std::time::Duration>) {
+        let mut next = self.next.lock();
+        match backoff {
+            Some(b) => {
+                next.insert(key.to_string(), unix_ms() + b.as_millis() as u64);
+            }
+            None => {
+                next.remove(key);
+            }
         }
     }
 }
