@@ -408,6 +408,44 @@ async fn upstream_503_serves_the_stale_page() {
     assert_eq!(r.status(), 200);
 }
 
+/// An HTML maintenance page answered with `200` is not a project page: an uncached project
+/// gets an error, and a cached page stays served (`STALE`) instead of being replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_page_with_200_does_not_replace_the_cached_page() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "metadata_ttl = \"1s\"");
+    let base = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let first = get(&base, Some(JSON)).await.text().await.expect("body");
+    assert!(first.contains(&d.wheel.filename));
+    let maintenance = PyFault::Page(
+        "text/html",
+        "<html><body><h1>Maintenance</h1><a href=\"/status\">status</a></body></html>".into(),
+    );
+    sim.fault("/simple/", maintenance);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        let r = get(&base, Some(JSON)).await;
+        assert_eq!(r.status(), 200);
+        caches.push(sluice_cache_header(&r));
+        assert_eq!(r.text().await.expect("body"), first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(caches.iter().all(|c| c == "STALE"), "{caches:?}");
+    let r = get(
+        &format!("{}/pypi/simple/other-pkg/", s.base_url()),
+        Some(JSON),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        502,
+        "a maintenance page served as a project page"
+    );
+    assert!(r.text().await.expect("body").contains("not a project page"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_pages_revalidate_with_etag_and_304() {
     let sim = PypiSim::start(Mode::Json).await;

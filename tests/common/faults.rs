@@ -59,6 +59,9 @@ pub enum BodyFault {
     /// Answer with this status, the format's error body and a `Retry-After` header with
     /// this value.
     RetryAfter(u16, String),
+    /// Answer `200` with this content type and body instead (a maintenance page, an
+    /// upstream's error page sent with a success status).
+    Page(&'static str, String),
     /// The inner fault for the next `remaining` matching requests, then normal service
     /// (build with [`BodyFault::first`]).
     Limited {

@@ -421,7 +421,13 @@ async fn write_resp<W: tokio::io::AsyncWrite + Unpin>(
     }
     let body = resp.body;
     match resp.fault {
-        None | Some(NpmFault::Status(_) | NpmFault::RetryAfter(..) | NpmFault::Limited { .. }) => {
+        None
+        | Some(
+            NpmFault::Status(_)
+            | NpmFault::RetryAfter(..)
+            | NpmFault::Page(..)
+            | NpmFault::Limited { .. },
+        ) => {
             // One chunk: it is the last.
             done();
             w.write_all(&body).await?
@@ -451,6 +457,9 @@ fn route(state: &State, req: &NpmReq) -> Resp {
         Some(NpmFault::RetryAfter(code, after)) => {
             return Resp::error(*code, "simulated upstream failure")
                 .header("Retry-After", after.clone())
+        }
+        Some(NpmFault::Page(content_type, body)) => {
+            return Resp::new(200, body.clone()).header("Content-Type", *content_type)
         }
         _ => {}
     }

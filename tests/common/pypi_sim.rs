@@ -321,6 +321,9 @@ fn route(state: &State, req: &PyReq) -> Resp {
             r.headers.push(("Retry-After".into(), after.clone()));
             return r;
         }
+        Some(PyFault::Page(content_type, body)) => {
+            return Resp::new(200, content_type, body.clone())
+        }
         _ => {}
     }
     let path = req.path.split('?').next().unwrap_or("");

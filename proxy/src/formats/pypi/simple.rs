@@ -383,6 +383,7 @@ fn parse_html_page(bytes: &[u8], page_url: &Url, fallback_name: &str) -> Result<
     let mut meta = Map::new();
     meta.insert("api-version".into(), Value::String("1.0".into()));
     let mut files = Vec::new();
+    let mut links = 0;
     for t in tags {
         match t.name.as_str() {
             "base" => {
@@ -421,7 +422,10 @@ fn parse_html_page(bytes: &[u8], page_url: &Url, fallback_name: &str) -> Result<
                 } else {
                     t.text.clone()
                 };
-                if filename.is_empty() || filename.contains('/') {
+                links += 1;
+                // Only distribution files: an index's other links (a parent directory, a
+                // maintenance page's "status") are not files to offer.
+                if filename.is_empty() || filename.contains('/') || !is_distribution(&filename) {
                     continue;
                 }
                 let meta_attr = t
@@ -463,6 +467,13 @@ fn parse_html_page(bytes: &[u8], page_url: &Url, fallback_name: &str) -> Result<
             }
         }
     }
+    // Links, none to a distribution file: an error or maintenance page answered with a
+    // 200, not a project page (refused like an upstream failure, so a cached page stays).
+    if links > 0 && files.is_empty() {
+        return Err(format!(
+            "not a project page: none of its {links} links is a distribution file"
+        ));
+    }
     Ok(Page {
         name: fallback_name.to_string(),
         meta,
@@ -470,6 +481,19 @@ fn parse_html_page(bytes: &[u8], page_url: &Url, fallback_name: &str) -> Result<
         files,
         extra: Map::new(),
     })
+}
+
+/// Whether `filename` names a distribution file: a wheel, an sdist or one of the legacy
+/// formats indexes still list (eggs, Windows installers, RPMs).
+pub fn is_distribution(filename: &str) -> bool {
+    const EXTENSIONS: [&str; 14] = [
+        ".whl", ".tar.gz", ".tgz", ".zip", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar", ".egg",
+        ".exe", ".msi", ".rpm", ".dmg",
+    ];
+    let lower = filename.to_ascii_lowercase();
+    EXTENSIONS
+        .iter()
+        .any(|e| lower.len() > e.len() && lower.ends_with(e))
 }
 
 /// How a file is linked from sluice's pages: its URL below the mount, and the hash pip
@@ -678,6 +702,27 @@ mod tests {
         assert!(!valid_normalized("Foo"));
         assert!(!valid_normalized("../x"));
         assert!(!valid_normalized(""));
+    }
+
+    #[test]
+    fn an_html_page_without_distribution_links_is_not_a_project_page() {
+        let url = Url::parse("http://idx/simple/demo/").unwrap();
+        let maintenance = b"<html><body><h1>Down for maintenance</h1>\
+            <a href=\"/status\">status</a> <a href=\"https://help.example/\">help</a></body></html>";
+        let e = parse_page(maintenance, "text/html", &url, "demo").unwrap_err();
+        assert!(e.contains("not a project page"), "{e}");
+        let mixed = b"<a href=\"../\">../</a><a href=\"demo-1.0-py3-none-any.whl#sha256=aa\">demo-1.0-py3-none-any.whl</a>\
+            <a href=\"demo-1.0.tar.gz\">demo-1.0.tar.gz</a><a href=\"README\">README</a>";
+        let page = parse_page(mixed, "text/html", &url, "demo").unwrap();
+        let names: Vec<_> = page.files.iter().map(|f| f.filename.as_str()).collect();
+        assert_eq!(names, ["demo-1.0-py3-none-any.whl", "demo-1.0.tar.gz"]);
+        // No links at all: a project with no files.
+        let empty = b"<html><body><h1>Links for demo</h1></body></html>";
+        assert!(parse_page(empty, "text/html", &url, "demo")
+            .unwrap()
+            .files
+            .is_empty());
+        assert!(is_distribution("Demo-1.0.WIN32.EXE") && !is_distribution(".whl"));
     }
 
     #[test]
