@@ -692,6 +692,46 @@ async fn upstream_404_is_blob_unknown_or_manifest_unknown() {
     .await;
 }
 
+/// Content cached for one repository is served under another only once the upstream says
+/// that one holds it too; an upstream that cannot be asked does not stop the cached copy
+/// (`sluice_oci_repository_checks_total{result="unconfirmed"}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_of_one_repository_is_served_under_another_only_when_the_upstream_holds_it_there() {
+    let sim = Sim::start().await;
+    let layer = random_bytes(3000, 23);
+    let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
+    let s = sluice_for(&sim, "retries = 0");
+    within(60, "repository links", async {
+        let c = http_client();
+        let url = |repo: &str| format!("{}/v2/{repo}/blobs/{}", s.base_url(), img.layer_digests[0]);
+        let f = get(&c, &url("app"), &[]).await;
+        assert_eq!((f.status, f.cache.as_str()), (200, "MISS"));
+        // Not in "other" upstream (the simulator keeps blobs by digest alone, so it is told
+        // to say so): 404, and nothing served.
+        sim.fault("/v2/other/blobs/", Fault::Status(404));
+        let f = get(&c, &url("other"), &[]).await;
+        assert_eq!(f.status, 404);
+        assert_eq!(sim.count("HEAD", "/v2/other/blobs/"), 1);
+        // The upstream down: the cached copy is served, unconfirmed.
+        drop(sim);
+        let f = get(&c, &url("third"), &[]).await;
+        assert_eq!((f.status, f.cache.as_str()), (200, "HIT"));
+        assert!(f.body.expect("body") == layer);
+        let m = s.metrics().await;
+        for (result, n) in [("refused", 1.0), ("unconfirmed", 1.0)] {
+            assert_eq!(
+                common::metrics::sample(
+                    &m,
+                    &format!("sluice_oci_repository_checks_total{{result=\"{result}\"}}")
+                ),
+                n,
+                "{result}"
+            );
+        }
+    })
+    .await;
+}
+
 /// A stale tag is answered at once from the cache while one background HEAD revalidates it,
 /// however slow the upstream: eight concurrent pulls past the TTL, with the upstream holding
 /// its answer, all get `STALE` within a second and the upstream sees one HEAD. Once it

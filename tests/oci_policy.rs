@@ -136,21 +136,44 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
     let reg = Registry::start();
     let tmp = tempfile::tempdir().unwrap();
     let (layout, _) = build_single_arch(&tmp.path().join("src"), "v1", 32);
-    push(
-        &layout.dir,
-        "v1",
-        &reg.host(),
-        "team/tool:v1",
-        PushFormat::Oci,
-    );
+    for dest in ["team/tool:v1", "team/copy:v1"] {
+        push(&layout.dir, "v1", &reg.host(), dest, PushFormat::Oci);
+    }
     let s = Sluice::start(&config(&reg, ""));
     let c = http_client();
     let url = format!("{}/v2/team/tool/manifests/v1", s.base_url());
     within(60, "reload", async {
-        let r = c.get(&url).send().await.unwrap();
+        let r = c
+            .get(&url)
+            .header("Accept", common::images::OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
+        let digest = common::header(&r, "docker-content-digest");
+        let manifest: serde_json::Value = r.json().await.unwrap();
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(sluice_cache_header(&r), "HIT");
+        let r = c
+            .get(format!("{}/v2/team/tool/blobs/{layer}", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        // The same content under a repository that also holds it upstream: served from
+        // the cache once the upstream confirmed it (one HEAD), then without asking.
+        let copy_blob = format!("{}/v2/team/copy/blobs/{layer}", s.base_url());
+        let copy_path = format!("/v2/team/copy/blobs/{layer}");
+        // skopeo's push asked too.
+        let (heads, gets) = (reg.count("HEAD", &copy_path), reg.count("GET", &copy_path));
+        for _ in 0..2 {
+            let r = c.get(&copy_blob).send().await.unwrap();
+            assert_eq!((r.status().as_u16(), sluice_cache_header(&r).as_str()), (200, "HIT"));
+        }
+        assert_eq!(reg.count("HEAD", &copy_path), heads + 1);
+        assert_eq!(reg.count("GET", &copy_path), gets);
 
         // Same config plus a deny rule, then SIGHUP.
         let path = s.config_path();
@@ -168,6 +191,20 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
         })
         .await;
         assert!(blocked, "the cached manifest was still served after the reload");
+        // Nor is it served by digest under another name, where the upstream does not hold it.
+        for path in [
+            format!("/v2/team/other/manifests/{digest}"),
+            format!("/v2/team/other/blobs/{layer}"),
+            format!("/v2/anything/at-all/blobs/{layer}"),
+        ] {
+            let r = c.get(format!("{}{path}", s.base_url())).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{path}: cached content of a denied repository");
+        }
+        let m = s.metrics().await;
+        assert_eq!(
+            common::metrics::sample(&m, "sluice_oci_repository_checks_total{result=\"refused\"}"),
+            3.0
+        );
         // Still running (SIGHUP must not terminate it).
         let h = c.get(format!("{}/-/healthz", s.base_url())).send().await.unwrap();
         assert_eq!(h.status(), 200);

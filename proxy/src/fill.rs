@@ -285,6 +285,11 @@ impl Fills {
         }
     }
 
+    /// Whether a fill of `expect` is registered (in progress or committing).
+    pub fn is_filling(&self, expect: &Expect) -> bool {
+        self.inflight.lock().contains_key(expect)
+    }
+
     /// The fill of `expect` in progress, if any. One whose body is complete and being
     /// committed is waited for and not returned: look in the store again.
     pub async fn in_flight(&self, expect: &Expect) -> Option<Arc<Fill>> {

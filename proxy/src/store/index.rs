@@ -34,6 +34,9 @@ pub enum Tree {
     Pins,
     /// Tag → last pull, unix milliseconds as 8 big-endian bytes (flushed in batches).
     Pulls,
+    /// `upstream/repository@digest` → empty: the upstream has shown that this repository
+    /// holds this manifest or blob (OCI content is served only under such a repository).
+    Links,
 }
 
 impl Tree {
@@ -47,6 +50,7 @@ impl Tree {
             Tree::Files => "files",
             Tree::Pins => "pins",
             Tree::Pulls => "pulls",
+            Tree::Links => "links",
         }
     }
 }
@@ -138,9 +142,9 @@ impl<I: Index + ?Sized> IndexExt for I {
 pub struct SledIndex {
     db: sled::Db,
     /// Opened once: `open_tree` is a lookup of its own.
-    trees: [sled::Tree; 8],
+    trees: [sled::Tree; 9],
     /// Per tree: see [`Index::generation`].
-    generations: [AtomicU64; 8],
+    generations: [AtomicU64; 9],
 }
 
 /// How long opening the index waits for another holder of its lock to let go: a sluice
@@ -184,11 +188,12 @@ impl SledIndex {
             Tree::Files,
             Tree::Pins,
             Tree::Pulls,
+            Tree::Links,
         ]
         .map(|t| db.open_tree(t.name()));
-        let [a, b, c, d, e, f, g, h] = trees;
+        let [a, b, c, d, e, f, g, h, i] = trees;
         Ok(SledIndex {
-            trees: [a?, b?, c?, d?, e?, f?, g?, h?],
+            trees: [a?, b?, c?, d?, e?, f?, g?, h?, i?],
             generations: Default::default(),
             db,
         })

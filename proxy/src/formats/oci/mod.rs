@@ -25,6 +25,8 @@ use crate::store::index::{IndexExt, ManifestRecord, MetaRecord, TagRecord, Tree}
 use crate::store::unix_ms;
 use crate::upstream::{accept, Upstream};
 
+mod links;
+
 /// Every manifest media type sluice asks upstreams for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -305,6 +307,7 @@ async fn manifest_by_digest(
     d: Digest,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
     if let Some(m) = cached_manifest(app, &d) {
+        links::confirm(app, up, repo, &d, links::Content::Manifest).await?;
         return Ok((m, CacheStatus::Hit));
     }
     let m = fetch_manifest(app, up, repo, &d.to_string(), Some(d)).await?;
@@ -703,6 +706,12 @@ async fn fetch_manifest_once(
             .to_string(),
         ct => ct.to_string(),
     };
+    // This repository holds the manifest and what it refers to (recorded with it).
+    let link_keys = links::keys(
+        up,
+        repo,
+        std::iter::once(actual).chain(links::referenced(&doc)),
+    );
     let store = app.store.clone();
     let (b2, mt) = (bytes.clone(), media_type.clone());
     // The media type lives only in the index, so it is flushed before the manifest is
@@ -717,6 +726,7 @@ async fn fetch_manifest_once(
             .index()
             .put_rec(Tree::Manifests, digest.as_bytes(), &rec)
             .map_err(ProxyError::internal)?;
+        links::put(store.index().as_ref(), &link_keys)?;
         store.index().flush().map_err(ProxyError::internal)?;
         Ok(digest)
     })
@@ -756,6 +766,11 @@ async fn blob(
     range: Option<ByteRange>,
     head: bool,
 ) -> Result<Reply, ProxyError> {
+    // A copy stored or being fetched for another repository is served here only once
+    // this repository is known to hold it.
+    if app.store.contains(&d) || app.fills.is_filling(&Expect::Sha256(d)) {
+        links::confirm(app, up, repo, &d, links::Content::Blob).await?;
+    }
     if let Some(bytes) = app.store.read(&d) {
         return serve_stored(d, bytes, range, CacheStatus::Hit);
     }
@@ -793,7 +808,7 @@ async fn blob(
         r.head_length = crate::upstream::stated_length(&resp);
         return Ok(r);
     }
-    let (up2, scope2) = (up.clone(), scope(repo));
+    let (app2, up2, repo2, scope2) = (app.clone(), up.clone(), repo.clone(), scope(repo));
     let opener = Box::new(move || {
         async move {
             let resp = up2
@@ -802,6 +817,7 @@ async fn blob(
             if !resp.status().is_success() {
                 return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
             }
+            links::link(&app2, &up2, &repo2, d).await;
             Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
