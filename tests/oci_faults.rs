@@ -107,12 +107,15 @@ async fn concurrent_pulls_of_a_missing_blob_cause_exactly_one_upstream_fetch() {
             heads.load(Ordering::SeqCst) == CLIENTS
         })
         .await;
-        // While the upstream is stalled, no second fetch may have started.
+        // While the upstream is stalled, no second fetch may have started, and no client
+        // asked the upstream whether the repository holds the blob (the fill itself shows
+        // it).
         assert_eq!(
             sim.blob_gets(&digest),
             1,
             "upstream blob GETs while {CLIENTS} clients wait on one fill"
         );
+        assert_eq!(sim.count("HEAD", &digest), 0, "upstream HEADs of the filling blob");
         eprintln!(
             "{} of {CLIENTS} clients had response heads while the upstream was stalled",
             heads.load(Ordering::SeqCst)

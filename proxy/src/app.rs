@@ -48,6 +48,8 @@ pub struct App {
     pub oci_hot: crate::formats::oci::HotTags,
     /// Stale OCI tags being revalidated in the background.
     pub tag_revalidations: crate::formats::oci::TagRevalidations,
+    /// OCI blobs being fetched from a repository's upstream right now.
+    pub oci_fetching: crate::formats::oci::links::Fetching,
 }
 
 impl App {
@@ -103,6 +105,7 @@ impl App {
             stats,
             oci_hot: Default::default(),
             tag_revalidations: Default::default(),
+            oci_fetching: Default::default(),
             config,
         })
     }

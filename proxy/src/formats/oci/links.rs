@@ -6,6 +6,7 @@
 //! denies now, or a private one sluice has credentials for) could be read by digest under
 //! any other name, as a registry's own repositories never allow.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -29,7 +30,48 @@ fn key(up: &Upstream, repo: &RepoName, d: &Digest) -> String {
     format!("{}/{repo}@{d}", up.name())
 }
 
+/// Requests fetching a digest from a repository's upstream right now, by link key. While
+/// one is, other requests for it there join its fill without asking the upstream first
+/// (the upstream's answer to the fill is the confirmation): a thousand clients on one cold
+/// blob cause no `HEAD`s.
+#[derive(Default)]
+pub struct Fetching(parking_lot::Mutex<HashMap<String, usize>>);
+
+/// Marks a fetch in progress until dropped.
+pub struct FetchingGuard<'a> {
+    of: &'a Fetching,
+    key: String,
+}
+
+impl Fetching {
+    /// Marks `repo` of `up` as fetching `d` until the guard drops.
+    pub fn enter(&self, up: &Upstream, repo: &RepoName, d: &Digest) -> FetchingGuard<'_> {
+        let key = key(up, repo, d);
+        *self.0.lock().entry(key.clone()).or_default() += 1;
+        FetchingGuard { of: self, key }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.0.lock().contains_key(key)
+    }
+}
+
+impl Drop for FetchingGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.of.0.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn is_linked(app: &App, up: &Upstream, repo: &RepoName, d: &Digest) -> bool {
+    if app.oci_fetching.contains(&key(up, repo, d)) {
+        return true;
+    }
     app.store
         .index()
         .get(Tree::Links, key(up, repo, d).as_bytes())

@@ -25,7 +25,7 @@ use crate::store::index::{IndexExt, ManifestRecord, MetaRecord, TagRecord, Tree}
 use crate::store::unix_ms;
 use crate::upstream::{accept, Upstream};
 
-mod links;
+pub(crate) mod links;
 
 /// Every manifest media type sluice asks upstreams for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -778,6 +778,9 @@ async fn blob(
     if app.is_negative(&neg_key) {
         return Err(blob_unknown(&d));
     }
+    // Until its fill has started (and the upstream answered), this request is what shows
+    // that this repository holds the blob: others for it here do not ask again.
+    let _fetching = app.oci_fetching.enter(up, repo, &d);
     let path = format!("/v2/{repo}/blobs/{d}");
     if head {
         // A HEAD does not start a fill. One in progress knows the size once the upstream
