@@ -115,7 +115,11 @@ async fn concurrent_pulls_of_a_missing_blob_cause_exactly_one_upstream_fetch() {
             1,
             "upstream blob GETs while {CLIENTS} clients wait on one fill"
         );
-        assert_eq!(sim.count("HEAD", &digest), 0, "upstream HEADs of the filling blob");
+        assert_eq!(
+            sim.count("HEAD", &digest),
+            0,
+            "upstream HEADs of the filling blob"
+        );
         eprintln!(
             "{} of {CLIENTS} clients had response heads while the upstream was stalled",
             heads.load(Ordering::SeqCst)
@@ -731,6 +735,34 @@ async fn content_of_one_repository_is_served_under_another_only_when_the_upstrea
                 "{result}"
             );
         }
+    })
+    .await;
+}
+
+/// An upstream that refuses a cached tag (401: the repository made private, or deleted on
+/// Docker Hub) is answered, not papered over: after one stale answer the pull gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_the_upstream_refuses_is_not_served_stale_on() {
+    let sim = Sim::start().await;
+    sim.push_image("app", "v1", &[random_bytes(1000, 24)]);
+    let s = sluice_for(&sim, "");
+    within(60, "refused tag", async {
+        let c = http_client();
+        let url = format!("{}/v2/app/manifests/v1", s.base_url());
+        let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
+        assert_eq!((f.status, f.cache.as_str()), (200, "MISS"));
+        sim.fault("/manifests/v1", Fault::Status(401));
+        tokio::time::sleep(Duration::from_millis(1600)).await; // tag_ttl = 1s
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
+            seen.push((f.status, f.cache.clone()));
+            if f.status != 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen.last().map(|s| s.0), Some(403), "{seen:?}");
     })
     .await;
 }

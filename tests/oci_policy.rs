@@ -174,6 +174,31 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
         }
         assert_eq!(reg.count("HEAD", &copy_path), heads + 1);
         assert_eq!(reg.count("GET", &copy_path), gets);
+        // A manifest confirmed there vouches for what it refers to: its config, cached for
+        // team/tool, is then served for team/copy without asking.
+        let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+        let r = c
+            .get(format!("{}/v2/team/tool/blobs/{config}", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .get(format!("{}/v2/team/copy/manifests/{digest}", s.base_url()))
+            .header("Accept", common::images::OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), sluice_cache_header(&r).as_str()), (200, "HIT"));
+        let config_path = format!("/v2/team/copy/blobs/{config}");
+        let heads = reg.count("HEAD", &config_path);
+        let r = c
+            .get(format!("{}{config_path}", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), sluice_cache_header(&r).as_str()), (200, "HIT"));
+        assert_eq!(reg.count("HEAD", &config_path), heads, "the config was confirmed again");
 
         // Same config plus a deny rule, then SIGHUP.
         let path = s.config_path();

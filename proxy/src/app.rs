@@ -48,8 +48,8 @@ pub struct App {
     pub oci_hot: crate::formats::oci::HotTags,
     /// Stale OCI tags being revalidated in the background.
     pub tag_revalidations: crate::formats::oci::TagRevalidations,
-    /// OCI blobs being fetched from a repository's upstream right now.
-    pub oci_fetching: crate::formats::oci::links::Fetching,
+    /// Upstream confirmations that a repository holds a cached digest, in flight.
+    pub oci_confirms: Flights<()>,
 }
 
 impl App {
@@ -105,7 +105,7 @@ impl App {
             stats,
             oci_hot: Default::default(),
             tag_revalidations: Default::default(),
-            oci_fetching: Default::default(),
+            oci_confirms: Flights::default(),
             config,
         })
     }

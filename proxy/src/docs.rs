@@ -231,6 +231,9 @@ pub struct Docs {
     retry_at: moka::sync::Cache<String, u64>,
 }
 
+/// How long a background revalidation is taken to be running, should its task never end.
+const RUNNING_MARK: Duration = Duration::from_secs(300);
+
 /// How long a failed background revalidation waits before the next: the TTL, within 1 s
 /// and 30 s.
 pub fn revalidation_backoff(ttl: Duration) -> Duration {
@@ -350,6 +353,10 @@ impl Docs {
             if self.retry_at.get(key).is_some_and(|at| unix_ms() < at) {
                 return Ok((doc, CacheStatus::Stale));
             }
+            // Running (bounded, should the task never finish): later stale requests do not
+            // start another.
+            self.retry_at
+                .insert(key.to_string(), unix_ms() + RUNNING_MARK.as_millis() as u64);
             let (this, key2, old) = (self.clone(), key.to_string(), doc.clone());
             tokio::spawn(async move {
                 let r = this.clone().refresh(&key2, Some(old), fetch).await;
@@ -357,7 +364,17 @@ impl Docs {
                 match r {
                     Ok(_) => this.retry_at.invalidate(&key2),
                     // Gone upstream: a 404 from now on, as for a document never cached.
-                    Err(e) if is_not_found_err(&e) => this.forget_gone(&key2, fresh.negative_ttl),
+                    Err(e) if is_not_found_err(&e) => {
+                        this.retry_at.invalidate(&key2);
+                        this.forget_gone(&key2, fresh.negative_ttl);
+                    }
+                    // Refused (401, 403, ...): the next request asks in the foreground and
+                    // gets the refusal; the copy is not served on.
+                    Err(e) if e.is_refusal() => {
+                        this.retry_at.invalidate(&key2);
+                        this.forget(&key2);
+                        tracing::warn!(key = %key2, error = %e, "upstream refused a cached document; dropped");
+                    }
                     Err(e) => {
                         let wait = revalidation_backoff(fresh.ttl);
                         this.retry_at
@@ -393,11 +410,16 @@ impl Docs {
     /// connection failures, timeouts, 5xx and 429 keep a stale copy served), and remembers
     /// the 404.
     fn forget_gone(&self, key: &str, negative_ttl: Duration) {
+        self.forget(key);
+        self.remember_404(key, negative_ttl);
+    }
+
+    /// Drops the cached document `key`.
+    fn forget(&self, key: &str) {
         if let Err(e) = self.store.index().remove(Tree::Meta, key.as_bytes()) {
-            tracing::warn!(key, error = %e, "dropping a document gone upstream failed");
+            tracing::warn!(key, error = %e, "dropping a cached document failed");
         }
         self.hot.invalidate(key);
-        self.remember_404(key, negative_ttl);
     }
 
     fn remember_404(&self, key: &str, ttl: Duration) {
@@ -548,6 +570,11 @@ mod tests {
                         status: Some(503),
                     }),
                     "404" => Ok(Fetched::NotFound),
+                    "403" => Err(ProxyError::Upstream {
+                        upstream: "u".into(),
+                        message: "forbidden".into(),
+                        status: Some(403),
+                    }),
                     "304" if v.is_some() => Ok(Fetched::NotModified),
                     body => Ok(Fetched::Doc {
                         bytes: Bytes::from(body),
@@ -684,6 +711,29 @@ mod tests {
             Err(ProxyError::NotFound { .. })
         ));
         assert!(docs.peek("f").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_background_revalidation_drops_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new("v1"));
+        let f = fetcher(calls.clone(), mode.clone());
+        docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        *mode.lock() = "403";
+        let (_, s) = docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
+        assert_eq!(s, CacheStatus::Stale);
+        calls_reach(&calls, 2).await;
+        assert!(
+            docs.peek("k").is_none(),
+            "a refused document is still cached"
+        );
+        let e = docs
+            .get("k", fresh(0), false, f.clone(), nf)
+            .await
+            .unwrap_err();
+        assert!(e.is_refusal(), "{e}");
     }
 
     #[tokio::test]

@@ -126,6 +126,13 @@ impl ProxyError {
         ProxyError::Internal(e.to_string())
     }
 
+    /// Whether the upstream refused (a 4xx other than 404, 408 and 429: an answer, not a
+    /// failure), so a cached copy of what it refuses is not served on.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ProxyError::Upstream { status: Some(s), .. }
+            if (400..500).contains(s) && !matches!(s, 404 | 408 | 429))
+    }
+
     /// Whether this is a failure of the upstream (as opposed to an answer from it), so a
     /// stale cached copy may be served instead.
     pub fn is_upstream_failure(&self) -> bool {

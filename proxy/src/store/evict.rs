@@ -257,7 +257,8 @@ impl Store {
         Ok(report)
     }
 
-    /// Drops tag, document, manifest and alias records whose content is not stored.
+    /// Drops tag, document, manifest, alias and repository-link records whose content is
+    /// not stored.
     fn gc_index(&self) -> anyhow::Result<u64> {
         let mut dropped = 0;
         let mut drop_if = |tree: Tree, k: &[u8], d: Option<Digest>| -> anyhow::Result<()> {
@@ -286,6 +287,14 @@ impl Store {
         }
         for (k, _) in self.index.scan(Tree::Manifests)? {
             drop_if(Tree::Manifests, &k, Digest::from_bytes(&k))?;
+        }
+        // Repository links: `upstream/repository@digest`.
+        for (k, _) in self.index.scan(Tree::Links)? {
+            let d = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|k| k.rsplit_once('@'))
+                .and_then(|(_, d)| d.parse().ok());
+            drop_if(Tree::Links, &k, d)?;
         }
         Ok(dropped + super::pulls::gc_pulls(&*self.index)?)
     }
@@ -414,9 +423,13 @@ mod tests {
         s.index
             .put(Tree::Aliases, b"sha512:x", d.as_bytes())
             .unwrap();
+        s.index
+            .put(Tree::Links, format!("up/team/app@{d}").as_bytes(), b"")
+            .unwrap();
         assert_eq!(s.gc_index().unwrap(), 0);
         s.remove(&d).unwrap();
-        assert_eq!(s.gc_index().unwrap(), 2);
+        assert_eq!(s.gc_index().unwrap(), 3);
         assert!(s.index.scan(Tree::Tags).unwrap().is_empty());
+        assert!(s.index.scan(Tree::Links).unwrap().is_empty());
     }
 }

@@ -6,9 +6,9 @@
 //! denies now, or a private one sluice has credentials for) could be read by digest under
 //! any other name, as a registry's own repositories never allow.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use http::{HeaderMap, Method};
 
 use super::{blob_unknown, manifest_unknown, scope, MANIFEST_ACCEPT};
@@ -30,48 +30,7 @@ fn key(up: &Upstream, repo: &RepoName, d: &Digest) -> String {
     format!("{}/{repo}@{d}", up.name())
 }
 
-/// Requests fetching a digest from a repository's upstream right now, by link key. While
-/// one is, other requests for it there join its fill without asking the upstream first
-/// (the upstream's answer to the fill is the confirmation): a thousand clients on one cold
-/// blob cause no `HEAD`s.
-#[derive(Default)]
-pub struct Fetching(parking_lot::Mutex<HashMap<String, usize>>);
-
-/// Marks a fetch in progress until dropped.
-pub struct FetchingGuard<'a> {
-    of: &'a Fetching,
-    key: String,
-}
-
-impl Fetching {
-    /// Marks `repo` of `up` as fetching `d` until the guard drops.
-    pub fn enter(&self, up: &Upstream, repo: &RepoName, d: &Digest) -> FetchingGuard<'_> {
-        let key = key(up, repo, d);
-        *self.0.lock().entry(key.clone()).or_default() += 1;
-        FetchingGuard { of: self, key }
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        self.0.lock().contains_key(key)
-    }
-}
-
-impl Drop for FetchingGuard<'_> {
-    fn drop(&mut self) {
-        let mut map = self.of.0.lock();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
 fn is_linked(app: &App, up: &Upstream, repo: &RepoName, d: &Digest) -> bool {
-    if app.oci_fetching.contains(&key(up, repo, d)) {
-        return true;
-    }
     app.store
         .index()
         .get(Tree::Links, key(up, repo, d).as_bytes())
@@ -100,10 +59,16 @@ pub fn put(index: &dyn Index, keys: &[String]) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Records that `repo` of `up` holds `d`, flushed to disk (off the async threads) so that
-/// a crash does not send the next request for it to the upstream to confirm it again.
-pub async fn link(app: &Arc<App>, up: &Upstream, repo: &RepoName, d: Digest) {
-    let (store, keys) = (app.store.clone(), keys(up, repo, [d]));
+/// Records that `repo` of `up` holds `digests`, flushed to disk (off the async threads)
+/// so that after a crash the next request for them is not sent to the upstream to confirm
+/// them again.
+pub async fn link(
+    app: &Arc<App>,
+    up: &Upstream,
+    repo: &RepoName,
+    digests: impl IntoIterator<Item = Digest>,
+) {
+    let (store, keys) = (app.store.clone(), keys(up, repo, digests));
     let r = tokio::task::spawn_blocking(move || {
         put(store.index().as_ref(), &keys)?;
         store.index().flush().map_err(ProxyError::internal)
@@ -112,7 +77,7 @@ pub async fn link(app: &Arc<App>, up: &Upstream, repo: &RepoName, d: Digest) {
     .map_err(ProxyError::internal)
     .and_then(|r| r);
     if let Err(e) = r {
-        tracing::warn!(%repo, digest = %d, error = %e, "recording a repository link failed");
+        tracing::warn!(%repo, error = %e, "recording repository links failed");
     }
 }
 
@@ -132,7 +97,9 @@ pub fn referenced(doc: &serde_json::Value) -> Vec<Digest> {
 }
 
 /// Confirms that `repo` holds `d` before a copy cached (or being fetched) for another
-/// repository is served under it. An upstream that cannot be asked (down, offline) does
+/// repository is served under it; once confirmed, `d` and what `also` lists (a manifest's
+/// references) are linked to `repo`. One upstream `HEAD` per repository and digest at a
+/// time, however many clients ask. An upstream that cannot be asked (down, offline) does
 /// not stop a cached copy from being served; one that says no does.
 pub async fn confirm(
     app: &Arc<App>,
@@ -140,10 +107,42 @@ pub async fn confirm(
     repo: &RepoName,
     d: &Digest,
     what: Content,
+    also: impl FnOnce() -> Vec<Digest>,
 ) -> Result<(), ProxyError> {
     if up.is_offline() || is_linked(app, up, repo, d) {
         return Ok(());
     }
+    let (app2, up2, repo2, d2) = (app.clone(), up.clone(), repo.clone(), *d);
+    let answer = app
+        .oci_confirms
+        .run(&key(up, repo, d), move || {
+            async move { ask(&app2, &up2, &repo2, &d2, what).await }.boxed()
+        })
+        .await;
+    match answer {
+        Ok(()) => {
+            let more = also();
+            if !more.is_empty() {
+                link(app, up, repo, more).await;
+            }
+            Ok(())
+        }
+        Err(e) if e.is_upstream_failure() => {
+            tracing::warn!(%repo, digest = %d, error = %e, "cannot confirm the repository holds a cached digest; serving it");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The upstream's `HEAD` of `d` in `repo`: linked when it is there.
+async fn ask(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    d: &Digest,
+    what: Content,
+) -> Result<(), ProxyError> {
     let (path, headers, not_found) = match what {
         Content::Manifest => (
             format!("/v2/{repo}/manifests/{d}"),
@@ -170,15 +169,8 @@ pub async fn confirm(
         Err(_) => "refused",
     };
     metrics::counter!("sluice_oci_repository_checks_total", "result" => result).increment(1);
-    match answer {
-        Ok(()) => {
-            link(app, up, repo, *d).await;
-            Ok(())
-        }
-        Err(e) if e.is_upstream_failure() => {
-            tracing::warn!(%repo, digest = %d, error = %e, "cannot confirm the repository holds a cached digest; serving it");
-            Ok(())
-        }
-        Err(e) => Err(e),
+    if answer.is_ok() {
+        link(app, up, repo, [*d]).await;
     }
+    answer
 }

@@ -307,7 +307,15 @@ async fn manifest_by_digest(
     d: Digest,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
     if let Some(m) = cached_manifest(app, &d) {
-        links::confirm(app, up, repo, &d, links::Content::Manifest).await?;
+        // Confirmed here: so are the digests it refers to (an index's platform manifests,
+        // an image's layers), which its clients ask for next.
+        let bytes = m.bytes.clone();
+        let referenced = move || {
+            serde_json::from_slice(&bytes)
+                .map(|doc| links::referenced(&doc))
+                .unwrap_or_default()
+        };
+        links::confirm(app, up, repo, &d, links::Content::Manifest, referenced).await?;
         return Ok((m, CacheStatus::Hit));
     }
     let m = fetch_manifest(app, up, repo, &d.to_string(), Some(d)).await?;
@@ -486,16 +494,38 @@ fn revalidate_in_background(
         key.to_string(),
     );
     tokio::spawn(async move {
+        // Marks the revalidation over however the task ends (a panic too).
+        let mut running = Running {
+            of: &app.tag_revalidations,
+            key: &key,
+            backoff: None,
+        };
         let r = revalidate_tag(&app, &up, &repo, &tag, &key, old).await;
-        let backoff = r
+        // A failure waits; an answer (moved, gone, refused) was acted on.
+        let failed = r
             .as_ref()
-            .is_err_and(|e| !matches!(e, ProxyError::NotFound { .. }))
-            .then(|| crate::docs::revalidation_backoff(up.cfg.tag_ttl.get()));
-        app.tag_revalidations.done(&key, backoff);
-        if let (Err(e), Some(wait)) = (r, backoff) {
+            .err()
+            .filter(|e| !matches!(e, ProxyError::NotFound { .. }) && !e.is_refusal());
+        if let Some(e) = failed {
+            let wait = crate::docs::revalidation_backoff(up.cfg.tag_ttl.get());
+            running.backoff = Some(wait);
             tracing::warn!(tag = %key, error = %e, retry_in_s = wait.as_secs(), "tag revalidation failed; stale copy kept");
         }
     });
+}
+
+/// A background revalidation of a tag, marked over when dropped.
+struct Running<'a> {
+    of: &'a TagRevalidations,
+    key: &'a str,
+    /// It failed: the next waits this long.
+    backoff: Option<std::time::Duration>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.of.done(self.key, self.backoff);
+    }
 }
 
 /// What revalidating a tag found.
@@ -537,11 +567,18 @@ async fn revalidate_tag(
         Err(ProxyError::NotFound { .. }) => "gone",
         Err(_) => "failed",
     });
-    if let Err(ProxyError::NotFound { .. }) = &r {
-        if let Err(e) = app.store.index().remove(Tree::Tags, key.as_bytes()) {
-            tracing::warn!(tag = %key, error = %e, "dropping a tag gone upstream failed");
+    // Gone (404) or refused (401, 403, ...): the tag is dropped, so the next pull asks in
+    // the foreground and gets the upstream's answer (a 404 is also remembered).
+    if let Err(e) = &r {
+        let gone = matches!(e, ProxyError::NotFound { .. });
+        if gone || e.is_refusal() {
+            if let Err(e) = app.store.index().remove(Tree::Tags, key.as_bytes()) {
+                tracing::warn!(tag = %key, error = %e, "dropping a tag failed");
+            }
         }
-        app.remember_negative(key.to_string(), up.cfg.negative_ttl.get());
+        if gone {
+            app.remember_negative(key.to_string(), up.cfg.negative_ttl.get());
+        }
     }
     r
 }
@@ -766,32 +803,33 @@ async fn blob(
     range: Option<ByteRange>,
     head: bool,
 ) -> Result<Reply, ProxyError> {
-    // A copy stored or being fetched for another repository is served here only once
-    // this repository is known to hold it.
-    if app.store.contains(&d) || app.fills.is_filling(&Expect::Sha256(d)) {
-        links::confirm(app, up, repo, &d, links::Content::Blob).await?;
-    }
+    // A copy stored or being fetched, perhaps for another repository, is served here only
+    // once this repository is known to hold it (`links::confirm`).
+    let confirm = || links::confirm(app, up, repo, &d, links::Content::Blob, Vec::new);
     if let Some(bytes) = app.store.read(&d) {
+        confirm().await?;
         return serve_stored(d, bytes, range, CacheStatus::Hit);
     }
-    let neg_key = format!("{}/blob/{d}", up.name());
+    // Per repository: a 404 in one says nothing of another.
+    let neg_key = format!("{}/{repo}/blob/{d}", up.name());
     if app.is_negative(&neg_key) {
         return Err(blob_unknown(&d));
     }
-    // Until its fill has started (and the upstream answered), this request is what shows
-    // that this repository holds the blob: others for it here do not ask again.
-    let _fetching = app.oci_fetching.enter(up, repo, &d);
     let path = format!("/v2/{repo}/blobs/{d}");
     if head {
         // A HEAD does not start a fill. One in progress knows the size once the upstream
         // answered; one just committed is in the store.
         match app.fills.known_without_fetching(d).await {
             Some(Known::Filling(len)) => {
+                confirm().await?;
                 let mut r = blob_headers(Reply::new(StatusCode::OK, CacheStatus::Miss), &d);
                 r.head_length = Some(len);
                 return Ok(r);
             }
-            Some(Known::Stored(bytes)) => return serve_stored(d, bytes, range, CacheStatus::Hit),
+            Some(Known::Stored(bytes)) => {
+                confirm().await?;
+                return serve_stored(d, bytes, range, CacheStatus::Hit);
+            }
             None => {}
         }
         // Otherwise ask the upstream whether (and how big) it is.
@@ -811,7 +849,16 @@ async fn blob(
         r.head_length = crate::upstream::stated_length(&resp);
         return Ok(r);
     }
-    let (app2, up2, repo2, scope2) = (app.clone(), up.clone(), repo.clone(), scope(repo));
+    // Set when this request's opener starts the fill: the upstream's answer to it is what
+    // shows this repository holds the blob.
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (app2, up2, repo2, scope2, opened2) = (
+        app.clone(),
+        up.clone(),
+        repo.clone(),
+        scope(repo),
+        opened.clone(),
+    );
     let opener = Box::new(move || {
         async move {
             let resp = up2
@@ -820,7 +867,8 @@ async fn blob(
             if !resp.status().is_success() {
                 return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
             }
-            links::link(&app2, &up2, &repo2, d).await;
+            opened2.store(true, std::sync::atomic::Ordering::Release);
+            links::link(&app2, &up2, &repo2, [d]).await;
             Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
@@ -835,6 +883,7 @@ async fn blob(
             .store
             .read(&d)
             .ok_or_else(|| ProxyError::internal("stored blob vanished"))?;
+        confirm().await?;
         return serve_stored(d, bytes, range, CacheStatus::Hit);
     };
     let len = match fill.started().await {
@@ -846,6 +895,11 @@ async fn blob(
             return Err(e);
         }
     };
+    // Joined a fill another request opened, perhaps for another repository (one opened
+    // for this one linked it before it started).
+    if !opened.load(std::sync::atomic::Ordering::Acquire) {
+        confirm().await?;
+    }
     match (range, len) {
         (Some(r), Some(total)) => {
             let (start, end) = r

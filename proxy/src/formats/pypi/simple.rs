@@ -422,10 +422,13 @@ fn parse_html_page(bytes: &[u8], page_url: &Url, fallback_name: &str) -> Result<
                 } else {
                     t.text.clone()
                 };
+                if filename.is_empty() || filename.contains('/') {
+                    continue; // `../`, `/`: navigation, not a file link
+                }
                 links += 1;
-                // Only distribution files: an index's other links (a parent directory, a
-                // maintenance page's "status") are not files to offer.
-                if filename.is_empty() || filename.contains('/') || !is_distribution(&filename) {
+                // Only distribution files: an index's other links (a maintenance page's
+                // "status") are not files to offer.
+                if !is_distribution(&filename) {
                     continue;
                 }
                 let meta_attr = t
@@ -716,12 +719,16 @@ mod tests {
         let page = parse_page(mixed, "text/html", &url, "demo").unwrap();
         let names: Vec<_> = page.files.iter().map(|f| f.filename.as_str()).collect();
         assert_eq!(names, ["demo-1.0-py3-none-any.whl", "demo-1.0.tar.gz"]);
-        // No links at all: a project with no files.
-        let empty = b"<html><body><h1>Links for demo</h1></body></html>";
-        assert!(parse_page(empty, "text/html", &url, "demo")
-            .unwrap()
-            .files
-            .is_empty());
+        // No links at all, or only navigation: a project with no files.
+        for empty in [
+            &b"<html><body><h1>Links for demo</h1></body></html>"[..],
+            &b"<a href=\"../\">../</a>"[..],
+        ] {
+            assert!(parse_page(empty, "text/html", &url, "demo")
+                .unwrap()
+                .files
+                .is_empty());
+        }
         assert!(is_distribution("Demo-1.0.WIN32.EXE") && !is_distribution(".whl"));
     }
 
