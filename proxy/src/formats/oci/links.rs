@@ -59,26 +59,20 @@ pub fn put(index: &dyn Index, keys: &[String]) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Records that `repo` of `up` holds `digests`, flushed to disk (off the async threads)
-/// so that after a crash the next request for them is not sent to the upstream to confirm
-/// them again.
-pub async fn link(
-    app: &Arc<App>,
-    up: &Upstream,
-    repo: &RepoName,
-    digests: impl IntoIterator<Item = Digest>,
-) {
-    let (store, keys) = (app.store.clone(), keys(up, repo, digests));
-    let r = tokio::task::spawn_blocking(move || {
-        put(store.index().as_ref(), &keys)?;
-        store.index().flush().map_err(ProxyError::internal)
-    })
-    .await
-    .map_err(ProxyError::internal)
-    .and_then(|r| r);
-    if let Err(e) = r {
+/// Records that `repo` of `up` holds `digests`. The index is flushed in the background, not
+/// on a client's path (no fsync before a cold blob's first byte): a crash before it lands
+/// costs one upstream `HEAD` to confirm them again.
+pub fn link(app: &App, up: &Upstream, repo: &RepoName, digests: impl IntoIterator<Item = Digest>) {
+    if let Err(e) = put(app.store.index().as_ref(), &keys(up, repo, digests)) {
         tracing::warn!(%repo, error = %e, "recording repository links failed");
+        return;
     }
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.index().flush() {
+            tracing::warn!(error = %e, "flushing repository links failed");
+        }
+    });
 }
 
 /// The digests a manifest refers to: its config, layers, an index's manifests, a subject.
@@ -123,7 +117,7 @@ pub async fn confirm(
         Ok(()) => {
             let more = also();
             if !more.is_empty() {
-                link(app, up, repo, more).await;
+                link(app, up, repo, more);
             }
             Ok(())
         }
@@ -170,7 +164,7 @@ async fn ask(
     };
     metrics::counter!("sluice_oci_repository_checks_total", "result" => result).increment(1);
     if answer.is_ok() {
-        link(app, up, repo, [*d]).await;
+        link(app, up, repo, [*d]);
     }
     answer
 }

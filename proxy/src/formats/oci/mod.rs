@@ -868,7 +868,7 @@ async fn blob(
                 return Err(up2.status_error(resp.status(), &path, blob_unknown(&d)));
             }
             opened2.store(true, std::sync::atomic::Ordering::Release);
-            links::link(&app2, &up2, &repo2, [d]).await;
+            links::link(&app2, &up2, &repo2, [d]);
             Ok(UpstreamBody::from_response(up2.clone(), resp))
         }
         .boxed()
