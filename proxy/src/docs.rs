@@ -588,6 +588,26 @@ mod tests {
         })
     }
 
+    type Mode = Arc<parking_lot::Mutex<&'static str>>;
+
+    /// A cache over a fresh store and a [`fetcher`] starting in `mode`.
+    fn setup(
+        mode: &'static str,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Docs>,
+        Arc<AtomicUsize>,
+        Mode,
+        Fetcher,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(parking_lot::Mutex::new(mode));
+        let f = fetcher(calls.clone(), mode.clone());
+        (dir, docs, calls, mode, f)
+    }
+
     fn nf() -> ProxyError {
         ProxyError::NotFound {
             code: "NOT_FOUND",
@@ -597,11 +617,7 @@ mod tests {
 
     #[tokio::test]
     async fn miss_then_hit_then_stale_while_revalidate_then_stale_if_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(parking_lot::Mutex::new("v1"));
-        let f = fetcher(calls.clone(), mode.clone());
+        let (_dir, docs, calls, mode, f) = setup("v1");
         let (d, s) = docs
             .get("k", fresh(60_000), false, f.clone(), nf)
             .await
@@ -636,11 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_found_is_remembered_and_offline_never_fetches() {
-        let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(parking_lot::Mutex::new("404"));
-        let f = fetcher(calls.clone(), mode.clone());
+        let (_dir, docs, calls, _mode, f) = setup("404");
         assert!(matches!(
             docs.get("gone", fresh(1000), false, f.clone(), nf).await,
             Err(ProxyError::NotFound { .. })
@@ -676,11 +688,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_document_gone_upstream_is_dropped_and_its_404_remembered() {
-        let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(parking_lot::Mutex::new("v1"));
-        let f = fetcher(calls.clone(), mode.clone());
+        let (_dir, docs, calls, mode, f) = setup("v1");
         docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
         *mode.lock() = "404";
         // Stale: served once while the background revalidation learns it is gone.
@@ -715,11 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_background_revalidation_drops_the_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(parking_lot::Mutex::new("v1"));
-        let f = fetcher(calls.clone(), mode.clone());
+        let (_dir, docs, calls, mode, f) = setup("v1");
         docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
         *mode.lock() = "403";
         let (_, s) = docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
@@ -738,11 +742,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_background_revalidation_waits_before_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let docs = Arc::new(Docs::new(Arc::new(Store::open(dir.path()).unwrap())));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(parking_lot::Mutex::new("v1"));
-        let f = fetcher(calls.clone(), mode.clone());
+        let (_dir, docs, calls, mode, f) = setup("v1");
         docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
         *mode.lock() = "fail";
         docs.get("k", fresh(0), false, f.clone(), nf).await.unwrap();
