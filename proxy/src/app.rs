@@ -50,6 +50,8 @@ pub struct App {
     pub tag_revalidations: crate::formats::oci::TagRevalidations,
     /// Upstream confirmations that a repository holds a cached digest, in flight.
     pub oci_confirms: Flights<()>,
+    /// Repository links the upstream could not be asked about lately (served meanwhile).
+    pub oci_unconfirmed: moka::sync::Cache<String, ()>,
 }
 
 impl App {
@@ -106,6 +108,10 @@ impl App {
             oci_hot: Default::default(),
             tag_revalidations: Default::default(),
             oci_confirms: Flights::default(),
+            oci_unconfirmed: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(crate::formats::oci::links::UNCONFIRMED_FOR)
+                .build(),
             config,
         })
     }

@@ -19,6 +19,9 @@ use crate::names::RepoName;
 use crate::store::index::{Index, Tree};
 use crate::upstream::{accept, Upstream};
 
+/// How long a digest the upstream could not be asked about is served without asking again.
+pub const UNCONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a digest names.
 #[derive(Clone, Copy)]
 pub enum Content {
@@ -94,7 +97,8 @@ pub fn referenced(doc: &serde_json::Value) -> Vec<Digest> {
 /// repository is served under it; once confirmed, `d` and what `also` lists (a manifest's
 /// references) are linked to `repo`. One upstream `HEAD` per repository and digest at a
 /// time, however many clients ask. An upstream that cannot be asked (down, offline) does
-/// not stop a cached copy from being served; one that says no does.
+/// not stop a cached copy from being served; one that says no does. After a failed ask,
+/// [`UNCONFIRMED_FOR`] passes before the next (the cached copy is served meanwhile).
 pub async fn confirm(
     app: &Arc<App>,
     up: &Arc<Upstream>,
@@ -106,10 +110,15 @@ pub async fn confirm(
     if up.is_offline() || is_linked(app, up, repo, d) {
         return Ok(());
     }
+    let k = key(up, repo, d);
+    // The upstream could not be asked a moment ago: served without waiting on it again.
+    if app.oci_unconfirmed.get(&k).is_some() {
+        return Ok(());
+    }
     let (app2, up2, repo2, d2) = (app.clone(), up.clone(), repo.clone(), *d);
     let answer = app
         .oci_confirms
-        .run(&key(up, repo, d), move || {
+        .run(&k, move || {
             async move { ask(&app2, &up2, &repo2, &d2, what).await }.boxed()
         })
         .await;
@@ -123,6 +132,7 @@ pub async fn confirm(
         }
         Err(e) if e.is_upstream_failure() => {
             tracing::warn!(%repo, digest = %d, error = %e, "cannot confirm the repository holds a cached digest; serving it");
+            app.oci_unconfirmed.insert(k, ());
             Ok(())
         }
         Err(e) => Err(e),
