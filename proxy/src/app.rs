@@ -47,7 +47,7 @@ pub struct App {
     /// OCI tags served from memory (see [`crate::formats::oci::HotTags`]).
     pub oci_hot: crate::formats::oci::HotTags,
     /// Stale OCI tags being revalidated in the background.
-    pub tag_revalidations: crate::formats::oci::TagRevalidations,
+    pub tag_revalidations: crate::revalidations::Revalidations,
     /// Upstream confirmations that a repository holds a cached digest, in flight.
     pub oci_confirms: Flights<()>,
     /// Repository links the upstream could not be asked about lately (served meanwhile).

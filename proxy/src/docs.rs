@@ -31,6 +31,7 @@ use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::flight::Flights;
 use crate::response::{head_template, Body, CacheStatus, Reply};
+use crate::revalidations::{self, Revalidations};
 use crate::store::index::{IndexExt, MetaRecord, Tree};
 use crate::store::{unix_ms, Store};
 
@@ -226,18 +227,8 @@ pub struct Docs {
     rendered: moka::sync::Cache<(Digest, String), Arc<Rendered>>,
     flights: Flights<(Arc<Doc>, CacheStatus)>,
     negative: moka::sync::Cache<String, u64>,
-    /// Keys whose background revalidation failed, with when to try again (unix ms): until
-    /// then a stale copy is served without asking the upstream once per request.
-    retry_at: moka::sync::Cache<String, u64>,
-}
-
-/// How long a background revalidation is taken to be running, should its task never end.
-const RUNNING_MARK: Duration = Duration::from_secs(300);
-
-/// How long a failed background revalidation waits before the next: the TTL, within 1 s
-/// and 30 s.
-pub fn revalidation_backoff(ttl: Duration) -> Duration {
-    ttl.clamp(Duration::from_secs(1), Duration::from_secs(30))
+    /// Background revalidations: one per key, and a backoff after a failed one.
+    revalidations: Revalidations,
 }
 
 impl Docs {
@@ -257,7 +248,7 @@ impl Docs {
                 .build(),
             flights: Flights::default(),
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
-            retry_at: moka::sync::Cache::builder().max_capacity(100_000).build(),
+            revalidations: Revalidations::default(),
         }
     }
 
@@ -350,35 +341,26 @@ impl Docs {
         if !force && !too_old {
             // Stale while revalidate: one background refresh, this client served now; none
             // while a failed one waits out its backoff.
-            if self.retry_at.get(key).is_some_and(|at| unix_ms() < at) {
+            let Some(mut running) = self.revalidations.start(key) else {
                 return Ok((doc, CacheStatus::Stale));
-            }
-            // Running (bounded, should the task never finish): later stale requests do not
-            // start another.
-            self.retry_at
-                .insert(key.to_string(), unix_ms() + RUNNING_MARK.as_millis() as u64);
+            };
             let (this, key2, old) = (self.clone(), key.to_string(), doc.clone());
             tokio::spawn(async move {
                 let r = this.clone().refresh(&key2, Some(old), fetch).await;
                 count_revalidation(&r);
                 match r {
-                    Ok(_) => this.retry_at.invalidate(&key2),
+                    Ok(_) => {}
                     // Gone upstream: a 404 from now on, as for a document never cached.
-                    Err(e) if is_not_found_err(&e) => {
-                        this.retry_at.invalidate(&key2);
-                        this.forget_gone(&key2, fresh.negative_ttl);
-                    }
+                    Err(e) if is_not_found_err(&e) => this.forget_gone(&key2, fresh.negative_ttl),
                     // Refused (401, 403, ...): the next request asks in the foreground and
                     // gets the refusal; the copy is not served on.
                     Err(e) if e.is_refusal() => {
-                        this.retry_at.invalidate(&key2);
                         this.forget(&key2);
                         tracing::warn!(key = %key2, error = %e, "upstream refused a cached document; dropped");
                     }
                     Err(e) => {
-                        let wait = revalidation_backoff(fresh.ttl);
-                        this.retry_at
-                            .insert(key2.clone(), unix_ms() + wait.as_millis() as u64);
+                        let wait = revalidations::backoff(fresh.ttl);
+                        running.failed(wait);
                         tracing::warn!(key = %key2, error = %e, retry_in_s = wait.as_secs(), "background revalidation failed; stale copy kept");
                     }
                 }
@@ -389,7 +371,7 @@ impl Docs {
         count_revalidation(&r);
         match r {
             Ok(r) => {
-                self.retry_at.invalidate(key);
+                self.revalidations.answered(key);
                 Ok(r)
             }
             Err(e) if is_not_found_err(&e) => {

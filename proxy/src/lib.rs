@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod response;
+pub mod revalidations;
 pub mod server;
 pub mod sharded;
 pub mod stats;

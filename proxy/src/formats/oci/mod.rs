@@ -483,9 +483,9 @@ fn revalidate_in_background(
     key: &str,
     old: Digest,
 ) {
-    if !app.tag_revalidations.start(key) {
+    let Some(mut running) = app.tag_revalidations.start(key) else {
         return;
-    }
+    };
     let (app, up, repo, tag, key) = (
         app.clone(),
         up.clone(),
@@ -494,12 +494,6 @@ fn revalidate_in_background(
         key.to_string(),
     );
     tokio::spawn(async move {
-        // Marks the revalidation over however the task ends (a panic too).
-        let mut running = Running {
-            of: &app.tag_revalidations,
-            key: &key,
-            backoff: None,
-        };
         let r = revalidate_tag(&app, &up, &repo, &tag, &key, old).await;
         // A failure waits; an answer (moved, gone, refused) was acted on.
         let failed = r
@@ -507,25 +501,11 @@ fn revalidate_in_background(
             .err()
             .filter(|e| !matches!(e, ProxyError::NotFound { .. }) && !e.is_refusal());
         if let Some(e) = failed {
-            let wait = crate::docs::revalidation_backoff(up.cfg.tag_ttl.get());
-            running.backoff = Some(wait);
+            let wait = crate::revalidations::backoff(up.cfg.tag_ttl.get());
+            running.failed(wait);
             tracing::warn!(tag = %key, error = %e, retry_in_s = wait.as_secs(), "tag revalidation failed; stale copy kept");
         }
     });
-}
-
-/// A background revalidation of a tag, marked over when dropped.
-struct Running<'a> {
-    of: &'a TagRevalidations,
-    key: &'a str,
-    /// It failed: the next waits this long.
-    backoff: Option<std::time::Duration>,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.of.done(self.key, self.backoff);
-    }
 }
 
 /// What revalidating a tag found.
@@ -581,43 +561,6 @@ async fn revalidate_tag(
         }
     }
     r
-}
-
-/// Tags being revalidated in the background, and those whose last revalidation failed,
-/// with when the next may start.
-#[derive(Default)]
-pub struct TagRevalidations {
-    /// Tag key → unix ms before which no revalidation starts (`u64::MAX`: one is running).
-    next: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
-}
-
-impl TagRevalidations {
-    /// Whether a revalidation of `key` may start now; if so it is marked running.
-    fn start(&self, key: &str) -> bool {
-        let now = unix_ms();
-        let mut next = self.next.lock();
-        if next.get(key).is_some_and(|&at| now < at) {
-            return false;
-        }
-        if next.len() >= 10_000 {
-            next.retain(|_, at| now < *at);
-        }
-        next.insert(key.to_string(), u64::MAX);
-        true
-    }
-
-    /// The revalidation of `key` is over; `backoff`: it failed, the next waits this long.
-    fn done(&self, key: &str, backoff: Option<std::time::Duration>) {
-        let mut next = self.next.lock();
-        match backoff {
-            Some(b) => {
-                next.insert(key.to_string(), unix_ms() + b.as_millis() as u64);
-            }
-            None => {
-                next.remove(key);
-            }
-        }
-    }
 }
 
 fn put_tag(app: &App, key: &str, digest: Digest) -> Result<(), ProxyError> {
