@@ -1,5 +1,6 @@
 //! Upstream fault handling, proven against the OCI simulator: bounded retries with backoff
-//! for transient failures only, `Retry-After` honoured up to a cap, the per-upstream circuit
+//! for transient failures only, `Retry-After` honoured up to a cap (a `429`'s pauses the
+//! whole upstream and is passed on), the per-upstream circuit
 //! breaker (fail fast while open so cached copies answer at once, one probe after the
 //! cool-down), and `max_stale` bounding stale-if-error.
 
@@ -117,6 +118,79 @@ async fn retry_after_is_waited_out_up_to_the_cap_and_not_beyond() {
             1,
             "Retry-After beyond retry_after_max: fail now, do not retry"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_pauses_the_upstream_and_is_passed_on() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("app", "latest", &[random_bytes(2000, 708)]);
+    let limited = sim.add_blob(random_bytes(1000, 709));
+    let other = sim.add_blob(random_bytes(1000, 710));
+    // Failures alone never open the circuit here: only the upstream's request does.
+    let s = sluice_for(&sim, "retry_after_max = \"1s\"\ncircuit_failures = 0");
+    within(60, "429 pause", async {
+        let c = http_client();
+        let tag = format!("{}/v2/app/manifests/latest", s.base_url());
+        let blob = |d: &str| format!("{}/v2/app/blobs/{d}", s.base_url());
+        let (status, cache, _) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!((status, cache.as_str()), (200, "MISS"));
+        sim.fault(
+            &limited,
+            Fault::first(1, Fault::RetryAfter(429, "3".into())),
+        );
+        // The 429 is passed on at once (3 s is over retry_after_max), with its wait.
+        let t = Instant::now();
+        let r = c.get(blob(&limited)).send().await.expect("GET");
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.status(), 429);
+        let retry_after: u64 = common::header(&r, "retry-after")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((2..=3).contains(&retry_after), "Retry-After {retry_after}");
+        let err = common::json_body(r).await;
+        assert_eq!(err["errors"][0]["code"], "TOOMANYREQUESTS", "{err}");
+        // The whole upstream is paused: another uncached blob gets the 429 without a
+        // request to it, and a stale tag is served without its HEAD.
+        let seen = sim.requests().len();
+        let r = c.get(blob(&other)).send().await.expect("GET");
+        assert_eq!(r.status(), 429);
+        assert!(!common::header(&r, "retry-after").is_empty());
+        tokio::time::sleep(Duration::from_millis(1100)).await; // past tag_ttl
+        let (status, cache, body) = get(&c, &tag, Some(OCI_MANIFEST)).await;
+        assert_eq!((status, cache.as_str()), (200, "STALE"));
+        assert!(body == img.manifest);
+        tokio::time::sleep(Duration::from_millis(200)).await; // a revalidation would be sent
+        assert_eq!(
+            sim.requests().len(),
+            seen,
+            "upstream contacted while it asked to be left alone"
+        );
+        let m = s.metrics().await;
+        assert_eq!(
+            metrics::sample(&m, "sluice_upstream_pauses_total{upstream=\"sim\"}"),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metrics::sample(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            1.0
+        );
+        // Once the wait is over, requests go again (the fault is spent: 200).
+        while t.elapsed() < Duration::from_millis(3050) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, _, _) = get(&c, &blob(&limited), None).await;
+        assert_eq!(status, 200, "after the pause");
+        assert_eq!(sim.blob_gets(&limited), 2);
+        let (status, _, _) = get(&c, &blob(&other), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(sim.blob_gets(&other), 1);
     })
     .await;
 }

@@ -63,13 +63,16 @@ pub enum ProxyError {
         status: Option<u16>,
     },
     /// The upstream's circuit breaker is open: it is not contacted until the half-open
-    /// probe, `retry_after` seconds from now (answered `503` with `Retry-After`).
-    #[error("upstream {upstream}: circuit open after repeated failures; not contacting it for {retry_after}s")]
+    /// probe, `retry_after` seconds from now (answered `503` with `Retry-After`; `429` when
+    /// the upstream asked for the pause).
+    #[error("upstream {upstream}: {}", circuit_reason(.retry_after, .asked))]
     CircuitOpen {
         /// Upstream name.
         upstream: String,
         /// Whole seconds (at least 1) until the next probe may go through.
         retry_after: u64,
+        /// The upstream asked for the pause (`429` with `Retry-After`), rather than failing.
+        asked: bool,
     },
     /// This upstream's own limits (`max_concurrent`, `rate_limit`) did not let the request
     /// through within `queue_timeout`: it was never sent (answered `503` with
@@ -120,6 +123,14 @@ pub enum ProxyError {
     Internal(String),
 }
 
+fn circuit_reason(retry_after: &u64, asked: &bool) -> String {
+    if *asked {
+        format!("it answered 429 Too Many Requests and asked to wait; not contacting it for {retry_after}s")
+    } else {
+        format!("circuit open after repeated failures; not contacting it for {retry_after}s")
+    }
+}
+
 impl ProxyError {
     /// Wraps a local I/O or index failure.
     pub fn internal(e: impl std::fmt::Display) -> ProxyError {
@@ -158,6 +169,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
+            ProxyError::CircuitOpen { asked: true, .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Offline(_)
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Throttled { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +203,8 @@ impl ProxyError {
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => "DENIED",
             ProxyError::Upstream {
                 status: Some(429), ..
-            } => "TOOMANYREQUESTS",
+            }
+            | ProxyError::CircuitOpen { asked: true, .. } => "TOOMANYREQUESTS",
             ProxyError::Upstream {
                 status: Some(401 | 403),
                 ..
@@ -292,11 +305,23 @@ mod tests {
         let e = ProxyError::CircuitOpen {
             upstream: "u".into(),
             retry_after: 7,
+            asked: false,
         };
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.retry_after(), Some(7));
         assert_eq!(e.oci_code(), "UNAVAILABLE");
         assert!(e.is_upstream_failure());
+        // Paused at the upstream's request: its 429 is passed on, with the wait.
+        let e = ProxyError::CircuitOpen {
+            upstream: "u".into(),
+            retry_after: 60,
+            asked: true,
+        };
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after(), Some(60));
+        assert_eq!(e.oci_code(), "TOOMANYREQUESTS");
+        assert!(e.is_upstream_failure());
+        assert!(e.to_string().contains("asked to wait"), "{e}");
         let up = ProxyError::Upstream {
             upstream: "u".into(),
             message: "x".into(),

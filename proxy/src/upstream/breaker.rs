@@ -7,18 +7,44 @@
 //! 429, counted once per request after its retries. Anything else (200, 304, 404, ...) is a
 //! success: the upstream is answering.
 //!
-//! State is exported as `sluice_circuit_state{upstream}` (0 closed, 1 open, 2 half-open) and
-//! each opening counts in `sluice_circuit_opens_total{upstream}`.
+//! An upstream can also ask to be left alone: a final `429` with `Retry-After` pauses it (the
+//! circuit opens for that long, at most [`MAX_PAUSE`], whatever the failure count), so
+//! sluice stops sending it requests it has said it will refuse; then one probe, as above.
+//!
+//! State is exported as `sluice_circuit_state{upstream}` (0 closed, 1 open, 2 half-open),
+//! each opening counts in `sluice_circuit_opens_total{upstream}` and each pause the upstream
+//! asked for in `sluice_upstream_pauses_total{upstream}`.
 
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// The longest pause an upstream's `Retry-After` imposes: a larger value (a misconfigured
+/// upstream, a date far ahead) must not keep uncached artifacts unavailable for hours.
+pub const MAX_PAUSE: Duration = Duration::from_secs(600);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: u32,
+    },
+    /// `asked`: the upstream asked for the pause (429 with `Retry-After`).
+    Open {
+        until: Instant,
+        asked: bool,
+    },
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+/// Why the circuit refuses a request right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Until the next probe may go through (zero: a probe is in flight).
+    pub wait: Duration,
+    /// The upstream asked for this pause (a `429` with `Retry-After`) rather than failing.
+    pub asked: bool,
 }
 
 /// What became of an admitted request.
@@ -61,36 +87,71 @@ impl Breaker {
     }
 
     /// Admits a request, or says how long the circuit stays open.
-    pub fn admit(&self) -> Result<Permit<'_>, Duration> {
+    pub fn admit(&self) -> Result<Permit<'_>, Refusal> {
         self.admit_at(Instant::now())
     }
 
     /// How long the circuit stays open, when it refuses requests right now; takes no probe
     /// slot, so a request can check it before queueing for a concurrency slot.
-    pub fn refusing(&self) -> Option<Duration> {
+    pub fn refusing(&self) -> Option<Refusal> {
         self.refusing_at(Instant::now())
     }
 
-    fn refusing_at(&self, now: Instant) -> Option<Duration> {
+    fn refusing_at(&self, now: Instant) -> Option<Refusal> {
         match *self.state.lock() {
-            State::Open { until } if now < until => Some(until - now),
-            State::HalfOpen { probing: true } => Some(Duration::ZERO),
+            State::Open { until, asked } if now < until => Some(Refusal {
+                wait: until - now,
+                asked,
+            }),
+            State::HalfOpen { probing: true } => Some(PROBING),
             _ => None,
         }
     }
 
-    fn admit_at(&self, now: Instant) -> Result<Permit<'_>, Duration> {
+    /// The upstream answered `429` with `Retry-After: wait`: no request goes to it for that
+    /// long (at most [`MAX_PAUSE`]; an open circuit that ends later stays as it is), then
+    /// one probe. Returns the pause it applied.
+    pub fn pause(&self, wait: Duration) -> Duration {
+        self.pause_at(wait, Instant::now())
+    }
+
+    fn pause_at(&self, wait: Duration, now: Instant) -> Duration {
+        let wait = wait.min(MAX_PAUSE);
+        let mut st = self.state.lock();
+        if let State::Open { until, .. } = *st {
+            if until >= now + wait {
+                return until - now;
+            }
+        }
+        metrics::counter!("sluice_upstream_pauses_total", "upstream" => self.upstream.clone())
+            .increment(1);
+        tracing::warn!(upstream = %self.upstream, ?wait,
+            "upstream asked to wait (429 with Retry-After): not contacting it, serving from cache");
+        *st = State::Open {
+            until: now + wait,
+            asked: true,
+        };
+        self.export(*st);
+        wait
+    }
+
+    fn admit_at(&self, now: Instant) -> Result<Permit<'_>, Refusal> {
         let mut st = self.state.lock();
         let probe = match *st {
             State::Closed { .. } => false,
-            State::Open { until } if now < until => return Err(until - now),
+            State::Open { until, asked } if now < until => {
+                return Err(Refusal {
+                    wait: until - now,
+                    asked,
+                })
+            }
             State::Open { .. } | State::HalfOpen { probing: false } => {
                 *st = State::HalfOpen { probing: true };
                 self.export(*st);
                 true
             }
             // One probe at a time; the others fail fast until it has answered.
-            State::HalfOpen { probing: true } => return Err(Duration::ZERO),
+            State::HalfOpen { probing: true } => return Err(PROBING),
         };
         Ok(Permit {
             breaker: self,
@@ -134,6 +195,7 @@ impl Breaker {
             "circuit open: upstream failing, serving from cache");
         State::Open {
             until: now + self.cooldown,
+            asked: false,
         }
     }
 
@@ -152,6 +214,12 @@ impl Breaker {
             .set(f64::from(code(st)));
     }
 }
+
+/// The refusal while the half-open probe is in flight: try again soon.
+const PROBING: Refusal = Refusal {
+    wait: Duration::ZERO,
+    asked: false,
+};
 
 fn code(st: State) -> u8 {
     match st {
@@ -200,8 +268,9 @@ mod tests {
         assert_eq!(b.state_code(), 0, "two failures after a success");
         fail(&b, t);
         assert_eq!(b.state_code(), 1);
-        let wait = b.admit_at(t).err().expect("open circuit fails fast");
-        assert_eq!(wait, Duration::from_secs(10));
+        let refusal = b.admit_at(t).err().expect("open circuit fails fast");
+        assert_eq!(refusal.wait, Duration::from_secs(10));
+        assert!(!refusal.asked);
     }
 
     #[test]
@@ -210,16 +279,15 @@ mod tests {
         let t = Instant::now();
         assert_eq!(b.refusing_at(t), None, "closed");
         fail(&b, t);
-        assert_eq!(b.refusing_at(t), Some(Duration::from_secs(5)));
+        assert_eq!(
+            b.refusing_at(t).map(|r| r.wait),
+            Some(Duration::from_secs(5))
+        );
         let later = t + Duration::from_secs(6);
         assert_eq!(b.refusing_at(later), None, "cooldown over: a probe may go");
         assert_eq!(b.refusing_at(later), None, "checking takes no probe slot");
         let probe = b.admit_at(later).expect("the probe");
-        assert_eq!(
-            b.refusing_at(later),
-            Some(Duration::ZERO),
-            "probe in flight"
-        );
+        assert_eq!(b.refusing_at(later), Some(PROBING), "probe in flight");
         probe.record(Outcome::Success);
         assert_eq!(b.refusing_at(later), None);
     }
@@ -257,6 +325,42 @@ mod tests {
             b.admit_at(t).is_ok(),
             "slot freed after the probe was dropped"
         );
+    }
+
+    #[test]
+    fn a_retry_after_pauses_the_upstream_up_to_the_cap_then_one_probe_goes() {
+        // Never opened by failures (threshold 0), yet paused when the upstream asks.
+        let b = Breaker::new("t", 0, Duration::from_secs(5));
+        let t = Instant::now();
+        assert_eq!(
+            b.pause_at(Duration::from_secs(30), t),
+            Duration::from_secs(30)
+        );
+        assert_eq!(b.state_code(), 1);
+        let refusal = b
+            .admit_at(t + Duration::from_secs(29))
+            .err()
+            .expect("paused");
+        assert_eq!(
+            refusal,
+            Refusal {
+                wait: Duration::from_secs(1),
+                asked: true
+            }
+        );
+        // A shorter pause asked later does not shorten it.
+        assert_eq!(
+            b.pause_at(Duration::from_secs(1), t),
+            Duration::from_secs(30)
+        );
+        let later = t + Duration::from_secs(30);
+        let probe = b.admit_at(later).expect("the pause is over: a probe");
+        assert_eq!(b.refusing_at(later), Some(PROBING));
+        probe.record(Outcome::Success);
+        assert_eq!(b.state_code(), 0);
+        // An hour asked for is capped.
+        assert_eq!(b.pause_at(Duration::from_secs(3600), later), MAX_PAUSE);
+        assert!(b.admit_at(later + MAX_PAUSE).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod limits;
 pub mod resume;
 pub mod retry;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_config::UpstreamConfig;
@@ -141,15 +141,16 @@ impl Upstream {
                 None,
             ));
         }
-        let circuit_open = |wait: Duration| ProxyError::CircuitOpen {
+        let circuit_open = |r: breaker::Refusal| ProxyError::CircuitOpen {
             upstream: self.cfg.name.clone(),
             // Whole seconds, rounded up, at least 1 (a probe in flight: try again soon).
-            retry_after: wait.as_millis().div_ceil(1000).max(1) as u64,
+            retry_after: r.wait.as_millis().div_ceil(1000).max(1) as u64,
+            asked: r.asked,
         };
         // An open circuit refuses before the queue: a request must not wait up to
         // `queue_timeout` for a slot only to be refused.
-        if let Some(wait) = self.breaker.refusing() {
-            return Err(circuit_open(wait));
+        if let Some(r) = self.breaker.refusing() {
+            return Err(circuit_open(r));
         }
         // Queue for a concurrency slot: held for the whole response body, it is what bounds
         // the transfers in flight to this upstream.
@@ -165,6 +166,12 @@ impl Upstream {
             Ok(r) if is_failure_status(r.status()) => permit.record(Outcome::Failure),
             Err(e) if e.is_upstream_failure() => permit.record(Outcome::Failure),
             _ => permit.record(Outcome::Success),
+        }
+        // A 429 that says how long to wait, after the retries: the upstream asked to be left
+        // alone, so nothing goes to it for that long; the client gets the 429 and the wait.
+        if let Some(wait) = result.as_ref().ok().and_then(retry::asked_to_pause) {
+            let wait = self.breaker.pause(wait);
+            return Err(circuit_open(breaker::Refusal { wait, asked: true }));
         }
         let mut resp = match slot {
             Some(slot) => limits::hold_until_body_ends(result?, slot),

@@ -6,6 +6,7 @@
 //! `retry_backoff` with jitter (so a burst of failing clients does not retry in lockstep).
 //! A `Retry-After` on 429/503 is honoured when it is at most `retry_after_max`; an upstream
 //! asking for a longer pause is not retried at all — the caller fails now and serves stale.
+//! A final `429` with `Retry-After` pauses the whole upstream ([`super::breaker`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,15 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
     let at = parse_http_date(v)?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// How long a final `429` answer asked sluice to leave the upstream alone (its
+/// `Retry-After`), if it said.
+pub fn asked_to_pause(resp: &reqwest::Response) -> Option<Duration> {
+    if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    retry_after(resp.headers(), SystemTime::now())
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form RFC 9110 requires
