@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::interpolate::interpolate;
+use crate::interpolate::expand;
 use crate::schema::{Config, Format};
 
 /// A configuration that could not be loaded, with its location when there is one.
@@ -61,12 +61,21 @@ pub fn load_str(
     file: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let text = interpolate(text, env).map_err(|message| ConfigError::File {
-        file: file.to_string(),
-        message,
+    let source = text;
+    let expanded = expand(source, env).map_err(|e| {
+        let (line, col) = line_col(source, e.offset);
+        ConfigError::At {
+            file: file.to_string(),
+            line,
+            col,
+            message: e.message,
+        }
     })?;
-    let config: Config = toml::from_str(&text).map_err(|e| {
-        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+    // Errors are found in the expanded text and reported where the file says it.
+    let locate = |pos: usize| line_col(source, expanded.source_offset(pos));
+    let text = &expanded.text;
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map(|s| locate(s.start)).unwrap_or((1, 1));
         ConfigError::At {
             file: file.to_string(),
             line,
@@ -74,7 +83,7 @@ pub fn load_str(
             message: e.message().to_string(),
         }
     })?;
-    validate(&config, &text, file)?;
+    validate(&config, text, file, &locate)?;
     Ok(config)
 }
 
@@ -88,12 +97,28 @@ struct Spans {
     upstream: Vec<UpstreamSpans>,
     #[serde(default)]
     storage: Option<StorageSpans>,
+    #[serde(default)]
+    auth: Option<AuthSpans>,
 }
 
 #[derive(Deserialize)]
 struct StorageSpans {
     #[serde(default)]
     cleanup: Vec<CleanupSpans>,
+    max_size: Option<Spanned<String>>,
+    high_watermark: Option<Spanned<f64>>,
+    low_watermark: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+struct AuthSpans {
+    #[serde(default)]
+    token: Vec<TokenSpans>,
+}
+
+#[derive(Deserialize)]
+struct TokenSpans {
+    token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -115,10 +140,15 @@ struct UpstreamSpans {
     default: Option<Spanned<bool>>,
 }
 
-fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> {
+fn validate(
+    config: &Config,
+    text: &str,
+    file: &str,
+    locate: &dyn Fn(usize) -> (usize, usize),
+) -> Result<(), ConfigError> {
     let spans: Spans = toml::from_str(text).unwrap_or_default();
     let at = |span: Option<std::ops::Range<usize>>, message: String| {
-        let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        let (line, col) = span.map(|s| locate(s.start)).unwrap_or((1, 1));
         ConfigError::At {
             file: file.to_string(),
             line,
@@ -222,7 +252,66 @@ fn validate(config: &Config, text: &str, file: &str) -> Result<(), ConfigError> 
             message: "no upstream has default = true; mark the OCI upstream that un-prefixed /v2/ names go to".into(),
         });
     }
+    validate_storage(config, &spans, &at)?;
+    validate_tokens(config, &spans, &at)?;
     validate_cleanup(config, &spans, &at)
+}
+
+/// `[storage]` limits that `serve` could not use.
+fn validate_storage(
+    config: &Config,
+    spans: &Spans,
+    at: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let s = &config.storage;
+    let sp = spans.storage.as_ref();
+    if s.max_size.is_some_and(|m| m.0 == 0) {
+        return Err(at(
+            sp.and_then(|s| s.max_size.as_ref().map(|v| v.span())),
+            "max_size = \"0\" would evict everything; remove the key for no size limit".into(),
+        ));
+    }
+    let (high, low) = (s.high_watermark, s.low_watermark);
+    // Written so that NaN fails too.
+    let high_ok = high > 0.0 && high <= 1.0;
+    if !(high_ok && low > 0.0 && low <= high) {
+        let span = if high_ok {
+            sp.and_then(|s| s.low_watermark.as_ref().map(|v| v.span()))
+        } else {
+            sp.and_then(|s| s.high_watermark.as_ref().map(|v| v.span()))
+        };
+        return Err(at(
+            span,
+            format!(
+                "watermarks must satisfy 0 < low_watermark <= high_watermark <= 1 \
+                 (got low_watermark = {low}, high_watermark = {high})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[[auth.token]]`: an empty token would match an empty presented secret (`user:`).
+fn validate_tokens(
+    config: &Config,
+    spans: &Spans,
+    at: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let token_spans = spans.auth.as_ref().map(|a| &a.token[..]).unwrap_or(&[]);
+    for (i, t) in config.auth.tokens.iter().enumerate() {
+        if t.token.trim().is_empty() {
+            return Err(at(
+                token_spans
+                    .get(i)
+                    .and_then(|s| s.token.as_ref().map(|v| v.span())),
+                format!(
+                    "token {:?} is empty; give it a secret (is the environment variable it names set?)",
+                    t.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[[storage.cleanup]]`: ids unique and usable as metric labels, something to select by,
@@ -303,8 +392,12 @@ fn check_http_url(u: &str) -> Result<(), String> {
 }
 
 /// 1-based line and column (in characters) of byte offset `pos` in `text`.
-fn line_col(text: &str, pos: usize) -> (usize, usize) {
-    let before = &text[..pos.min(text.len())];
+pub(crate) fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let mut pos = pos.min(text.len());
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = &text[..pos];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -463,6 +556,80 @@ mod tests {
         let msg = load("[server]\nlisten = \"${NOPE}\"\n")
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("NOPE") && msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.starts_with("test.toml:2:11:") && msg.contains("NOPE is not set"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn commented_out_variables_need_no_environment() {
+        // SPEC §8's own example.
+        let text = "[[upstream]]\nname = \"dockerhub\"\nformat = \"oci\"\nurl = \"https://registry-1.docker.io\"\ndefault = true\n# username = \"${DOCKERHUB_USER}\"  password = \"${DOCKERHUB_TOKEN}\"\n";
+        let c = load(text).unwrap();
+        assert_eq!(c.upstreams[0].username, None);
+    }
+
+    #[test]
+    fn errors_after_a_substitution_point_at_the_file_as_written() {
+        let msg = load("[server]\nlisten = \"${TOKEN}\" junk\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("test.toml:2:21:"), "{msg}");
+    }
+
+    #[test]
+    fn empty_tokens_are_rejected_where_they_are_written() {
+        for token in [
+            "\"${SLUICE_ADMIN_TOKEN:-}\"",
+            "\"\"",
+            "\"  \"",
+            "'${NOPE:-}'",
+        ] {
+            let text =
+                format!("[[auth.token]]\nname = \"ops\"\ntoken = {token}\nrole = \"admin\"\n");
+            let msg = load(&text).unwrap_err().to_string();
+            assert!(
+                msg.starts_with("test.toml:3:9:") && msg.contains("\"ops\" is empty"),
+                "{token}: {msg}"
+            );
+        }
+        let ok = "[[auth.token]]\nname = \"ops\"\ntoken = \"${TOKEN}\"\nrole = \"admin\"\n";
+        assert_eq!(load(ok).unwrap().auth.tokens[0].token, "t0k");
+    }
+
+    #[test]
+    fn watermarks_serve_would_refuse_are_rejected_at_load() {
+        let cases = [
+            (
+                "high_watermark = 0.5\nlow_watermark = 0.9\n",
+                "test.toml:3:17:",
+            ),
+            ("high_watermark = 1.5\n", "test.toml:2:18:"),
+            ("low_watermark = 0\n", "test.toml:2:17:"),
+            ("high_watermark = nan\n", "test.toml:2:18:"),
+        ];
+        for (body, loc) in cases {
+            let msg = load(&format!("[storage]\n{body}")).unwrap_err().to_string();
+            assert!(
+                msg.starts_with(loc) && msg.contains("0 < low_watermark <= high_watermark <= 1"),
+                "{body}: {msg}"
+            );
+        }
+        let c = load("[storage]\nhigh_watermark = 0.9\nlow_watermark = 0.9\n").unwrap();
+        assert_eq!(c.storage.low_watermark, 0.9);
+    }
+
+    #[test]
+    fn a_zero_max_size_is_rejected() {
+        let msg = load("[storage]\nmax_size = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("test.toml:2:12:") && msg.contains("no size limit"),
+            "{msg}"
+        );
+        let c = load("[storage]\nmax_size = \"1.5GiB\"\n").unwrap();
+        assert_eq!(c.storage.max_size.unwrap().0, 3 << 29);
     }
 }

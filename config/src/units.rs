@@ -21,6 +21,11 @@ impl Duration {
     pub const fn from_secs(s: u64) -> Self {
         Duration(std::time::Duration::from_secs(s))
     }
+    /// Whole seconds, rounded up: for settings that only take seconds, so that `"500ms"`
+    /// is not silently `0`.
+    pub fn as_secs_ceil(self) -> u64 {
+        self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0)
+    }
 }
 
 impl FromStr for Duration {
@@ -64,7 +69,8 @@ impl<'de> Deserialize<'de> for Duration {
 }
 
 /// A size in bytes written as `<number><unit>`: `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000) or
-/// `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
+/// `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024). The number may have a fraction (`1.5GiB`),
+/// rounded down to whole bytes; a plain byte count must be whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
@@ -72,11 +78,16 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"500MiB\", \"50GiB\""))?;
+        let bad = || format!("invalid size {s:?}: expected e.g. \"500MiB\", \"1.5GiB\", \"2GB\"");
+        let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+        if whole.is_empty() || num.ends_with('.') || frac.contains('.') || frac.len() > 12 {
+            return Err(bad());
+        }
+        let n: u64 = whole.parse().map_err(|_| bad())?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" => 1_000,
@@ -93,7 +104,20 @@ impl FromStr for ByteSize {
                 ))
             }
         };
+        if !frac.is_empty() && mult == 1 {
+            return Err(format!(
+                "invalid size {s:?}: a number of bytes is whole (write e.g. \"1.5KiB\")"
+            ));
+        }
+        // frac has at most 12 digits: frac × mult < 10^12 × 2^40 fits in u128.
+        let frac_bytes = if frac.is_empty() {
+            0
+        } else {
+            let f: u128 = frac.parse().map_err(|_| bad())?;
+            u64::try_from(f * u128::from(mult) / 10u128.pow(frac.len() as u32)).unwrap_or(u64::MAX)
+        };
         n.checked_mul(mult)
+            .and_then(|b| b.checked_add(frac_bytes))
             .map(ByteSize)
             .ok_or_else(|| format!("size {s:?} is too large"))
     }
@@ -128,5 +152,28 @@ mod tests {
         assert_eq!("2GB".parse::<ByteSize>().unwrap().0, 2_000_000_000);
         assert_eq!("1024".parse::<ByteSize>().unwrap().0, 1024);
         assert!("12 parsecs".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn sizes_may_have_a_fraction_of_a_unit_but_not_of_a_byte() {
+        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 << 29);
+        assert_eq!("0.5KB".parse::<ByteSize>().unwrap().0, 500);
+        assert_eq!("2.25 MiB".parse::<ByteSize>().unwrap().0, 9 << 18);
+        assert_eq!("0.1KiB".parse::<ByteSize>().unwrap().0, 102);
+        let e = "1.5".parse::<ByteSize>().unwrap_err();
+        assert!(e.contains("whole"), "{e}");
+        assert!("1.5B".parse::<ByteSize>().unwrap_err().contains("whole"));
+        for bad in [".5GiB", "1.GiB", "1.2.3GiB", "1..5GiB", "GiB"] {
+            let e = bad.parse::<ByteSize>().unwrap_err();
+            assert!(e.contains("expected e.g."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn whole_seconds_round_up() {
+        assert_eq!("500ms".parse::<Duration>().unwrap().as_secs_ceil(), 1);
+        assert_eq!("1001ms".parse::<Duration>().unwrap().as_secs_ceil(), 2);
+        assert_eq!("5s".parse::<Duration>().unwrap().as_secs_ceil(), 5);
+        assert_eq!("0s".parse::<Duration>().unwrap().as_secs_ceil(), 0);
     }
 }

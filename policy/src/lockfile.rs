@@ -43,20 +43,159 @@ impl Entry {
     }
 }
 
-/// Reads a lockfile, choosing the parser by file name (and content for image lists).
+/// What a file names, and the lines of it that could not be read (each a warning, with
+/// its file and line).
+#[derive(Debug, Default)]
+pub struct Read {
+    /// The artifacts, in file order (an included requirements file's after its includer's).
+    pub entries: Vec<Entry>,
+    /// Lines skipped because they could not be read or are not checked (URLs, editables,
+    /// unknown options): `file: line N: why`.
+    pub warnings: Vec<String>,
+}
+
+/// How deep `-r`/`-c` includes may nest.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Reads a lockfile or image list (see [`read_with_warnings`]) and prints each warning on
+/// stderr, for the command-line tools (`sluice policy check`, `sluice warm`).
 pub fn read(path: &Path) -> Result<Vec<Entry>, String> {
+    let r = read_with_warnings(path)?;
+    for w in &r.warnings {
+        eprintln!("sluice: warning: {w}");
+    }
+    Ok(r.entries)
+}
+
+/// Reads a lockfile or image list. The parser is chosen by name: `*.json` is an npm
+/// lockfile, `pylock*.toml` a PEP 751 lock, `*requirements*.txt`, `*constraints*.txt`,
+/// `*.in` and `requirements/*.txt` are pip requirements files (whose `-r`/`-c` includes are
+/// followed, relative to the including file); any other file is an image list unless its
+/// content says otherwise (some line is a requirement that is not an image reference, and
+/// none is an image reference that is not a requirement).
+pub fn read_with_warnings(path: &Path) -> Result<Read, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let parsed = if name.ends_with(".json") {
-        parse_package_lock(&text)
-    } else if name == "pylock.toml" || (name.starts_with("pylock.") && name.ends_with(".toml")) {
-        parse_pylock(&text)
-    } else if name.ends_with(".txt") && name.contains("requirements") || name.ends_with(".in") {
-        parse_requirements(&text)
+    let mut out = Read::default();
+    let at = |e: String| format!("{}: {e}", path.display());
+    if name.ends_with(".json") {
+        out.entries = parse_package_lock(&text).map_err(at)?;
+    } else if name.starts_with("pylock.") && name.ends_with(".toml") {
+        out.entries = parse_pylock(&text).map_err(at)?;
+    } else if is_requirements_name(path) || looks_like_requirements(&text) {
+        let mut stack = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        read_requirements(path, &text, path, &mut stack, &mut seen, &mut out)?;
     } else {
-        parse_images(&text)
+        let parsed = parse_images(&text);
+        out.entries = parsed.entries;
+        out.warnings = parsed.warnings.into_iter().map(at).collect();
+    }
+    Ok(out)
+}
+
+/// pip's own naming habits: `requirements.txt`, `requirements-dev.txt`,
+/// `dev-requirements.txt`, `constraints.txt`, `requirements.in` (pip-tools),
+/// `requirements/prod.txt`.
+fn is_requirements_name(path: &Path) -> bool {
+    let lower = |p: Option<&std::ffi::OsStr>| p.and_then(|n| n.to_str()).map(str::to_lowercase);
+    let name = lower(path.file_name()).unwrap_or_default();
+    let dir = lower(path.parent().and_then(|p| p.file_name())).unwrap_or_default();
+    let txt = name.ends_with(".txt");
+    (txt && (name.contains("requirement") || name.contains("constraint")))
+        || name.ends_with(".in")
+        || (txt && (dir == "requirements" || dir == "constraints"))
+}
+
+/// Whether a file not named like a requirements file reads as one: some line is only a
+/// requirement (or a pip option) and no line is only an image reference.
+fn looks_like_requirements(text: &str) -> bool {
+    let (mut req_only, mut image_only) = (0, 0);
+    for raw in text.lines() {
+        let line = strip_comment(raw).trim();
+        if line.is_empty() || line.ends_with('\\') {
+            continue;
+        }
+        let req = line.starts_with('-') || matches!(requirement(line), Ok(Some(_)));
+        let image = parse_image_ref(line).is_ok();
+        match (req, image) {
+            (true, false) => req_only += 1,
+            (false, true) => image_only += 1,
+            _ => {}
+        }
+    }
+    req_only > 0 && image_only == 0
+}
+
+/// Reads the requirements file `path` (with `text`) into `out`, then the files it includes.
+/// `top` is the file named on the command line, `stack` the includes being read (for the
+/// cycle and depth checks), `seen` every file read (a file included twice is read once).
+fn read_requirements(
+    path: &Path,
+    text: &str,
+    top: &Path,
+    stack: &mut Vec<std::path::PathBuf>,
+    seen: &mut std::collections::HashSet<std::path::PathBuf>,
+    out: &mut Read,
+) -> Result<(), String> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    seen.insert(canonical.clone());
+    stack.push(canonical);
+    let parsed = parse_requirements(text);
+    let prefix = if path == top {
+        String::new()
+    } else {
+        format!("{} ", path.display())
     };
-    parsed.map_err(|e| format!("{}: {e}", path.display()))
+    out.entries.extend(parsed.entries.into_iter().map(|mut e| {
+        e.location = format!("{prefix}{}", e.location);
+        e
+    }));
+    out.warnings.extend(
+        parsed
+            .warnings
+            .into_iter()
+            .map(|w| format!("{}: {w}", path.display())),
+    );
+    for inc in parsed.includes {
+        let here = format!(
+            "{}: line {}: {} {}",
+            path.display(),
+            inc.line,
+            inc.option,
+            inc.target
+        );
+        if inc.target.contains("://") {
+            out.warnings.push(format!(
+                "{here}: not followed (only local files are read); not checked"
+            ));
+            continue;
+        }
+        let target = path.parent().unwrap_or(Path::new("")).join(&inc.target);
+        let canonical = std::fs::canonicalize(&target)
+            .map_err(|e| format!("{here}: {}: {e}", target.display()))?;
+        if let Some(i) = stack.iter().position(|p| *p == canonical) {
+            let cycle: Vec<String> = stack[i..]
+                .iter()
+                .chain([&canonical])
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(format!("{here}: include cycle: {}", cycle.join(" -> ")));
+        }
+        if seen.contains(&canonical) {
+            continue;
+        }
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            return Err(format!(
+                "{here}: includes nested more than {MAX_INCLUDE_DEPTH} deep"
+            ));
+        }
+        let text = std::fs::read_to_string(&target)
+            .map_err(|e| format!("{here}: {}: {e}", target.display()))?;
+        read_requirements(&target, &text, top, stack, seen, out)?;
+    }
+    stack.pop();
+    Ok(())
 }
 
 /// `package-lock.json` / `npm-shrinkwrap.json`, lockfileVersion 1, 2 or 3.
@@ -112,22 +251,72 @@ pub fn parse_package_lock(text: &str) -> Result<Vec<Entry>, String> {
     Err("neither \"packages\" nor \"dependencies\": not an npm lockfile".into())
 }
 
-/// `requirements.txt`: `name==version` lines (extras, markers, `--hash` options and line
-/// continuations allowed). Unpinned requirements are returned without a version.
-pub fn parse_requirements(text: &str) -> Result<Vec<Entry>, String> {
-    let mut out = Vec::new();
+/// What one file says, before includes are followed.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// The artifacts named.
+    pub entries: Vec<Entry>,
+    /// `line N: why` for each line skipped.
+    pub warnings: Vec<String>,
+    /// `-r` / `-c` lines, to be read relative to the file.
+    pub includes: Vec<Include>,
+}
+
+/// A `-r FILE` / `-c FILE` line of a requirements file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// Line number.
+    pub line: usize,
+    /// The option as written (`-r`, `--constraint`, ...).
+    pub option: String,
+    /// The file (or URL) named.
+    pub target: String,
+}
+
+/// pip options a requirements file may carry that name no package.
+const PIP_GLOBAL_OPTIONS: &[&str] = &[
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "--no-index",
+    "-f",
+    "--find-links",
+    "--pre",
+    "--prefer-binary",
+    "--require-hashes",
+    "--only-binary",
+    "--no-binary",
+    "--trusted-host",
+    "--use-feature",
+    "--config-settings",
+    "--hash",
+];
+
+/// A requirements-file comment: `#` at the start or after whitespace.
+fn strip_comment(line: &str) -> &str {
+    let b = line.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'#' && (i == 0 || b[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// `requirements.txt` / `constraints.txt` (pip's format): `name==version` lines (extras,
+/// markers, `--hash` options and line continuations allowed), `-r`/`-c` includes (returned,
+/// not followed), pip's global options (ignored). Unpinned requirements are returned without
+/// a version; URL, path and editable requirements, unknown options and unreadable lines are
+/// warnings.
+pub fn parse_requirements(text: &str) -> Parsed {
+    let mut out = Parsed::default();
     let mut logical = String::new();
     let mut start_line = 0;
     for (i, raw) in text.lines().enumerate() {
         if logical.is_empty() {
             start_line = i + 1;
         }
-        let line = raw.split(" #").next().unwrap_or("");
-        let line = if line.trim_start().starts_with('#') {
-            ""
-        } else {
-            line
-        };
+        let line = strip_comment(raw);
         if let Some(cont) = line.trim_end().strip_suffix('\\') {
             logical.push_str(cont);
             logical.push(' ');
@@ -136,44 +325,105 @@ pub fn parse_requirements(text: &str) -> Result<Vec<Entry>, String> {
         logical.push_str(line);
         let req = std::mem::take(&mut logical);
         let req = req.trim();
-        if req.is_empty() || req.starts_with('-') {
+        if req.is_empty() {
             continue;
         }
-        let spec = req
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .split(" --")
-            .next()
-            .unwrap_or("")
-            .trim();
-        let name_end = spec
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-            .unwrap_or(spec.len());
-        let name = &spec[..name_end];
-        if name.is_empty() {
-            return Err(format!(
-                "line {start_line}: cannot read a requirement from {req:?}"
-            ));
+        let warn = |why: &str| format!("line {start_line}: {req:?}: {why}; not checked");
+        if req.starts_with('-') {
+            let (opt, arg) = split_option(req);
+            match opt {
+                "-r" | "--requirement" | "-c" | "--constraint" if !arg.is_empty() => {
+                    out.includes.push(Include {
+                        line: start_line,
+                        option: opt.to_string(),
+                        target: arg.to_string(),
+                    })
+                }
+                "-e" | "--editable" => out
+                    .warnings
+                    .push(warn("an editable requirement (a path or VCS URL)")),
+                o if PIP_GLOBAL_OPTIONS.contains(&o) => {}
+                _ => out.warnings.push(warn("not a pip option sluice knows")),
+            }
+            continue;
         }
-        let rest = spec[name_end..].trim();
-        let rest = match rest.strip_prefix('[') {
-            Some(r) => r.split_once(']').map(|x| x.1).unwrap_or("").trim(),
-            None => rest,
-        };
-        let version = rest
-            .strip_prefix("===")
-            .or_else(|| rest.strip_prefix("=="))
-            .map(|v| v.trim())
-            .filter(|v| !v.contains('*') && !v.contains(','));
-        out.push(Entry::new(
-            Ecosystem::Pypi,
-            name,
-            version,
-            format!("line {start_line}"),
-        ));
+        match requirement(req) {
+            Ok(Some((name, version))) => out.entries.push(Entry::new(
+                Ecosystem::Pypi,
+                name,
+                version,
+                format!("line {start_line}"),
+            )),
+            Ok(None) => out
+                .warnings
+                .push(warn("a URL or path, not a named requirement")),
+            Err(why) => out.warnings.push(warn(&why)),
+        }
     }
-    Ok(out)
+    out
+}
+
+/// `-r file`, `-rfile`, `--requirement file`, `--requirement=file` → (option, argument).
+fn split_option(line: &str) -> (&str, &str) {
+    let (opt, arg) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+        Some((o, a)) => (o, a.trim()),
+        None => (line, ""),
+    };
+    if !opt.starts_with("--") && opt.len() > 2 {
+        // Short option glued to its argument.
+        return (&line[..2], line[2..].trim());
+    }
+    (opt, arg)
+}
+
+/// One PEP 508 requirement: its name and its pinned (`==` / `===`, no wildcard) version.
+/// `Ok(None)`: a URL or path (nothing named to check); `Err`: not a requirement.
+fn requirement(req: &str) -> Result<Option<(&str, Option<&str>)>, String> {
+    // Per-requirement options (`--hash=...`) and markers are not part of what is named.
+    let spec = req.split(" --").next().unwrap_or("");
+    let spec = spec.split(';').next().unwrap_or("").trim();
+    let first = spec.split_whitespace().next().unwrap_or("");
+    if first.contains("://")
+        || first.starts_with(['.', '/', '~'])
+        || [".whl", ".zip", ".tar.gz", ".tgz"]
+            .iter()
+            .any(|ext| first.ends_with(ext))
+    {
+        return Ok(None);
+    }
+    let name_end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .unwrap_or(spec.len());
+    let name = &spec[..name_end];
+    let bad = || "not a requirement (expected e.g. name==1.0)".to_string();
+    // PEP 508: letters/digits at both ends, `-_.` inside.
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(bad());
+    }
+    let rest = spec[name_end..].trim();
+    let rest = match rest.strip_prefix('[') {
+        Some(r) => r.split_once(']').ok_or_else(bad)?.1.trim(),
+        None => rest,
+    };
+    if rest.starts_with('@') {
+        return Ok(Some((name, None))); // name @ URL: the name is checked
+    }
+    let rest = rest
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(rest)
+        .trim();
+    if !(rest.is_empty() || rest.starts_with(['<', '>', '=', '!', '~'])) {
+        return Err(bad());
+    }
+    let version = rest
+        .strip_prefix("===")
+        .or_else(|| rest.strip_prefix("=="))
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && !v.contains('*') && !v.contains(','));
+    Ok(Some((name, version)))
 }
 
 /// PEP 751 `pylock.toml`: `[[packages]]` with `name` and `version`.
@@ -199,21 +449,23 @@ pub fn parse_pylock(text: &str) -> Result<Vec<Entry>, String> {
         .collect())
 }
 
-/// Image references, one per line (`#` comments): `[registry/]repo[:tag][@sha256:...]`.
-pub fn parse_images(text: &str) -> Result<Vec<Entry>, String> {
-    let mut out = Vec::new();
+/// Image references, one per line (`#` comments): `[registry/]repo[:tag][@sha256:...]`. A
+/// line that is not a valid reference is a warning.
+pub fn parse_images(text: &str) -> Parsed {
+    let mut out = Parsed::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        out.push(
-            parse_image_ref(line)
-                .map_err(|e| format!("line {}: {e}", i + 1))?
-                .with_location(i + 1),
-        );
+        match parse_image_ref(line) {
+            Ok(e) => out.entries.push(e.with_location(i + 1)),
+            Err(e) => out
+                .warnings
+                .push(format!("line {}: {e}; not checked", i + 1)),
+        }
     }
-    Ok(out)
+    out
 }
 
 impl Entry {
@@ -245,8 +497,18 @@ pub fn parse_image_ref(r: &str) -> Result<Entry, String> {
         Some((p, t)) if !t.contains('/') => (p, Some(t)),
         _ => (path, None),
     };
-    if repo.is_empty() {
-        return Err(format!("invalid image reference {r:?}"));
+    let invalid = |why: &str| Err(format!("invalid image reference {r:?}: {why}"));
+    if repo.is_empty() || !repo.split('/').all(valid_path_component) {
+        return invalid("the repository must be lowercase letters, digits and separators");
+    }
+    if rest.len() != path.len() && !valid_registry(&registry) {
+        return invalid("bad registry host");
+    }
+    if tag.is_some_and(|t| !valid_tag(t)) {
+        return invalid("a tag is up to 128 letters, digits, '_', '.' or '-'");
+    }
+    if digest.as_deref().is_some_and(|d| !valid_digest(d)) {
+        return invalid("a digest is algorithm:hex, e.g. sha256:...");
     }
     let repo = if registry == "docker.io" && !repo.contains('/') {
         format!("library/{repo}")
@@ -261,6 +523,74 @@ pub fn parse_image_ref(r: &str) -> Result<Entry, String> {
     e.digest = digest;
     e.registry = Some(registry);
     Ok(e)
+}
+
+/// A repository path component (distribution's reference grammar):
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn valid_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let sep = b[i..].iter().take_while(|x| !alnum(**x)).count();
+        let s = &c[i..i + sep];
+        if !(s == "." || s == "_" || s == "__" || s.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+        i += sep;
+    }
+    true
+}
+
+/// `host[:port]`: DNS labels, or `[IPv6]`.
+fn valid_registry(r: &str) -> bool {
+    let (host, port) = match r.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (r, None),
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && !t.starts_with(['.', '-'])
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// `algorithm:encoded`, e.g. `sha256:<hex>`.
+fn valid_digest(d: &str) -> bool {
+    d.split_once(':').is_some_and(|(alg, enc)| {
+        alg.starts_with(|c: char| c.is_ascii_alphabetic())
+            && alg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+.-_".contains(&b))
+            && !enc.is_empty()
+            && enc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -315,7 +645,9 @@ mod tests {
     #[test]
     fn requirements_pins_extras_markers_hashes_and_continuations() {
         let req = "# comment\nrequests[socks]==2.31.0 ; python_version >= \"3.8\" \\\n    --hash=sha256:abc\nsix==1.16.0  # trailing\n-i https://example.invalid/simple\nflask>=2\nidna===3.4\n";
-        let e = parse_requirements(req).unwrap();
+        let parsed = parse_requirements(req);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let e = parsed.entries;
         let got: Vec<_> = e
             .iter()
             .map(|e| (e.name.as_str(), e.version.as_deref()))
@@ -334,10 +666,11 @@ mod tests {
 
     #[test]
     fn image_references_follow_docker_naming() {
-        let e = parse_images(
+        let parsed = parse_images(
             "alpine\nghcr.io/o/i:1.0\nlocalhost:5000/x@sha256:00\n# c\nlibrary/nginx:1.25",
-        )
-        .unwrap();
+        );
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let e = parsed.entries;
         let got: Vec<_> = e
             .iter()
             .map(|e| {
@@ -366,5 +699,182 @@ mod tests {
         let e = parse_pylock(t).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].name, "idna");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn names(r: &Read) -> Vec<(String, Option<String>, String)> {
+        r.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.version.clone(), e.location.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn requirement_includes_are_followed_relative_to_the_including_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            d,
+            "requirements/base.txt",
+            "six==1.16.0\n-c ../constraints.txt\n",
+        );
+        write(d, "constraints.txt", "idna==3.7\n");
+        write(
+            d,
+            "requirements/dev.txt",
+            "--requirement=base.txt\npytest==8.0.0\n",
+        );
+        let top = write(
+            d,
+            "requirements.txt",
+            "requests==2.31.0\n-r requirements/base.txt\n-rrequirements/dev.txt\n",
+        );
+        let r = read_with_warnings(&top).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let got = names(&r);
+        let base = d.join("requirements/base.txt").display().to_string();
+        let cons = d
+            .join("requirements/../constraints.txt")
+            .display()
+            .to_string();
+        let dev = d.join("requirements/dev.txt").display().to_string();
+        assert_eq!(
+            got,
+            vec![
+                ("requests".into(), Some("2.31.0".into()), "line 1".into()),
+                (
+                    "six".into(),
+                    Some("1.16.0".into()),
+                    format!("{base} line 1")
+                ),
+                ("idna".into(), Some("3.7".into()), format!("{cons} line 1")),
+                (
+                    "pytest".into(),
+                    Some("8.0.0".into()),
+                    format!("{dev} line 2")
+                ),
+            ],
+            "base.txt is read once although dev.txt includes it too"
+        );
+    }
+
+    #[test]
+    fn a_missing_include_or_an_include_cycle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let top = write(d, "requirements.txt", "six==1.16.0\n-r nope.txt\n");
+        let e = read_with_warnings(&top).unwrap_err();
+        assert!(
+            e.contains("requirements.txt: line 2: -r nope.txt") && e.contains("nope.txt"),
+            "{e}"
+        );
+        write(d, "a-requirements.txt", "-r b-requirements.txt\n");
+        write(d, "b-requirements.txt", "-c a-requirements.txt\n");
+        let e = read_with_warnings(&d.join("a-requirements.txt")).unwrap_err();
+        assert!(e.contains("include cycle"), "{e}");
+        // A chain deeper than the bound.
+        for i in 0..20 {
+            write(
+                d,
+                &format!("deep/r{i}.txt"),
+                &format!("-r r{}.txt\n", i + 1),
+            );
+        }
+        write(d, "deep/r20.txt", "six==1.16.0\n");
+        let e = read_with_warnings(&d.join("deep/r0.txt")).unwrap_err();
+        assert!(e.contains("nested more than 16"), "{e}");
+    }
+
+    #[test]
+    fn requirements_files_are_recognised_by_name_and_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Bare names are both image references and requirements: the name decides.
+        for name in [
+            "requirements/prod.txt",
+            "constraints.txt",
+            "dev-requirements.txt",
+            "requirements-dev.txt",
+            "deps.in",
+        ] {
+            let p = write(d, name, "flask\n");
+            let r = read_with_warnings(&p).unwrap();
+            assert_eq!(r.entries[0].ecosystem, Ecosystem::Pypi, "{name}");
+            assert_eq!(r.entries[0].name, "flask", "{name}");
+        }
+        let p = write(d, "images.txt", "flask\nalpine:3.19\n");
+        let r = read_with_warnings(&p).unwrap();
+        assert_eq!(r.entries[0].ecosystem, Ecosystem::Oci);
+        assert_eq!(r.entries[0].name, "library/flask");
+        // A pin is no image reference.
+        let p = write(d, "deps.txt", "flask\nsix==1.16.0 # pinned\n");
+        let r = read_with_warnings(&p).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(
+            names(&r),
+            vec![
+                ("flask".into(), None, "line 1".into()),
+                ("six".into(), Some("1.16.0".into()), "line 2".into())
+            ]
+        );
+        // An image list with a stray pin: the pin is warned about, not read as an image.
+        let p = write(d, "list", "ghcr.io/o/i:1.0\nsix==1.16.0\n");
+        let r = read_with_warnings(&p).unwrap();
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("line 2") && r.warnings[0].contains("six==1.16.0"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn unreadable_requirement_lines_are_warned_about() {
+        let req = "six==1.16.0\n-e git+https://example.invalid/x.git#egg=x\n./local/pkg\nhttps://example.invalid/a-1.0-py3-none-any.whl\n--frobnicate\n--index-url https://example.invalid/simple\n!!!\nname @ https://example.invalid/n.zip\n-r https://example.invalid/r.txt\n";
+        let p = parse_requirements(req);
+        let got: Vec<_> = p.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(got, vec!["six", "name"]);
+        let lines: Vec<_> = p
+            .warnings
+            .iter()
+            .map(|w| w.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            vec!["line 2", "line 3", "line 4", "line 5", "line 7"]
+        );
+        assert_eq!(p.includes.len(), 1);
+    }
+
+    #[test]
+    fn image_references_are_validated() {
+        for bad in [
+            "six==1.16.0",
+            "Alpine",
+            "alpine:",
+            "alpine:-x",
+            "ghcr.io/o/i@nohex",
+            "bad_host-.io:x/a",
+            "a//b",
+            "a b",
+        ] {
+            assert!(parse_image_ref(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "alpine",
+            "a__b/c-d--e.f:1.0_x",
+            "localhost:5000/x",
+            "[::1]:5000/x:1",
+            "registry.example:443/team/app@sha256:0123abcd",
+        ] {
+            assert!(parse_image_ref(good).is_ok(), "{good}");
+        }
     }
 }
