@@ -213,16 +213,21 @@ impl App {
             None
         };
         secret
-            .and_then(|s| {
-                self.config
-                    .auth
-                    .tokens
-                    .iter()
-                    .find(|t| constant_time_eq(t.token.as_bytes(), s.as_bytes()))
-                    .map(|t| t.role)
-            })
+            .and_then(|s| token_role(&self.config.auth.tokens, &s))
             .unwrap_or(Role::None)
     }
+}
+
+/// The role of the configured token equal to `presented`. An empty secret (`Bearer `,
+/// basic auth `user:`) matches nothing, even if an empty token slipped into the config.
+fn token_role(tokens: &[sluice_config::TokenConfig], presented: &str) -> Option<Role> {
+    if presented.trim().is_empty() {
+        return None;
+    }
+    tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
+        .map(|t| t.role)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -246,5 +251,22 @@ mod tests {
             Some("pass")
         );
         assert_eq!(decode_basic_password("!!!"), None);
+    }
+
+    #[test]
+    fn an_empty_presented_token_matches_no_token() {
+        let tok = |token: &str, role| sluice_config::TokenConfig {
+            name: "t".into(),
+            token: token.into(),
+            role,
+        };
+        let tokens = [tok("", Role::Admin), tok(" ", Role::Admin), tok("s3", Role::Read)];
+        // "anyone:" in basic auth.
+        let empty = decode_basic_password("YW55b25lOg==").unwrap();
+        assert_eq!(empty, "");
+        assert_eq!(token_role(&tokens, &empty), None);
+        assert_eq!(token_role(&tokens, " "), None);
+        assert_eq!(token_role(&tokens, "s3"), Some(Role::Read));
+        assert_eq!(token_role(&tokens, "s"), None);
     }
 }

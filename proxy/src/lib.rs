@@ -71,7 +71,8 @@ pub fn serve(
         .server
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let grace = config.server.shutdown_grace.get().as_secs();
+    // pingora takes whole seconds; "500ms" must not become no grace at all.
+    let grace = config.server.shutdown_grace.as_secs_ceil();
     let app = Arc::new(app::App::new(config, config_path, handle)?);
     tracing::info!(
         listen = %listen,
