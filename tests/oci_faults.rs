@@ -512,6 +512,56 @@ async fn blob_redirect_to_another_host_gets_no_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_targets_challenge_is_not_answered_with_credentials() {
+    let sim = Sim::start_with(SimConfig {
+        auth: Some(SimAuth {
+            token: "registry-only-token".into(),
+            basic: Some(("bob".into(), "hunter2".into())),
+        }),
+        redirect_blobs: true,
+    })
+    .await;
+    let layer = random_bytes(30_000, 16);
+    let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
+    let s = sluice_for(&sim, "username = \"bob\"\npassword = \"hunter2\"");
+    within(60, "CDN challenge", async {
+        let c = http_client();
+        let d = &img.layer_digests[0];
+        let url = format!("{}/v2/app/blobs/{d}", s.base_url());
+        sim.fault("/cdn/", Fault::Status(401));
+        let f = get(&c, &url, &[]).await;
+        assert!((400..600).contains(&f.status), "{}", f.status);
+        // The CDN's challenge named its own service: no token was asked for it.
+        let asked: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/token"))
+            .map(|r| r.path)
+            .collect();
+        assert!(
+            !asked.is_empty(),
+            "the registry's own challenge was answered"
+        );
+        assert!(
+            asked.iter().all(|p| !p.contains("service=cdn")),
+            "a redirect target's challenge chose a token request: {asked:?}"
+        );
+        // The registry's token was kept: the next pull needs no new one.
+        let tokens = sim.token_requests();
+        sim.clear_faults();
+        let f = get(&c, &url, &[]).await;
+        assert_eq!(f.status, 200);
+        assert!(f.body.expect("body") == layer);
+        assert_eq!(
+            sim.token_requests(),
+            tokens,
+            "the registry token was replaced"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_request_on_cached_blob_returns_exact_slice() {
     let sim = Sim::start().await;
     let blob = random_bytes(1 << 20, 15);

@@ -459,6 +459,13 @@ async fn ns_query_and_name_prefix_route_to_the_right_upstream() {
     let (l2, m2) = build_single_arch(&tmp.path().join("two"), "v1", 8);
     push(&l1.dir, "v1", &first.host(), "app:v1", PushFormat::Oci);
     push(&l2.dir, "v1", &second.host(), "app:v1", PushFormat::Oci);
+    push(
+        &l2.dir,
+        "v1",
+        &second.host(),
+        "local/app:v1",
+        PushFormat::Oci,
+    );
     let s = Sluice::start(&format!(
         "{}{}",
         upstream("local", &first, true, "2s"),
@@ -485,6 +492,19 @@ async fn ns_query_and_name_prefix_route_to_the_right_upstream() {
             tag_digest(&s, "app", &ns).await.0,
             m2.digest,
             "?ns= → second upstream"
+        );
+        // With ?ns= the whole path is a repository of that registry, even one whose first
+        // segment is another upstream's name ...
+        assert_eq!(
+            tag_digest(&s, "local/app", &ns).await.0,
+            m2.digest,
+            "?ns= names the registry: local/app there, not app at upstream local"
+        );
+        // ... and a prefix naming the ns upstream itself is its mount point.
+        assert_eq!(
+            tag_digest(&s, "second/app", &ns).await.0,
+            m2.digest,
+            "own prefix with ?ns="
         );
 
         // Blobs follow the same routing.

@@ -116,47 +116,52 @@ impl App {
         })
     }
 
-    /// Picks the OCI upstream for a `/v2/<name>` path: a configured upstream name as first
-    /// segment, else containerd's `?ns=` host, else the default. Returns it with the
-    /// repository name as the upstream knows it (`library/` added for Docker Hub).
+    /// Picks the OCI upstream for a `/v2/<name>` path: containerd's `?ns=` host when given
+    /// (containerd has already named the registry, so the whole path is a repository there,
+    /// even one whose first segment is another upstream's name), else a configured upstream
+    /// name as first segment, else the default. A prefix naming the `ns` upstream itself is
+    /// stripped (a mirror configured with `override_path` under `/v2/<upstream>`). Returns
+    /// the upstream with the repository name as it knows it (`library/` added for Docker
+    /// Hub).
     pub fn resolve_oci(
         &self,
         name: &str,
         ns: Option<&str>,
     ) -> Result<(Arc<Upstream>, RepoName), ProxyError> {
-        let mut chosen = None;
-        let mut rest = name;
-        if let Some((first, tail)) = name.split_once('/') {
-            if let Some(up) = self.oci.iter().find(|u| u.name() == first) {
-                chosen = Some(up.clone());
-                rest = tail;
-            }
-        }
-        if chosen.is_none() {
-            if let Some(ns) = ns.filter(|n| !n.is_empty()) {
+        let prefixed = name.split_once('/').and_then(|(first, tail)| {
+            let up = self.oci.iter().find(|u| u.name() == first)?;
+            Some((up.clone(), tail))
+        });
+        let (up, rest) = match ns.filter(|n| !n.is_empty()) {
+            Some(ns) => {
                 let hub = matches!(ns, "docker.io" | "registry-1.docker.io" | "index.docker.io");
-                chosen = self
+                let up = self
                     .oci
                     .iter()
                     .find(|u| u.ns_host() == ns || (hub && u.is_docker_hub()))
-                    .cloned();
-                if chosen.is_none() {
-                    return Err(ProxyError::NotFound {
+                    .cloned()
+                    .ok_or_else(|| ProxyError::NotFound {
                         code: "NAME_UNKNOWN",
                         message: format!("no upstream is configured for registry {ns:?}"),
-                    });
+                    })?;
+                match prefixed {
+                    Some((p, tail)) if Arc::ptr_eq(&p, &up) => (up, tail),
+                    _ => (up, name),
                 }
             }
-        }
-        let up = match chosen {
-            Some(u) => u,
-            None => self
-                .default_oci
-                .and_then(|i| self.oci.get(i).cloned())
-                .ok_or_else(|| ProxyError::NotFound {
-                    code: "NAME_UNKNOWN",
-                    message: "no default OCI upstream is configured".into(),
-                })?,
+            None => match prefixed {
+                Some(p) => p,
+                None => {
+                    let up = self
+                        .default_oci
+                        .and_then(|i| self.oci.get(i).cloned())
+                        .ok_or_else(|| ProxyError::NotFound {
+                            code: "NAME_UNKNOWN",
+                            message: "no default OCI upstream is configured".into(),
+                        })?;
+                    (up, name)
+                }
+            },
         };
         let repo = RepoName::parse(rest).map_err(|m| ProxyError::BadRequest {
             code: "NAME_INVALID",

@@ -295,6 +295,7 @@ impl Docs {
             fetched_at_ms: doc.fetched_at_ms,
             etag: doc.etag.clone(),
             last_modified: doc.last_modified.clone(),
+            next_page: None,
         };
         self.store
             .index()

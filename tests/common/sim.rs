@@ -150,6 +150,9 @@ struct Inner {
     ranges: Option<Ranges>,
     log: Vec<Req>,
     cdn_log: Vec<Req>,
+    /// Referrers API: descriptors by subject digest (none registered: `404`, as from a
+    /// registry without the API).
+    referrers: HashMap<String, Vec<serde_json::Value>>,
 }
 
 struct State {
@@ -269,6 +272,15 @@ default = true
         self.inner()
             .tags
             .insert((repo.to_string(), tag.to_string()), digest.to_string());
+    }
+
+    /// Lists `descriptor` among the referrers of `subject`.
+    pub fn add_referrer(&self, subject: &str, descriptor: serde_json::Value) {
+        self.inner()
+            .referrers
+            .entry(subject.to_string())
+            .or_default()
+            .push(descriptor);
     }
 
     /// Stores config + layers + an OCI manifest (pretty-printed, so byte-exactness matters)
@@ -554,13 +566,15 @@ fn fault_for(state: &State, path: &str) -> Fault {
     inner.faults.matching(path).unwrap_or(Fault::Normal)
 }
 
-/// Splits `/v2/<name>/<kind>/<rest>` on the last `/manifests/`, `/blobs/` or `/tags/`.
+/// Splits `/v2/<name>/<kind>/<rest>` on the last `/manifests/`, `/blobs/`, `/tags/` or
+/// `/referrers/`.
 fn parse_v2(path: &str) -> Option<(&str, &'static str, &str)> {
     let rest = path.strip_prefix("/v2/")?;
     for (pat, kind) in [
         ("/manifests/", "manifests"),
         ("/blobs/", "blobs"),
         ("/tags/", "tags"),
+        ("/referrers/", "referrers"),
     ] {
         if let Some(i) = rest.rfind(pat) {
             let name = &rest[..i];
@@ -663,17 +677,55 @@ fn route(state: &State, req: &Req) -> Resp {
             }
             None => Resp::oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry"),
         },
+        "referrers" => match inner.referrers.get(tail) {
+            Some(descriptors) => {
+                let index = json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": descriptors,
+                });
+                Resp::new(200, serde_json::to_vec(&index).expect("json"))
+                    .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+            }
+            None => Resp::oci_error(404, "NAME_UNKNOWN", "no such route"),
+        },
         _ if tail == "list" => {
-            let tags: Vec<_> = inner
+            // Sorted (the map's order); `n` and `last` paginate, with a `Link` to the rest.
+            let query: HashMap<&str, &str> = req
+                .path
+                .split_once('?')
+                .map_or("", |q| q.1)
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            let all: Vec<_> = inner
                 .tags
                 .keys()
                 .filter(|(r, _)| r == name)
                 .map(|(_, t)| t.clone())
                 .collect();
-            if tags.is_empty() {
+            let after: Vec<_> = all
+                .iter()
+                .filter(|t| query.get("last").is_none_or(|l| t.as_str() > *l))
+                .cloned()
+                .collect();
+            let n = query.get("n").and_then(|n| n.parse::<usize>().ok());
+            let page: Vec<_> = after
+                .iter()
+                .take(n.unwrap_or(usize::MAX))
+                .cloned()
+                .collect();
+            if all.is_empty() {
                 Resp::oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
             } else {
-                Resp::json(200, json!({"name": name, "tags": tags}))
+                let r = Resp::json(200, json!({"name": name, "tags": page}));
+                match (n, page.last()) {
+                    (Some(n), Some(last)) if after.len() > page.len() => r.header(
+                        "Link",
+                        format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""),
+                    ),
+                    _ => r,
+                }
             }
         }
         _ => Resp::oci_error(404, "NAME_UNKNOWN", "no such route"),
@@ -744,7 +796,19 @@ fn route_cdn(state: &State, req: &Req) -> Resp {
     };
     let fault = fault_for(state, &req.path);
     if let Fault::Status(code) = fault {
-        return Resp::new(code, "simulated CDN failure");
+        let r = Resp::new(code, "simulated CDN failure");
+        // A 401 carries a challenge of the CDN's choosing (service "cdn"): a proxy must not
+        // answer it with the registry's credentials.
+        return match code {
+            401 => r.header(
+                "WWW-Authenticate",
+                format!(
+                    "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"cdn\",scope=\"repository:cdn:pull\"",
+                    state.port
+                ),
+            ),
+            _ => r,
+        };
     }
     let blob = state
         .inner

@@ -117,6 +117,9 @@ pub struct MetaRecord {
     /// The upstream's `Last-Modified`, for conditional revalidation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified: Option<String>,
+    /// A paginated list's next page (`n=..&last=..`), from the upstream's `Link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<String>,
 }
 
 /// Typed access on top of any [`Index`].

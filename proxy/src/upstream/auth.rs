@@ -84,6 +84,13 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
+/// The longest a token is kept, whatever its `expires_in` says (a huge value would overflow
+/// the expiry instant).
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Cache size from which expired tokens are dropped on insert.
+const PRUNE_AT: usize = 256;
+
 /// Bearer tokens by scope.
 #[derive(Default)]
 pub struct TokenCache {
@@ -98,11 +105,23 @@ impl TokenCache {
         (Instant::now() < *exp).then(|| t.clone())
     }
 
-    /// Caches `token` for `scope`, valid `ttl` (minus a safety margin).
+    /// Caches `token` for `scope`, valid `ttl` (minus a safety margin). Expired tokens of
+    /// other scopes are dropped once the cache holds [`PRUNE_AT`] of them, so it does not grow
+    /// with every repository ever pulled.
     pub fn put(&self, scope: &str, token: String, ttl: Duration) {
         let margin = Duration::from_secs(10).min(ttl / 4);
-        let exp = Instant::now() + ttl.saturating_sub(margin);
-        self.tokens.lock().insert(scope.to_string(), (token, exp));
+        let now = Instant::now();
+        let exp = now + ttl.min(MAX_TOKEN_TTL).saturating_sub(margin);
+        let mut map = self.tokens.lock();
+        if map.len() >= PRUNE_AT {
+            map.retain(|_, (_, e)| now < *e);
+        }
+        map.insert(scope.to_string(), (token, exp));
+    }
+
+    /// How many tokens are cached (expired ones included until pruned).
+    pub fn len(&self) -> usize {
+        self.tokens.lock().len()
     }
 
     /// Forgets the token of `scope` (the upstream rejected it).
@@ -129,7 +148,8 @@ impl TokenResponse {
     /// The token and its lifetime.
     pub fn into_token(self) -> Option<(String, Duration)> {
         let t = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        Some((t, Duration::from_secs(self.expires_in.unwrap_or(60).max(1))))
+        let secs = self.expires_in.unwrap_or(60).max(1);
+        Some((t, Duration::from_secs(secs).min(MAX_TOKEN_TTL)))
     }
 }
 
@@ -169,6 +189,24 @@ mod tests {
         assert_eq!(c.get("z"), None);
         c.forget("s");
         assert_eq!(c.get("s"), None);
+    }
+
+    #[test]
+    fn a_huge_expires_in_is_capped_and_expired_tokens_are_pruned() {
+        let r: TokenResponse =
+            serde_json::from_str(r#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
+        let (t, ttl) = r.into_token().expect("token");
+        assert_eq!(ttl, MAX_TOKEN_TTL);
+        let c = TokenCache::default();
+        c.put("s", t, Duration::MAX); // no overflow panic
+        assert_eq!(c.get("s").as_deref(), Some("t"));
+        for i in 0..PRUNE_AT {
+            c.put(&format!("old{i}"), "x".into(), Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        c.put("new", "y".into(), Duration::from_secs(300));
+        assert_eq!(c.len(), 2, "expired tokens pruned, live ones kept");
+        assert_eq!(c.get("s").as_deref(), Some("t"));
     }
 
     #[test]

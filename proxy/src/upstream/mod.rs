@@ -228,7 +228,12 @@ impl Upstream {
                 )
                 .await?;
             let Some(scope) = scope else { return Ok(resp) };
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            // Only the upstream's own challenge is answered: a 401 from a redirect target (a
+            // CDN) must not choose where the credentials, or the token it yields, go.
+            if resp.status() != StatusCode::UNAUTHORIZED
+                || retried
+                || !same_origin(resp.url(), &self.base)
+            {
                 return Ok(resp);
             }
             retried = true;

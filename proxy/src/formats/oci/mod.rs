@@ -21,11 +21,12 @@ use crate::fill::{Known, UpstreamBody};
 use crate::hashes::Expect;
 use crate::names::{Reference, RepoName, Tag};
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
-use crate::store::index::{IndexExt, ManifestRecord, MetaRecord, TagRecord, Tree};
+use crate::store::index::{IndexExt, ManifestRecord, TagRecord, Tree};
 use crate::store::unix_ms;
 use crate::upstream::{accept, Upstream};
 
 pub(crate) mod links;
+mod lists;
 
 /// Every manifest media type sluice asks upstreams for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -46,7 +47,9 @@ pub enum OciRoute<'a> {
     Blob(&'a str, &'a str),
     /// `/v2/<name>/tags/list`
     Tags(&'a str),
-    /// Upload sessions, catalog, referrers-write ...: not for a pull-through cache.
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(&'a str, &'a str),
+    /// Upload sessions, catalog ...: not for a pull-through cache.
     Unsupported,
     /// Anything else.
     Unknown,
@@ -82,13 +85,19 @@ impl<'a> OciRoute<'a> {
         if let Some(i) = BLOBS.rfind(bytes) {
             return OciRoute::Blob(&rest[..i], &rest[i + "/blobs/".len()..]);
         }
+        if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+            return OciRoute::Referrers(name, digest);
+        }
         OciRoute::Unknown
     }
 
     /// The repository the route names (as requested, upstream prefix included).
     pub fn name(&self) -> Option<&'a str> {
         match *self {
-            OciRoute::Manifest(n, _) | OciRoute::Blob(n, _) | OciRoute::Tags(n) => Some(n),
+            OciRoute::Manifest(n, _)
+            | OciRoute::Blob(n, _)
+            | OciRoute::Tags(n)
+            | OciRoute::Referrers(n, _) => Some(n),
             _ => None,
         }
     }
@@ -190,13 +199,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         }
         OciRoute::Blob(name, digest) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
-            let digest: Digest =
-                digest
-                    .parse()
-                    .map_err(|e: crate::digest::DigestError| ProxyError::BadRequest {
-                        code: "DIGEST_INVALID",
-                        message: e.to_string(),
-                    })?;
+            let digest = parse_digest(digest)?;
             let range = req.range.and_then(ByteRange::parse);
             // Blobs belong to no tag: repository-level rules apply.
             app.policy.check(&facts(&up, &repo, None, None))?;
@@ -205,8 +208,24 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         OciRoute::Tags(name) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
             app.policy.check(&facts(&up, &repo, None, None))?;
-            let reply = tags_list(app, &up, &repo, req.query).await?;
+            let asked = lists::Asked {
+                name,
+                ns: req.ns,
+                query: req.query,
+            };
+            let reply = lists::answer(app, &up, &repo, lists::List::Tags, asked).await?;
             Ok(without_blocked_tags(app, &up, &repo, reply))
+        }
+        OciRoute::Referrers(name, digest) => {
+            let (up, repo) = app.resolve_oci(name, req.ns)?;
+            let digest = parse_digest(digest)?;
+            app.policy.check(&facts(&up, &repo, None, None))?;
+            let asked = lists::Asked {
+                name,
+                ns: req.ns,
+                query: req.query,
+            };
+            lists::answer(app, &up, &repo, lists::List::Referrers(digest), asked).await
         }
         OciRoute::Unknown | OciRoute::Unsupported => Err(ProxyError::NotFound {
             code: "NAME_UNKNOWN",
@@ -216,6 +235,15 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
             ),
         }),
     }
+}
+
+/// A digest from a request path.
+fn parse_digest(s: &str) -> Result<Digest, ProxyError> {
+    s.parse()
+        .map_err(|e: crate::digest::DigestError| ProxyError::BadRequest {
+            code: "DIGEST_INVALID",
+            message: e.to_string(),
+        })
 }
 
 /// What the policy engine knows about an OCI request.
@@ -890,129 +918,6 @@ fn serve_stored(
     }
 }
 
-/// Tag lists: cached for `tag_ttl`, served stale when the upstream fails.
-async fn tags_list(
-    app: &Arc<App>,
-    up: &Arc<Upstream>,
-    repo: &RepoName,
-    query: Option<&str>,
-) -> Result<Reply, ProxyError> {
-    let mut q = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*k {
-            "n" if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() && v.len() < 8 => {
-                q.push(format!("n={v}"))
-            }
-            "last" => {
-                Tag::parse(&v).map_err(|m| ProxyError::BadRequest {
-                    code: "TAG_INVALID",
-                    message: m,
-                })?;
-                q.push(format!("last={v}"));
-            }
-            "n" => {
-                return Err(ProxyError::BadRequest {
-                    code: "PAGINATION_NUMBER_INVALID",
-                    message: format!("invalid n={v:?}"),
-                })
-            }
-            _ => {}
-        }
-    }
-    let suffix = if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
-    };
-    let key = format!("tags/{}/{}{}", up.name(), repo, suffix);
-    let cached: Option<MetaRecord> = app
-        .store
-        .index()
-        .get_rec(Tree::Meta, key.as_bytes())
-        .map_err(ProxyError::internal)?;
-    let cached = cached.and_then(|r| app.store.read(&r.digest).map(|b| (r, b)));
-    let reply = |bytes: Bytes, ct: String, cache| {
-        Reply::new(StatusCode::OK, cache)
-            .header(API_VERSION.0, API_VERSION.1)
-            .header("Content-Type", ct)
-            .body(Body::Full(bytes))
-    };
-    if let Some((rec, bytes)) = &cached {
-        let age = unix_ms().saturating_sub(rec.fetched_at_ms);
-        if up.is_offline() || u128::from(age) < up.cfg.tag_ttl.get().as_millis() {
-            return Ok(reply(
-                bytes.clone(),
-                rec.content_type.clone(),
-                CacheStatus::Hit,
-            ));
-        }
-    }
-    let path = format!("/v2/{repo}/tags/list{suffix}");
-    let fetched = async {
-        let resp = up
-            .send(
-                Method::GET,
-                &path,
-                HeaderMap::new(),
-                Some(&scope(repo)),
-                None,
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(up.status_error(
-                resp.status(),
-                &path,
-                ProxyError::NotFound {
-                    code: "NAME_UNKNOWN",
-                    message: format!("repository {repo} not found upstream"),
-                },
-            ));
-        }
-        let ct = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
-        let bytes =
-            super::read_limited(up, resp, app.config.server.max_metadata_size.0, &path).await?;
-        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| ProxyError::Upstream {
-            upstream: up.name().to_string(),
-            message: format!("{path}: tag list is not JSON: {e}"),
-            status: None,
-        })?;
-        Ok((bytes, ct))
-    }
-    .await;
-    match fetched {
-        Ok((bytes, ct)) => {
-            let digest = app.store.put_bytes(&bytes)?;
-            app.store
-                .index()
-                .put_rec(
-                    Tree::Meta,
-                    key.as_bytes(),
-                    &MetaRecord {
-                        digest,
-                        content_type: ct.clone(),
-                        fetched_at_ms: unix_ms(),
-                        etag: None,
-                        last_modified: None,
-                    },
-                )
-                .map_err(ProxyError::internal)?;
-            Ok(reply(bytes, ct, CacheStatus::Miss))
-        }
-        Err(e) if e.is_upstream_failure() || matches!(e, ProxyError::Offline(_)) => match cached {
-            Some((rec, bytes)) if up.stale_allowed(unix_ms().saturating_sub(rec.fetched_at_ms)) => {
-                Ok(reply(bytes, rec.content_type, CacheStatus::Stale))
-            }
-            _ => Err(e),
-        },
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1091,6 +996,9 @@ mod tests {
             }
             if let Some((n, d)) = rest.rsplit_once("/blobs/") {
                 return OciRoute::Blob(n, d);
+            }
+            if let Some((n, d)) = rest.rsplit_once("/referrers/") {
+                return OciRoute::Referrers(n, d);
             }
             OciRoute::Unknown
         }
