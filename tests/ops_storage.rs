@@ -329,3 +329,245 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
         .unwrap();
     assert_eq!(json_body(r).await["decision"], "allow");
 }
+
+/// `POST /-/api/purge` with a JSON body and the admin token; checks 200.
+async fn purge(s: &Sluice, body: serde_json::Value) -> serde_json::Value {
+    let r = http_client()
+        .post(format!("{}/-/api/purge", s.base_url()))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(r.status(), 200);
+    json_body(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_keeps_what_other_tags_and_pins_use_and_a_streaming_reader_finishes() {
+    let sim = Sim::start().await;
+    let (l1, l2) = (random_bytes(200 * 1024, 31), random_bytes(200 * 1024, 32));
+    let a = sim.push_image(
+        "team/a",
+        "1",
+        &[l1.clone(), l2.clone(), random_bytes(2 * MIB as usize, 33)],
+    );
+    // b shares a's first layer, pinned c its second.
+    let b = sim.push_image("team/b", "1", &[l1]);
+    let c = sim.push_image("team/c", "1", &[l2]);
+    let storage = "[[storage.pin]]\nformat = \"oci\"\nname = \"team/c\"\n";
+    let s = Sluice::start_with(|port, dir| config(port, dir, &sim, storage));
+    for (repo, img) in [("team/a", &a), ("team/b", &b), ("team/c", &c)] {
+        pull(&s, repo, "1", img).await;
+    }
+    s.settled().await;
+    let data = s.data_dir();
+
+    // A reader of a's own big layer has its first bytes when the purge runs.
+    let big = a.layer_digests[2].clone();
+    let mut reader = http_client()
+        .get(format!("{}/v2/team/a/blobs/{big}", s.base_url()))
+        .send()
+        .await
+        .expect("reader");
+    assert_eq!(sluice_cache_header(&reader), "HIT");
+    let mut got = reader
+        .chunk()
+        .await
+        .expect("chunk")
+        .expect("bytes")
+        .to_vec();
+
+    let v = purge(
+        &s,
+        serde_json::json!({"format": "oci", "name": "team/a", "tag": "1"}),
+    )
+    .await;
+    // a's manifest, config and big layer go; the layers b and pinned c use stay.
+    assert_eq!(v["matched_items"], 1, "{v}");
+    assert_eq!(v["removed_files"], 3, "{v}");
+    assert_eq!(v["removed_records"], 1, "{v}");
+    assert_eq!(v["kept_files"], 2, "{v}");
+    assert!(!blob_path(&data, &big).exists());
+    assert!(!blob_path(&data, &a.manifest_digest).exists());
+    for d in [&b.layer_digests[0], &c.layer_digests[0]] {
+        assert!(blob_path(&data, d).exists(), "{d} was purged");
+    }
+    while let Some(chunk) = within(30, "reader body", reader.chunk())
+        .await
+        .expect("reader body")
+    {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(sha256_digest(&got), big, "the streaming reader's body");
+
+    // A pinned tag is left alone, by name and by digest.
+    let v = purge(&s, serde_json::json!({"format": "oci", "name": "team/c"})).await;
+    assert_eq!(
+        (&v["matched_items"], &v["kept_pinned"], &v["removed_files"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{v}"
+    );
+    let v = purge(&s, serde_json::json!({"digest": c.layer_digests[0]})).await;
+    assert_eq!(
+        (&v["removed_files"], &v["kept_files"]),
+        (&0.into(), &1.into()),
+        "{v}"
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        metrics::sum_prefixed(&m, "sluice_evictions_total{reason=\"purge\"}"),
+        Some(3.0)
+    );
+
+    // With the upstream gone, b and c are still served whole from the store.
+    drop(sim);
+    assert_eq!(pull(&s, "team/b", "1", &b).await, ["HIT"; 3]);
+    assert_eq!(pull(&s, "team/c", "1", &c).await, ["HIT"; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_an_npm_version_keeps_the_packument_and_purging_the_package_makes_it_a_miss() {
+    use common::npm_sim::NpmSim;
+    let sim = NpmSim::start().await;
+    sim.publish("leftish", "1.0.0", &[]);
+    sim.publish("leftish", "2.0.0", &[]);
+    let s = Sluice::start_with(|port, dir| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             shutdown_grace = \"1s\"\n\n[storage]\ndata_dir = \"{}\"\n\n\
+             [[auth.token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n\
+             [[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\nmetadata_ttl = \"1h\"\n",
+            dir.display(),
+            sim.registry_url()
+        )
+    });
+    let c = http_client();
+    let doc_url = format!("{}/npmjs/leftish", s.base_url());
+    let get = |url: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(&url).send().await.expect("GET");
+            assert_eq!(r.status(), 200, "{url}");
+            let cache = sluice_cache_header(&r);
+            (cache, r.bytes().await.expect("body"))
+        }
+    };
+    let (cache, doc) = get(doc_url.clone()).await;
+    assert_eq!(cache, "MISS");
+    let doc: serde_json::Value = serde_json::from_slice(&doc).expect("packument");
+    let tarball = |v: &str| {
+        doc["versions"][v]["dist"]["tarball"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for v in ["1.0.0", "2.0.0"] {
+        assert_eq!(get(tarball(v)).await.0, "MISS");
+    }
+    s.settled().await;
+    assert_eq!(get(doc_url.clone()).await.0, "HIT");
+    let doc_fetches = || {
+        sim.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "GET"
+                    && r.path
+                        .split('?')
+                        .next()
+                        .is_some_and(|p| p.ends_with("/leftish"))
+            })
+            .count()
+    };
+    let fetched = doc_fetches();
+    assert_eq!(fetched, 1);
+
+    // A version that does not exist matches nothing, through the CLI too.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["purge", "--url", &s.base_url(), "--token", ADMIN])
+        .args(["--format", "npm", "leftish@9.9.9", "--json"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (
+            &v["matched_items"],
+            &v["removed_files"],
+            &v["removed_records"]
+        ),
+        (&0.into(), &0.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(get(doc_url.clone()).await.0, "HIT");
+
+    // One version: its tarball only; the packument is still a HIT.
+    let v = purge(
+        &s,
+        serde_json::json!({"format": "npm", "name": "leftish", "version": "1.0.0"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            &v["matched_items"],
+            &v["removed_files"],
+            &v["removed_records"]
+        ),
+        (&1.into(), &1.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(get(doc_url.clone()).await.0, "HIT");
+    assert_eq!(get(tarball("2.0.0")).await.0, "HIT");
+    assert_eq!(get(tarball("1.0.0")).await.0, "MISS");
+    assert_eq!(doc_fetches(), fetched);
+    s.settled().await;
+
+    // The package: its packument is fetched again (not served from memory).
+    let v = purge(&s, serde_json::json!({"format": "npm", "name": "leftish"})).await;
+    assert_eq!(v["removed_records"], 1, "{v}");
+    assert_eq!(v["removed_files"], 3, "{v}");
+    let (cache, again) = get(doc_url.clone()).await;
+    assert_eq!(cache, "MISS");
+    assert_eq!(doc_fetches(), fetched + 1);
+    let again: serde_json::Value = serde_json::from_slice(&again).expect("packument");
+    assert_eq!(again["versions"], doc["versions"]);
+    assert_eq!(get(doc_url).await.0, "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_content_over_max_size_is_reported_once_and_exported() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("keep/app", "1", &[random_bytes(2 * MIB as usize, 41)]);
+    let storage = "max_size = \"1MiB\"\neviction_grace = \"1s\"\ngc_interval = \"1h\"\n\n\
+                   [[storage.pin]]\nformat = \"oci\"\nname = \"keep/*\"\n";
+    let s = Sluice::start_with(|port, dir| config(port, dir, &sim, storage));
+    pull(&s, "keep/app", "1", &img).await;
+    s.settled().await;
+    let warning = "store is over max_size and nothing more can be evicted";
+    let sr = &s;
+    let gauge = move |name: &'static str| async move {
+        metrics::sum_prefixed(&sr.metrics().await, name).unwrap_or(-1.0)
+    };
+    // Eviction retries every second; the warning comes once.
+    let over = common::eventually_async(move || async move {
+        gauge("sluice_storage_over_limit").await == 1.0 && sr.log().contains(warning)
+    })
+    .await;
+    assert!(over, "no over-limit gauge or warning:\n{}", s.log());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(s.log().matches(warning).count(), 1, "{}", s.log());
+    assert!(gauge("sluice_storage_pinned_bytes").await >= (2 * MIB) as f64);
+    assert!(blob_path(&s.data_dir(), &img.layer_digests[0]).exists());
+    let r = http_client()
+        .post(format!("{}/-/api/gc", s.base_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let v = json_body(r).await;
+    assert_eq!(v["over_limit"], true, "{v}");
+    assert!(v["pinned_bytes"].as_u64().unwrap() >= 2 * MIB, "{v}");
+}

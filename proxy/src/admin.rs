@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /-/api/stats` | read | usage figures ([`crate::stats`]) and storage |
 //! | `GET /-/api/cache?format=&name=&limit=` | admin | cached items, size, last access |
-//! | `POST /-/api/purge?format=&name=[&tag=]` or `?digest=` | admin | remove from the store |
+//! | `POST /-/api/purge?format=&name=[&tag=]` or `?digest=` | admin | remove from the store (content another item or a pin still uses is kept) |
 //! | `POST /-/api/pin?format=&name=[&tag=]`, `POST /-/api/unpin?…` | admin | run-time pins |
 //! | `GET /-/api/pins` | admin | configured and run-time pins |
 //! | `POST /-/api/gc` | admin | run eviction and index GC now |
@@ -26,8 +26,8 @@ use crate::app::App;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::response::{Body, CacheStatus, Reply};
-use crate::store::pins::{Pin, StoredPin};
-use crate::store::{evict, index::Tree};
+use crate::store::evict;
+use crate::store::pins::{Pin, PurgeTarget, StoredPin};
 
 /// Most items `GET /-/api/cache` lists.
 const MAX_LIMIT: usize = 10_000;
@@ -77,15 +77,14 @@ pub async fn handle(
         }
         ("POST", "purge") => {
             let target = if let Some(d) = p("digest") {
-                Target::Digest(
+                PurgeTarget::Digest(
                     d.parse::<Digest>()
                         .map_err(|_| bad("digest must be sha256:<64 hex>"))?,
                 )
             } else {
-                Target::Name(pin_of(p)?)
+                PurgeTarget::Name(pin_of(p)?)
             };
-            let app2 = app.clone();
-            let v = blocking(move || purge(&app2, &target)).await?;
+            let v = purge(app, target).await?;
             Ok(json(StatusCode::OK, &v))
         }
         ("POST", "pin") => {
@@ -368,58 +367,29 @@ fn list(
     }))
 }
 
-enum Target {
-    Digest(Digest),
-    Name(StoredPin),
-}
-
-fn purge(app: &App, target: &Target) -> Result<serde_json::Value, ProxyError> {
-    let store = &app.store;
-    let mut digests = Vec::new();
-    let mut keys: Vec<(Tree, String)> = Vec::new();
-    match target {
-        Target::Digest(d) => digests.push(*d),
-        Target::Name(p) => {
-            let pin = Pin::new(&p.into());
-            for item in store
-                .items(&|f| f == p.format)
-                .map_err(ProxyError::internal)?
-            {
-                if pin.covers(&item) {
-                    digests.extend(item.digests.iter().copied());
-                    if !item.key.is_empty() {
-                        let tree = match item.format {
-                            Format::Oci => Tree::Tags,
-                            _ => Tree::Meta,
-                        };
-                        keys.push((tree, item.key.clone()));
-                    }
-                }
-            }
-        }
+/// Removes what `target` names from the store ([`crate::store::Store::purge`]), then drops
+/// the in-memory copies of the documents it removed, so the next request is a `MISS`.
+async fn purge(app: &Arc<App>, target: PurgeTarget) -> Result<serde_json::Value, ProxyError> {
+    let app2 = app.clone();
+    let r = blocking(move || {
+        app2.store
+            .purge(&target, &app2.config.storage.pins)
+            .map_err(ProxyError::internal)
+    })
+    .await?;
+    for (key, digest) in &r.documents {
+        app.docs.invalidate(key, digest);
     }
-    digests.sort();
-    digests.dedup();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for d in &digests {
-        if let Some(n) = store.remove(d).map_err(ProxyError::internal)? {
-            evict::count_removal("purge", n);
-            files += 1;
-            bytes += n;
-        }
-    }
-    for (tree, k) in &keys {
-        store
-            .index()
-            .remove(*tree, k.as_bytes())
-            .map_err(ProxyError::internal)?;
-    }
-    store.index().flush().map_err(ProxyError::internal)?;
-    tracing::info!(files, bytes, records = keys.len(), "purge");
-    Ok(serde_json::json!({
-        "removed_files": files,
-        "removed_bytes": bytes,
-        "removed_records": keys.len(),
-        "stored_bytes": store.total_bytes(),
-    }))
+    tracing::info!(
+        matched = r.matched_items,
+        files = r.removed_files,
+        bytes = r.removed_bytes,
+        records = r.removed_records,
+        kept_files = r.kept_files,
+        kept_pinned = r.kept_pinned,
+        "purge"
+    );
+    let mut v = serde_json::to_value(&r).map_err(ProxyError::internal)?;
+    v["stored_bytes"] = app.store.total_bytes().into();
+    Ok(v)
 }

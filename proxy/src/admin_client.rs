@@ -129,10 +129,12 @@ pub fn run(cfg: &Config, remote: &Remote, action: &Action, json: bool) -> Result
         Action::Stats => stats_table(&v, base.as_str().trim_end_matches('/')),
         Action::List { .. } => list_table(&v),
         Action::Purge { .. } => format!(
-            "purged: {} files ({}), {} records; {} stored\n",
+            "purged: {} files ({}), {} records; kept {} files still in use, {} pinned items; {} stored\n",
             num(&v["removed_files"]),
             human_bytes(num(&v["removed_bytes"])),
             num(&v["removed_records"]),
+            num(&v["kept_files"]),
+            num(&v["kept_pinned"]),
             human_bytes(num(&v["stored_bytes"]))
         ),
         Action::Pin { format, target } => format!("pinned {format} {target}\n"),

@@ -405,6 +405,21 @@ impl Docs {
         self.hot.invalidate(key);
     }
 
+    /// Drops the in-memory copies of document `key` (stored as `digest`) and of its rendered
+    /// variants, after a purge removed its record: the next request fetches it (`MISS`).
+    pub fn invalidate(&self, key: &str, digest: &Digest) {
+        self.hot.invalidate(key);
+        let variants: Vec<_> = self
+            .rendered
+            .iter()
+            .filter(|(k, _)| k.0 == *digest)
+            .map(|(k, _)| k)
+            .collect();
+        for k in variants {
+            self.rendered.invalidate(&*k);
+        }
+    }
+
     fn remember_404(&self, key: &str, ttl: Duration) {
         if !ttl.is_zero() {
             self.negative
@@ -435,6 +450,14 @@ impl Docs {
                                     "304 to an unconditional request",
                                 ));
                             };
+                            if !this.store.contains(&old.digest) {
+                                // Removed meanwhile (purge, eviction): store the bytes again
+                                // so the record never names a file that is gone.
+                                let (store, b) = (this.store.clone(), old.bytes.clone());
+                                tokio::task::spawn_blocking(move || store.put_bytes(&b))
+                                    .await
+                                    .map_err(ProxyError::internal)??;
+                            }
                             let doc = Doc {
                                 bytes: old.bytes.clone(),
                                 digest: old.digest,
@@ -775,5 +798,31 @@ mod tests {
             }
         }
         assert!(not_mod.prebuilt.is_none());
+    }
+
+    #[tokio::test]
+    async fn invalidate_drops_the_memory_copies_and_a_304_restores_a_removed_file() {
+        let (_dir, docs, calls, mode, f) = setup("v1");
+        let (d, _) = docs
+            .get("k", fresh(60_000), false, f.clone(), nf)
+            .await
+            .unwrap();
+        let variant = Arc::new(Rendered::new(Bytes::from_static(b"r"), "text/plain"));
+        docs.rendered.insert((d.digest, "x".into()), variant);
+        // Its file removed (purge, eviction) while the copy is in memory: a 304 stores the
+        // bytes again, so the record it rewrites names a stored file.
+        docs.store.remove(&d.digest).unwrap();
+        *mode.lock() = "304";
+        let (_, s) = docs.get("k", fresh(0), true, f.clone(), nf).await.unwrap();
+        assert_eq!(s, CacheStatus::Revalidated);
+        assert!(docs.store.contains(&d.digest));
+        // A purge: the record goes, then the memory copies; the next get fetches.
+        docs.store.index().remove(Tree::Meta, b"k").unwrap();
+        docs.invalidate("k", &d.digest);
+        assert!(docs.rendered.get(&(d.digest, "x".to_string())).is_none());
+        *mode.lock() = "v1";
+        let (_, s) = docs.get("k", fresh(60_000), false, f, nf).await.unwrap();
+        assert_eq!(s, CacheStatus::Miss);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

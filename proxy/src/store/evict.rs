@@ -15,6 +15,7 @@
 //! but not opened it yet does not lose it. Pinned content is never removed.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -26,6 +27,28 @@ use crate::digest::Digest;
 
 /// The smallest `eviction_grace` honoured.
 const MIN_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the "over `max_size`" warning repeats while the store stays over.
+const OVER_LIMIT_WARN_EVERY: u64 = 600;
+
+/// Unix seconds of the last "over `max_size`" warning; 0 while the store is not over (the
+/// next time it is, the warning comes at once).
+static OVER_LIMIT_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether to warn now that the store is (`over`) or is not over `max_size`: once when it
+/// becomes over, then at most every [`OVER_LIMIT_WARN_EVERY`] seconds while it stays over.
+fn over_limit_warning(warned: &AtomicU64, over: bool, now: u64) -> bool {
+    if !over {
+        warned.store(0, Ordering::Relaxed);
+        return false;
+    }
+    let last = warned.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < OVER_LIMIT_WARN_EVERY {
+        return false;
+    }
+    warned.store(now.max(1), Ordering::Relaxed);
+    true
+}
 
 /// The limits eviction enforces.
 #[derive(Clone, Debug)]
@@ -97,6 +120,11 @@ pub struct Report {
     pub cleanup_freed_bytes: u64,
     /// Stored bytes after the run.
     pub stored_bytes: u64,
+    /// Bytes of stored files the pins protect.
+    pub pinned_bytes: u64,
+    /// The store is still over `max_size` after the run: nothing more could be removed
+    /// (pinned, or stored or served within `eviction_grace`).
+    pub over_limit: bool,
     /// What each cleanup policy did in this run (empty without policies or in a run that
     /// does not evaluate them).
     pub cleanup: Vec<super::cleanup::PolicyReport>,
@@ -185,6 +213,9 @@ impl Store {
         let mut report = Report::default();
         let mut candidates = Vec::new();
         for (d, rec) in self.records()? {
+            if protected.contains(&d) {
+                report.pinned_bytes += rec.size;
+            }
             // Whole seconds: `<=` keeps a file for at least `grace` full seconds.
             if grace > 0 && now.saturating_sub(rec.last_access.max(rec.created)) <= grace {
                 continue;
@@ -245,6 +276,19 @@ impl Store {
         }
         self.index.flush()?;
         report.stored_bytes = self.total_bytes();
+        report.over_limit = limits.max_size.is_some_and(|m| report.stored_bytes > m);
+        metrics::gauge!("sluice_storage_over_limit").set(f64::from(u8::from(report.over_limit)));
+        metrics::gauge!("sluice_storage_pinned_bytes").set(report.pinned_bytes as f64);
+        if over_limit_warning(&OVER_LIMIT_WARNED, report.over_limit, now) {
+            tracing::warn!(
+                stored_bytes = report.stored_bytes,
+                max_size = limits.max_size.unwrap_or(0),
+                pinned_bytes = report.pinned_bytes,
+                pinned_over_max_size = limits.max_size.is_some_and(|m| report.pinned_bytes > m),
+                "store is over max_size and nothing more can be evicted (pinned, or in use \
+                 within eviction_grace): unpin something or raise max_size"
+            );
+        }
         if report.evicted_lru + report.evicted_idle > 0 {
             tracing::info!(
                 evicted_lru = report.evicted_lru,
@@ -360,6 +404,43 @@ mod tests {
         // Under the high watermark: nothing more.
         let r = s.evict(&limits(1000), &protected, false).unwrap();
         assert_eq!(r.evicted_lru, 0);
+    }
+
+    #[test]
+    fn pinned_content_over_max_size_is_reported_and_warned_once_per_state_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ds: Vec<Digest> = (0..4u8)
+            .map(|i| s.put_bytes(&Bytes::from(vec![i; 100])).unwrap())
+            .collect();
+        for d in &ds {
+            age(&s, d, 1000);
+        }
+        // 300 pinned bytes against a 250-byte limit: the unpinned file goes, still over.
+        let protected: HashSet<Digest> = ds[..3].iter().copied().collect();
+        let r = s.evict(&limits(250), &protected, false).unwrap();
+        assert_eq!((r.evicted_lru, r.kept_pinned), (1, 3));
+        assert_eq!((r.pinned_bytes, r.stored_bytes), (300, 300));
+        assert!(r.over_limit);
+        // Under the limit once a pin is dropped.
+        let r = s.evict(&limits(250), &[ds[0]].into(), false).unwrap();
+        assert_eq!((r.pinned_bytes, r.stored_bytes), (100, 100));
+        assert!(!r.over_limit);
+
+        let w = AtomicU64::new(0);
+        assert!(over_limit_warning(&w, true, 1_000));
+        assert!(!over_limit_warning(&w, true, 1_001));
+        assert!(!over_limit_warning(
+            &w,
+            true,
+            1_000 + OVER_LIMIT_WARN_EVERY - 1
+        ));
+        assert!(over_limit_warning(&w, true, 1_000 + OVER_LIMIT_WARN_EVERY));
+        assert!(!over_limit_warning(&w, false, 1_700));
+        assert!(
+            over_limit_warning(&w, true, 1_701),
+            "over again: warned at once"
+        );
     }
 
     #[test]

@@ -305,8 +305,148 @@ impl Store {
     }
 }
 
+/// What [`Store::purge`] removes.
+#[derive(Clone, Debug)]
+pub enum PurgeTarget {
+    /// One stored file.
+    Digest(Digest),
+    /// The items a name (and tag or version) glob selects, as a pin would, except that a
+    /// tag or version selects only tags and release files, never documents.
+    Name(StoredPin),
+}
+
+/// What a purge did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Tags, versions and documents the name selected (0 for a digest).
+    pub matched_items: usize,
+    /// Files removed.
+    pub removed_files: u64,
+    /// Bytes they held.
+    pub removed_bytes: u64,
+    /// Tag and document records removed.
+    pub removed_records: usize,
+    /// Stored files of the purged items kept because another cached item or a pin still
+    /// references them.
+    pub kept_files: u64,
+    /// Matched items left alone because a pin covers them.
+    pub kept_pinned: usize,
+    /// Index keys and digests of the documents whose records were removed (for the
+    /// in-memory document cache to drop).
+    #[serde(skip)]
+    pub documents: Vec<(String, Digest)>,
+}
+
+impl Store {
+    /// Removes what `target` names, serialised with eviction and cleanup. Pinned items are
+    /// left alone (for a digest: a pinned file is kept), and a file another cached item
+    /// still references is kept. Records go first, then the files through
+    /// [`Store::remove`], so a reader that has the file open keeps its bytes and one that
+    /// finds no record fetches again. Blocking.
+    pub fn purge(
+        &self,
+        target: &PurgeTarget,
+        configured: &[PinConfig],
+    ) -> anyhow::Result<PurgeReport> {
+        let _run = self.evicting.lock();
+        let pins = self.pins(configured)?;
+        let items = self.items(&|_| true)?;
+        let pinned: Vec<bool> = items
+            .iter()
+            .map(|it| pins.iter().any(|p| p.covers(it)))
+            .collect();
+        let mut kept: HashSet<Digest> = items
+            .iter()
+            .zip(&pinned)
+            .filter(|(_, &p)| p)
+            .flat_map(|(it, _)| it.digests.iter().copied())
+            .collect();
+        let mut report = PurgeReport::default();
+        let mut files: Vec<Digest> = Vec::new();
+        let mut records: Vec<(Tree, &str)> = Vec::new();
+        match target {
+            PurgeTarget::Digest(d) => {
+                if kept.contains(d) {
+                    report.kept_files += u64::from(self.contains(d));
+                } else {
+                    files.push(*d);
+                }
+            }
+            PurgeTarget::Name(p) => {
+                let sel = Pin::new(&p.into());
+                let mut chosen = vec![false; items.len()];
+                let mut matched = HashSet::new();
+                let mut pinned_matched = HashSet::new();
+                for (i, it) in items.iter().enumerate() {
+                    if !sel.purges(it) {
+                        continue;
+                    }
+                    // An npm version is listed once per cached packument: count it once.
+                    let id = (it.format, &it.upstream, &it.name, &it.tag, it.kind);
+                    matched.insert(id);
+                    if pinned[i] {
+                        pinned_matched.insert(id);
+                    } else {
+                        chosen[i] = true;
+                    }
+                }
+                report.matched_items = matched.len();
+                report.kept_pinned = pinned_matched.len();
+                for (it, _) in items.iter().zip(&chosen).filter(|(_, &c)| !c) {
+                    kept.extend(it.digests.iter().copied());
+                }
+                let mut still_used = HashSet::new();
+                for (it, _) in items.iter().zip(&chosen).filter(|(_, &c)| c) {
+                    if !it.key.is_empty() {
+                        let tree = match it.format {
+                            Format::Oci => Tree::Tags,
+                            _ => Tree::Meta,
+                        };
+                        records.push((tree, &it.key));
+                        if it.kind == ItemKind::Document {
+                            if let Some(d) = it.digests.first() {
+                                report.documents.push((it.key.clone(), *d));
+                            }
+                        }
+                    }
+                    for d in &it.digests {
+                        if kept.contains(d) {
+                            if self.contains(d) {
+                                still_used.insert(*d);
+                            }
+                        } else {
+                            files.push(*d);
+                        }
+                    }
+                }
+                report.kept_files = still_used.len() as u64;
+            }
+        }
+        records.sort_by(|a, b| a.1.cmp(b.1));
+        records.dedup();
+        for (tree, k) in &records {
+            self.index.remove(*tree, k.as_bytes())?;
+            if *tree == Tree::Tags {
+                self.forget_pull(k)?;
+            }
+        }
+        report.removed_records = records.len();
+        files.sort();
+        files.dedup();
+        for d in &files {
+            if let Some(n) = self.remove(d)? {
+                super::evict::count_removal("purge", n);
+                report.removed_files += 1;
+                report.removed_bytes += n;
+            }
+        }
+        self.index.flush()?;
+        Ok(report)
+    }
+}
+
 /// What an [`Item`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ItemKind {
     /// An OCI tag: its manifest and everything that references.
@@ -353,6 +493,13 @@ impl Pin {
             return false;
         }
         item.kind == ItemKind::Document || self.tag_matches(item.tag.as_deref())
+    }
+
+    /// Whether a purge by this name (and tag or version) removes `item`: as [`Pin::covers`],
+    /// except that with a tag or version only tags and release files match (a purge of one
+    /// version keeps the package's documents).
+    pub fn purges(&self, item: &Item) -> bool {
+        self.covers(item) && !(self.tag.is_some() && item.kind == ItemKind::Document)
     }
 }
 
@@ -438,6 +585,143 @@ mod tests {
         let i = format!(r#"{{"manifests":[{{"digest":"{c}"}}]}}"#);
         assert_eq!(manifest_references(i.as_bytes()), vec![c.parse().unwrap()]);
         assert!(manifest_references(b"not json").is_empty());
+    }
+
+    /// A tag `up/<repo>:<tag>` whose manifest references `blobs`.
+    fn tag(s: &Store, repo: &str, tag: &str, blobs: &[Digest]) -> Digest {
+        let layers: Vec<_> = blobs
+            .iter()
+            .map(|d| serde_json::json!({ "digest": d.to_string() }))
+            .collect();
+        let m = serde_json::json!({ "layers": layers, "t": format!("{repo}:{tag}") });
+        let d = s
+            .put_bytes(&bytes::Bytes::from(serde_json::to_vec(&m).unwrap()))
+            .unwrap();
+        let rec = TagRecord {
+            digest: d,
+            fetched_at_ms: 0,
+        };
+        let key = format!("up/{repo}:{tag}");
+        s.index
+            .put(
+                Tree::Tags,
+                key.as_bytes(),
+                &serde_json::to_vec(&rec).unwrap(),
+            )
+            .unwrap();
+        d
+    }
+
+    fn by_name(format: Format, name: &str, tag: Option<&str>) -> PurgeTarget {
+        PurgeTarget::Name(StoredPin {
+            format,
+            name: name.into(),
+            tag: tag.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn purge_keeps_files_other_items_or_pins_use_and_leaves_pinned_items_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let blob = |b: &'static [u8]| s.put_bytes(&bytes::Bytes::from_static(b)).unwrap();
+        let (shared, only_a, with_pinned, only_c) =
+            (blob(b"shared"), blob(b"a"), blob(b"pinned too"), blob(b"c"));
+        let ma = tag(&s, "team/a", "1", &[shared, only_a, with_pinned]);
+        tag(&s, "team/b", "1", &[shared]);
+        let mc = tag(&s, "team/c", "1", &[with_pinned, only_c]);
+        let pins = [PinConfig {
+            format: Format::Oci,
+            name: "team/c".into(),
+            tag: None,
+        }];
+
+        let r = s
+            .purge(&by_name(Format::Oci, "team/a", Some("1")), &pins)
+            .unwrap();
+        assert_eq!(
+            (r.matched_items, r.removed_files, r.removed_records),
+            (1, 2, 1)
+        );
+        assert_eq!((r.kept_files, r.kept_pinned), (2, 0));
+        assert!(!s.contains(&ma) && !s.contains(&only_a));
+        assert!(s.contains(&shared) && s.contains(&with_pinned));
+        assert!(s.index.get(Tree::Tags, b"up/team/a:1").unwrap().is_none());
+
+        // A pinned item is left alone, by name or by one of its files.
+        let r = s
+            .purge(&by_name(Format::Oci, "team/c", None), &pins)
+            .unwrap();
+        assert_eq!((r.matched_items, r.kept_pinned, r.removed_files), (1, 1, 0));
+        let r = s.purge(&PurgeTarget::Digest(only_c), &pins).unwrap();
+        assert_eq!((r.removed_files, r.kept_files), (0, 1));
+        assert!(s.contains(&mc) && s.contains(&only_c));
+        assert!(s.index.get(Tree::Tags, b"up/team/c:1").unwrap().is_some());
+
+        // Nothing matches: nothing removed.
+        let r = s
+            .purge(&by_name(Format::Oci, "team/zzz", None), &pins)
+            .unwrap();
+        assert_eq!(r, PurgeReport::default());
+    }
+
+    #[test]
+    fn purging_an_npm_version_removes_only_its_tarball_and_a_missing_one_nothing() {
+        use sha1::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let tgz = |b: &'static [u8]| {
+            let d = s.put_bytes(&bytes::Bytes::from_static(b)).unwrap();
+            let sha1 = hex::encode(sha1::Sha1::digest(b));
+            s.put_alias(&Expect::from_sha1_hex(&sha1).unwrap(), &d)
+                .unwrap();
+            (d, sha1)
+        };
+        let ((t1, sha1), (t2, sha2)) = (tgz(b"tarball 1"), tgz(b"tarball 2"));
+        let doc = serde_json::json!({ "versions": {
+            "1.0.0": { "dist": { "shasum": sha1 } },
+            "2.0.0": { "dist": { "shasum": sha2 } },
+        }});
+        let doc = s
+            .put_bytes(&bytes::Bytes::from(serde_json::to_vec(&doc).unwrap()))
+            .unwrap();
+        // As the documents cache writes it (a JSON record naming the stored document).
+        let rec = serde_json::json!({
+            "digest": doc.to_string(), "content_type": "application/json", "fetched_at_ms": 0,
+        });
+        for form in ["full", "abbrev"] {
+            s.index
+                .put(
+                    Tree::Meta,
+                    format!("npm/up/leftish/{form}").as_bytes(),
+                    &serde_json::to_vec(&rec).unwrap(),
+                )
+                .unwrap();
+        }
+        let r = s
+            .purge(&by_name(Format::Npm, "leftish", Some("9.9.9")), &[])
+            .unwrap();
+        assert_eq!(r, PurgeReport::default());
+        assert!(s.contains(&doc) && s.contains(&t1) && s.contains(&t2));
+
+        let r = s
+            .purge(&by_name(Format::Npm, "leftish", Some("1.0.0")), &[])
+            .unwrap();
+        assert_eq!(
+            (r.matched_items, r.removed_files, r.removed_records),
+            (1, 1, 0)
+        );
+        assert!(r.documents.is_empty());
+        assert!(!s.contains(&t1) && s.contains(&t2) && s.contains(&doc));
+
+        // The whole package: both documents (one stored file) and the other tarball.
+        let r = s
+            .purge(&by_name(Format::Npm, "leftish", None), &[])
+            .unwrap();
+        assert_eq!((r.removed_files, r.removed_records), (2, 2));
+        assert_eq!(r.documents.len(), 2);
+        assert!(!s.contains(&doc) && !s.contains(&t2));
+        assert!(s.index.scan(Tree::Meta).unwrap().is_empty());
     }
 
     #[test]
