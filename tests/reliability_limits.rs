@@ -195,3 +195,60 @@ async fn throttling_by_our_own_limits_never_opens_the_circuit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_client_rate_limit_gets_429_at_once_and_other_clients_do_not() {
+    let sim = Sim::start().await;
+    let d = sim.add_blob(random_bytes(1000, 950));
+    let s = Sluice::start_with(|port, dir| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\nclient_rate_limit = \"3/m\"\n\n\
+             [storage]\ndata_dir = \"{}\"\n\n{}",
+            dir.display(),
+            sim.upstream_toml("")
+        )
+    });
+    within(30, "client rate limit", async {
+        let c = http_client();
+        for _ in 0..3 {
+            assert_eq!(get_blob(&c, &s, &d).await.0, 200);
+        }
+        let t = Instant::now();
+        let r = c
+            .get(format!("{}/v2/app/blobs/{d}", s.base_url()))
+            .send()
+            .await
+            .expect("GET");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(r.status(), 429, "fourth request within the minute");
+        let retry_after: u64 = common::header(&r, "retry-after")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((1..=20).contains(&retry_after), "Retry-After {retry_after}");
+        let err = common::json_body(r).await;
+        assert_eq!(err["errors"][0]["code"], "TOOMANYREQUESTS", "{err}");
+        // Operations endpoints are not limited.
+        for path in ["/-/healthz", "/-/readyz"] {
+            let r = c
+                .get(format!("{}{path}", s.base_url()))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 200, "{path}");
+        }
+        let m = s.metrics().await;
+        assert_eq!(
+            metrics::sample(&m, "sluice_client_throttled_total{format=\"oci\"}"),
+            1.0,
+            "{m}"
+        );
+        // Another client address has its own allowance.
+        let other = reqwest::Client::builder()
+            .local_address("127.0.0.2".parse::<std::net::IpAddr>().expect("ip"))
+            .build()
+            .expect("client");
+        assert_eq!(get_blob(&other, &s, &d).await.0, 200);
+        assert_eq!(sim.blob_gets(&d), 1);
+    })
+    .await;
+}

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// also how long an idle keep-alive connection waits for its next request.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
+    /// Requests per client address (`"100/s"`; also the burst); over it, `429` at once.
+    #[serde(default)]
+    pub client_rate_limit: Option<RateLimit>,
 }
 
 /// `[storage]`.
@@ -437,6 +440,7 @@ impl Default for ServerConfig {
             max_metadata_size: default_max_metadata_size(),
             shutdown_grace: default_grace(),
             header_timeout: default_header_timeout(),
+            client_rate_limit: None,
         }
     }
 }

@@ -87,6 +87,17 @@ pub enum ProxyError {
         /// Whole seconds (at least 1) to suggest to the client.
         retry_after: u64,
     },
+    /// This client sent more requests than `server.client_rate_limit` allows (answered
+    /// `429` with `Retry-After`; never queued).
+    #[error(
+        "too many requests from this client (client_rate_limit = {limit}); retry in {retry_after}s"
+    )]
+    ClientThrottled {
+        /// The configured rate, as written.
+        limit: String,
+        /// Whole seconds (at least 1) until this client's next request is allowed.
+        retry_after: u64,
+    },
     /// The upstream's bytes do not match the digest they were asked for.
     #[error("digest mismatch: expected {expected}, upstream sent content with digest {actual}")]
     DigestMismatch {
@@ -169,7 +180,9 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Blocked { hidden: true, .. } => StatusCode::NOT_FOUND,
             ProxyError::Denied(_) | ProxyError::Blocked { .. } => StatusCode::FORBIDDEN,
-            ProxyError::CircuitOpen { asked: true, .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::CircuitOpen { asked: true, .. } | ProxyError::ClientThrottled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::Offline(_)
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Throttled { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -204,7 +217,8 @@ impl ProxyError {
             ProxyError::Upstream {
                 status: Some(429), ..
             }
-            | ProxyError::CircuitOpen { asked: true, .. } => "TOOMANYREQUESTS",
+            | ProxyError::CircuitOpen { asked: true, .. }
+            | ProxyError::ClientThrottled { .. } => "TOOMANYREQUESTS",
             ProxyError::Upstream {
                 status: Some(401 | 403),
                 ..
@@ -220,7 +234,8 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::CircuitOpen { retry_after, .. }
-            | ProxyError::Throttled { retry_after, .. } => Some(*retry_after),
+            | ProxyError::Throttled { retry_after, .. }
+            | ProxyError::ClientThrottled { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod app;
 pub mod b64;
+pub mod client_limits;
 pub mod digest;
 pub mod docs;
 pub mod error;

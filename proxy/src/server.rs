@@ -19,6 +19,7 @@ use pingora::server::ShutdownWatch;
 use sluice_config::Role;
 
 use crate::app::App;
+use crate::client_limits::ClientLimits;
 use crate::error::ProxyError;
 use crate::formats;
 use crate::formats::oci::{self, OciRequest};
@@ -33,12 +34,15 @@ pub struct HttpApp {
     /// Shared by the per-thread copies ([`HttpApp::sibling`]): one id sequence per process.
     seq: Arc<AtomicU64>,
     prefix: u32,
+    /// `server.client_rate_limit`, shared by the per-thread copies.
+    clients: Arc<ClientLimits>,
 }
 
 impl HttpApp {
     /// Wraps the shared state.
     pub fn new(app: Arc<App>) -> HttpApp {
         HttpApp {
+            clients: Arc::new(ClientLimits::new(app.config.server.client_rate_limit)),
             app,
             seq: Arc::new(AtomicU64::new(0)),
             prefix: rand::random(),
@@ -51,6 +55,7 @@ impl HttpApp {
             app: self.app.clone(),
             seq: self.seq.clone(),
             prefix: self.prefix,
+            clients: self.clients.clone(),
         }
     }
 
@@ -234,11 +239,13 @@ impl HttpServerApp for HttpApp {
             authorization: header("authorization"),
             headers: &req.headers,
         };
-        let (kind, result) = match body_error {
-            Some(e) if admin_post => (Kind::Admin, Err(e)),
+        let throttled = self.throttled(session.client_addr(), incoming.path);
+        let (kind, result) = match (body_error, throttled) {
+            (_, Some(e)) => (self.kind_of_path(incoming.path), Err(e)),
+            (Some(e), _) if admin_post => (Kind::Admin, Err(e)),
             // The only other bodies read are npm audits.
-            Some(e) => (Kind::Npm, Err(e)),
-            None => self.route(incoming, body).await,
+            (Some(e), _) => (Kind::Npm, Err(e)),
+            (None, None) => self.route(incoming, body).await,
         };
         let blocked = matches!(result, Err(ProxyError::Blocked { .. }));
         let reply = match result {
@@ -310,6 +317,39 @@ impl HttpServerApp for HttpApp {
 }
 
 impl HttpApp {
+    /// The refusal of a request over its client's `client_rate_limit` (operations endpoints
+    /// are never limited).
+    fn throttled(
+        &self,
+        addr: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        path: &str,
+    ) -> Option<ProxyError> {
+        let ip = addr?.as_inet()?.ip();
+        if matches!(path, "/-/healthz" | "/-/readyz" | "/-/metrics") {
+            return None;
+        }
+        let wait = self.clients.check(ip).err()?;
+        metrics::counter!("sluice_client_throttled_total", "format" => self.kind_of_path(path).label())
+            .increment(1);
+        Some(ProxyError::ClientThrottled {
+            limit: self.clients.describe(),
+            retry_after: wait.as_millis().div_ceil(1000).max(1) as u64,
+        })
+    }
+
+    /// The client protocol of `path`, without routing it (for answers given before).
+    fn kind_of_path(&self, path: &str) -> Kind {
+        if let Some(kind) = self.mounted_kind(path) {
+            kind
+        } else if path.starts_with("/v2/") || path == "/v2" {
+            Kind::Oci
+        } else if path.starts_with("/-/api/") {
+            Kind::Admin
+        } else {
+            Kind::Other
+        }
+    }
+
     async fn route(
         &self,
         inc: Incoming<'_>,
