@@ -626,3 +626,91 @@ async fn multi_megabyte_packument_with_thousands_of_versions_is_served_and_index
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarball_urls_follow_the_host_the_client_used_unless_public_url_is_set() {
+    let sim = NpmSim::start().await;
+    let p = sim.publish("plain", "1.0.0", &[]);
+    // No `public_url`: links follow each client's Host.
+    let s = Sluice::start_with(|port, data_dir| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n\n\
+             [storage]\ndata_dir = \"{}\"\n\n{}",
+            data_dir.display(),
+            upstream(&sim, "")
+        )
+    });
+    let c = http_client();
+    let own = s.base_url();
+    let tail = format!("/npmjs/plain/-/{}", p.file);
+    within(60, "host-derived tarball URLs", async {
+        for (host, proto, want) in [
+            ("sluice.example:5080", None, "http://sluice.example:5080"),
+            (
+                "sluice.example:5080",
+                Some("https"),
+                "https://sluice.example:5080",
+            ),
+            ("10.9.8.7", None, "http://10.9.8.7"),
+            ("evil.com/x", None, own.as_str()),
+            ("evil.com x", Some("https"), own.as_str()),
+            ("evil.com:0", None, own.as_str()),
+        ] {
+            let mut h = vec![("Host", host)];
+            if let Some(pr) = proto {
+                h.push(("X-Forwarded-Proto", pr));
+            }
+            let full = json_body(get(&c, &format!("{own}/npmjs/plain"), &h).await).await;
+            assert_eq!(
+                full["versions"]["1.0.0"]["dist"]["tarball"],
+                format!("{want}{tail}"),
+                "{host}"
+            );
+            h.push(("Accept", CORGI));
+            let corgi = json_body(get(&c, &format!("{own}/npmjs/plain"), &h).await).await;
+            assert_eq!(
+                corgi["versions"]["1.0.0"]["dist"]["tarball"],
+                format!("{want}{tail}"),
+                "{host}"
+            );
+            h.pop();
+            let v = json_body(get(&c, &format!("{own}/npmjs/plain/1.0.0"), &h).await).await;
+            assert_eq!(v["dist"]["tarball"], format!("{want}{tail}"), "{host}");
+        }
+        // Userinfo in Host: refused by the HTTP layer, nothing served.
+        let r = get(
+            &c,
+            &format!("{own}/npmjs/plain"),
+            &[("Host", "me@evil.com")],
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        // Each base has its own rendered copy: the client's own Host gets its own links.
+        let full = json_body(get(&c, &format!("{own}/npmjs/plain"), &[]).await).await;
+        let link = full["versions"]["1.0.0"]["dist"]["tarball"]
+            .as_str()
+            .expect("tarball")
+            .to_string();
+        assert_eq!(link, format!("{own}{tail}"));
+        let r = get(&c, &link, &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(&r.bytes().await.expect("body")[..], &p.tarball[..]);
+    })
+    .await;
+
+    // `public_url` set: it always wins.
+    let s2 = Sluice::start(&upstream(&sim, ""));
+    let full = json_body(
+        get(
+            &c,
+            &format!("{}/npmjs/plain", s2.base_url()),
+            &[("Host", "sluice.example:5080")],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        full["versions"]["1.0.0"]["dist"]["tarball"],
+        format!("{}{tail}", s2.base_url())
+    );
+}

@@ -493,11 +493,11 @@ async fn files_are_only_fetched_from_origins_a_page_listed() {
     let s = sluice_for(&sim, "");
     let unknown = "ab".repeat(32);
     for path in [
+        // Unknown: the page of the project its name belongs to (`x`) is asked, nothing else.
         format!("files/sha256/{unknown}/x-1.0.tar.gz"),
-        // Known only once the page is fetched: not before.
-        format!("files/sha256/{}/{}", d.wheel_sha, d.wheel.filename),
         "files/sha256/zz/x.whl".to_string(),
         "files/url/../../etc/passwd".to_string(),
+        format!("files/sha256/{unknown}/..%2F..%2Fetc-1.0.tar.gz"),
     ] {
         let r = get(&format!("{}/pypi/{path}", s.base_url()), None).await;
         assert!(
@@ -506,7 +506,20 @@ async fn files_are_only_fetched_from_origins_a_page_listed() {
             r.status()
         );
     }
-    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    let asked: Vec<String> = sim.requests().into_iter().map(|q| q.path).collect();
+    assert_eq!(asked, vec!["/simple/x/".to_string()]);
+    // A digest the project's page does not list: that page is fetched, the file is not.
+    let r = get(
+        &format!(
+            "{}/pypi/files/sha256/{unknown}/{}",
+            s.base_url(),
+            d.wheel.filename
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(page_requests(&sim, "demo-pkg"), 1);
     get(&format!("{}/pypi/simple/demo-pkg/", s.base_url()), None).await;
     // The right digest with another file name is not that file.
     let r = get(
@@ -739,4 +752,250 @@ async fn offline_restart_serves_cached_pages_and_files() {
         before,
         "offline sluice contacted the upstream"
     );
+}
+
+/// sluice with no `public_url`: its links follow how each client reached it.
+fn sluice_without_public_url(sim: &PypiSim) -> Sluice {
+    Sluice::start_with(|port, data_dir| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n\n\
+             [storage]\ndata_dir = \"{}\"\n\n\
+             [[upstream]]\nname = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"\n",
+            data_dir.display(),
+            sim.simple_url()
+        )
+    })
+}
+
+async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = http_client().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    within(30, url, r.send())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+fn file_url(page: &serde_json::Value, filename: &str) -> String {
+    page["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["filename"] == filename)
+        .unwrap_or_else(|| panic!("{filename} not listed: {page}"))["url"]
+        .as_str()
+        .expect("url")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_redirects_follow_the_host_the_client_used_unless_public_url_is_set() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_without_public_url(&sim);
+    let page = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let wheel_path = format!("/pypi/files/sha256/{}/{}", d.wheel_sha, d.wheel.filename);
+    let own = s.base_url();
+    for (host, proto, want) in [
+        ("sluice.example:5080", None, "http://sluice.example:5080"),
+        (
+            "Sluice.Example:5080",
+            Some("https"),
+            "https://sluice.example:5080",
+        ),
+        ("10.9.8.7", Some("ftp"), "http://10.9.8.7"),
+        ("[::1]:5080", None, "http://[::1]:5080"),
+        // Hostile or malformed: the listen address (or refused outright, see below).
+        ("evil.com/x", None, own.as_str()),
+        ("evil.com x", Some("https"), own.as_str()),
+        ("evil.com:99999", None, own.as_str()),
+        // Userinfo: the HTTP layer refuses the request (400), nothing is served.
+        ("user@evil.com", None, ""),
+        ("sluice.example:5080@evil.com", None, ""),
+    ] {
+        let mut h = vec![("Host", host)];
+        if let Some(p) = proto {
+            h.push(("X-Forwarded-Proto", p));
+        }
+        let mut hj = h.clone();
+        hj.push(("Accept", JSON));
+        let r = get_with(&page, &hj).await;
+        if want.is_empty() {
+            assert_eq!(r.status(), 400, "{host}");
+            continue;
+        }
+        assert_eq!(r.status(), 200, "{host}");
+        let v = json_body(r).await;
+        assert_eq!(
+            file_url(&v, &d.wheel.filename),
+            format!("{want}{wheel_path}"),
+            "{host}"
+        );
+        let html = get_with(&page, &h).await.text().await.expect("html");
+        assert!(
+            html.contains(&format!("href=\"{want}{wheel_path}#sha256=")),
+            "{host}: {html}"
+        );
+        let r = get_with(&format!("{}/pypi/simple/Demo_Pkg/", s.base_url()), &h).await;
+        assert_eq!(r.status(), 301, "{host}");
+        assert_eq!(
+            header(&r, "location"),
+            format!("{want}/pypi/simple/demo-pkg/"),
+            "{host}"
+        );
+        let r = get_with(&format!("{}/pypi/pypi/demo-pkg/json", s.base_url()), &h).await;
+        assert_eq!(r.status(), 200, "{host}");
+        let api = json_body(r).await;
+        let url = api["urls"][0]["url"].as_str().expect("url").to_string();
+        assert!(
+            url.starts_with(&format!("{want}/pypi/files/")),
+            "{host}: {url}"
+        );
+    }
+    // Rendered pages are cached per base: the client's own Host still gets its own links.
+    let v = json_body(get(&page, Some(JSON)).await).await;
+    let link = file_url(&v, &d.wheel.filename);
+    assert_eq!(link, format!("{own}{wheel_path}"));
+    assert_eq!(page_requests(&sim, "demo-pkg"), 1);
+    let r = get(&link, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    let m = s.metrics().await;
+    let fallbacks = m
+        .lines()
+        .find(|l| l.starts_with("sluice_host_fallbacks_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // Three malformed Hosts served, four requests each.
+    assert_eq!(fallbacks, 12.0, "{m}");
+
+    // `public_url` set: it always wins.
+    let s2 = sluice_for(&sim, "");
+    let h = [("Host", "sluice.example:5080"), ("Accept", JSON)];
+    let page2 = format!("{}/pypi/simple/demo-pkg/", s2.base_url());
+    let v = json_body(get_with(&page2, &h).await).await;
+    assert_eq!(
+        file_url(&v, &d.wheel.filename),
+        format!("{}{wheel_path}", s2.base_url())
+    );
+    let r = get_with(&format!("{}/pypi/simple/Demo_Pkg/", s2.base_url()), &h[..1]).await;
+    assert_eq!(
+        header(&r, "location"),
+        format!("{}/pypi/simple/demo-pkg/", s2.base_url())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_link_another_sluice_rendered_is_served_by_a_fresh_one() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    // The links as one sluice renders them (a lockfile, another replica)...
+    let first = sluice_for(&sim, "");
+    let v = json_body(
+        get(
+            &format!("{}/pypi/simple/demo-pkg/", first.base_url()),
+            Some(JSON),
+        )
+        .await,
+    )
+    .await;
+    let path = |f: &str| file_url(&v, f)[first.base_url().len()..].to_string();
+    let (wheel, sdist) = (path(&d.wheel.filename), path("demo_pkg-0.9.tar.gz"));
+    drop(first);
+    let sdist_bytes = random_bytes(5_000, 2);
+
+    // ...asked of a sluice that never saw the page: it fetches that page once.
+    let s = sluice_for(&sim, "");
+    let before = page_requests(&sim, "demo-pkg");
+    let r = get(&format!("{}{wheel}", s.base_url()), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sluice_cache_header(&r), "MISS");
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    assert_eq!(page_requests(&sim, "demo-pkg"), before + 1);
+    let r = get(&format!("{}{wheel}.metadata", s.base_url()), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.metadata[..]);
+    let r = get(&format!("{}{sdist}", s.base_url()), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &sdist_bytes[..]);
+    assert_eq!(page_requests(&sim, "demo-pkg"), before + 1);
+
+    // Concurrent cold requests on another fresh sluice, an sdist among them (its project is
+    // the name before the version): one page fetch between them.
+    let s3 = sluice_for(&sim, "");
+    let before = page_requests(&sim, "demo-pkg");
+    let (u1, u2) = (
+        format!("{}{sdist}", s3.base_url()),
+        format!("{}{wheel}", s3.base_url()),
+    );
+    let (a, b) = tokio::join!(get(&u1, None), get(&u2, None));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    assert_eq!(&a.bytes().await.expect("body")[..], &sdist_bytes[..]);
+    assert_eq!(&b.bytes().await.expect("body")[..], &d.wheel.bytes[..]);
+    assert_eq!(page_requests(&sim, "demo-pkg"), before + 1);
+
+    // A digest the page does not list: the same 404 as ever, nothing fetched but the page.
+    let s4 = sluice_for(&sim, "");
+    let files_before = sim.requests().iter().filter(|q| q.files_host).count();
+    let unknown = "cd".repeat(32);
+    let r = get(
+        &format!(
+            "{}/pypi/files/sha256/{unknown}/{}",
+            s4.base_url(),
+            d.wheel.filename
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("not known to sluice"));
+    assert_eq!(
+        sim.requests().iter().filter(|q| q.files_host).count(),
+        files_before
+    );
+    let m = s4.metrics().await;
+    assert!(
+        m.contains("sluice_pypi_cold_file_lookups_total{upstream=\"pypi\",result=\"unknown\"} 1"),
+        "{m}"
+    );
+    let m = s3.metrics().await;
+    assert!(
+        m.contains("sluice_pypi_cold_file_lookups_total{upstream=\"pypi\",result=\"found\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_pep_691_metadata_key_becomes_pep_714s() {
+    let sim = PypiSim::start(Mode::Json).await;
+    sim.set_metadata_key("dist-info-metadata");
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "");
+    let page = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    let v = json_body(get(&page, Some(JSON)).await).await;
+    let wheel = v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["filename"] == d.wheel.filename)
+        .expect("wheel")
+        .clone();
+    let meta_sha = common::sha256_digest(&d.metadata);
+    let meta_sha = meta_sha.trim_start_matches("sha256:");
+    assert_eq!(wheel["core-metadata"]["sha256"], meta_sha, "{wheel}");
+    assert_eq!(wheel["data-dist-info-metadata"], wheel["core-metadata"]);
+    assert!(wheel.get("dist-info-metadata").is_none(), "{wheel}");
+    let html = get(&page, None).await.text().await.expect("html");
+    assert!(
+        html.contains(&format!("data-core-metadata=\"sha256={meta_sha}\"")),
+        "{html}"
+    );
+    let r = get(&format!("{}.metadata", wheel_url(&s, &d)), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], &d.metadata[..]);
 }

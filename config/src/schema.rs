@@ -309,6 +309,10 @@ pub struct UpstreamConfig {
     /// upstream error (so stale-if-error can still answer from the cache).
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// Hosts a redirect from this upstream may lead to (blob CDNs), besides its own: exact
+    /// names or `*.domain` (any subdomain). Empty (default): any host, over https.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
 }
 
 /// A request rate written as `<count>/<unit>`, the unit one of `s`, `m`, `h`: `"50/s"`.
@@ -392,11 +396,25 @@ impl Config {
             .expect("listen address validated at load")
     }
 
-    /// Base URL for links sluice writes into documents.
+    /// Base URL clients reach sluice at: `server.public_url`, else `http://<listen>` with a
+    /// wildcard address (`0.0.0.0`, `[::]`) replaced by loopback, which is at least
+    /// reachable from this host. (Serving, sluice prefers the request's `Host` when
+    /// `public_url` is unset: see `App::base_url`.)
     pub fn public_url(&self) -> String {
         match &self.server.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("http://{}", self.server.listen),
+            None => match self.server.listen.parse::<SocketAddr>() {
+                Ok(mut addr) => {
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(match addr.ip() {
+                            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                        });
+                    }
+                    format!("http://{addr}")
+                }
+                Err(_) => format!("http://{}", self.server.listen),
+            },
         }
     }
 }
@@ -571,5 +589,30 @@ mod rate_tests {
             .to_string();
         assert!(msg.starts_with("t.toml:5:"), "{msg}");
         assert!(msg.contains("\"50/s\""), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod public_url_tests {
+    fn cfg(server: &str) -> super::Config {
+        crate::load_str(&format!("[server]\n{server}\n"), "t.toml", |_| None).unwrap()
+    }
+
+    #[test]
+    fn public_url_wins_else_the_listen_address_with_wildcards_as_loopback() {
+        let c = cfg("listen = \"0.0.0.0:5080\"\npublic_url = \"https://sluice.example/\"");
+        assert_eq!(c.public_url(), "https://sluice.example");
+        assert_eq!(
+            cfg("listen = \"0.0.0.0:5080\"").public_url(),
+            "http://127.0.0.1:5080"
+        );
+        assert_eq!(
+            cfg("listen = \"[::]:5080\"").public_url(),
+            "http://[::1]:5080"
+        );
+        assert_eq!(
+            cfg("listen = \"10.1.2.3:81\"").public_url(),
+            "http://10.1.2.3:81"
+        );
     }
 }

@@ -185,10 +185,35 @@ impl App {
         }
     }
 
-    /// Base of the URLs sluice writes into documents for upstream `name`:
-    /// `<public_url>/<name>`.
-    pub fn mount_url(&self, name: &str) -> String {
-        format!("{}/{}", self.config.public_url(), name)
+    /// Base of the URLs sluice writes into documents for upstream `name`, answering a
+    /// request with `headers`: `<base>/<name>` (see [`App::base_url`]).
+    pub fn mount_url(&self, name: &str, headers: &http::HeaderMap) -> String {
+        format!("{}/{}", self.base_url(headers), name)
+    }
+
+    /// sluice's base URL for links in an answer to a request with `headers`:
+    /// `server.public_url` when set, else as the client reached sluice (as Verdaccio does):
+    /// `X-Forwarded-Proto` (`http`/`https`, else `http`) `://` the `Host` header, when it is
+    /// a plain host name, IPv4 address or `[IPv6]` address with an optional port; else the
+    /// listen address (loopback for a wildcard), counted in `sluice_host_fallbacks_total`.
+    pub fn base_url(&self, headers: &http::HeaderMap) -> String {
+        if self.config.server.public_url.is_some() {
+            return self.config.public_url();
+        }
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::host::authority);
+        let Some(host) = host else {
+            metrics::counter!("sluice_host_fallbacks_total").increment(1);
+            return self.config.public_url();
+        };
+        let https = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        format!("{}://{host}", if https { "https" } else { "http" })
     }
 
     /// Whether `key` had an upstream 404 recently.

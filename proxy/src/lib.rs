@@ -18,6 +18,7 @@ pub mod fill;
 pub mod flight;
 pub mod formats;
 pub mod hashes;
+pub mod host;
 pub mod logsink;
 pub mod metrics;
 pub mod names;

@@ -79,6 +79,14 @@ struct Inner {
     times: BTreeMap<(String, String), String>,
     /// Tarballs advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with a `206`.
     ranges: bool,
+    /// Attestation bundles (`/-/npm/v1/attestations/<name>@<version>`), by (name, version);
+    /// their versions' `dist.attestations.url` points at them.
+    attestations: BTreeMap<(String, String), Value>,
+    /// Tarball URLs GitHub Packages style: `/download/<name>/<version>/<sha256>`, no file
+    /// name.
+    github_urls: bool,
+    /// What `POST /-/npm/v1/security/audits` (pnpm audit) answers.
+    audit_report: Value,
 }
 
 struct State {
@@ -102,6 +110,10 @@ impl NpmSim {
             port: l.local_addr().expect("addr").port(),
             inner: Mutex::new(Inner {
                 advisories: json!({}),
+                audit_report: json!({"actions": [], "advisories": {}, "muted": [], "metadata": {
+                    "vulnerabilities": {"info": 0, "low": 0, "moderate": 0, "high": 0, "critical": 0},
+                    "dependencies": 0, "devDependencies": 0, "optionalDependencies": 0,
+                    "totalDependencies": 0}}),
                 ..Inner::default()
             }),
             shutdown: watch::channel(false).0,
@@ -187,6 +199,25 @@ impl NpmSim {
         self.inner().corgi = on;
     }
 
+    /// Publishes attestations for `name@version`: its `dist.attestations` points at
+    /// `/-/npm/v1/attestations/<name>@<version>`, which answers `bundle`.
+    pub fn set_attestations(&self, name: &str, version: &str, bundle: Value) {
+        self.inner()
+            .attestations
+            .insert((name.to_string(), version.to_string()), bundle);
+    }
+
+    /// From now on `dist.tarball` URLs are GitHub Packages style
+    /// (`/download/<name>/<version>/<sha256>`: no `.tgz` file name).
+    pub fn set_github_urls(&self, on: bool) {
+        self.inner().github_urls = on;
+    }
+
+    /// What `POST /-/npm/v1/security/audits` (pnpm's audit endpoint) answers.
+    pub fn set_audit_report(&self, v: Value) {
+        self.inner().audit_report = v;
+    }
+
     /// What the bulk advisory endpoint answers.
     pub fn set_advisories(&self, v: Value) {
         self.inner().advisories = v;
@@ -269,10 +300,30 @@ fn packument_json(inner: &Inner, port: u16, name: &str, corgi: bool) -> Option<V
         let p = published(name, v, &ver.tarball);
         let mut dist = serde_json::Map::new();
         dist.insert("shasum".into(), json!(p.shasum));
-        dist.insert(
-            "tarball".into(),
-            json!(format!("http://127.0.0.1:{port}/files/{name}/-/{}", p.file)),
-        );
+        let tarball = if inner.github_urls {
+            format!(
+                "http://127.0.0.1:{port}/download/{name}/{v}/{}",
+                hex::encode(Sha256::digest(&ver.tarball))
+            )
+        } else {
+            format!("http://127.0.0.1:{port}/files/{name}/-/{}", p.file)
+        };
+        dist.insert("tarball".into(), json!(tarball));
+        if inner
+            .attestations
+            .contains_key(&(name.to_string(), v.clone()))
+        {
+            dist.insert(
+                "attestations".into(),
+                json!({
+                    "url": format!(
+                        "http://127.0.0.1:{port}/registry/-/npm/v1/attestations/{}@{v}",
+                        name.replace('/', "%2f")
+                    ),
+                    "provenance": {"predicateType": "https://slsa.dev/provenance/v1"},
+                }),
+            );
+        }
         if !ver.legacy {
             dist.insert("integrity".into(), json!(p.integrity));
             dist.insert(
@@ -484,6 +535,30 @@ fn route(state: &State, req: &NpmReq) -> Resp {
             None => Resp::error(404, "no such file"),
         };
     }
+    if let Some(rest) = path.strip_prefix("/download/") {
+        // `<name>/<version>/<sha256>`, the name maybe scoped.
+        let mut parts = rest.rsplitn(3, '/');
+        let (sha, version, name) = (parts.next(), parts.next(), parts.next());
+        let found = match (name, version, sha) {
+            (Some(n), Some(v), Some(sha)) => inner
+                .packages
+                .get(n)
+                .and_then(|vs| vs.get(v))
+                .filter(|ver| hex::encode(Sha256::digest(&ver.tarball)) == sha)
+                .map(|ver| ver.tarball.clone()),
+            _ => None,
+        };
+        return match found {
+            Some(t) => {
+                let mut r = tarball_resp(inner.ranges, req, t)
+                    .header("Content-Type", "application/octet-stream");
+                r.head = head;
+                r.fault = fault;
+                r
+            }
+            None => Resp::error(404, "no such download"),
+        };
+    }
     let Some(api) = path.strip_prefix("/registry/") else {
         return Resp::error(404, "not under /registry/");
     };
@@ -502,6 +577,21 @@ fn route(state: &State, req: &NpmReq) -> Resp {
             )
         }
         ("POST", "-/npm/v1/security/advisories/bulk") => return Resp::json(200, &inner.advisories),
+        ("POST", "-/npm/v1/security/audits") => return Resp::json(200, &inner.audit_report),
+        ("GET", a) if a.starts_with("-/npm/v1/attestations/") => {
+            let spec = a["-/npm/v1/attestations/".len()..]
+                .replace("%2f", "/")
+                .replace("%2F", "/");
+            let found = spec
+                .get(1..)
+                .and_then(|s| s.rsplit_once('@'))
+                .map(|(n, v)| (spec[..n.len() + 1].to_string(), v.to_string()))
+                .and_then(|k| inner.attestations.get(&k));
+            return match found {
+                Some(b) => Resp::json(200, b),
+                None => Resp::error(404, "Not found"),
+            };
+        }
         ("POST", "-/npm/v1/security/audits/quick") => {
             return Resp::json(200, &json!({"advisories": {}, "metadata": {}}))
         }

@@ -98,6 +98,8 @@ struct Inner {
     log: Vec<PyReq>,
     /// Files advertise `Accept-Ranges: bytes` and answer `Range: bytes=N-` with a `206`.
     ranges: bool,
+    /// JSON pages state core metadata under this key instead of PEP 714's `core-metadata`.
+    metadata_key: Option<&'static str>,
 }
 
 struct State {
@@ -198,6 +200,12 @@ impl PypiSim {
     /// `206` and `Content-Range` (off, the default: plain `200`s).
     pub fn set_ranges(&self, on: bool) {
         self.inner().ranges = on;
+    }
+
+    /// From now on JSON pages state core metadata under `key` (e.g. PEP 691's original
+    /// `dist-info-metadata`) instead of `core-metadata`.
+    pub fn set_metadata_key(&self, key: &'static str) {
+        self.inner().metadata_key = Some(key);
     }
 
     /// `Range` header values of GETs whose path contains `pat`.
@@ -404,16 +412,17 @@ fn route(state: &State, req: &PyReq) -> Resp {
                         Some(m) => json!({"sha256": super::sha256_digest(m).trim_start_matches("sha256:")}),
                         None => json!(false),
                     };
-                    json!({
+                    let mut o = json!({
                         "filename": f.filename,
                         "url": format!("{files_base}/{}", f.filename),
                         "hashes": hashes,
                         "requires-python": f.requires_python,
-                        "core-metadata": meta,
                         "yanked": match &f.yanked { None => json!(false), Some(r) if r.is_empty() => json!(true), Some(r) => json!(r) },
                         "size": f.bytes.len(),
                         "upload-time": upload_time(f),
-                    })
+                    });
+                    o[inner.metadata_key.unwrap_or("core-metadata")] = meta;
+                    o
                 })
                 .collect();
             Resp::new(

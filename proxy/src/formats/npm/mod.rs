@@ -18,7 +18,8 @@ mod packument;
 mod policy;
 mod tarball;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -41,9 +42,11 @@ const ACCEPT_CORGI: &str =
 /// The package a request below `/<upstream>/` is about (for the access log), if any.
 pub fn log_name(method: &Method, rest: &str) -> Option<String> {
     match name::parse(method, rest).ok()? {
-        Route::Packument(n) | Route::Version(n, _) | Route::Tarball(n, _) | Route::DistTags(n) => {
-            Some(n.as_str().to_string())
-        }
+        Route::Packument(n)
+        | Route::Version(n, _)
+        | Route::Tarball(n, _)
+        | Route::DistTags(n)
+        | Route::Attestations(n, _) => Some(n.as_str().to_string()),
         _ => None,
     }
 }
@@ -90,11 +93,8 @@ pub async fn handle(
         }
         Route::Version(name, spec) => {
             check_name(app, up, &name)?;
-            if sluice_policy::semver::Version::parse(&spec).is_ok() {
-                // An exact version a rule denies gets the rule's reason, not a 404.
-                app.policy
-                    .check(&policy::facts(up, name.as_str(), Some(&spec), None, None))?;
-            }
+            // A version a rule blocks gets the rule's reason (403), decided on the version's
+            // facts from the packument (publish time, license) in `version`.
             version(app, up, &name, &spec, &req).await
         }
         Route::DistTags(name) => {
@@ -106,6 +106,10 @@ pub async fn handle(
             tarball::serve(app, up, &name, &file, head).await
         }
         Route::Keys => keys(app, up, &req).await,
+        Route::Attestations(name, v) => {
+            check_name(app, up, &name)?;
+            attestations(app, up, &name, &v, &req).await
+        }
         Route::Ping => pass(up, Method::GET, "/-/ping", &req).await,
         Route::Search => pass(up, Method::GET, "/-/v1/search", &req).await,
         Route::Audit(path) => pass(up, Method::POST, path, &req).await,
@@ -145,9 +149,11 @@ fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
     }
 }
 
-/// Where tarball URLs of `name` point: `<public_url>/<upstream>/<name>/-/`.
-fn tarball_base(app: &App, up: &Upstream, name: &NpmName) -> String {
-    format!("{}/{}/-/", app.mount_url(up.name()), name)
+/// Where tarball URLs of `name` point, answering a request with `headers`:
+/// `<base>/<upstream>/<name>/-/` (see [`App::base_url`]: with `public_url` unset, the base
+/// the client reached sluice at, so rendered variants keyed on it).
+fn tarball_base(app: &App, up: &Upstream, name: &NpmName, headers: &HeaderMap) -> String {
+    format!("{}/{}/-/", app.mount_url(up.name(), headers), name)
 }
 
 /// Whether the client prefers the abbreviated form.
@@ -302,23 +308,29 @@ async fn packument(
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
-    let variant = format!("{}{gen}", if corgi { "npm-corgi" } else { "npm-full" });
+    let base = tarball_base(app, up, name, req.headers);
+    let variant = format!(
+        "{}{gen}#{base}",
+        if corgi { "npm-corgi" } else { "npm-full" }
+    );
     let rendered = app.docs.render(&doc, &variant, |d| {
-        let base = tarball_base(app, up, name);
         let (source, notice) =
             match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
                 Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),
                 None => (d.bytes.clone(), None),
             };
+        let origin = up.base().origin().ascii_serialization();
+        let links = TarballBase {
+            tarballs: &base,
+            name: name.as_str(),
+            upstream_origin: &origin,
+        };
         let (body, content_type) = if !corgi {
-            (
-                packument::rewrite_full(&source, &TarballBase(&base)),
-                "application/json",
-            )
+            (packument::rewrite_full(&source, &links), "application/json")
         } else if d.content_type.starts_with(CORGI) {
-            (packument::rewrite_full(&source, &TarballBase(&base)), CORGI)
+            (packument::rewrite_full(&source, &links), CORGI)
         } else {
-            (packument::abbreviate(&source, &TarballBase(&base)), CORGI)
+            (packument::abbreviate(&source, &links), CORGI)
         };
         let r = Rendered::new(Bytes::from(body.map_err(bad_doc)?), content_type);
         Ok(match notice {
@@ -357,17 +369,38 @@ async fn get_packument(
     force: bool,
 ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
     let key = doc_key(up, name, corgi);
-    if !force {
+    // The other form was found changed after this copy was fetched: revalidate this one too
+    // (a new release seen through the full form is then in the abbreviated one).
+    let outdated = changed_at(&key)
+        .is_some_and(|at| app.docs.peek(&key).is_some_and(|d| d.fetched_at_ms < at));
+    if !force && !outdated {
         // A hit needs no fetcher.
         if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
             return Ok((doc, CacheStatus::Hit));
         }
     }
+    if outdated && !force {
+        count_forced("other_form");
+    }
     let fetcher = packument_fetcher(app, up, name, corgi);
     let got = app
         .docs
-        .get(&key, app.freshness(up), force, fetcher, not_found(name))
+        .get(
+            &key,
+            app.freshness(up),
+            force || outdated,
+            fetcher,
+            not_found(name),
+        )
         .await;
+    if force {
+        if let Ok((_, CacheStatus::Miss)) = &got {
+            // Changed upstream (or first fetched): the other form's copy, if older, is
+            // revalidated on its next use. Not when this revalidation was itself caused by
+            // such a mark (no ping-pong between the forms).
+            changed().insert(doc_key(up, name, !corgi), crate::store::unix_ms());
+        }
+    }
     match got {
         Err(e) if corgi && (e.is_upstream_failure() || matches!(e, ProxyError::Offline(_))) => {
             match app.docs.peek(&doc_key(up, name, false)) {
@@ -379,6 +412,22 @@ async fn get_packument(
     }
 }
 
+/// When a forced revalidation last found a packument form changed, by the doc key of the
+/// *other* form (Unix ms): its copies fetched before then are revalidated before use.
+fn changed() -> &'static moka::sync::Cache<String, u64> {
+    static CACHE: OnceLock<moka::sync::Cache<String, u64>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(24 * 3600))
+            .build()
+    })
+}
+
+fn changed_at(key: &str) -> Option<u64> {
+    changed().get(key)
+}
+
 /// `/<name>/<version or dist-tag>`: one version object; a version missing from the cached
 /// packument makes sluice revalidate it once before answering 404.
 async fn version(
@@ -388,18 +437,25 @@ async fn version(
     spec: &str,
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
-    let base = tarball_base(app, up, name);
+    let base = tarball_base(app, up, name, req.headers);
     let variant = format!(
-        "npm-version:{spec}#g{}#h{}",
+        "npm-version:{spec}#g{}#h{}#{base}",
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
     let mut force = wants_revalidation(req);
+    let neg_key = format!("npm/{}/{name}/@{spec}", up.name());
     loop {
         let (doc, cache) = get_packument(app, up, name, false, force).await?;
         let rendered = app.docs.render(&doc, &variant, |d| {
             let bytes = allowed_bytes(app, up, name, d)?;
-            packument::version_doc(&bytes, spec, &TarballBase(&base))
+            let origin = up.base().origin().ascii_serialization();
+            let links = TarballBase {
+                tarballs: &base,
+                name: name.as_str(),
+                upstream_origin: &origin,
+            };
+            packument::version_doc(&bytes, spec, &links)
                 .map(|b| Rendered::new(Bytes::from(b), "application/json"))
                 .ok_or_else(|| ProxyError::NotFound {
                     code: "NOT_FOUND",
@@ -414,10 +470,40 @@ async fn version(
                     cache,
                 ))
             }
-            Err(e) if force || app.freshness(up).offline => return Err(e),
-            Err(_) => force = true,
+            Err(e) => {
+                // Listed upstream but blocked: the rule's reason, and nothing to revalidate.
+                if let Some(blocked) =
+                    policy::blocked_version(&doc.bytes, &app.policy, up, name.as_str(), spec)
+                {
+                    return Err(blocked);
+                }
+                if !matches!(e, ProxyError::NotFound { .. }) || app.freshness(up).offline {
+                    return Err(e);
+                }
+                // Missing from the cached copy: revalidate it, at most once per
+                // `negative_ttl` (at least a second) for the same version.
+                if force {
+                    let ttl = up.cfg.negative_ttl.get().max(Duration::from_secs(1));
+                    app.remember_negative(neg_key, ttl);
+                    return Err(e);
+                }
+                if app.is_negative(&neg_key) {
+                    count_forced("suppressed");
+                    return Err(e);
+                }
+                count_forced("missing_version");
+                force = true;
+            }
         }
     }
+}
+
+/// Counts revalidations of a packument forced by what a request found (or not) in the
+/// cached copy: `missing_version` / `missing_tarball` (a release newer than the copy),
+/// `other_form` (the other form of the packument was found changed), and `suppressed`
+/// (a version asked for again within `negative_ttl`: answered 404 without asking).
+pub(crate) fn count_forced(reason: &'static str) {
+    metrics::counter!("sluice_npm_forced_revalidations_total", "reason" => reason).increment(1);
 }
 
 /// `/-/package/<name>/dist-tags`, from the cached full packument.
@@ -460,6 +546,42 @@ async fn keys(app: &Arc<App>, up: &Arc<Upstream>, req: &Request<'_>) -> Result<R
         })
         .await?;
     let rendered = app.docs.render(&doc, "npm-keys", |d| {
+        Ok(Rendered::new(d.bytes.clone(), "application/json"))
+    })?;
+    Ok(rendered.reply(
+        req.header("if-none-match"),
+        req.header("accept-encoding"),
+        cache,
+    ))
+}
+
+/// `/-/npm/v1/attestations/<name>@<version>` (provenance and publish attestations, fetched
+/// by `npm audit signatures`): immutable for a version, so cached as a document like the
+/// keys; an upstream 404 is a 404 (remembered for `negative_ttl`).
+async fn attestations(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    name: &NpmName,
+    version: &str,
+    req: &Request<'_>,
+) -> Result<Reply, ProxyError> {
+    let key = format!("npm/{}/-/attestations/{name}@{version}", up.name());
+    let fetcher = doc_fetcher(
+        app,
+        up,
+        format!("/-/npm/v1/attestations/{}@{version}", name.encoded()),
+        "application/json",
+    );
+    let (doc, cache) = app
+        .docs
+        .get(&key, app.freshness(up), false, fetcher, || {
+            ProxyError::NotFound {
+                code: "NOT_FOUND",
+                message: format!("no attestations for {name}@{version}"),
+            }
+        })
+        .await?;
+    let rendered = app.docs.render(&doc, "npm-attestations", |d| {
         Ok(Rendered::new(d.bytes.clone(), "application/json"))
     })?;
     Ok(rendered.reply(

@@ -83,6 +83,8 @@ pub enum Route {
     Search,
     /// `GET /-/npm/v1/keys`
     Keys,
+    /// `GET /-/npm/v1/attestations/<name>@<version>` (provenance, `npm audit signatures`)
+    Attestations(NpmName, String),
     /// `POST` to an audit endpoint; the path below the registry root.
     Audit(&'static str),
     /// `GET /-/package/<name>/dist-tags`
@@ -104,6 +106,8 @@ pub fn parse(method: &Method, rest: &str) -> Result<Route, RouteError> {
         let audit = match api {
             "npm/v1/security/advisories/bulk" => Some("/-/npm/v1/security/advisories/bulk"),
             "npm/v1/security/audits/quick" => Some("/-/npm/v1/security/audits/quick"),
+            // pnpm audit
+            "npm/v1/security/audits" => Some("/-/npm/v1/security/audits"),
             _ => None,
         };
         if let Some(a) = audit {
@@ -120,6 +124,28 @@ pub fn parse(method: &Method, rest: &str) -> Result<Route, RouteError> {
             "ping" => Ok(Route::Ping),
             "v1/search" => Ok(Route::Search),
             "npm/v1/keys" => Ok(Route::Keys),
+            _ if api.starts_with("npm/v1/attestations/") => {
+                let spec = decode(&api["npm/v1/attestations/".len()..])?;
+                // `<name>@<version>`, the name maybe scoped (`@scope/name@1.0.0`).
+                let (name, version) = spec
+                    .get(1..)
+                    .and_then(|s| s.rsplit_once('@'))
+                    .map(|(n, v)| (&spec[..n.len() + 1], v))
+                    .ok_or_else(|| {
+                        RouteError::Bad(format!(
+                            "attestations need <name>@<version>, not {:?}",
+                            truncate(&spec)
+                        ))
+                    })?;
+                if !valid_version(version) {
+                    return Err(RouteError::Bad(format!(
+                        "invalid version {:?}",
+                        truncate(version)
+                    )));
+                }
+                let name = NpmName::parse(name).map_err(RouteError::Bad)?;
+                Ok(Route::Attestations(name, version.to_string()))
+            }
             _ => {
                 let name = api
                     .strip_prefix("package/")
@@ -147,23 +173,27 @@ pub fn parse(method: &Method, rest: &str) -> Result<Route, RouteError> {
     let tail: Vec<&str> = segs.collect();
     match tail.as_slice() {
         [] | [""] => Ok(Route::Packument(name)),
-        ["-", file] if file.ends_with(".tgz") && valid_file(file) => {
-            Ok(Route::Tarball(name, file.to_string()))
-        }
+        ["-", file] if valid_file(file) => Ok(Route::Tarball(name, file.to_string())),
         [v] if valid_version(v) => Ok(Route::Version(name, v.to_string())),
         _ => Err(RouteError::NotFound),
     }
 }
 
-fn decode_name(raw: &str) -> Result<NpmName, RouteError> {
-    let d = percent_encoding::percent_decode_str(raw)
+fn decode(raw: &str) -> Result<String, RouteError> {
+    percent_encoding::percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| RouteError::Bad("the path is not valid UTF-8".into()))?;
-    NpmName::parse(&d).map_err(RouteError::Bad)
+        .map(|d| d.into_owned())
+        .map_err(|_| RouteError::Bad("the path is not valid UTF-8".into()))
 }
 
-fn valid_file(f: &str) -> bool {
-    !f.starts_with('.')
+fn decode_name(raw: &str) -> Result<NpmName, RouteError> {
+    NpmName::parse(&decode(raw)?).map_err(RouteError::Bad)
+}
+
+/// A file name the tarball route accepts (with a `.tgz` suffix).
+pub fn valid_file(f: &str) -> bool {
+    f.ends_with(".tgz")
+        && !f.starts_with('.')
         && f.len() <= 300
         && f.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'!')
@@ -261,6 +291,27 @@ mod tests {
         assert_eq!(get("-/ping"), Ok(Route::Ping));
         assert_eq!(get("-/v1/search"), Ok(Route::Search));
         assert_eq!(get("-/npm/v1/keys"), Ok(Route::Keys));
+        assert_eq!(
+            get("-/npm/v1/attestations/@sigstore%2fsign@2.1.0"),
+            Ok(Route::Attestations(n("@sigstore/sign"), "2.1.0".into()))
+        );
+        assert_eq!(
+            get("-/npm/v1/attestations/semver@7.6.0"),
+            Ok(Route::Attestations(n("semver"), "7.6.0".into()))
+        );
+        for bad in [
+            "-/npm/v1/attestations/semver",
+            "-/npm/v1/attestations/@scope%2fname",
+            "-/npm/v1/attestations/semver@",
+            "-/npm/v1/attestations/..%2f..@1.0.0",
+            "-/npm/v1/attestations/semver@1.0.0%2f..",
+        ] {
+            assert!(matches!(get(bad), Err(RouteError::Bad(_))), "{bad}");
+        }
+        assert_eq!(
+            parse(&Method::POST, "-/npm/v1/security/audits"),
+            Ok(Route::Audit("/-/npm/v1/security/audits"))
+        );
         assert_eq!(
             get("-/package/@a%2fb/dist-tags"),
             Ok(Route::DistTags(n("@a/b")))

@@ -143,14 +143,58 @@ impl<'o> ObjWriter<'o> {
     }
 }
 
-/// Where rewritten tarball URLs point: `<mount>/<name>/-/` + file name.
-pub struct TarballBase<'b>(pub &'b str);
+/// Where rewritten URLs point: tarballs at `<mount>/<name>/-/` + file name, attestations
+/// (`dist.attestations.url`) that point at the upstream at
+/// `<mount>/-/npm/v1/attestations/<name>@<version>`.
+pub struct TarballBase<'b> {
+    /// `<mount>/<name>/-/`.
+    pub tarballs: &'b str,
+    /// The package name.
+    pub name: &'b str,
+    /// The upstream's origin (`scheme://host[:port]`, as [`url::Origin`] writes it).
+    pub upstream_origin: &'b str,
+}
 
 impl TarballBase<'_> {
-    fn url_for(&self, origin: &str) -> Option<String> {
-        let file = file_name(origin)?;
+    fn url_for(&self, origin: &str, version: &str) -> String {
+        let file = served_file(origin, self.name, version);
         let enc = percent_encoding::utf8_percent_encode(&file, FILE_ENCODE);
-        Some(format!("{}{enc}", self.0))
+        format!("{}{enc}", self.tarballs)
+    }
+
+    /// `<mount>`, from the tarball base.
+    fn mount(&self) -> Option<&str> {
+        self.tarballs
+            .strip_suffix("/-/")?
+            .strip_suffix(self.name)?
+            .strip_suffix('/')
+    }
+
+    /// Sluice's URL for an attestations URL on the upstream (pacote fetches the URL's
+    /// path from the registry it is configured with, so it must be below the mount).
+    fn attestations_url(&self, url: &str) -> Option<String> {
+        const API: &str = "/-/npm/v1/attestations/";
+        let u = url::Url::parse(url).ok()?;
+        if u.origin().ascii_serialization() != self.upstream_origin {
+            return None;
+        }
+        let path = u.path();
+        let spec = &path[path.find(API)? + API.len()..];
+        if spec.is_empty() {
+            return None;
+        }
+        Some(format!("{}{API}{spec}", self.mount()?))
+    }
+}
+
+/// The file name sluice serves a version's tarball under: the last segment of its origin
+/// URL when that is a `.tgz` name the tarball route accepts, else `<name>-<version>.tgz`
+/// (GitHub Packages-style URLs end in a digest, not a file name). The origin URL itself is
+/// looked up from the packument by this name ([`tarball_index`]).
+pub fn served_file(origin: &str, name: &str, version: &str) -> String {
+    match file_name(origin) {
+        Some(f) if super::name::valid_file(&f) => f,
+        _ => format!("{}-{version}.tgz", name.rsplit('/').next().unwrap_or(name)),
     }
 }
 
@@ -228,14 +272,20 @@ fn write_versions(out: &mut Vec<u8>, versions: &RawValue, base: &TarballBase<'_>
     let mut w = ObjWriter::new(out);
     for (ver, v) in &vs.0 {
         w.key(ver);
-        write_version(w.out, v, base, corgi);
+        write_version(w.out, ver, v, base, corgi);
     }
     w.end();
 }
 
 /// One version object with its tarball rewritten; with `corgi`, reduced to the install
 /// fields (and `hasInstallScript` computed from `scripts` as the registry does).
-fn write_version(out: &mut Vec<u8>, v: &RawValue, base: &TarballBase<'_>, corgi: bool) {
+fn write_version(
+    out: &mut Vec<u8>,
+    version: &str,
+    v: &RawValue,
+    base: &TarballBase<'_>,
+    corgi: bool,
+) {
     let Ok(obj) = RawObject::parse(v.get()) else {
         out.extend_from_slice(v.get().as_bytes());
         return;
@@ -247,7 +297,7 @@ fn write_version(out: &mut Vec<u8>, v: &RawValue, base: &TarballBase<'_>, corgi:
         }
         if k == "dist" {
             w.key(k);
-            write_dist(w.out, val, base);
+            write_dist(w.out, version, val, base);
         } else {
             w.raw(k, val);
         }
@@ -271,17 +321,45 @@ fn has_install_script(version: &RawObject<'_>) -> bool {
         .any(|k| s.get(k).is_some())
 }
 
-fn write_dist(out: &mut Vec<u8>, dist: &RawValue, base: &TarballBase<'_>) {
+fn write_dist(out: &mut Vec<u8>, version: &str, dist: &RawValue, base: &TarballBase<'_>) {
     let Ok(obj) = RawObject::parse(dist.get()) else {
         out.extend_from_slice(dist.get().as_bytes());
         return;
     };
     let mut w = ObjWriter::new(out);
     for (k, val) in &obj.0 {
+        if k == "attestations" {
+            w.key(k);
+            write_attestations(w.out, val, base);
+            continue;
+        }
         let rewritten = (k == "tarball")
             .then(|| serde_json::from_str::<String>(val.get()).ok())
             .flatten()
-            .and_then(|origin| base.url_for(&origin));
+            .map(|origin| base.url_for(&origin, version));
+        match rewritten {
+            Some(url) => {
+                w.key(k);
+                let _ = serde_json::to_writer(&mut *w.out, &url);
+            }
+            None => w.raw(k, val),
+        }
+    }
+    w.end();
+}
+
+/// `dist.attestations` with its `url` pointing at sluice when it pointed at the upstream.
+fn write_attestations(out: &mut Vec<u8>, att: &RawValue, base: &TarballBase<'_>) {
+    let Ok(obj) = RawObject::parse(att.get()) else {
+        out.extend_from_slice(att.get().as_bytes());
+        return;
+    };
+    let mut w = ObjWriter::new(out);
+    for (k, val) in &obj.0 {
+        let rewritten = (k == "url")
+            .then(|| serde_json::from_str::<String>(val.get()).ok())
+            .flatten()
+            .and_then(|url| base.attestations_url(&url));
         match rewritten {
             Some(url) => {
                 w.key(k);
@@ -298,16 +376,17 @@ pub fn version_doc(doc: &[u8], spec: &str, base: &TarballBase<'_>) -> Option<Vec
     let s = std::str::from_utf8(doc).ok()?;
     let top = RawObject::parse(s).ok()?;
     let versions = RawObject::parse(top.get("versions")?.get()).ok()?;
-    let version = match versions.get(spec) {
-        Some(v) => v,
+    let (ver, version) = match versions.get(spec) {
+        Some(v) => (spec.to_string(), v),
         None => {
             let tags = RawObject::parse(top.get("dist-tags")?.get()).ok()?;
             let target: String = serde_json::from_str(tags.get(spec)?.get()).ok()?;
-            versions.get(&target)?
+            let v = versions.get(&target)?;
+            (target, v)
         }
     };
     let mut out = Vec::with_capacity(version.get().len());
-    write_version(&mut out, version, base, false);
+    write_version(&mut out, &ver, version, base, false);
     Some(out)
 }
 
@@ -355,8 +434,9 @@ struct Dist {
     shasum: Option<String>,
 }
 
-/// Every tarball a packument names, by file name. Malformed versions are skipped.
-pub fn tarball_index(doc: &[u8]) -> HashMap<String, TarballEntry> {
+/// Every tarball the packument of `name` names, by the file name sluice serves it under
+/// ([`served_file`]). Malformed versions are skipped.
+pub fn tarball_index(doc: &[u8], name: &str) -> HashMap<String, TarballEntry> {
     let mut map = HashMap::new();
     let Ok(s) = std::str::from_utf8(doc) else {
         return map;
@@ -394,9 +474,7 @@ pub fn tarball_index(doc: &[u8]) -> HashMap<String, TarballEntry> {
             .get(ver.as_ref())
             .and_then(|t| crate::timefmt::parse_rfc3339(t));
         let Some(url) = d.tarball else { continue };
-        let Some(file) = file_name(&url) else {
-            continue;
-        };
+        let file = served_file(&url, name, &ver);
         map.insert(
             file,
             TarballEntry {
@@ -426,7 +504,11 @@ mod tests {
       "time":{"modified":"2024-01-01T00:00:00Z","1.0.0":"2023-01-01T00:00:00Z"},
       "readme":"top","unknown":{"k":[1,2,{"\u00e9":null}]}}"#;
 
-    const BASE: TarballBase<'static> = TarballBase("http://s:5080/npmjs/@s/p/-/");
+    const BASE: TarballBase<'static> = TarballBase {
+        tarballs: "http://s:5080/npmjs/@s/p/-/",
+        name: "@s/p",
+        upstream_origin: "https://up.example",
+    };
 
     fn parse(b: &[u8]) -> serde_json::Value {
         serde_json::from_slice(b).unwrap()
@@ -475,12 +557,12 @@ mod tests {
 
     #[test]
     fn tarballs_are_indexed_by_file_name() {
-        let idx = tarball_index(DOC.as_bytes());
+        let idx = tarball_index(DOC.as_bytes(), "@s/p");
         let e = &idx["p-1.0.0.tgz"];
         assert_eq!(e.version, "1.0.0");
         assert_eq!(e.integrity.as_deref(), Some("sha512-AAA="));
         assert_eq!(idx["p-0.9.0.tgz"].shasum.as_deref(), Some("cd"));
-        assert!(tarball_index(b"[1]").is_empty());
+        assert!(tarball_index(b"[1]", "@s/p").is_empty());
     }
 
     #[test]
@@ -500,12 +582,66 @@ mod tests {
 
     #[test]
     fn odd_file_names_are_escaped_and_not_objects_are_errors() {
+        // A name the tarball route would not accept: served under `<name>-<version>.tgz`.
         assert_eq!(
-            BASE.url_for("https://x/a/-/we%20ird.tgz?x=1").unwrap(),
-            "http://s:5080/npmjs/@s/p/-/we%20ird.tgz"
+            BASE.url_for("https://x/a/-/we%20ird.tgz?x=1", "1.0.0"),
+            "http://s:5080/npmjs/@s/p/-/p-1.0.0.tgz"
+        );
+        assert_eq!(
+            BASE.url_for("https://x/a/-/p+x-1.0.0.tgz?x=1", "1.0.0"),
+            "http://s:5080/npmjs/@s/p/-/p+x-1.0.0.tgz"
         );
         assert!(rewrite_full(b"[]", &BASE).is_err());
         assert!(check_object(b"{\"a\":1}").is_ok());
         assert!(check_object(b"<html>").is_err());
+    }
+
+    #[test]
+    fn tarball_urls_without_a_file_name_get_one_from_the_version() {
+        // GitHub Packages style: `/download/@o/pkg/1.0.0/<sha>`.
+        let doc = r#"{"name":"@s/p","versions":{"1.0.0":{"dist":{
+          "tarball":"https://up.example/download/@s/p/1.0.0/0123abcd","shasum":"ab"}}}}"#;
+        let out = parse(&rewrite_full(doc.as_bytes(), &BASE).unwrap());
+        let url = out["versions"]["1.0.0"]["dist"]["tarball"]
+            .as_str()
+            .unwrap();
+        assert_eq!(url, "http://s:5080/npmjs/@s/p/-/p-1.0.0.tgz");
+        let idx = tarball_index(doc.as_bytes(), "@s/p");
+        assert_eq!(
+            idx["p-1.0.0.tgz"].url, "https://up.example/download/@s/p/1.0.0/0123abcd",
+            "the origin URL is found under the name sluice serves"
+        );
+        let v = parse(&version_doc(doc.as_bytes(), "1.0.0", &BASE).unwrap());
+        assert_eq!(v["dist"]["tarball"], url);
+    }
+
+    #[test]
+    fn attestation_urls_on_the_upstream_point_at_sluice() {
+        let doc = r#"{"name":"@s/p","versions":{
+          "1.0.0":{"dist":{"tarball":"https://up.example/@s/p/-/p-1.0.0.tgz",
+            "attestations":{"url":"https://up.example/-/npm/v1/attestations/@s%2fp@1.0.0",
+              "provenance":{"predicateType":"https://slsa.dev/provenance/v1"}}}},
+          "2.0.0":{"dist":{"tarball":"https://up.example/@s/p/-/p-2.0.0.tgz",
+            "attestations":{"url":"https://elsewhere.example/-/npm/v1/attestations/@s%2fp@2.0.0"}}}}}"#;
+        for out in [
+            rewrite_full(doc.as_bytes(), &BASE).unwrap(),
+            abbreviate(doc.as_bytes(), &BASE).unwrap(),
+        ] {
+            let out = parse(&out);
+            let a = &out["versions"]["1.0.0"]["dist"]["attestations"];
+            assert_eq!(
+                a["url"],
+                "http://s:5080/npmjs/-/npm/v1/attestations/@s%2fp@1.0.0"
+            );
+            assert_eq!(
+                a["provenance"]["predicateType"],
+                "https://slsa.dev/provenance/v1"
+            );
+            assert_eq!(
+                out["versions"]["2.0.0"]["dist"]["attestations"]["url"],
+                "https://elsewhere.example/-/npm/v1/attestations/@s%2fp@2.0.0",
+                "another host's URL is left alone"
+            );
+        }
     }
 }

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 use sluice_policy::semver::Version;
 use sluice_policy::{Facts, Verdict};
 
+use super::packument::RawObject;
+use crate::error::ProxyError;
 use crate::policy::Policy;
 use crate::upstream::Upstream;
 
@@ -54,6 +56,43 @@ pub fn published(doc: &Value, version: &str) -> Option<i64> {
         .and_then(|t| t.get(version))
         .and_then(|t| t.as_str())
         .and_then(crate::timefmt::parse_rfc3339)
+}
+
+/// The policy's refusal (`403` naming the rule, or the namespace rule's `404`) of the
+/// version `spec` (a version, or a dist-tag resolved in the unfiltered packument `doc`)
+/// when the packument lists it and a rule blocks it; `None` when it is not listed or
+/// allowed. Decided on the version's own facts: publish time, license, install scripts.
+pub fn blocked_version(
+    doc: &[u8],
+    policy: &Policy,
+    up: &Upstream,
+    name: &str,
+    spec: &str,
+) -> Option<ProxyError> {
+    if policy.engine().is_empty() {
+        return None;
+    }
+    let top = RawObject::parse(std::str::from_utf8(doc).ok()?).ok()?;
+    let versions = RawObject::parse(top.get("versions")?.get()).ok()?;
+    let (version, raw) = match versions.get(spec) {
+        Some(v) => (spec.to_string(), v),
+        None => {
+            let tags = RawObject::parse(top.get("dist-tags")?.get()).ok()?;
+            let target: String = serde_json::from_str(tags.get(spec)?.get()).ok()?;
+            let v = versions.get(&target)?;
+            (target, v)
+        }
+    };
+    let obj: Value = serde_json::from_str(raw.get()).ok()?;
+    let published = top
+        .get("time")
+        .and_then(|t| RawObject::parse(t.get()).ok())
+        .and_then(|t| t.get(&version))
+        .and_then(|t| serde_json::from_str::<String>(t.get()).ok())
+        .and_then(|t| crate::timefmt::parse_rfc3339(&t));
+    policy
+        .check(&facts(up, name, Some(&version), Some(&obj), published))
+        .err()
 }
 
 /// `doc` without the versions `policy` blocks, and a one-line notice naming them (npm

@@ -1,4 +1,6 @@
-//! npm tarballs: `/<name>/-/<file>.tgz`.
+//! npm tarballs: `/<name>/-/<file>.tgz`, the file name being the last segment of the
+//! version's `dist.tarball`, or `<name>-<version>.tgz` when that is not a `.tgz` name
+//! ([`super::packument::served_file`]).
 //!
 //! Where a tarball comes from and what it must hash to are looked up in the cached
 //! packument of `<name>` (`dist.tarball`, `dist.integrity` or else `dist.shasum`), never
@@ -40,11 +42,11 @@ fn indexes() -> &'static moka::sync::Cache<Digest, Index> {
     })
 }
 
-fn index_of(doc: &Doc) -> Index {
+fn index_of(doc: &Doc, name: &NpmName) -> Index {
     if let Some(i) = indexes().get(&doc.digest) {
         return i;
     }
-    let i = Arc::new(tarball_index(&doc.bytes));
+    let i = Arc::new(tarball_index(&doc.bytes, name.as_str()));
     indexes().insert(doc.digest, i.clone());
     i
 }
@@ -74,8 +76,11 @@ async fn find(
         if force && app.freshness(up).offline {
             break;
         }
+        if force {
+            super::count_forced("missing_tarball");
+        }
         let (doc, _) = super::get_packument(app, up, name, corgi, force).await?;
-        if let Some(e) = index_of(&doc).get(file) {
+        if let Some(e) = index_of(&doc, name).get(file) {
             return Ok(e.clone());
         }
     }

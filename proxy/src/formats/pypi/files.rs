@@ -4,8 +4,11 @@
 //! straight from the store. A miss needs the file's origin, which only ever comes from a
 //! [`FileRecord`] written when one of the upstream's own pages listed the file (index tree
 //! `files`, keyed by upstream and sha256): a request can name a digest, never a URL, so
-//! sluice is no open proxy. The fill verifies the sha256 while streaming and stores the file
-//! by digest; concurrent requests share one upstream fetch.
+//! sluice is no open proxy. With no record yet (a fresh data dir, a link another replica
+//! rendered, a lockfile's URL), the project the file name belongs to has its page fetched
+//! once through the normal page path, which writes the records. The fill verifies the
+//! sha256 while streaming and stores the file by digest; concurrent requests share one
+//! upstream fetch.
 //!
 //! Files the upstream lists without a sha256 (only md5, or no hash at all) cannot be
 //! verified, so they are not cached: they are linked as `/<up>/files/url/<key>/<filename>`
@@ -173,12 +176,34 @@ pub fn version_of(project: &str, filename: &str) -> Option<String> {
     None
 }
 
+/// The normalised project a distribution file name belongs to: a wheel's (or egg's) first
+/// `-`-separated field, an sdist's (PEP 625) name before the last `-`. `None` for other
+/// names and when that is no valid project name.
+pub fn project_of(filename: &str) -> Option<String> {
+    let project = if filename.ends_with(".whl") {
+        // name-version(-build)?-python-abi-platform.whl
+        if filename.split('-').count() < 5 {
+            return None;
+        }
+        filename.split('-').next()?
+    } else if filename.ends_with(".egg") {
+        filename.split_once('-')?.0
+    } else if [".tar.gz", ".zip", ".tar.bz2", ".tgz", ".tar.xz", ".tar"]
+        .iter()
+        .any(|ext| filename.ends_with(ext))
+    {
+        filename.rsplit_once('-')?.0
+    } else {
+        return None;
+    };
+    let norm = super::simple::normalize(project);
+    super::simple::valid_normalized(&norm).then_some(norm)
+}
+
 fn not_known(what: &str) -> ProxyError {
     ProxyError::NotFound {
         code: "NOT_FOUND",
-        message: format!(
-            "{what} is not known to sluice: no cached project page lists it (fetch the project's simple page first)"
-        ),
+        message: format!("{what} is not known to sluice: no page of this index lists it"),
     }
 }
 
@@ -213,24 +238,12 @@ pub async fn serve(
         Some(n) => (n.to_string(), true),
         None => (name, false),
     };
-    let record = || -> Result<FileRecord, ProxyError> {
-        let rec: FileRecord = app
-            .store
-            .index()
-            .get_rec(Tree::Files, key.index_key(up.name()).as_bytes())
-            .map_err(ProxyError::internal)?
-            .ok_or_else(|| not_known(&format!("file {name}")))?;
-        if rec.filename != name {
-            return Err(not_known(&format!("file {name}")));
-        }
-        Ok(rec)
-    };
     // Cached is not the same as allowed: with a policy, every file is checked against the
     // project and version its page recorded.
     let policy_on = !app.policy.engine().is_empty();
     let mut rec = None;
     if policy_on {
-        let r = record()?;
+        let r = record(app, up, key, &name).await?;
         app.policy
             .check(&facts(up, &r.project, r.version.as_deref(), r.upload_time))?;
         rec = Some(r);
@@ -243,7 +256,7 @@ pub async fn serve(
     }
     let rec = match rec {
         Some(r) => r,
-        None => record()?,
+        None => record(app, up, key, &name).await?,
     };
     let origin = Url::parse(&rec.url).map_err(ProxyError::internal)?;
     if want_metadata {
@@ -253,6 +266,46 @@ pub async fn serve(
         FileKey::Sha256(d) => fill(app, up, d, origin, range, head).await,
         FileKey::Url(_) => pass_through(up, origin, head).await,
     }
+}
+
+/// The record of file `key` named `name`. A file no page has listed yet on this sluice (a
+/// fresh data dir, another replica's link, a lockfile's URL) is looked up on the page of
+/// the project its name belongs to: that page is fetched through the normal path (policy,
+/// single flight, recording its files), never anything the request names. Counted in
+/// `sluice_pypi_cold_file_lookups_total{upstream,result}` (`found`, `unknown`).
+async fn record(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    key: FileKey,
+    name: &str,
+) -> Result<FileRecord, ProxyError> {
+    let lookup = || -> Result<Option<FileRecord>, ProxyError> {
+        app.store
+            .index()
+            .get_rec(Tree::Files, key.index_key(up.name()).as_bytes())
+            .map_err(ProxyError::internal)
+    };
+    let unknown = || not_known(&format!("file {name}"));
+    let rec = match lookup()? {
+        Some(r) => r,
+        None => {
+            let project = project_of(name).ok_or_else(unknown)?;
+            app.policy.check(&facts(up, &project, None, None))?;
+            let found = match super::project_page(app, up, &project).await {
+                Ok(_) => lookup()?,
+                Err(ProxyError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let result = if found.is_some() { "found" } else { "unknown" };
+            metrics::counter!("sluice_pypi_cold_file_lookups_total", "upstream" => up.name().to_string(), "result" => result)
+                .increment(1);
+            found.ok_or_else(unknown)?
+        }
+    };
+    if rec.filename != name {
+        return Err(unknown());
+    }
+    Ok(rec)
 }
 
 fn bad(m: &str) -> ProxyError {
@@ -454,6 +507,28 @@ async fn pass_through(up: &Arc<Upstream>, origin: Url, head: bool) -> Result<Rep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projects_come_from_wheel_and_sdist_names() {
+        for (file, project) in [
+            ("demo_pkg-1.0-py3-none-any.whl", Some("demo-pkg")),
+            (
+                "Zope.Interface-6.0-1-cp312-cp312-linux_x86_64.whl",
+                Some("zope-interface"),
+            ),
+            ("demo_pkg-0.9.tar.gz", Some("demo-pkg")),
+            ("old-style-name-1.0.zip", Some("old-style-name")),
+            ("six-1.0-py2.7.egg", Some("six")),
+            ("x.whl", None),
+            ("x-1.0-py3.whl", None),
+            ("nodash.tar.gz", None),
+            ("demo-1.0.exe", None),
+            ("..%2F..-1.0.tar.gz", None),
+            ("-1.0.tar.gz", None),
+        ] {
+            assert_eq!(project_of(file).as_deref(), project, "{file}");
+        }
+    }
 
     #[test]
     fn versions_come_from_wheel_and_sdist_names() {

@@ -9,8 +9,8 @@
 //!   (301) to the normalised URL. Every file URL on a rendered page points at
 //!   `/<up>/files/sha256/<hex>/<filename>` (with the `#sha256=` fragment / `hashes`), and
 //!   PEP 592 yanks, PEP 700 fields, `requires-python` and PEP 658/714 core metadata are kept.
-//! - `files/...`: see [`files`]. The origin of a file is recorded when its page is fetched,
-//!   never taken from a request.
+//! - `files/...`: see [`files`]. The origin of a file is recorded when its page is fetched
+//!   (a file no page listed yet has its project's page fetched), never taken from a request.
 //! - `pypi/<project>/json`, `pypi/<project>/<version>/json`: the upstream's JSON API (which
 //!   lives beside its simple index: `.../simple/` → `.../pypi/`), cached the same way, with
 //!   file URLs rewritten.
@@ -62,7 +62,7 @@ pub async fn handle(
     let rest = req.rest;
     if rest == "simple" {
         return Ok(redirect(
-            format!("{}/simple/", app.mount_url(up.name())),
+            format!("{}/simple/", app.mount_url(up.name(), req.headers)),
             req.query,
         ));
     }
@@ -99,12 +99,7 @@ pub fn log_name(rest: &str) -> Option<String> {
         p.split('/').next()?
     } else {
         let file = rest.strip_prefix("files/")?.rsplit('/').next()?;
-        let file = file.strip_suffix(".metadata").unwrap_or(file);
-        if file.ends_with(".whl") {
-            file.split('-').next()?
-        } else {
-            file.rsplit_once('-')?.0
-        }
+        return files::project_of(file.strip_suffix(".metadata").unwrap_or(file));
     };
     (!project.is_empty()).then(|| simple::normalize(project))
 }
@@ -457,7 +452,7 @@ async fn project(
     }
     if norm != raw || !slash {
         return Ok(redirect(
-            format!("{}/simple/{norm}/", app.mount_url(up.name())),
+            format!("{}/simple/{norm}/", app.mount_url(up.name(), req.headers)),
             req.query,
         ));
     }
@@ -467,43 +462,20 @@ async fn project(
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
     app.policy.check(&files::facts(up, &norm, None, None))?;
-    let key = format!("pypi/{}/simple/{norm}", up.name());
-    // A hit builds no upstream URL and no fetcher.
-    let (doc, cache) = match app.docs.fresh(&key, app.freshness(up)) {
-        Some(doc) => (doc, CacheStatus::Hit),
-        None => {
-            let url = page_url(up, &norm)?;
-            let fetch = recording_fetcher(
-                app,
-                up,
-                &norm,
-                url,
-                UPSTREAM_ACCEPT,
-                false,
-                |b, ct, url, norm| simple::parse_page(b, ct, url, norm).map(|page| page.files),
-            );
-            app.docs
-                .get(
-                    &key,
-                    app.freshness(up),
-                    false,
-                    fetch,
-                    not_found(format!("project {norm}")),
-                )
-                .await?
-        }
-    };
+    let (doc, cache) = project_page(app, up, &norm).await?;
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
-    // (generation) and hourly (release-age cooldowns expire).
+    // (generation) and hourly (release-age cooldowns expire). Their links are on the base
+    // the client reached sluice at (when `public_url` is unset, each Host has its own).
+    let mount = app.mount_url(up.name(), req.headers);
     let variant_key = format!(
-        "{}#g{}#h{}",
+        "{}#g{}#h{}#{mount}",
         variant.name(),
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
     let (app2, up2) = (app.clone(), up.clone());
     let rendered = render(app, doc, variant_key, move |doc| {
-        let (policy, mount) = (&app2.policy, app2.mount_url(up2.name()));
+        let policy = &app2.policy;
         let url = page_url(&up2, &norm)?;
         let mut page = simple::parse_page(&doc.bytes, &doc.content_type, &url, &norm)
             .map_err(ProxyError::internal)?;
@@ -522,6 +494,39 @@ async fn project(
     })
     .await?;
     Ok(reply(req, &rendered, cache))
+}
+
+/// The cached simple page of project `norm` (a valid normalised name the policy allows as
+/// a whole): fetched when missing or expired (single flight), which records its files.
+async fn project_page(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    norm: &str,
+) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
+    let key = format!("pypi/{}/simple/{norm}", up.name());
+    // A hit builds no upstream URL and no fetcher.
+    if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
+        return Ok((doc, CacheStatus::Hit));
+    }
+    let url = page_url(up, norm)?;
+    let fetch = recording_fetcher(
+        app,
+        up,
+        norm,
+        url,
+        UPSTREAM_ACCEPT,
+        false,
+        |b, ct, url, norm| simple::parse_page(b, ct, url, norm).map(|page| page.files),
+    );
+    app.docs
+        .get(
+            &key,
+            app.freshness(up),
+            false,
+            fetch,
+            not_found(format!("project {norm}")),
+        )
+        .await
 }
 
 fn truncate(s: &str) -> String {
@@ -696,7 +701,7 @@ async fn json_api(
     };
     if norm != raw {
         return Ok(redirect(
-            format!("{}/pypi/{tail}", app.mount_url(up.name())),
+            format!("{}/pypi/{tail}", app.mount_url(up.name(), req.headers)),
             req.query,
         ));
     }
@@ -742,9 +747,9 @@ async fn json_api(
         app.policy
             .check(&files::facts(up, &norm, Some(v), published))?;
     }
-    let mount = app.mount_url(up.name());
+    let mount = app.mount_url(up.name(), req.headers);
     let variant_key = format!(
-        "json-api#g{}#h{}",
+        "json-api#g{}#h{}#{mount}",
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );

@@ -174,9 +174,12 @@ fn parse_json_page(bytes: &[u8], page_url: &Url) -> Result<Page, String> {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             _ => None,
         };
+        // PEP 714's key, its HTML attribute's name, and PEP 691's original key (passed on
+        // raw, it would break pip 22.3–23.1: rendered as the first two only).
         let cm = m.remove("core-metadata");
         let ddim = m.remove("data-dist-info-metadata");
-        let core_metadata = match cm.or(ddim) {
+        let dim = m.remove("dist-info-metadata");
+        let core_metadata = match cm.or(ddim).or(dim) {
             Some(Value::Bool(true)) => Some(BTreeMap::new()),
             Some(v @ Value::Object(_)) => Some(hashes_from(Some(&v))),
             _ => None,
@@ -816,6 +819,36 @@ mod tests {
         assert_eq!(f["core-metadata"]["sha256"], "bb");
         assert_eq!(out["versions"][0], "1.0");
         assert_eq!(out["meta"]["_last-serial"], 7);
+    }
+
+    #[test]
+    fn the_original_pep_691_metadata_key_is_read_and_rendered_as_pep_714s() {
+        let json = serde_json::json!({
+            "meta": {"api-version": "1.0"},
+            "name": "demo",
+            "files": [{
+                "filename": "demo-1.0-py3-none-any.whl",
+                "url": "https://files.test/p/demo-1.0-py3-none-any.whl",
+                "hashes": {"sha256": "aa"},
+                "dist-info-metadata": {"sha256": "cc"}
+            }]
+        });
+        let p = parse_page(&serde_json::to_vec(&json).unwrap(), JSON, &base(), "demo").unwrap();
+        let cm = p.files[0]
+            .core_metadata
+            .as_ref()
+            .expect("core metadata kept");
+        assert_eq!(cm.get("sha256").map(String::as_str), Some("cc"));
+        let link = |f: &FileEntry| Link {
+            url: format!("http://sluice/pypi/files/sha256/aa/{}", f.filename),
+            fragment: None,
+        };
+        let out: Value = serde_json::from_slice(&render_json(&p, link)).unwrap();
+        let f = out["files"][0].as_object().unwrap();
+        assert!(!f.contains_key("dist-info-metadata"), "{f:?}");
+        assert_eq!(f["core-metadata"]["sha256"], "cc");
+        assert_eq!(f["data-dist-info-metadata"]["sha256"], "cc");
+        assert!(render_html(&p, link).contains("data-core-metadata=\"sha256=cc\""));
     }
 
     #[test]
