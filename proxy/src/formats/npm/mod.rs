@@ -9,8 +9,9 @@
 //!   untouched ([`packument`]), with `ETag`/`304` and gzip.
 //! - **Tarballs** (`/<name>/-/<file>.tgz`) are verified against the packument's
 //!   `dist.integrity` / `dist.shasum` and stored by digest ([`tarball`]).
-//! - **Pass-through**: `/-/ping`, `/-/v1/search`, the audit endpoints; `/-/npm/v1/keys`
-//!   is cached as a document.
+//! - **Pass-through**: `/-/ping`, `/-/v1/search`, the audit endpoints (npm's and pnpm's);
+//!   `/-/npm/v1/keys` and `/-/npm/v1/attestations/<name>@<version>` are cached as documents
+//!   (`dist.attestations.url` on the upstream is rewritten to the latter).
 //! - **Writes** (publish, unpublish, dist-tag changes, login) answer `405`.
 
 mod name;
@@ -428,8 +429,10 @@ fn changed_at(key: &str) -> Option<u64> {
     changed().get(key)
 }
 
-/// `/<name>/<version or dist-tag>`: one version object; a version missing from the cached
-/// packument makes sluice revalidate it once before answering 404.
+/// `/<name>/<version or dist-tag>`: one version object. A version the packument lists but a
+/// rule blocks answers the rule's refusal (403); one missing from the cached packument makes
+/// sluice revalidate it before answering 404, at most once per `negative_ttl` (at least a
+/// second) for the same version.
 async fn version(
     app: &Arc<App>,
     up: &Arc<Upstream>,
