@@ -512,6 +512,53 @@ async fn blob_redirect_to_another_host_gets_no_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_outside_redirect_hosts_is_refused() {
+    let sim = Sim::start_with(SimConfig {
+        auth: None,
+        redirect_blobs: true,
+    })
+    .await;
+    let layer = random_bytes(30_000, 17);
+    let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
+    let d = &img.layer_digests[0];
+    let refusing = sluice_for(&sim, "retries = 0\nredirect_hosts = [\"cdn.example.com\"]");
+    let allowing = sluice_for(&sim, "redirect_hosts = [\"*.example.com\", \"LOCALHOST\"]");
+    within(60, "redirect_hosts", async {
+        let c = http_client();
+        let f = get(
+            &c,
+            &format!("{}/v2/app/blobs/{d}", refusing.base_url()),
+            &[],
+        )
+        .await;
+        assert_eq!(f.status, 502, "redirect to localhost not in redirect_hosts");
+        assert!(
+            sim.cdn_requests().is_empty(),
+            "the refused redirect was followed"
+        );
+        let m = refusing.metrics().await;
+        assert_eq!(
+            common::metrics::sample(
+                &m,
+                "sluice_upstream_redirects_refused_total{upstream=\"sim\"}"
+            ),
+            1.0,
+            "{m}"
+        );
+        let f = get(
+            &c,
+            &format!("{}/v2/app/blobs/{d}", allowing.base_url()),
+            &[],
+        )
+        .await;
+        assert_eq!(f.status, 200);
+        assert!(f.body.expect("body") == layer);
+        assert!(!sim.cdn_requests().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_targets_challenge_is_not_answered_with_credentials() {
     let sim = Sim::start_with(SimConfig {
         auth: Some(SimAuth {

@@ -442,6 +442,19 @@ impl Upstream {
                     None,
                 ));
             }
+            if !same_origin(&next, &self.base)
+                && !redirect_host_allowed(next.host_str(), &self.cfg.redirect_hosts)
+            {
+                metrics::counter!("sluice_upstream_redirects_refused_total", "upstream" => self.cfg.name.clone())
+                    .increment(1);
+                return Err(self.err(
+                    format!(
+                        "refusing redirect to {}: not in this upstream's redirect_hosts",
+                        next.origin().ascii_serialization()
+                    ),
+                    None,
+                ));
+            }
             url = next;
         }
         Err(self.err(format!("more than {MAX_REDIRECTS} redirects"), None))
@@ -521,6 +534,26 @@ fn is_failure_status(s: StatusCode) -> bool {
     s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT
 }
 
+/// Whether a redirect may go to `host`: any host when `allowed` is empty, else one named
+/// exactly (case-insensitive) or under a `*.domain` entry.
+fn redirect_host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(host) = host.map(|h| h.to_ascii_lowercase()) else {
+        return false;
+    };
+    allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == a,
+        }
+    })
+}
+
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
@@ -556,4 +589,36 @@ pub fn accept(v: &str) -> HeaderMap {
         h.insert(http::header::ACCEPT, v);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_host_allowed;
+
+    #[test]
+    fn redirect_hosts_match_exactly_or_as_subdomains() {
+        let allowed = vec![
+            "production.cloudflare.docker.com".to_string(),
+            "*.CloudFront.net".to_string(),
+        ];
+        for ok in [
+            "production.cloudflare.docker.com",
+            "PRODUCTION.cloudflare.docker.com",
+            "d1.cloudfront.net",
+            "a.b.cloudfront.net",
+        ] {
+            assert!(redirect_host_allowed(Some(ok), &allowed), "{ok}");
+        }
+        for refused in [
+            "cloudfront.net",
+            "evilcloudfront.net",
+            "docker.com",
+            "production.cloudflare.docker.com.evil.example",
+            "127.0.0.1",
+        ] {
+            assert!(!redirect_host_allowed(Some(refused), &allowed), "{refused}");
+        }
+        assert!(!redirect_host_allowed(None, &allowed));
+        assert!(redirect_host_allowed(Some("anything.example"), &[]));
+    }
 }
