@@ -999,3 +999,60 @@ async fn the_original_pep_691_metadata_key_becomes_pep_714s() {
     assert_eq!(r.status(), 200);
     assert_eq!(&r.bytes().await.expect("body")[..], &d.metadata[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_installs_a_locked_file_url_from_a_sluice_that_never_saw_the_page() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sim = PypiSim::start(Mode::Json).await;
+    let (f, bytes) = common::build_wheel(tmp.path(), "locked_pkg", "1.0");
+    let sha = sim.add_file("locked-pkg", SimFile::new(&f, "1.0", bytes));
+    let s = sluice_for(&sim, "");
+    // A lockfile's entry (as `pip freeze`-style hashes, pylock.toml or uv.lock carry it): the
+    // file URL another sluice rendered, with its hash; no index is consulted.
+    let req = tmp.path().join("requirements.txt");
+    std::fs::write(
+        &req,
+        format!(
+            "locked_pkg @ {}/pypi/files/sha256/{sha}/{f} --hash=sha256:{sha}\n",
+            s.base_url()
+        ),
+    )
+    .expect("write requirements");
+    let target = tmp.path().join("t");
+    let (r, t) = (req.clone(), target.clone());
+    let out = within(
+        150,
+        "pip install from a locked URL",
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.args([
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--no-index",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+            ])
+            .arg(&r)
+            .arg("--target")
+            .arg(&t)
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .env("PIP_CONFIG_FILE", "/dev/null");
+            common::no_proxy_env(&mut cmd);
+            common::run_with_timeout(&mut cmd, Duration::from_secs(120))
+        }),
+    )
+    .await
+    .expect("pip task");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let init = std::fs::read_to_string(target.join("locked_pkg/__init__.py")).expect("installed");
+    assert!(init.contains("'1.0'"), "{init}");
+    assert_eq!(page_requests(&sim, "locked-pkg"), 1);
+}
