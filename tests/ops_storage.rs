@@ -330,6 +330,18 @@ async fn admin_api_needs_an_admin_token_and_purge_makes_the_next_pull_refetch() 
     assert_eq!(json_body(r).await["decision"], "allow");
 }
 
+/// sluice with the [`ADMIN`] token and one `[[upstream]]` made of `upstream` (with a 1 h
+/// metadata TTL).
+fn admin_config(port: u16, dir: &Path, upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+         shutdown_grace = \"1s\"\n\n[storage]\ndata_dir = \"{}\"\n\n\
+         [[auth.token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n\
+         [[upstream]]\n{upstream}\nmetadata_ttl = \"1h\"\n",
+        dir.display()
+    )
+}
+
 /// `POST /-/api/purge` with a JSON body and the admin token; checks 200.
 async fn purge(s: &Sluice, body: serde_json::Value) -> serde_json::Value {
     let r = http_client()
@@ -433,13 +445,13 @@ async fn purging_an_npm_version_keeps_the_packument_and_purging_the_package_make
     sim.publish("leftish", "1.0.0", &[]);
     sim.publish("leftish", "2.0.0", &[]);
     let s = Sluice::start_with(|port, dir| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             shutdown_grace = \"1s\"\n\n[storage]\ndata_dir = \"{}\"\n\n\
-             [[auth.token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\n\
-             [[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\nmetadata_ttl = \"1h\"\n",
-            dir.display(),
-            sim.registry_url()
+        admin_config(
+            port,
+            dir,
+            &format!(
+                "name = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"",
+                sim.registry_url()
+            ),
         )
     });
     let c = http_client();
@@ -570,4 +582,41 @@ async fn pinned_content_over_max_size_is_reported_once_and_exported() {
     let v = json_body(r).await;
     assert_eq!(v["over_limit"], true, "{v}");
     assert!(v["pinned_bytes"].as_u64().unwrap() >= 2 * MIB, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_pypi_project_makes_its_simple_page_and_json_document_a_miss() {
+    use common::pypi_sim::{Mode, PypiSim, SimFile};
+    let sim = PypiSim::start(Mode::Json).await;
+    let sdist = SimFile::new("demo-1.0.tar.gz", "1.0", random_bytes(3_000, 51));
+    sim.add_file("demo", sdist);
+    let s = Sluice::start_with(|port, dir| {
+        admin_config(
+            port,
+            dir,
+            &format!(
+                "name = \"pypi\"\nformat = \"pypi\"\nurl = \"{}\"",
+                sim.simple_url()
+            ),
+        )
+    });
+    let page = format!("{}/pypi/simple/demo/", s.base_url());
+    let api = format!("{}/pypi/pypi/demo/json", s.base_url());
+    let cache = |url: String| async move {
+        let r = http_client().get(&url).send().await.expect("GET");
+        assert_eq!(r.status(), 200, "{url}");
+        sluice_cache_header(&r)
+    };
+    for url in [&page, &api] {
+        assert_eq!(cache(url.clone()).await, "MISS", "{url}");
+        assert_eq!(cache(url.clone()).await, "HIT", "{url}");
+    }
+    let before = sim.requests().len();
+    let v = purge(&s, serde_json::json!({"format": "pypi", "name": "Demo"})).await;
+    assert_eq!(v["removed_records"], 2, "{v}");
+    assert_eq!(v["removed_files"], 2, "{v}");
+    for url in [&page, &api] {
+        assert_eq!(cache(url.clone()).await, "MISS", "{url}");
+    }
+    assert_eq!(sim.requests().len(), before + 2);
 }

@@ -6,8 +6,8 @@
 //!   manifest, and everything it references (config, layers, child manifests of an index);
 //! - npm: the cached packuments of matching packages, and the tarballs of matching
 //!   versions (found through their `dist.integrity` / `dist.shasum` aliases);
-//! - PyPI: the cached simple pages of matching projects, and their files of matching
-//!   versions (the `files` records the pages left).
+//! - PyPI: the cached simple pages (and JSON API documents) of matching projects, and their
+//!   files of matching versions (the `files` records the pages left).
 
 use std::collections::HashSet;
 
@@ -225,14 +225,21 @@ impl Store {
                         }
                     }
                 } else if let Some(rest) = key.strip_prefix("pypi/").filter(|_| pypi) {
-                    // pypi/<upstream>/simple/<project>
+                    // pypi/<upstream>/simple/<project>, and the JSON API's
+                    // pypi/<upstream>/json/<project>[/<version>]/json.
                     let Some((upstream, rest)) = rest.split_once('/') else {
                         continue;
                     };
-                    let Some(project) = rest.strip_prefix("simple/").filter(|p| !p.is_empty())
-                    else {
+                    let project = if let Some(p) = rest.strip_prefix("simple/") {
+                        p
+                    } else if let Some(t) = rest.strip_prefix("json/") {
+                        t.split('/').next().unwrap_or("")
+                    } else {
                         continue;
                     };
+                    if project.is_empty() {
+                        continue;
+                    }
                     out.push(Item {
                         format: Format::Pypi,
                         upstream: upstream.to_string(),
