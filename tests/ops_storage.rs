@@ -582,6 +582,16 @@ async fn pinned_content_over_max_size_is_reported_once_and_exported() {
     let v = json_body(r).await;
     assert_eq!(v["over_limit"], true, "{v}");
     assert!(v["pinned_bytes"].as_u64().unwrap() >= 2 * MIB, "{v}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["gc", "--now", "--url", &s.base_url(), "--token", ADMIN]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("still over max_size"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -510,6 +510,14 @@ pub fn gc_line(v: &Value) -> String {
         num(&v["index_records_dropped"]),
         num(&v["stored_bytes"])
     );
+    if v["over_limit"] == true {
+        let _ = write!(
+            out,
+            "\nstill over max_size: nothing more can be evicted ({} pinned); unpin something \
+             or raise max_size",
+            human_bytes(num(&v["pinned_bytes"]))
+        );
+    }
     for p in v["cleanup"].as_array().map_or(&[][..], Vec::as_slice) {
         let _ = write!(out, "\ncleanup policy {}", policy_summary(p));
         if p["mode"] != "enforce" {
