@@ -131,6 +131,8 @@ struct CleanupSpans {
 struct ServerSpans {
     listen: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +173,21 @@ fn validate(
     if let Some(u) = &config.server.public_url {
         check_http_url(u)
             .map_err(|m| at(server_span(|s| s.public_url.as_ref().map(|v| v.span())), m))?;
+    }
+    match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(_), None) => {
+            return Err(at(
+                server_span(|s| s.tls_cert.as_ref().map(|v| v.span())),
+                "tls_cert without tls_key: set both (PEM files) or neither".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(at(
+                server_span(|s| s.tls_key.as_ref().map(|v| v.span())),
+                "tls_key without tls_cert: set both (PEM files) or neither".into(),
+            ))
+        }
+        _ => {}
     }
 
     let mut names = HashSet::new();

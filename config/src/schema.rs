@@ -58,6 +58,12 @@ pub struct ServerConfig {
     /// Requests per client address (`"100/s"`; also the burst); over it, `429` at once.
     #[serde(default)]
     pub client_rate_limit: Option<RateLimit>,
+    /// PEM certificate chain: with `tls_key`, sluice speaks HTTPS (TLS 1.2/1.3, rustls).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[storage]`.
@@ -396,8 +402,17 @@ impl Config {
             .expect("listen address validated at load")
     }
 
-    /// Base URL clients reach sluice at: `server.public_url`, else `http://<listen>` with a
-    /// wildcard address (`0.0.0.0`, `[::]`) replaced by loopback, which is at least
+    /// `https` when sluice serves TLS (`tls_cert`), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Base URL clients reach sluice at: `server.public_url`, else `<scheme>://<listen>`
+    /// with a wildcard address (`0.0.0.0`, `[::]`) replaced by loopback, which is at least
     /// reachable from this host. (Serving, sluice prefers the request's `Host` when
     /// `public_url` is unset: see `App::base_url`.)
     pub fn public_url(&self) -> String {
@@ -411,9 +426,9 @@ impl Config {
                             std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                         });
                     }
-                    format!("http://{addr}")
+                    format!("{}://{addr}", self.scheme())
                 }
-                Err(_) => format!("http://{}", self.server.listen),
+                Err(_) => format!("{}://{}", self.scheme(), self.server.listen),
             },
         }
     }
@@ -459,6 +474,8 @@ impl Default for ServerConfig {
             shutdown_grace: default_grace(),
             header_timeout: default_header_timeout(),
             client_rate_limit: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

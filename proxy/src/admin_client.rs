@@ -121,7 +121,14 @@ pub fn run(cfg: &Config, remote: &Remote, action: &Action, json: bool) -> Result
     let base =
         base_url(cfg, remote.url.as_deref()).map_err(|e| Failure::usage(format!("{e:#}")))?;
     let (method, route, params) = request_of(action)?;
-    let v = call(&base, remote.token.as_deref(), method, route, &params)?;
+    let v = call(
+        &base,
+        &own_certificates(cfg),
+        remote.token.as_deref(),
+        method,
+        route,
+        &params,
+    )?;
     if json {
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n");
     }
@@ -234,9 +241,21 @@ fn split_reference(format: &str, s: &str) -> (String, Option<String>) {
     }
 }
 
+/// The certificates of `server.tls_cert`, which the CLI trusts besides the public roots: a
+/// sluice serving TLS with a self-signed or private-CA certificate is still reachable.
+pub fn own_certificates(cfg: &Config) -> Vec<reqwest::Certificate> {
+    cfg.server
+        .tls_cert
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+        .unwrap_or_default()
+}
+
 /// One admin API call, with the failures a person can act on.
 fn call(
     base: &Url,
+    roots: &[reqwest::Certificate],
     token: Option<&str>,
     method: reqwest::Method,
     route: &str,
@@ -247,7 +266,11 @@ fn call(
         .enable_all()
         .build()
         .map_err(|e| Failure::usage(format!("starting the async runtime: {e}")))?;
-    let client = reqwest::Client::builder()
+    let client = roots
+        .iter()
+        .fold(reqwest::Client::builder(), |b, c| {
+            b.add_root_certificate(c.clone())
+        })
         .connect_timeout(Duration::from_secs(10))
         // `gc` runs a whole collection before it answers.
         .timeout(Duration::from_secs(600))

@@ -213,6 +213,8 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        // sluice's own TLS, or a TLS-terminating proxy in front that says so.
+        let https = https || self.config.server.tls_cert.is_some();
         format!("{}://{host}", if https { "https" } else { "http" })
     }
 
@@ -290,7 +292,11 @@ mod tests {
             token: token.into(),
             role,
         };
-        let tokens = [tok("", Role::Admin), tok(" ", Role::Admin), tok("s3", Role::Read)];
+        let tokens = [
+            tok("", Role::Admin),
+            tok(" ", Role::Admin),
+            tok("s3", Role::Read),
+        ];
         // "anyone:" in basic auth.
         let empty = decode_basic_password("YW55b25lOg==").unwrap();
         assert_eq!(empty, "");

@@ -41,6 +41,7 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -75,6 +76,7 @@ pub fn serve(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // pingora takes whole seconds; "500ms" must not become no grace at all.
     let grace = config.server.shutdown_grace.as_secs_ceil();
+    let tls = tls_files(&config)?;
     let app = Arc::new(app::App::new(config, config_path, handle)?);
     tracing::info!(
         listen = %listen,
@@ -133,6 +135,9 @@ pub fn serve(
         // RSS 57 MiB with 1460 B, 88 MiB with 32 KiB).
         let mut endpoint =
             ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER));
+        if let Some((cert, key)) = &tls {
+            endpoint = endpoint.tls(TlsSettings::intermediate(cert, key)?);
+        }
         if per_thread {
             http.threads = Some(1);
             let mut opts = TcpSocketOptions::default();
@@ -160,6 +165,30 @@ pub fn serve(
     tracing::info!("sluice stopped");
     logsink::flush();
     std::process::exit(0);
+}
+
+/// The certificate and key files of `server.tls_cert` / `tls_key`, checked here (a file
+/// that is missing, not PEM, or whose key does not match its certificate stops sluice with
+/// a message: pingora would panic on it while starting its listeners).
+fn tls_files(config: &Config) -> anyhow::Result<Option<(String, String)>> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
+        return Ok(None);
+    };
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    pingora::tls::install_default_crypto_provider();
+    let (certs, private_key) = pingora::tls::load_certs_and_key_files(&cert, &key)
+        .map_err(|e| anyhow::anyhow!("tls_cert {cert:?} / tls_key {key:?}: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tls_cert {cert:?} / tls_key {key:?}: no PEM certificate in the first, or no \
+                 PEM private key (PKCS#8, PKCS#1, SEC1) in the second"
+            )
+        })?;
+    pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|e| anyhow::anyhow!("tls_cert {cert:?} / tls_key {key:?}: {e}"))?;
+    Ok(Some((cert, key)))
 }
 
 /// SIGTERM and SIGINT (and SIGQUIT) all stop sluice gracefully: stop accepting, let

@@ -111,7 +111,9 @@ pub fn run(
         entries.extend(sluice_policy::lockfile::read(f).map_err(anyhow::Error::msg)?);
     }
     let target = Target::new(cfg, opts)?;
-    let mut client = reqwest::Client::builder()
+    let mut client = crate::admin_client::own_certificates(cfg)
+        .into_iter()
+        .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c))
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("sluice-warm/", env!("CARGO_PKG_VERSION")));

@@ -120,7 +120,7 @@ impl TokenCache {
     }
 
     /// How many tokens are cached (expired ones included until pruned).
-    pub fn len(&self) -> usize {
+    pub fn cached(&self) -> usize {
         self.tokens.lock().len()
     }
 
@@ -205,7 +205,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(5));
         c.put("new", "y".into(), Duration::from_secs(300));
-        assert_eq!(c.len(), 2, "expired tokens pruned, live ones kept");
+        assert_eq!(c.cached(), 2, "expired tokens pruned, live ones kept");
         assert_eq!(c.get("s").as_deref(), Some("t"));
     }
 
