@@ -166,6 +166,30 @@ async fn clients_without_a_token_are_refused_when_anonymous_is_none() {
             .await
             .unwrap();
         assert_eq!(h.status(), 200, "health stays open for probes");
+
+        // A token is revoked (and another issued) with SIGHUP, without a restart.
+        let path = s.config_path();
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, text.replace("token = \"s3cret\"", "token = \"n3w\"")).unwrap();
+        let pid = s.pid().expect("sluice runs");
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let mut revoked = false;
+        for _ in 0..100 {
+            let r = c.get(&url).bearer_auth("s3cret").send().await.unwrap();
+            if r.status() == 401 {
+                revoked = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(revoked, "the old token still worked after the reload");
+        let r = c.get(&url).bearer_auth("n3w").send().await.unwrap();
+        assert_eq!(r.status(), 200, "the new token");
     })
     .await;
 }

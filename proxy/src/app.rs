@@ -52,6 +52,9 @@ pub struct App {
     pub oci_confirms: Flights<()>,
     /// Repository links the upstream could not be asked about lately (served meanwhile).
     pub oci_unconfirmed: moka::sync::Cache<String, ()>,
+    /// `[auth]` as last loaded: swapped on SIGHUP with the policy, so a token is revoked
+    /// or added without a restart.
+    pub auth: arc_swap::ArcSwap<sluice_config::AuthConfig>,
 }
 
 impl App {
@@ -112,6 +115,7 @@ impl App {
                 .max_capacity(100_000)
                 .time_to_live(crate::formats::oci::links::UNCONFIRMED_FOR)
                 .build(),
+            auth: arc_swap::ArcSwap::from_pointee(config.auth.clone()),
             config,
         })
     }
@@ -234,8 +238,9 @@ impl App {
 
     /// The role of a request with this `Authorization` header value.
     pub fn role_of(&self, authorization: Option<&str>) -> Role {
+        let auth = self.auth.load();
         let Some(a) = authorization else {
-            return self.config.auth.anonymous;
+            return auth.anonymous;
         };
         let secret = if let Some(t) = a.strip_prefix("Bearer ") {
             Some(t.trim().to_string())
@@ -245,7 +250,7 @@ impl App {
             None
         };
         secret
-            .and_then(|s| token_role(&self.config.auth.tokens, &s))
+            .and_then(|s| token_role(&auth.tokens, &s))
             .unwrap_or(Role::None)
     }
 }

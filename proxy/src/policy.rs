@@ -122,20 +122,23 @@ impl Policy {
     }
 
     /// Re-reads the config file and swaps in a new engine; on error keeps the old one.
-    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+    /// Returns the `[auth]` section of the file it loaded, for the caller to apply too.
+    pub async fn reload(self: &Arc<Self>) -> Result<sluice_config::AuthConfig, String> {
         let path = self.config_path.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<Live, String> {
-            let cfg = match &path {
-                Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string())?,
-                None => sluice_config::Config::embedded_default(),
-            };
-            let engine = Engine::new(&cfg.policy).map_err(|e| e.to_string())?;
-            Ok(Live::new(engine, &cfg.policy))
-        })
+        let built = tokio::task::spawn_blocking(
+            move || -> Result<(Live, sluice_config::AuthConfig), String> {
+                let cfg = match &path {
+                    Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string())?,
+                    None => sluice_config::Config::embedded_default(),
+                };
+                let engine = Engine::new(&cfg.policy).map_err(|e| e.to_string())?;
+                Ok((Live::new(engine, &cfg.policy), cfg.auth))
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
         match built {
-            Ok(live) => {
+            Ok((live, auth)) => {
                 let (adv, pkgs) = live.engine.osv_stats();
                 self.live.store(Arc::new(live));
                 let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -146,7 +149,7 @@ impl Policy {
                     osv_packages = pkgs,
                     "policy reloaded"
                 );
-                Ok(())
+                Ok(auth)
             }
             Err(e) => {
                 metrics::counter!("sluice_policy_reloads_total", "result" => "error").increment(1);

@@ -3,7 +3,7 @@
 //! histograms, enforces the storage limits (a commit that takes the store over its high
 //! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
 //! `storage.gc_interval` (idle expiry, index records of content that is gone), persists
-//! the `/-/api/stats` figures every few seconds when they changed, reloads the policy on
+//! the `/-/api/stats` figures every few seconds when they changed, reloads the policy and the tokens on
 //! SIGHUP, and flushes everything once more on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +78,8 @@ impl BackgroundService for Upkeep {
         let mut stats = tokio::time::interval(crate::stats::PERSIST_EVERY);
         let gc_every = self.app.config.storage.gc_interval.get();
         let mut last_gc = Instant::now();
-        // SIGHUP reloads the policy (the default action would terminate the process).
+        // SIGHUP reloads the policy and the tokens (the default action would terminate the
+        // process).
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             tokio::select! {
@@ -94,8 +95,12 @@ impl BackgroundService for Upkeep {
                     }
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading policy");
-                    let _ = self.app.policy.reload().await;
+                    tracing::info!("SIGHUP: reloading policy and tokens");
+                    if let Ok(auth) = self.app.policy.reload().await {
+                        tracing::info!(tokens = auth.tokens.len(), anonymous = ?auth.anonymous,
+                            "tokens reloaded");
+                        self.app.auth.store(std::sync::Arc::new(auth));
+                    }
                 }
                 _ = shutdown.changed() => {
                     self.persist_stats();
