@@ -420,6 +420,7 @@ async fn tarball_urls_come_only_from_the_packument_and_writes_are_refused() {
 async fn api_endpoints_pass_through_and_keys_are_cached() {
     let sim = NpmSim::start().await;
     sim.set_advisories(json!({"pkg": [{"id": 1, "severity": "high"}]}));
+    sim.publish("pkg", "1.0.0", &[]);
     let s = Sluice::start(&upstream(&sim, ""));
     let c = http_client();
     let mount = format!("{}/npmjs", s.base_url());
@@ -431,6 +432,20 @@ async fn api_endpoints_pass_through_and_keys_are_cached() {
         assert_eq!(
             json_body(r).await["query"],
             "/registry/-/v1/search?text=abc&size=2"
+        );
+        // A relayed endpoint's 429 is that client's answer, passed on with its wait; it
+        // does not pause the upstream for everyone else.
+        sim.fault("/-/v1/search", NpmFault::RetryAfter(429, "600".into()));
+        let r = get(&c, &format!("{mount}/-/v1/search?text=abc"), &[]).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(common::header(&r, "retry-after"), "600");
+        sim.clear_faults();
+        let r = get(&c, &format!("{mount}/pkg"), &[]).await;
+        assert_eq!(r.status(), 200, "the upstream was paused by a search 429");
+        let m = s.metrics().await;
+        assert!(
+            !m.contains("sluice_upstream_pauses_total"),
+            "a relayed 429 paused the upstream: {m}"
         );
         for _ in 0..2 {
             let r = get(&c, &format!("{mount}/-/npm/v1/keys"), &[]).await;

@@ -870,6 +870,23 @@ async fn links_and_redirects_follow_the_host_the_client_used_unless_public_url_i
     // Three malformed Hosts served, four requests each.
     assert_eq!(fallbacks, 12.0, "{m}");
 
+    // Made-up Hosts cannot fill the render cache: past the first MAX_LINK_HOSTS (32)
+    // distinct ones, new names get the listen address; names seen before keep theirs.
+    let mut last = String::new();
+    for i in 0..40 {
+        let name = format!("h{i}.example");
+        let v =
+            json_body(get_with(&page, &[("Host", name.as_str()), ("Accept", JSON)]).await).await;
+        last = file_url(&v, &d.wheel.filename);
+    }
+    assert_eq!(last, format!("{own}{wheel_path}"), "the 40th made-up host");
+    let v = json_body(get_with(&page, &[("Host", "sluice.example:5080"), ("Accept", JSON)]).await)
+        .await;
+    assert_eq!(
+        file_url(&v, &d.wheel.filename),
+        format!("http://sluice.example:5080{wheel_path}")
+    );
+
     // `public_url` set: it always wins.
     let s2 = sluice_for(&sim, "");
     let h = [("Host", "sluice.example:5080"), ("Accept", JSON)];

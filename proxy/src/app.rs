@@ -55,7 +55,14 @@ pub struct App {
     /// `[auth]` as last loaded: swapped on SIGHUP with the policy, so a token is revoked
     /// or added without a restart.
     pub auth: arc_swap::ArcSwap<sluice_config::AuthConfig>,
+    /// Host names links have been written on ([`App::base_url`]), at most
+    /// [`MAX_LINK_HOSTS`].
+    link_hosts: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct request `Host`s links are written on while `public_url` is unset; requests
+/// naming others get links on the listen address.
+pub const MAX_LINK_HOSTS: usize = 32;
 
 impl App {
     /// Opens the store, builds the upstream clients and the policy engine. `config_path`
@@ -116,6 +123,7 @@ impl App {
                 .time_to_live(crate::formats::oci::links::UNCONFIRMED_FOR)
                 .build(),
             auth: arc_swap::ArcSwap::from_pointee(config.auth.clone()),
+            link_hosts: Default::default(),
             config,
         })
     }
@@ -208,7 +216,7 @@ impl App {
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::host::authority);
-        let Some(host) = host else {
+        let Some(host) = host.filter(|h| self.admit_host(h)) else {
             metrics::counter!("sluice_host_fallbacks_total").increment(1);
             return self.config.public_url();
         };
@@ -220,6 +228,22 @@ impl App {
         // sluice's own TLS, or a TLS-terminating proxy in front that says so.
         let https = https || self.config.server.tls_cert.is_some();
         format!("{}://{host}", if https { "https" } else { "http" })
+    }
+
+    /// Whether links may be written on `host`: the first [`MAX_LINK_HOSTS`] distinct ones
+    /// seen are; later new ones are not (each would get its own rendered copy of every
+    /// document, so a client cycling through made-up names would fill the render cache and
+    /// burn CPU).
+    fn admit_host(&self, host: &str) -> bool {
+        let mut seen = self.link_hosts.lock();
+        if seen.contains(host) {
+            return true;
+        }
+        if seen.len() >= MAX_LINK_HOSTS {
+            return false;
+        }
+        seen.insert(host.to_string());
+        true
     }
 
     /// Whether `key` had an upstream 404 recently.

@@ -41,8 +41,11 @@ impl ClientLimits {
         }
     }
 
-    /// Lets a request from `client` through, or says how long until one would be.
+    /// Lets a request from `client` through, or says how long until one would be. An IPv6
+    /// client is counted by its /64 (one host's SLAAC and privacy addresses share it, so
+    /// rotating addresses does not buy a fresh bucket).
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        let client = bucket_of(client);
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -72,6 +75,18 @@ impl ClientLimits {
     }
 }
 
+/// The address a client is counted under: IPv4 as is (an IPv4-mapped IPv6 address too),
+/// IPv6 by its /64 prefix.
+fn bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,7 +103,15 @@ mod tests {
             "{wait:?}"
         );
         assert!(l.check(b).is_ok(), "another client is not held back");
-        assert_eq!(l.tracked(), 2);
+        // One IPv6 /64 is one client, whichever address it uses; an IPv4-mapped address
+        // is its IPv4 client.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.check(v6("2001:db8:1:2::1")).is_ok());
+        assert!(l.check(v6("2001:db8:1:2:aaaa::9")).is_ok());
+        assert!(l.check(v6("2001:db8:1:2:ffff::7")).is_err(), "same /64");
+        assert!(l.check(v6("2001:db8:1:3::1")).is_ok(), "another /64");
+        assert!(l.check(v6("::ffff:10.0.0.1")).is_err(), "mapped 10.0.0.1");
+        assert_eq!(l.tracked(), 4);
         assert_eq!(l.describe(), "2/m");
         let none = ClientLimits::new(None);
         for _ in 0..1000 {

@@ -49,6 +49,7 @@ pub fn pass_through(up: &Upstream, resp: reqwest::Response) -> Reply {
         "cache-control",
         "etag",
         "last-modified",
+        "retry-after",
     ] {
         if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
             r = r.header(static_name(name), v.to_string());
@@ -103,6 +104,7 @@ fn static_name(n: &str) -> &'static str {
         "content-encoding" => "Content-Encoding",
         "cache-control" => "Cache-Control",
         "etag" => "ETag",
+        "retry-after" => "Retry-After",
         _ => "Last-Modified",
     }
 }

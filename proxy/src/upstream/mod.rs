@@ -128,6 +128,36 @@ impl Upstream {
         scope: Option<&str>,
         body: Option<bytes::Bytes>,
     ) -> Result<reqwest::Response, ProxyError> {
+        self.request(method, url, headers, scope, body, Traffic::Cache)
+            .await
+    }
+
+    /// Like [`Upstream::send`] for a request a client drives and sluice only relays (npm
+    /// search and audits): its `429` is the client's answer, passed on as it came; it
+    /// neither pauses the upstream for everyone nor counts against the circuit.
+    pub async fn relay(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
+        let url =
+            Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))?;
+        self.request(method, url, headers, None, body, Traffic::Relayed)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        scope: Option<&str>,
+        body: Option<bytes::Bytes>,
+        traffic: Traffic,
+    ) -> Result<reqwest::Response, ProxyError> {
         if self.offline {
             return Err(ProxyError::Offline(format!(
                 "upstream {} is offline and {} is not cached",
@@ -159,17 +189,28 @@ impl Upstream {
         let result = self
             .send_authenticated(method, url, headers, scope, body)
             .await;
+        let relayed = traffic == Traffic::Relayed;
         match &result {
             // Never sent (our own rate limit): says nothing about the upstream; a probe
             // dropped unrecorded frees the half-open slot.
             Err(ProxyError::Throttled { .. }) => drop(permit),
+            // A relayed request's 429 limits that client's use of that endpoint.
+            Ok(r) if relayed && r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                permit.record(Outcome::Success)
+            }
             Ok(r) if is_failure_status(r.status()) => permit.record(Outcome::Failure),
             Err(e) if e.is_upstream_failure() => permit.record(Outcome::Failure),
             _ => permit.record(Outcome::Success),
         }
-        // A 429 that says how long to wait, after the retries: the upstream asked to be left
-        // alone, so nothing goes to it for that long; the client gets the 429 and the wait.
-        if let Some(wait) = result.as_ref().ok().and_then(retry::asked_to_pause) {
+        // A 429 that says how long to wait, from the upstream itself (not a CDN it redirected
+        // to) for what sluice caches, after the retries: the upstream asked to be left alone,
+        // so nothing goes to it for that long; the client gets the 429 and the wait.
+        let pause = result
+            .as_ref()
+            .ok()
+            .filter(|r| !relayed && same_origin(r.url(), &self.base))
+            .and_then(retry::asked_to_pause);
+        if let Some(wait) = pause {
             let wait = self.breaker.pause(wait);
             return Err(circuit_open(breaker::Refusal { wait, asked: true }));
         }
@@ -443,6 +484,7 @@ impl Upstream {
                 ));
             }
             if !same_origin(&next, &self.base)
+                && !same_origin(&next, &url)
                 && !redirect_host_allowed(next.host_str(), &self.cfg.redirect_hosts)
             {
                 metrics::counter!("sluice_upstream_redirects_refused_total", "upstream" => self.cfg.name.clone())
@@ -552,6 +594,13 @@ fn redirect_host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
             None => host == a,
         }
     })
+}
+
+/// What a request is for: content sluice caches, or a client's request it only relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    Cache,
+    Relayed,
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {

@@ -622,7 +622,7 @@ async fn pass(
     } else {
         None
     };
-    let resp = up.send(method, &path, h, None, body).await?;
+    let resp = up.relay(method, &path, h, body).await?;
     Ok(super::pass_through(up, resp))
 }
 
