@@ -345,9 +345,10 @@ pub struct PurgeReport {
 }
 
 impl Store {
-    /// Removes what `target` names, serialised with eviction and cleanup. Pinned items are
-    /// left alone (for a digest: a pinned file is kept), and a file another cached item
-    /// still references is kept. Records go first, then the files through
+    /// Removes what `target` names, serialised with eviction and cleanup. By name, pinned
+    /// items are left alone and a file another cached item still references is kept; by
+    /// digest, the file is removed whoever references it (an operator distrusts that file),
+    /// unless it is pinned. Records go first, then the files through
     /// [`Store::remove`], so a reader that has the file open keeps its bytes and one that
     /// finds no record fetches again. Blocking.
     pub fn purge(
