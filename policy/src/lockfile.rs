@@ -174,6 +174,15 @@ fn read_requirements(
         let target = path.parent().unwrap_or(Path::new("")).join(&inc.target);
         let canonical = std::fs::canonicalize(&target)
             .map_err(|e| format!("{here}: {}: {e}", target.display()))?;
+        if !include_allowed(&canonical, top) {
+            return Err(format!(
+                "{here}: {} is outside the directory of {} and the current directory: \
+                 includes are read only below them (a requirements file from a pull request \
+                 must not make the check read, and print, any file on the machine)",
+                canonical.display(),
+                top.display()
+            ));
+        }
         if let Some(i) = stack.iter().position(|p| *p == canonical) {
             let cycle: Vec<String> = stack[i..]
                 .iter()
@@ -196,6 +205,23 @@ fn read_requirements(
     }
     stack.pop();
     Ok(())
+}
+
+/// Whether an include may be read: below the directory of the file named on the command
+/// line, or below the current directory (a monorepo's shared requirements).
+fn include_allowed(canonical: &Path, top: &Path) -> bool {
+    let roots = [
+        std::fs::canonicalize(top)
+            .ok()
+            .and_then(|t| t.parent().map(Path::to_path_buf)),
+        std::env::current_dir()
+            .ok()
+            .and_then(|d| std::fs::canonicalize(d).ok()),
+    ];
+    roots
+        .iter()
+        .flatten()
+        .any(|root| root != Path::new("/") && canonical.starts_with(root))
 }
 
 /// `package-lock.json` / `npm-shrinkwrap.json`, lockfileVersion 1, 2 or 3.
@@ -328,7 +354,14 @@ pub fn parse_requirements(text: &str) -> Parsed {
         if req.is_empty() {
             continue;
         }
-        let warn = |why: &str| format!("line {start_line}: {req:?}: {why}; not checked");
+        // The line is quoted cut short: it may be anything, and warnings go to CI logs.
+        let quoted: String = req.chars().take(60).collect();
+        let quoted = if quoted.len() < req.len() {
+            format!("{quoted:?}…")
+        } else {
+            format!("{quoted:?}")
+        };
+        let warn = |why: &str| format!("line {start_line}: {quoted}: {why}; not checked");
         if req.starts_with('-') {
             let (opt, arg) = split_option(req);
             match opt {
@@ -762,6 +795,26 @@ mod tests {
             ],
             "base.txt is read once although dev.txt includes it too"
         );
+    }
+
+    #[test]
+    fn includes_outside_the_files_directory_are_refused_and_odd_lines_are_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let top = write(d, "requirements.txt", "six==1.16.0\n-r /etc/passwd\n");
+        let e = read_with_warnings(&top).unwrap_err();
+        assert!(e.contains("/etc/passwd is outside"), "{e}");
+        let top = write(
+            d,
+            "sub/requirements.txt",
+            "-r ../../../../../../etc/passwd\n",
+        );
+        assert!(read_with_warnings(&top).unwrap_err().contains("is outside"));
+        let secret = "x".repeat(200);
+        let top = write(d, "requirements.txt", &format!("??{secret}\n"));
+        let r = read_with_warnings(&top).unwrap();
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].len() < 200, "{:?}", r.warnings);
     }
 
     #[test]
