@@ -904,6 +904,47 @@ async fn links_and_redirects_follow_the_host_the_client_used_unless_public_url_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_newer_than_the_cached_page_revalidates_it_once() {
+    let sim = PypiSim::start(Mode::Json).await;
+    let d = demo(&sim);
+    let s = sluice_for(&sim, "metadata_ttl = \"1h\"\nnegative_ttl = \"1h\"");
+    let page = format!("{}/pypi/simple/demo-pkg/", s.base_url());
+    assert_eq!(get(&page, Some(JSON)).await.status(), 200);
+    assert_eq!(page_requests(&sim, "demo-pkg"), 1);
+    // Released after the page was cached; another replica (or a lockfile) links it.
+    let newer = SimFile::new(
+        "demo_pkg-1.1-py3-none-any.whl",
+        "1.1",
+        random_bytes(2_000, 78),
+    );
+    let sha = sim.add_file("Demo_Pkg", newer.clone());
+    let url = format!(
+        "{}/pypi/files/sha256/{sha}/{}",
+        s.base_url(),
+        newer.filename
+    );
+    let r = get(&url, None).await;
+    assert_eq!(r.status(), 200, "a file newer than the cached page");
+    assert_eq!(&r.bytes().await.expect("body")[..], &newer.bytes[..]);
+    assert_eq!(page_requests(&sim, "demo-pkg"), 2, "one revalidation");
+    // A digest no page lists: one revalidation, remembered for negative_ttl.
+    let unknown = format!(
+        "{}/pypi/files/sha256/{}/{}",
+        s.base_url(),
+        "ab".repeat(32),
+        d.wheel.filename
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&unknown, None).await.status(), 404);
+    }
+    assert_eq!(
+        page_requests(&sim, "demo-pkg"),
+        3,
+        "at most one per negative_ttl"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_link_another_sluice_rendered_is_served_by_a_fresh_one() {
     let sim = PypiSim::start(Mode::Json).await;
     let d = demo(&sim);

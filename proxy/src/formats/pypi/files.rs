@@ -271,7 +271,9 @@ pub async fn serve(
 /// The record of file `key` named `name`. A file no page has listed yet on this sluice (a
 /// fresh data dir, another replica's link, a lockfile's URL) is looked up on the page of
 /// the project its name belongs to: that page is fetched through the normal path (policy,
-/// single flight, recording its files), never anything the request names. Counted in
+/// single flight, recording its files), never anything the request names. A cached page
+/// that does not list it (the file is newer than the copy) is revalidated once, at most
+/// once per `negative_ttl` (at least 1 s) per file. Counted in
 /// `sluice_pypi_cold_file_lookups_total{upstream,result}` (`found`, `unknown`).
 async fn record(
     app: &Arc<App>,
@@ -291,11 +293,34 @@ async fn record(
         None => {
             let project = project_of(name).ok_or_else(unknown)?;
             app.policy.check(&facts(up, &project, None, None))?;
-            let found = match super::project_page(app, up, &project).await {
-                Ok(_) => lookup()?,
-                Err(ProxyError::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
+            let mut found = None;
+            for force in [false, true] {
+                if force {
+                    let recent = format!("pypi-cold/{}", key.index_key(up.name()));
+                    if app.is_negative(&recent) {
+                        break;
+                    }
+                    let ttl = up
+                        .cfg
+                        .negative_ttl
+                        .get()
+                        .max(std::time::Duration::from_secs(1));
+                    app.remember_negative(recent, ttl);
+                }
+                match super::project_page(app, up, &project, force).await {
+                    Ok((_, cache)) => {
+                        found = lookup()?;
+                        // Only a copy from the cache may be older than the file.
+                        if found.is_some()
+                            || !matches!(cache, CacheStatus::Hit | CacheStatus::Stale)
+                        {
+                            break;
+                        }
+                    }
+                    Err(ProxyError::NotFound { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
             let result = if found.is_some() { "found" } else { "unknown" };
             metrics::counter!("sluice_pypi_cold_file_lookups_total", "upstream" => up.name().to_string(), "result" => result)
                 .increment(1);

@@ -462,7 +462,7 @@ async fn project(
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
     app.policy.check(&files::facts(up, &norm, None, None))?;
-    let (doc, cache) = project_page(app, up, &norm).await?;
+    let (doc, cache) = project_page(app, up, &norm, false).await?;
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
     // the client reached sluice at (when `public_url` is unset, each Host has its own).
@@ -502,11 +502,14 @@ async fn project_page(
     app: &Arc<App>,
     up: &Arc<Upstream>,
     norm: &str,
+    force: bool,
 ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
     let key = format!("pypi/{}/simple/{norm}", up.name());
     // A hit builds no upstream URL and no fetcher.
-    if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
-        return Ok((doc, CacheStatus::Hit));
+    if !force {
+        if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
+            return Ok((doc, CacheStatus::Hit));
+        }
     }
     let url = page_url(up, norm)?;
     let fetch = recording_fetcher(
@@ -522,7 +525,7 @@ async fn project_page(
         .get(
             &key,
             app.freshness(up),
-            false,
+            force,
             fetch,
             not_found(format!("project {norm}")),
         )
