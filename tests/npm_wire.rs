@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::npm_sim::NpmSim;
+use common::npm_sim::{NpmFault, NpmSim};
 use common::{header, http_client, json_body, run_ok, sluice_cache_header, within, Sluice};
 use serde_json::json;
 
@@ -399,6 +399,32 @@ async fn a_new_release_found_through_one_form_reaches_the_other() {
             ),
             2.0,
             "{m}"
+        );
+        // A change found while the upstream then fails: the other form is tried once (a
+        // stale answer), not again on every request.
+        sim.publish("pkg", "1.3.0", &[]);
+        let r = get(
+            &c,
+            &url,
+            &[
+                ("Accept", "application/json"),
+                ("Cache-Control", "no-cache"),
+            ],
+        )
+        .await;
+        assert!(json_body(r).await["versions"]["1.3.0"].is_object());
+        sim.fault("/registry/pkg", NpmFault::Status(503));
+        let r = get(&c, &url, &[("Accept", CORGI)]).await;
+        assert_eq!(sluice_cache_header(&r), "STALE");
+        let seen = sim.requests().len();
+        for _ in 0..3 {
+            let r = get(&c, &url, &[("Accept", CORGI)]).await;
+            assert_eq!(r.status(), 200);
+        }
+        assert_eq!(
+            sim.requests().len(),
+            seen,
+            "the other form was revalidated again on every request"
         );
     })
     .await;

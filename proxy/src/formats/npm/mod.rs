@@ -394,6 +394,11 @@ async fn get_packument(
             not_found(name),
         )
         .await;
+    if outdated {
+        // Asked once, whatever the answer: an upstream failing now must not be asked again
+        // on every request (the copy is then served stale, as any other).
+        changed().invalidate(&key);
+    }
     if force {
         if let Ok((_, CacheStatus::Miss)) = &got {
             // Changed upstream (or first fetched): the other form's copy, if older, is
