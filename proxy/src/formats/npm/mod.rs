@@ -455,6 +455,14 @@ async fn version(
     let neg_key = format!("npm/{}/{name}/@{spec}", up.name());
     loop {
         let (doc, cache) = get_packument(app, up, name, false, force).await?;
+        let refused_key = (doc.digest, variant.clone());
+        if let Some((rule, reason)) = refused().get(&refused_key) {
+            return Err(ProxyError::Blocked {
+                hidden: false,
+                rule,
+                reason,
+            });
+        }
         let rendered = app.docs.render(&doc, &variant, |d| {
             let bytes = allowed_bytes(app, up, name, d)?;
             let origin = up.base().origin().ascii_serialization();
@@ -483,6 +491,16 @@ async fn version(
                 if let Some(blocked) =
                     policy::blocked_version(&doc.bytes, &app.policy, up, name.as_str(), spec)
                 {
+                    // Remembered for this copy and policy generation: asking again does not
+                    // parse the packument twice more.
+                    if let ProxyError::Blocked {
+                        hidden: false,
+                        rule,
+                        reason,
+                    } = &blocked
+                    {
+                        refused().insert(refused_key, (rule.clone(), reason.clone()));
+                    }
                     return Err(blocked);
                 }
                 if !matches!(e, ProxyError::NotFound { .. }) || app.freshness(up).offline {
@@ -504,6 +522,14 @@ async fn version(
             }
         }
     }
+}
+
+/// Refusals of blocked versions by packument copy and version variant (which names the
+/// policy generation): (rule, reason).
+fn refused() -> &'static moka::sync::Cache<(crate::digest::Digest, String), (String, String)> {
+    static CACHE: OnceLock<moka::sync::Cache<(crate::digest::Digest, String), (String, String)>> =
+        OnceLock::new();
+    CACHE.get_or_init(|| moka::sync::Cache::builder().max_capacity(10_000).build())
 }
 
 /// Counts revalidations of a packument forced by what a request found (or not) in the
