@@ -112,10 +112,14 @@ impl Upstream {
         scope: Option<&str>,
         body: Option<bytes::Bytes>,
     ) -> Result<reqwest::Response, ProxyError> {
+        self.send_url(method, self.url_of(path)?, headers, scope, body)
+            .await
+    }
+
+    /// `path` (starting with `/`) below the base URL.
+    fn url_of(&self, path: &str) -> Result<Url, ProxyError> {
         let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
-        let url =
-            Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))?;
-        self.send_url(method, url, headers, scope, body).await
+        Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))
     }
 
     /// Like [`Upstream::send`] for an absolute URL that this upstream's own documents named
@@ -142,9 +146,7 @@ impl Upstream {
         headers: HeaderMap,
         body: Option<bytes::Bytes>,
     ) -> Result<reqwest::Response, ProxyError> {
-        let url = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
-        let url =
-            Url::parse(&url).map_err(|e| ProxyError::internal(format!("bad upstream url: {e}")))?;
+        let url = self.url_of(path)?;
         self.request(method, url, headers, None, body, Traffic::Relayed)
             .await
     }

@@ -569,17 +569,33 @@ async fn dist_tags(
 /// `npm audit signatures` works from cache too.
 async fn keys(app: &Arc<App>, up: &Arc<Upstream>, req: &Request<'_>) -> Result<Reply, ProxyError> {
     let key = format!("npm/{}/-/keys", up.name());
-    let fetcher = doc_fetcher(app, up, "/-/npm/v1/keys".into(), "application/json");
+    json_document(app, up, req, key, "/-/npm/v1/keys".into(), || {
+        "the upstream registry publishes no signing keys".into()
+    })
+    .await
+}
+
+/// An upstream JSON document served as it came, cached under `key` like any document (an
+/// upstream 404 is a 404, remembered for `negative_ttl`, saying `missing()`).
+async fn json_document(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    req: &Request<'_>,
+    key: String,
+    path: String,
+    missing: impl Fn() -> String,
+) -> Result<Reply, ProxyError> {
+    let fetcher = doc_fetcher(app, up, path, "application/json");
     let (doc, cache) = app
         .docs
-        .get(&key, app.freshness(up), false, fetcher, || {
+        .get(&key, app.freshness(up), false, fetcher, move || {
             ProxyError::NotFound {
                 code: "NOT_FOUND",
-                message: "the upstream registry publishes no signing keys".into(),
+                message: missing(),
             }
         })
         .await?;
-    let rendered = app.docs.render(&doc, "npm-keys", |d| {
+    let rendered = app.docs.render(&doc, "npm-json", |d| {
         Ok(Rendered::new(d.bytes.clone(), "application/json"))
     })?;
     Ok(rendered.reply(
@@ -600,29 +616,9 @@ async fn attestations(
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
     let key = format!("npm/{}/-/attestations/{name}@{version}", up.name());
-    let fetcher = doc_fetcher(
-        app,
-        up,
-        format!("/-/npm/v1/attestations/{}@{version}", name.encoded()),
-        "application/json",
-    );
-    let (doc, cache) = app
-        .docs
-        .get(&key, app.freshness(up), false, fetcher, || {
-            ProxyError::NotFound {
-                code: "NOT_FOUND",
-                message: format!("no attestations for {name}@{version}"),
-            }
-        })
-        .await?;
-    let rendered = app.docs.render(&doc, "npm-attestations", |d| {
-        Ok(Rendered::new(d.bytes.clone(), "application/json"))
-    })?;
-    Ok(rendered.reply(
-        req.header("if-none-match"),
-        req.header("accept-encoding"),
-        cache,
-    ))
+    let path = format!("/-/npm/v1/attestations/{}@{version}", name.encoded());
+    let what = format!("no attestations for {name}@{version}");
+    json_document(app, up, req, key, path, move || what.clone()).await
 }
 
 /// Passes a request to the upstream and its answer back, uncached. Only headers that
