@@ -439,6 +439,17 @@ async fn api_endpoints_pass_through_and_keys_are_cached() {
         let r = get(&c, &format!("{mount}/-/v1/search?text=abc"), &[]).await;
         assert_eq!(r.status(), 429);
         assert_eq!(common::header(&r, "retry-after"), "600");
+        // Nor is it retried on the client's behalf (a short wait would be waited out for
+        // content sluice caches).
+        sim.clear_faults();
+        sim.fault(
+            "/-/v1/search",
+            NpmFault::first(1, NpmFault::RetryAfter(429, "1".into())),
+        );
+        let before = sim.count("GET", "/-/v1/search");
+        let r = get(&c, &format!("{mount}/-/v1/search?text=abc"), &[]).await;
+        assert_eq!(r.status(), 429, "a relayed 429 was retried");
+        assert_eq!(sim.count("GET", "/-/v1/search"), before + 1);
         sim.clear_faults();
         let r = get(&c, &format!("{mount}/pkg"), &[]).await;
         assert_eq!(r.status(), 200, "the upstream was paused by a search 429");

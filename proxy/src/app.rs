@@ -55,14 +55,24 @@ pub struct App {
     /// `[auth]` as last loaded: swapped on SIGHUP with the policy, so a token is revoked
     /// or added without a restart.
     pub auth: arc_swap::ArcSwap<sluice_config::AuthConfig>,
-    /// Host names links have been written on ([`App::base_url`]), at most
-    /// [`MAX_LINK_HOSTS`].
-    link_hosts: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Hosts whose rendered documents are cached, with when each was last used
+    /// ([`App::link_base`]), at most [`MAX_LINK_HOSTS`].
+    link_hosts: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
-/// Distinct request `Host`s links are written on while `public_url` is unset; requests
-/// naming others get links on the listen address.
-pub const MAX_LINK_HOSTS: usize = 32;
+/// The base of the links in an answer ([`App::link_base`]).
+pub struct LinkBase {
+    /// `scheme://authority`.
+    pub url: String,
+    /// Whether documents rendered on it may be kept in the render cache.
+    pub cached: bool,
+}
+
+/// Request `Host`s whose rendered documents are cached at once (`public_url` unset).
+pub const MAX_LINK_HOSTS: usize = 64;
+
+/// How long a cached `Host` keeps its place without being used.
+pub const LINK_HOST_IDLE: Duration = Duration::from_secs(600);
 
 impl App {
     /// Opens the store, builds the upstream clients and the policy engine. `config_path`
@@ -198,9 +208,9 @@ impl App {
     }
 
     /// Base of the URLs sluice writes into documents for upstream `name`, answering a
-    /// request with `headers`: `<base>/<name>` (see [`App::base_url`]).
+    /// request with `headers`: `<base>/<name>` (see [`App::link_base`]).
     pub fn mount_url(&self, name: &str, headers: &http::HeaderMap) -> String {
-        format!("{}/{}", self.base_url(headers), name)
+        format!("{}/{}", self.link_base(headers).url, name)
     }
 
     /// sluice's base URL for links in an answer to a request with `headers`:
@@ -208,18 +218,28 @@ impl App {
     /// `X-Forwarded-Proto` (`http`/`https`, else `http`) `://` the `Host` header, when it is
     /// a plain host name, IPv4 address or `[IPv6]` address with an optional port; else the
     /// listen address (loopback for a wildcard), counted in `sluice_host_fallbacks_total`.
-    pub fn base_url(&self, headers: &http::HeaderMap) -> String {
+    /// Documents rendered on it are cached only for the hosts in use lately (see
+    /// [`LinkBase::cached`]).
+    pub fn link_base(&self, headers: &http::HeaderMap) -> LinkBase {
+        let fallback = || LinkBase {
+            url: self.config.public_url(),
+            cached: true,
+        };
         if self.config.server.public_url.is_some() {
-            return self.config.public_url();
+            return fallback();
         }
         let host = headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::host::authority);
-        let Some(host) = host.filter(|h| self.admit_host(h)) else {
+        let Some(host) = host else {
             metrics::counter!("sluice_host_fallbacks_total").increment(1);
-            return self.config.public_url();
+            return fallback();
         };
+        let cached = self.admit_host(&host);
+        if !cached {
+            metrics::counter!("sluice_link_hosts_uncached_total").increment(1);
+        }
         let https = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -227,22 +247,31 @@ impl App {
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
         // sluice's own TLS, or a TLS-terminating proxy in front that says so.
         let https = https || self.config.server.tls_cert.is_some();
-        format!("{}://{host}", if https { "https" } else { "http" })
+        LinkBase {
+            url: format!("{}://{host}", if https { "https" } else { "http" }),
+            cached,
+        }
     }
 
-    /// Whether links may be written on `host`: the first [`MAX_LINK_HOSTS`] distinct ones
-    /// seen are; later new ones are not (each would get its own rendered copy of every
-    /// document, so a client cycling through made-up names would fill the render cache and
-    /// burn CPU).
+    /// Whether documents rendered with links on `host` may be cached: yes for the hosts in
+    /// use lately, at most [`MAX_LINK_HOSTS`] (one not used for [`LINK_HOST_IDLE`] gives its
+    /// place up). Each cached host holds its own rendered copy of every document, so a
+    /// client cycling through made-up names must not fill the render cache: past the bound,
+    /// a new host's answers are rendered for it and not kept (its links stay right).
     fn admit_host(&self, host: &str) -> bool {
+        let now = Instant::now();
         let mut seen = self.link_hosts.lock();
-        if seen.contains(host) {
+        if let Some(used) = seen.get_mut(host) {
+            *used = now;
             return true;
+        }
+        if seen.len() >= MAX_LINK_HOSTS {
+            seen.retain(|_, used| now.duration_since(*used) < LINK_HOST_IDLE);
         }
         if seen.len() >= MAX_LINK_HOSTS {
             return false;
         }
-        seen.insert(host.to_string());
+        seen.insert(host.to_string(), now);
         true
     }
 

@@ -513,12 +513,26 @@ impl Docs {
         variant: &str,
         render: impl FnOnce(&Doc) -> Result<Rendered, ProxyError>,
     ) -> Result<Arc<Rendered>, ProxyError> {
+        self.render_kept(doc, variant, true, render)
+    }
+
+    /// [`Docs::render`], keeping the result only when `keep` (else rendered for this answer
+    /// alone: links on a host the render cache has no room for).
+    pub fn render_kept(
+        &self,
+        doc: &Doc,
+        variant: &str,
+        keep: bool,
+        render: impl FnOnce(&Doc) -> Result<Rendered, ProxyError>,
+    ) -> Result<Arc<Rendered>, ProxyError> {
         let key = (doc.digest, variant.to_string());
         if let Some(r) = self.rendered.get(&key) {
             return Ok(r);
         }
         let r = Arc::new(render(doc)?);
-        self.rendered.insert(key, r.clone());
+        if keep {
+            self.rendered.insert(key, r.clone());
+        }
         Ok(r)
     }
 }

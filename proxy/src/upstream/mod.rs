@@ -189,7 +189,7 @@ impl Upstream {
         let slot = self.limits.slot().await.map_err(|t| self.throttled(&t))?;
         let permit = self.breaker.admit().map_err(circuit_open)?;
         let result = self
-            .send_authenticated(method, url, headers, scope, body)
+            .send_authenticated(method, url, headers, scope, body, traffic)
             .await;
         let relayed = traffic == Traffic::Relayed;
         match &result {
@@ -255,6 +255,7 @@ impl Upstream {
         headers: HeaderMap,
         scope: Option<&str>,
         body: Option<bytes::Bytes>,
+        traffic: Traffic,
     ) -> Result<reqwest::Response, ProxyError> {
         let mut auth = scope
             .and_then(|s| self.tokens.get(s))
@@ -268,6 +269,7 @@ impl Upstream {
                     &headers,
                     auth.as_deref(),
                     body.clone(),
+                    traffic,
                 )
                 .await?;
             let Some(scope) = scope else { return Ok(resp) };
@@ -368,7 +370,9 @@ impl Upstream {
             .ok_or_else(|| self.err("token service answered without a token", None))
     }
 
-    /// [`Upstream::send_following`], repeated per [`retry`]'s rules for idempotent methods.
+    /// [`Upstream::send_following`], repeated per [`retry`]'s rules for idempotent methods
+    /// (a relayed request is not repeated: its client decides, and it must not hold a slot
+    /// through another's wait).
     async fn send_retrying(
         &self,
         method: &Method,
@@ -376,8 +380,9 @@ impl Upstream {
         headers: &HeaderMap,
         auth: Option<&str>,
         body: Option<bytes::Bytes>,
+        traffic: Traffic,
     ) -> Result<reqwest::Response, ProxyError> {
-        let retries = if retry::is_idempotent(method) {
+        let retries = if retry::is_idempotent(method) && traffic == Traffic::Cache {
             self.cfg.retries
         } else {
             0

@@ -153,8 +153,14 @@ fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
 /// Where tarball URLs of `name` point, answering a request with `headers`:
 /// `<base>/<upstream>/<name>/-/` (see [`App::base_url`]: with `public_url` unset, the base
 /// the client reached sluice at, so rendered variants keyed on it).
-fn tarball_base(app: &App, up: &Upstream, name: &NpmName, headers: &HeaderMap) -> String {
-    format!("{}/{}/-/", app.mount_url(up.name(), headers), name)
+/// Also whether documents rendered with it may be kept (see
+/// [`crate::app::LinkBase::cached`]).
+fn tarball_base(app: &App, up: &Upstream, name: &NpmName, headers: &HeaderMap) -> (String, bool) {
+    let base = app.link_base(headers);
+    (
+        format!("{}/{}/{}/-/", base.url, up.name(), name),
+        base.cached,
+    )
 }
 
 /// Whether the client prefers the abbreviated form.
@@ -309,12 +315,12 @@ async fn packument(
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
-    let base = tarball_base(app, up, name, req.headers);
+    let (base, keep) = tarball_base(app, up, name, req.headers);
     let variant = format!(
         "{}{gen}#{base}",
         if corgi { "npm-corgi" } else { "npm-full" }
     );
-    let rendered = app.docs.render(&doc, &variant, |d| {
+    let rendered = app.docs.render_kept(&doc, &variant, keep, |d| {
         let (source, notice) =
             match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
                 Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),
@@ -445,7 +451,7 @@ async fn version(
     spec: &str,
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
-    let base = tarball_base(app, up, name, req.headers);
+    let (base, keep) = tarball_base(app, up, name, req.headers);
     let variant = format!(
         "npm-version:{spec}#g{}#h{}#{base}",
         app.policy.generation(),
@@ -457,13 +463,19 @@ async fn version(
         let (doc, cache) = get_packument(app, up, name, false, force).await?;
         let refused_key = (doc.digest, variant.clone());
         if let Some((rule, reason)) = refused().get(&refused_key) {
+            // Counted and logged like the decision it repeats.
+            metrics::counter!("sluice_policy_decisions_total", "rule" => rule.clone(), "decision" => "block")
+                .increment(1);
+            tracing::info!(target: "policy", format = "npm", upstream = up.name(), name = name.as_str(),
+                version = spec, rule = %rule, verdict = "block", effective = "block", remembered = true,
+                reason = %reason);
             return Err(ProxyError::Blocked {
                 hidden: false,
                 rule,
                 reason,
             });
         }
-        let rendered = app.docs.render(&doc, &variant, |d| {
+        let rendered = app.docs.render_kept(&doc, &variant, keep, |d| {
             let bytes = allowed_bytes(app, up, name, d)?;
             let origin = up.base().origin().ascii_serialization();
             let links = TarballBase {
@@ -525,11 +537,17 @@ async fn version(
 }
 
 /// Refusals of blocked versions by packument copy and version variant (which names the
-/// policy generation): (rule, reason).
+/// policy generation): (rule, reason), for a minute (a release-age cooldown may end, a
+/// waiver start or expire, without a new generation).
 fn refused() -> &'static moka::sync::Cache<(crate::digest::Digest, String), (String, String)> {
     static CACHE: OnceLock<moka::sync::Cache<(crate::digest::Digest, String), (String, String)>> =
         OnceLock::new();
-    CACHE.get_or_init(|| moka::sync::Cache::builder().max_capacity(10_000).build())
+    CACHE.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(60))
+            .build()
+    })
 }
 
 /// Counts revalidations of a packument forced by what a request found (or not) in the

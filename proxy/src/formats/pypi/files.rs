@@ -273,7 +273,7 @@ pub async fn serve(
 /// the project its name belongs to: that page is fetched through the normal path (policy,
 /// single flight, recording its files), never anything the request names. A cached page
 /// that does not list it (the file is newer than the copy) is revalidated once, at most
-/// once per `negative_ttl` (at least 1 s) per file. Counted in
+/// once per `negative_ttl` (at least 1 s) per project. Counted in
 /// `sluice_pypi_cold_file_lookups_total{upstream,result}` (`found`, `unknown`).
 async fn record(
     app: &Arc<App>,
@@ -296,7 +296,9 @@ async fn record(
             let mut found = None;
             for force in [false, true] {
                 if force {
-                    let recent = format!("pypi-cold/{}", key.index_key(up.name()));
+                    // Per project: one refresh lists every newer file, and a client
+                    // cycling through made-up digests gets one page fetch, not one each.
+                    let recent = format!("pypi-cold/{}/{project}", up.name());
                     if app.is_negative(&recent) {
                         break;
                     }

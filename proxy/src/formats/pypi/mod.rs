@@ -335,17 +335,19 @@ fn page_url(up: &Upstream, norm: &str) -> Result<Url, ProxyError> {
 
 /// Renders `doc` as `variant` (cached per document digest), off the async threads when the
 /// document is large.
+/// `keep`: whether the result may be kept (see [`crate::app::LinkBase::cached`]).
 async fn render(
     app: &Arc<App>,
     doc: Arc<Doc>,
     variant: impl AsRef<str> + Send + 'static,
+    keep: bool,
     f: impl FnOnce(&Doc) -> Result<Rendered, ProxyError> + Send + 'static,
 ) -> Result<Arc<Rendered>, ProxyError> {
     if doc.bytes.len() < BLOCKING_RENDER {
-        return app.docs.render(&doc, variant.as_ref(), f);
+        return app.docs.render_kept(&doc, variant.as_ref(), keep, f);
     }
     let docs = app.docs.clone();
-    tokio::task::spawn_blocking(move || docs.render(&doc, variant.as_ref(), f))
+    tokio::task::spawn_blocking(move || docs.render_kept(&doc, variant.as_ref(), keep, f))
         .await
         .map_err(ProxyError::internal)?
 }
@@ -378,7 +380,7 @@ async fn root(app: &Arc<App>, up: &Arc<Upstream>, req: &Request<'_>) -> Result<R
             not_found("the index root".into()),
         )
         .await?;
-    let rendered = render(app, doc, variant.name(), move |doc| {
+    let rendered = render(app, doc, variant.name(), true, move |doc| {
         let names =
             simple::parse_root(&doc.bytes, &doc.content_type).map_err(ProxyError::internal)?;
         Ok(match variant {
@@ -466,7 +468,8 @@ async fn project(
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
     // the client reached sluice at (when `public_url` is unset, each Host has its own).
-    let mount = app.mount_url(up.name(), req.headers);
+    let base = app.link_base(req.headers);
+    let mount = format!("{}/{}", base.url, up.name());
     let variant_key = format!(
         "{}#g{}#h{}#{mount}",
         variant.name(),
@@ -474,7 +477,7 @@ async fn project(
         crate::store::unix_secs() / 3600
     );
     let (app2, up2) = (app.clone(), up.clone());
-    let rendered = render(app, doc, variant_key, move |doc| {
+    let rendered = render(app, doc, variant_key, base.cached, move |doc| {
         let policy = &app2.policy;
         let url = page_url(&up2, &norm)?;
         let mut page = simple::parse_page(&doc.bytes, &doc.content_type, &url, &norm)
@@ -750,14 +753,15 @@ async fn json_api(
         app.policy
             .check(&files::facts(up, &norm, Some(v), published))?;
     }
-    let mount = app.mount_url(up.name(), req.headers);
+    let base = app.link_base(req.headers);
+    let mount = format!("{}/{}", base.url, up.name());
     let variant_key = format!(
         "json-api#g{}#h{}#{mount}",
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
     let (policy, up2, project_doc) = (app.policy.clone(), up.clone(), version.is_none());
-    let rendered = render(app, doc, variant_key, move |doc| {
+    let rendered = render(app, doc, variant_key, base.cached, move |doc| {
         let mut v: Value = serde_json::from_slice(&doc.bytes).map_err(ProxyError::internal)?;
         if !policy.engine().is_empty() {
             let allowed = |ver: &str, files: &Value| {
