@@ -1096,7 +1096,18 @@ async fn metrics_count_requests_cache_events_and_bytes() {
         );
         let f = get(&c, &url, &[]).await;
         assert_eq!(f.cache, "HIT");
-        let m = s.metrics().await;
+        // A response is counted once its last byte is written, after the client may
+        // already have it: wait for the hit to be counted.
+        let mut m = s.metrics().await;
+        for _ in 0..50 {
+            if m.lines()
+                .any(|l| l.starts_with("sluice_cache_events_total") && l.contains("result=\"hit\""))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            m = s.metrics().await;
+        }
         for name in [
             "sluice_requests_total",
             "sluice_cache_events_total",
