@@ -343,6 +343,39 @@ async fn cut_upstream_body_is_never_stored_or_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_pulls_parallel_requests_share_one_token_fetch() {
+    let sim = Sim::start_with(SimConfig {
+        auth: Some(SimAuth {
+            token: "sim-token-1".into(),
+            basic: Some(("alice".into(), "s3cret".into())),
+        }),
+        redirect_blobs: false,
+    })
+    .await;
+    let layers: Vec<_> = (0..6)
+        .map(|i| random_bytes(40_000 + i, 120 + i as u64))
+        .collect();
+    let img = sim.push_image("team/app", "v1", &layers);
+    let s = sluice_for(&sim, "username = \"alice\"\npassword = \"s3cret\"");
+    within(60, "parallel cold pulls", async {
+        let c = http_client();
+        // As skopeo and containerd pull layers: all at once, before any token is cached.
+        let gets = img.layer_digests.iter().map(|d| {
+            let (c, url) = (c.clone(), format!("{}/v2/team/app/blobs/{d}", s.base_url()));
+            async move { get(&c, &url, &[]).await.status }
+        });
+        let statuses = futures_util::future::join_all(gets).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        assert_eq!(
+            sim.token_requests(),
+            1,
+            "one token fetch for six requests of one scope"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_is_fetched_once_and_reused_with_credentials() {
     let sim = Sim::start_with(SimConfig {
         auth: Some(SimAuth {

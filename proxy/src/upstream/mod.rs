@@ -13,6 +13,7 @@ pub mod limits;
 pub mod resume;
 pub mod retry;
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -34,6 +35,10 @@ pub struct Upstream {
     base: Url,
     http: reqwest::Client,
     tokens: TokenCache,
+    /// One token refresh per scope at a time: requests that got the same challenge wait for
+    /// it and use its token (a cold pull's parallel layer requests all get a 401).
+    token_refreshes:
+        parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     offline: bool,
     ns_host: String,
     docker_hub: bool,
@@ -64,6 +69,7 @@ impl Upstream {
             base,
             http,
             tokens: TokenCache::default(),
+            token_refreshes: Default::default(),
         })
     }
 
@@ -293,16 +299,34 @@ impl Upstream {
                     service,
                     scope: ch_scope,
                 }) => {
-                    self.tokens.forget(scope);
-                    let token = self
-                        .fetch_token(
-                            &realm,
-                            service.as_deref(),
-                            ch_scope.as_deref().unwrap_or(scope),
-                        )
-                        .await?;
-                    self.tokens.put(scope, token.0.clone(), token.1);
-                    Some(format!("Bearer {}", token.0))
+                    let sent = auth
+                        .as_deref()
+                        .and_then(|a| a.strip_prefix("Bearer "))
+                        .map(str::to_string);
+                    let refresh = self.token_refresh(scope);
+                    let held = refresh.lock().await;
+                    // Another request refreshed this scope's token while this one waited
+                    // (or after this one was sent): use it rather than ask again.
+                    let token = match self.tokens.get(scope).filter(|t| Some(t) != sent.as_ref()) {
+                        Some(t) => Ok(t),
+                        None => {
+                            self.tokens.forget(scope);
+                            let fetched = self
+                                .fetch_token(
+                                    &realm,
+                                    service.as_deref(),
+                                    ch_scope.as_deref().unwrap_or(scope),
+                                )
+                                .await;
+                            fetched.map(|(t, ttl)| {
+                                self.tokens.put(scope, t.clone(), ttl);
+                                t
+                            })
+                        }
+                    };
+                    drop(held);
+                    self.token_refresh_done(scope, refresh);
+                    Some(format!("Bearer {}", token?))
                 }
                 Some(Challenge::Basic) => match self.basic_auth() {
                     Some(b) => Some(b),
@@ -310,6 +334,24 @@ impl Upstream {
                 },
                 None => return Ok(resp),
             };
+        }
+    }
+
+    /// The lock serialising token refreshes for `scope`.
+    fn token_refresh(&self, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.token_refreshes
+            .lock()
+            .entry(scope.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops `scope`'s refresh lock from the map once nobody else holds or waits on it.
+    fn token_refresh_done(&self, scope: &str, refresh: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.token_refreshes.lock();
+        // The map's reference and this one: nobody else.
+        if Arc::strong_count(&refresh) == 2 {
+            map.remove(scope);
         }
     }
 
