@@ -554,29 +554,42 @@ async fn a_redirect_outside_redirect_hosts_is_refused() {
     let layer = random_bytes(30_000, 17);
     let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
     let d = &img.layer_digests[0];
-    let refusing = sluice_for(&sim, "retries = 0\nredirect_hosts = [\"cdn.example.com\"]");
+    // Retries and a circuit that opens after 2 failures: a refusal is neither retried nor
+    // counted as the upstream's failure.
+    let refusing = sluice_for(
+        &sim,
+        "retries = 2\ncircuit_failures = 2\nredirect_hosts = [\"cdn.example.com\"]",
+    );
     let allowing = sluice_for(&sim, "redirect_hosts = [\"*.example.com\", \"LOCALHOST\"]");
     within(60, "redirect_hosts", async {
         let c = http_client();
-        let f = get(
-            &c,
-            &format!("{}/v2/app/blobs/{d}", refusing.base_url()),
-            &[],
-        )
-        .await;
-        assert_eq!(f.status, 502, "redirect to localhost not in redirect_hosts");
+        for _ in 0..3 {
+            let f = get(
+                &c,
+                &format!("{}/v2/app/blobs/{d}", refusing.base_url()),
+                &[],
+            )
+            .await;
+            assert_eq!(f.status, 502, "redirect to localhost not in redirect_hosts");
+        }
         assert!(
             sim.cdn_requests().is_empty(),
             "the refused redirect was followed"
         );
+        assert_eq!(sim.blob_gets(d), 3, "a refused redirect was retried");
         let m = refusing.metrics().await;
         assert_eq!(
             common::metrics::sample(
                 &m,
                 "sluice_upstream_redirects_refused_total{upstream=\"sim\"}"
             ),
-            1.0,
+            3.0,
             "{m}"
+        );
+        assert_eq!(
+            common::metrics::sample(&m, "sluice_circuit_state{upstream=\"sim\"}"),
+            0.0,
+            "refusals opened the circuit"
         );
         let f = get(
             &c,

@@ -117,6 +117,16 @@ pub enum ProxyError {
     /// A document is larger than the configured limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The upstream redirected outside its `redirect_hosts`: sluice's own rule, so the
+    /// request is not retried and says nothing against the upstream's circuit (answered
+    /// `502`).
+    #[error("upstream {upstream}: {message}")]
+    RedirectRefused {
+        /// Upstream name.
+        upstream: String,
+        /// Where it redirected to, and why that is refused.
+        message: String,
+    },
     /// A client's request body is larger than sluice accepts on that route.
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge {
@@ -199,7 +209,7 @@ impl ProxyError {
             ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::TooLarge(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::TooLarge(_) | ProxyError::RedirectRefused { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

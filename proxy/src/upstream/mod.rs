@@ -538,13 +538,13 @@ impl Upstream {
             {
                 metrics::counter!("sluice_upstream_redirects_refused_total", "upstream" => self.cfg.name.clone())
                     .increment(1);
-                return Err(self.err(
-                    format!(
+                return Err(ProxyError::RedirectRefused {
+                    upstream: self.cfg.name.clone(),
+                    message: format!(
                         "refusing redirect to {}: not in this upstream's redirect_hosts",
                         next.origin().ascii_serialization()
                     ),
-                    None,
-                ));
+                });
             }
             url = next;
         }
