@@ -20,6 +20,19 @@ fn sluice_for(sim: &Sim, extra: &str) -> Sluice {
     Sluice::start(&sim.upstream_toml(&format!("tag_ttl = \"1s\"\n{extra}")))
 }
 
+/// The simulator demanding the bearer `token`, which its `/token` gives only for the basic
+/// credentials `basic`; blob GETs redirected to its CDN when `redirect_blobs`.
+async fn sim_with_credentials(token: &str, basic: (&str, &str), redirect_blobs: bool) -> Sim {
+    Sim::start_with(SimConfig {
+        auth: Some(SimAuth {
+            token: token.into(),
+            basic: Some((basic.0.into(), basic.1.into())),
+        }),
+        redirect_blobs,
+    })
+    .await
+}
+
 /// What a client got: status, cache header, and the body or the error that cut it.
 struct Fetched {
     status: u16,
@@ -344,14 +357,7 @@ async fn cut_upstream_body_is_never_stored_or_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_pulls_parallel_requests_share_one_token_fetch() {
-    let sim = Sim::start_with(SimConfig {
-        auth: Some(SimAuth {
-            token: "sim-token-1".into(),
-            basic: Some(("alice".into(), "s3cret".into())),
-        }),
-        redirect_blobs: false,
-    })
-    .await;
+    let sim = sim_with_credentials("sim-token-1", ("alice", "s3cret"), false).await;
     let layers: Vec<_> = (0..6)
         .map(|i| random_bytes(40_000 + i, 120 + i as u64))
         .collect();
@@ -377,14 +383,7 @@ async fn a_cold_pulls_parallel_requests_share_one_token_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_is_fetched_once_and_reused_with_credentials() {
-    let sim = Sim::start_with(SimConfig {
-        auth: Some(SimAuth {
-            token: "sim-token-1".into(),
-            basic: Some(("alice".into(), "s3cret".into())),
-        }),
-        redirect_blobs: false,
-    })
-    .await;
+    let sim = sim_with_credentials("sim-token-1", ("alice", "s3cret"), false).await;
     let layers: Vec<_> = (0..5)
         .map(|i| random_bytes(50_000 + i, 100 + i as u64))
         .collect();
@@ -493,14 +492,7 @@ async fn anonymous_bearer_token_is_fetched_without_credentials_and_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_redirect_to_another_host_gets_no_credentials() {
-    let sim = Sim::start_with(SimConfig {
-        auth: Some(SimAuth {
-            token: "registry-only-token".into(),
-            basic: Some(("bob".into(), "hunter2".into())),
-        }),
-        redirect_blobs: true,
-    })
-    .await;
+    let sim = sim_with_credentials("registry-only-token", ("bob", "hunter2"), true).await;
     let layer = random_bytes(300_000, 14);
     let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
     let s = sluice_for(&sim, "username = \"bob\"\npassword = \"hunter2\"");
@@ -606,14 +598,7 @@ async fn a_redirect_outside_redirect_hosts_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_targets_challenge_is_not_answered_with_credentials() {
-    let sim = Sim::start_with(SimConfig {
-        auth: Some(SimAuth {
-            token: "registry-only-token".into(),
-            basic: Some(("bob".into(), "hunter2".into())),
-        }),
-        redirect_blobs: true,
-    })
-    .await;
+    let sim = sim_with_credentials("registry-only-token", ("bob", "hunter2"), true).await;
     let layer = random_bytes(30_000, 16);
     let img = sim.push_image("app", "v1", std::slice::from_ref(&layer));
     let s = sluice_for(&sim, "username = \"bob\"\npassword = \"hunter2\"");
