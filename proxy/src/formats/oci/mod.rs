@@ -618,10 +618,26 @@ async fn head_digest(
     repo: &RepoName,
     tag: &Tag,
 ) -> Result<Option<Digest>, ProxyError> {
-    let path = format!("/v2/{repo}/manifests/{}", tag.as_str());
+    let (resp, _) = ask_manifest(up, repo, tag.as_str(), Method::HEAD).await?;
+    Ok(resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok()))
+}
+
+/// `method` on the manifest `reference` of `repo` upstream, every manifest type accepted: the
+/// successful answer and its path (a `404` is "manifest unknown").
+async fn ask_manifest(
+    up: &Arc<Upstream>,
+    repo: &RepoName,
+    reference: &str,
+    method: Method,
+) -> Result<(reqwest::Response, String), ProxyError> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
     let resp = up
         .send(
-            Method::HEAD,
+            method,
             &path,
             accept(MANIFEST_ACCEPT),
             Some(&scope(repo)),
@@ -629,13 +645,9 @@ async fn head_digest(
         )
         .await?;
     if !resp.status().is_success() {
-        return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, tag.as_str())));
+        return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, reference)));
     }
-    Ok(resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok()))
+    Ok((resp, path))
 }
 
 /// GETs a manifest (single flight per upstream/repo/reference), verifies and stores it.
@@ -664,19 +676,7 @@ async fn fetch_manifest_once(
     reference: &str,
     expected: Option<Digest>,
 ) -> Result<Manifest, ProxyError> {
-    let path = format!("/v2/{repo}/manifests/{reference}");
-    let resp = up
-        .send(
-            Method::GET,
-            &path,
-            accept(MANIFEST_ACCEPT),
-            Some(&scope(repo)),
-            None,
-        )
-        .await?;
-    if !resp.status().is_success() {
-        return Err(up.status_error(resp.status(), &path, manifest_unknown(repo, reference)));
-    }
+    let (resp, path) = ask_manifest(up, repo, reference, Method::GET).await?;
     let content_type = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
