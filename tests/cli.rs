@@ -110,6 +110,38 @@ fn config_check_accepts_a_valid_file_and_names_its_upstreams() {
 }
 
 #[test]
+fn the_scale_out_replica_config_of_docker_compose_is_valid() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sluice-scale-out.toml");
+    let check = |secret: Option<&str>| {
+        let mut cmd = sluice();
+        cmd.args(["config", "check", "--config"])
+            .arg(&file)
+            .env("SLUICE_S3_KEY_ID", "GK0123456789abcdef01234567")
+            .env("SLUICE_NPM_UPSTREAM", "http://127.0.0.1:9/npm/")
+            .env("SLUICE_PYPI_UPSTREAM", "http://127.0.0.1:9/simple/")
+            .env_remove("SLUICE_S3_SECRET");
+        if let Some(s) = secret {
+            cmd.env("SLUICE_S3_SECRET", s);
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(Some("5ec7e7"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 upstream"));
+    let out = check(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SLUICE_S3_SECRET"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn serve_refuses_an_invalid_config_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(

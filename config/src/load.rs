@@ -108,6 +108,7 @@ struct StorageSpans {
     max_size: Option<Spanned<String>>,
     high_watermark: Option<Spanned<f64>>,
     low_watermark: Option<Spanned<f64>>,
+    s3: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +305,46 @@ fn validate_storage(
                  (got low_watermark = {low}, high_watermark = {high})"
             ),
         ));
+    }
+    if let Some(s3) = &s.s3 {
+        check_s3(s3).map_err(|m| at(sp.and_then(|s| s.s3.as_ref().map(|v| v.span())), m))?;
+    }
+    Ok(())
+}
+
+/// `[storage.s3]`: what would fail every request to the bucket is refused at load.
+fn check_s3(s3: &crate::schema::S3Config) -> Result<(), String> {
+    check_http_url(&s3.endpoint).map_err(|m| format!("[storage.s3] endpoint: {m}"))?;
+    let valid_bucket = (3..=63).contains(&s3.bucket.len())
+        && s3
+            .bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid_bucket {
+        return Err(format!(
+            "[storage.s3] bucket = {:?} is not an S3 bucket name (3-63 of a-z 0-9 . -)",
+            s3.bucket
+        ));
+    }
+    for (key, value) in [
+        ("region", &s3.region),
+        ("access_key_id", &s3.access_key_id),
+        ("secret_access_key", &s3.secret_access_key),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!(
+                "[storage.s3] {key} is empty (is its ${{VAR}} set?)"
+            ));
+        }
+    }
+    if s3.prefix.starts_with('/') || s3.prefix.contains("//") || s3.prefix.contains("..") {
+        return Err(format!(
+            "[storage.s3] prefix = {:?} must be relative, without empty or '..' segments",
+            s3.prefix
+        ));
+    }
+    if s3.upload_concurrency == 0 {
+        return Err("[storage.s3] upload_concurrency must be at least 1".into());
     }
     Ok(())
 }
@@ -635,6 +676,52 @@ mod tests {
         }
         let c = load("[storage]\nhigh_watermark = 0.9\nlow_watermark = 0.9\n").unwrap();
         assert_eq!(c.storage.low_watermark, 0.9);
+    }
+
+    #[test]
+    fn storage_s3_is_read_checked_and_its_secret_never_printed() {
+        let ok = "[storage.s3]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"sluice-cache\"\n\
+                  access_key_id = \"GK1\"\nsecret_access_key = \"${TOKEN}\"\n";
+        let c = load(ok).unwrap();
+        let s3 = c.storage.s3.as_ref().unwrap();
+        assert_eq!(s3.secret_access_key, "t0k");
+        assert_eq!(
+            (s3.region.as_str(), s3.path_style, s3.upload_concurrency),
+            ("us-east-1", true, 4)
+        );
+        assert!(!format!("{c:?}").contains("t0k"), "secret in Debug output");
+        assert!(load("").unwrap().storage.s3.is_none());
+        let cases = [
+            (
+                "endpoint = \"http://127.0.0.1:3900\"",
+                "endpoint = \"ftp://x\"",
+                "endpoint",
+            ),
+            (
+                "bucket = \"sluice-cache\"",
+                "bucket = \"Sluice_Cache\"",
+                "bucket",
+            ),
+            ("\"${TOKEN}\"", "\"  \"", "secret_access_key is empty"),
+            ("bucket = ", "prefix = \"/abs/\"\nbucket = ", "prefix"),
+            (
+                "bucket = ",
+                "upload_concurrency = 0\nbucket = ",
+                "upload_concurrency",
+            ),
+        ];
+        for (from, to, what) in cases {
+            let msg = load(&ok.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(
+                msg.starts_with("test.toml:") && msg.contains(what),
+                "{to}: {msg}"
+            );
+            assert!(!msg.contains("t0k"), "{msg}");
+        }
+        let msg = load(&format!("{ok}colour = \"blue\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("colour"), "{msg}");
     }
 
     #[test]

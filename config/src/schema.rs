@@ -103,6 +103,55 @@ pub struct StorageConfig {
     /// `[[storage.cleanup]]`: retention policies for tags and versions.
     #[serde(default, rename = "cleanup")]
     pub cleanup: Vec<CleanupConfig>,
+    /// `[storage.s3]`: an S3-compatible bucket shared by several sluice replicas (absent:
+    /// none). Each replica's `data_dir` is its local hot cache.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// `[storage.s3]`: the shared tier of the store. Immutable content (blobs, npm tarballs,
+/// Python files) a replica is missing is looked for in the bucket before the upstream is
+/// asked, and what a replica fetched from an upstream is uploaded to it. Every byte read
+/// from the bucket is verified against its digest as an upstream's would be.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `http(s)://host:port` of the S3 API (e.g. Garage's `:3900`).
+    pub endpoint: String,
+    /// The bucket, which must exist.
+    pub bucket: String,
+    /// The region requests are signed for (Garage's default is `"garage"`).
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (use `${VAR}`).
+    pub secret_access_key: String,
+    /// Prefix of every object key, e.g. `"sluice/"`.
+    #[serde(default)]
+    pub prefix: String,
+    /// `true`: `endpoint/bucket/key` (Garage, MinIO); `false`: `bucket.endpoint/key`.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// Uploads to the bucket running at once; further ones queue.
+    #[serde(default = "default_s3_uploads")]
+    pub upload_concurrency: usize,
+}
+
+impl std::fmt::Debug for S3Config {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .finish()
+    }
 }
 
 /// `[[storage.cleanup]]`: a retention policy over the cached tags (OCI) or versions (npm,
@@ -493,6 +542,7 @@ impl Default for StorageConfig {
             keep_mapped: default_keep_mapped(),
             pins: Vec::new(),
             cleanup: Vec::new(),
+            s3: None,
         }
     }
 }
@@ -532,6 +582,12 @@ fn default_any() -> String {
 }
 fn default_anonymous() -> Role {
     Role::Read
+}
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+fn default_s3_uploads() -> usize {
+    4
 }
 fn default_max_metadata_size() -> ByteSize {
     ByteSize(64 << 20)

@@ -24,6 +24,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// Blob fills in flight.
     pub fills: Fills,
+    /// The shared tier of the store (`[storage.s3]`), if configured.
+    pub shared: Option<Arc<crate::store::shared::Shared>>,
     /// Manifest fetches in flight.
     pub manifest_flights: Flights<Manifest>,
     /// OCI upstreams, in config order.
@@ -92,6 +94,13 @@ impl App {
             tracing::warn!(error = %e, "persisted stats unreadable; starting from zero");
             crate::stats::Stats::default()
         });
+        let shared = match &config.storage.s3 {
+            Some(s3) => Some(Arc::new(crate::store::shared::Shared::new(
+                s3,
+                store.clone(),
+            )?)),
+            None => None,
+        };
         let mut oci = Vec::new();
         let mut default_oci = None;
         let mut mounted = std::collections::HashMap::new();
@@ -115,7 +124,8 @@ impl App {
         Ok(App {
             docs: Arc::new(Docs::new(store.clone())),
             mounted,
-            fills: Fills::new(store.clone()),
+            fills: Fills::with_shared(store.clone(), shared.clone()),
+            shared,
             store,
             manifest_flights: Flights::default(),
             oci,

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::hashes::{Expect, Hashing};
+use crate::store::shared::Shared;
 use crate::store::Store;
 
 /// Bytes a follower reads from the temp file per step, each into its own buffer held until
@@ -85,6 +86,27 @@ pub struct UpstreamBody {
     /// How to continue the body if it breaks off; `None` when the upstream does not serve
     /// ranges of it (or its length is unknown).
     pub resume: Option<Resume>,
+    /// Where it comes from.
+    pub source: BodySource,
+}
+
+/// Where a fill's body comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodySource {
+    /// The artifact's upstream.
+    Upstream,
+    /// The shared tier of the store (`[storage.s3]`).
+    Shared,
+}
+
+impl BodySource {
+    /// The `source` label of `sluice_bytes_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            BodySource::Upstream => "upstream",
+            BodySource::Shared => "shared",
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -114,6 +136,7 @@ impl UpstreamBody {
             len,
             stream: body_stream(up, resp),
             resume,
+            source: BodySource::Upstream,
         }
     }
 }
@@ -248,12 +271,22 @@ pub struct Fills {
     store: Arc<Store>,
     inflight: Arc<Mutex<HashMap<Expect, Arc<Fill>>>>,
     kept: Arc<Kept>,
+    /// The shared tier, asked before the upstream and given what the upstream sent.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Fills {
     /// An empty registry filling into `store`.
     pub fn new(store: Arc<Store>) -> Fills {
         Fills::keeping(store, KEPT_LIMIT)
+    }
+
+    /// An empty registry filling into `store`, with `shared` as the tier asked first.
+    pub fn with_shared(store: Arc<Store>, shared: Option<Arc<Shared>>) -> Fills {
+        Fills {
+            shared,
+            ..Fills::new(store)
+        }
     }
 
     /// An empty registry whose fills keep at most `limit` bytes in memory together.
@@ -265,6 +298,7 @@ impl Fills {
                 limit,
                 used: AtomicU64::new(0),
             }),
+            shared: None,
         }
     }
 
@@ -352,13 +386,16 @@ impl Fills {
         metrics::gauge!("sluice_inflight_fills").increment(1.0);
         let store = self.store.clone();
         let inflight = self.inflight.clone();
+        let shared = self.shared.clone();
         tokio::spawn(async move {
+            let shared = shared.as_ref();
             // A panic fails the fill like an error would: followers get the error and the
             // next request starts afresh.
-            let result = AssertUnwindSafe(run_fill(&store, tmp, &expect, format, open, &tx))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(ProxyError::internal("fill task panicked")));
+            let result =
+                AssertUnwindSafe(run_fill(&store, shared, tmp, &expect, format, open, &tx))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(ProxyError::internal("fill task panicked")));
             // Remove from the registry before publishing the outcome: a request arriving
             // after this sees the store (on success) or starts a fresh fill (on failure).
             inflight.lock().remove(&expect);
@@ -380,17 +417,60 @@ impl Fills {
 
 async fn run_fill(
     store: &Arc<Store>,
+    shared: Option<&Arc<Shared>>,
     tmp: crate::store::TempFile,
     expect: &Expect,
     format: &'static str,
     open: Opener,
     tx: &watch::Sender<Progress>,
 ) -> Result<bool, ProxyError> {
+    let from_shared = match shared {
+        Some(s) => s.open(expect).await,
+        None => None,
+    };
+    let body = match from_shared {
+        Some(body) => body,
+        None => open().await?,
+    };
+    let source = body.source;
+    let result = stream_and_commit(store, tmp, expect, format, body, tx).await;
+    match (&result, shared) {
+        // The bucket's object is not what its key says: nobody gets it again.
+        (Err(ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. }), Some(s))
+            if source == BodySource::Shared =>
+        {
+            s.discard(expect)
+        }
+        (Ok(Some(stored)), Some(s)) if source == BodySource::Upstream => {
+            s.upload(expect, stored.0, stored.1)
+        }
+        // The bucket's body broke off: the next fills ask the upstream for a while.
+        (Err(e), Some(s))
+            if source == BodySource::Shared && !matches!(e, ProxyError::Internal(_)) =>
+        {
+            s.failed("get", &format!("{expect}: {e}"))
+        }
+        _ => {}
+    }
+    result.map(|stored| stored.is_some())
+}
+
+/// Streams `body` into `tmp`, verifies it and commits it: the digest and size stored, or
+/// `None` when the verified body could not be stored.
+async fn stream_and_commit(
+    store: &Arc<Store>,
+    tmp: crate::store::TempFile,
+    expect: &Expect,
+    format: &'static str,
+    body: UpstreamBody,
+    tx: &watch::Sender<Progress>,
+) -> Result<Option<(Digest, u64)>, ProxyError> {
     let UpstreamBody {
         len,
         mut stream,
         resume,
-    } = open().await?;
+        source,
+    } = body;
     let mut resumes = 0;
     tx.send_modify(|p| {
         p.state = State::Streaming;
@@ -482,7 +562,7 @@ async fn run_fill(
         }
     }
     let digest = hashing.verify(expect, format)?;
-    metrics::counter!("sluice_bytes_total", "format" => format, "source" => "upstream")
+    metrics::counter!("sluice_bytes_total", "format" => format, "source" => source.label())
         .increment(written);
     // Release the last bytes (and the final length of a chunked body) now: the fsync and
     // rename below need not delay the clients.
@@ -502,9 +582,9 @@ async fn run_fill(
     if let Err(e) = committed {
         tracing::error!(expect = %expect, error = %e, "verified body not stored: commit failed");
         metrics::counter!("sluice_fill_failures_total", "format" => format).increment(1);
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(true)
+    Ok(Some((digest, written)))
 }
 
 impl Fill {
@@ -654,6 +734,7 @@ mod tests {
                     len,
                     stream: futures_util::stream::iter(chunks).boxed(),
                     resume: None,
+                    source: BodySource::Upstream,
                 })
             }
             .boxed()
@@ -758,6 +839,7 @@ mod tests {
                     len,
                     stream,
                     resume: None,
+                    source: BodySource::Upstream,
                 })
             }
             .boxed()

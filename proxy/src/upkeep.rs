@@ -81,6 +81,15 @@ impl BackgroundService for Upkeep {
         // SIGHUP reloads the policy and the tokens (the default action would terminate the
         // process).
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        if let Some(shared) = self.app.shared.clone() {
+            tokio::spawn(async move {
+                match shared.check().await {
+                    Ok(()) => tracing::info!("shared store (storage.s3) answers"),
+                    Err(e) => tracing::warn!(error = %e,
+                        "shared store (storage.s3) does not answer; upstreams are asked directly until it does"),
+                }
+            });
+        }
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(),

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod garage;
 pub mod http1;
 pub mod images;
 pub mod metrics;

@@ -11,6 +11,8 @@ pub mod index;
 mod mapped;
 pub mod pins;
 pub mod pulls;
+pub mod shared;
+pub mod sigv4;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -288,7 +290,7 @@ impl Store {
         self.total_bytes.load(Ordering::Relaxed)
     }
 
-    fn path_of(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn path_of(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
         self.blobs_dir.join(&hex[..2]).join(hex)
     }
