@@ -43,9 +43,9 @@ async fn get(url: &str) -> (u16, Result<Vec<u8>, String>) {
     )
 }
 
-/// The object key of a sha256 digest (`sha256:<hex>`) under `prefix`.
-fn key_of(prefix: &str, digest: &str) -> String {
-    format!("{prefix}blobs/{}", digest.replacen(':', "/", 1))
+/// The object key of a sha256 digest (`sha256:<hex>`) fetched through `upstream`.
+fn key_of(prefix: &str, upstream: &str, digest: &str) -> String {
+    format!("{prefix}{upstream}/blobs/{}", digest.replacen(':', "/", 1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,16 +87,16 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             "A uploads the blob and the tarball\n{}",
             a.log()
         );
-        // Under the prefix, keyed by the digest each was verified against: the npm
-        // tarball by its packument's sha512.
-        let object = garage::request(&garage, Method::GET, &key_of("ci/", &d), None).await;
+        // Under the prefix and the upstream, keyed by the digest each was verified
+        // against: the npm tarball by its packument's sha512.
+        let object = garage::request(&garage, Method::GET, &key_of("ci/", "sim", &d), None).await;
         assert_eq!(object.status(), 200);
         assert_eq!(object.bytes().await.unwrap().to_vec(), blob);
         let sha512 = hex_of_integrity(&pkg.integrity);
         let object = garage::request(
             &garage,
             Method::HEAD,
-            &format!("ci/blobs/sha512/{sha512}"),
+            &format!("ci/npmjs/blobs/sha512/{sha512}"),
             None,
         )
         .await;
@@ -162,6 +162,32 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
         ));
         assert_eq!(get(&blob_url(&c)).await, (200, Ok(blob.clone())));
         assert_eq!(sim.blob_gets(&d), 1);
+
+        // The bucket does not widen who gets what.
+        let d_config = format!(
+            "{config}\n[[upstream]]\nname = \"mirror\"\nformat = \"oci\"\nurl = \"{}\"\n",
+            sim.url()
+        );
+        let d_replica = Sluice::start(&d_config);
+        // Content one upstream sent is not read from the bucket for another: with the
+        // upstream failing, the other upstream's request fails ...
+        let (status, _) = get(&format!(
+            "{}/v2/mirror/team/app/blobs/{d}",
+            d_replica.base_url()
+        ))
+        .await;
+        assert!((500..600).contains(&status), "{status}");
+        // ... and a repository the upstream says does not hold the blob is refused it,
+        // though the bucket has it.
+        sim.clear_faults();
+        sim.fault("/other/repo/", Fault::Status(404));
+        let gets = sim.blob_gets(&d);
+        let (status, _) = get(&format!("{}/v2/other/repo/blobs/{d}", d_replica.base_url())).await;
+        assert_eq!(
+            status, 404,
+            "served from the bucket to a repository without it"
+        );
+        assert_eq!(sim.blob_gets(&d), gets, "the bytes came from the bucket");
     })
     .await;
 }
@@ -198,7 +224,7 @@ async fn an_object_that_does_not_match_its_digest_is_deleted_and_never_served() 
     let d = sim.add_blob(blob.clone());
     let mut wrong = blob.clone();
     wrong[700_000] ^= 0xff;
-    let key = key_of("", &d);
+    let key = key_of("", "sim", &d);
     let put = garage::request(&garage, Method::PUT, &key, Some(wrong.clone())).await;
     assert_eq!(put.status(), 200);
     let s = Sluice::start(&format!(
@@ -274,15 +300,24 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
         };
         assert_eq!(events("get", "error"), 1.0, "{page}");
         assert_eq!(events("get", "skipped"), 1.0, "{page}");
+        // Writes rest on their own: the first upload fails, the second waits.
         assert_eq!(
             metric_reaches(
                 &s,
                 "sluice_shared_store_events_total",
                 &["op=\"upload\"", "result=\"skipped\""],
-                2.0
+                1.0
             )
             .await,
-            2.0
+            1.0
+        );
+        assert_eq!(
+            sum_labelled(
+                &s.metrics().await,
+                "sluice_shared_store_events_total",
+                &["op=\"upload\"", "result=\"error\""]
+            ),
+            Some(1.0)
         );
         let ready = http_client()
             .get(format!("{}/-/readyz", s.base_url()))
@@ -295,43 +330,195 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
     .await;
 }
 
+/// How [`FakeBucket`] answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Bucket {
+    /// Every GET: the object's length announced, the connection closed after 10 bytes; a
+    /// ranged GET: `206` with the rest, as S3 does.
+    CutThenRanges,
+    /// Like `CutThenRanges`, but a ranged GET is answered `200` with the whole object (a
+    /// server that ignores ranges): continuing with it would repeat bytes.
+    CutThenIgnoresRanges,
+    /// HEAD: `404`; PUT: the answer comes after 6 s (an upload slower than
+    /// [`ANSWER_TIMEOUT`](sluice_proxy::store::shared::ANSWER_TIMEOUT)).
+    SlowPuts,
+}
+
+/// A minimal S3 endpoint on loopback with one object, for what Garage cannot be made to do.
+/// Logs `METHOD path [range]` of each request.
+struct FakeBucket {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeBucket {
+    async fn start(object: Vec<u8>, mode: Bucket) -> FakeBucket {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (object, log) = (object.clone(), log2.clone());
+                tokio::spawn(async move {
+                    let mut sock = tokio::io::BufReader::new(sock);
+                    let (mut line, mut range, mut length) = (String::new(), None, 0usize);
+                    sock.read_line(&mut line).await.ok()?;
+                    loop {
+                        let mut h = String::new();
+                        sock.read_line(&mut h).await.ok()?;
+                        let lower = h.trim().to_ascii_lowercase();
+                        if lower.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = lower.strip_prefix("range: bytes=") {
+                            range = v.trim_end_matches('-').parse::<usize>().ok();
+                        }
+                        if let Some(v) = lower.strip_prefix("content-length: ") {
+                            length = v.parse().unwrap_or(0);
+                        }
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{method} {path} {range:?}"));
+                    let total = object.len();
+                    let answer: Vec<u8> = match (mode, method.as_str(), range) {
+                        (Bucket::SlowPuts, "PUT", _) => {
+                            // From the reader: it may hold the body's first bytes.
+                            let mut body = vec![0u8; length];
+                            sock.read_exact(&mut body).await.ok()?;
+                            tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
+                        }
+                        (Bucket::SlowPuts, _, _) | (_, "HEAD", _) => {
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()
+                        }
+                        (Bucket::CutThenRanges, "GET", Some(from)) => {
+                            let mut a = format!(
+                                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                                 Content-Range: bytes {from}-{}/{total}\r\n\r\n",
+                                total - from,
+                                total - 1
+                            )
+                            .into_bytes();
+                            a.extend_from_slice(&object[from..]);
+                            a
+                        }
+                        (Bucket::CutThenIgnoresRanges, "GET", Some(_)) => {
+                            let mut a =
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n")
+                                    .into_bytes();
+                            a.extend_from_slice(&object);
+                            a
+                        }
+                        (_, "GET", None) if path.contains("/blobs/") => {
+                            let mut a =
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n")
+                                    .into_bytes();
+                            a.extend_from_slice(&object[..10]);
+                            a
+                        }
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    };
+                    let mut sock = sock.into_inner();
+                    sock.write_all(&answer).await.ok()?;
+                    sock.shutdown().await.ok()
+                });
+            }
+        });
+        FakeBucket { port, log }
+    }
+
+    /// The requests whose line contains `what`.
+    fn requests(&self, what: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(what)).cloned().collect()
+    }
+
+    fn storage_toml(&self) -> String {
+        format!(
+            "[storage.s3]\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"fake\"\n\
+             access_key_id = \"id\"\nsecret_access_key = \"secret\"\n",
+            self.port
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bucket_whose_bodies_break_off_is_left_alone_for_a_while() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn a_bucket_body_that_breaks_off_is_continued_with_a_range_once_for_all_clients() {
     let sim = Sim::start().await;
     let blob = random_bytes(100_000, 75);
     let d = sim.add_blob(blob.clone());
-    // A bucket that has every object, announces its full length and closes the
-    // connection after 10 bytes (also on range requests).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let asked2 = asked.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            asked2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let _ = sock.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789";
-                let _ = sock.write_all(head.as_bytes()).await;
-            });
-        }
-    });
+    let bucket = FakeBucket::start(blob.clone(), Bucket::CutThenRanges).await;
     let s = Sluice::start(&format!(
-        "[storage.s3]\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"cut-off\"\n\
-         access_key_id = \"id\"\nsecret_access_key = \"secret\"\n\n{}",
+        "{}\n{}",
+        bucket.storage_toml(),
+        sim.upstream_toml("")
+    ));
+    let url = format!("{}/v2/team/app/blobs/{d}", s.base_url());
+    within(60, "resumed from the bucket", async {
+        let clients: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(get_owned(url.clone())))
+            .collect();
+        for c in clients {
+            assert_eq!(c.await.unwrap(), (200, Ok(blob.clone())));
+        }
+        // One fill for the eight: one GET, continued once from byte 10.
+        assert_eq!(
+            bucket.requests("/blobs/"),
+            vec![
+                format!("GET /fake/sim/blobs/{} None", d.replacen(':', "/", 1)),
+                format!("GET /fake/sim/blobs/{} Some(10)", d.replacen(':', "/", 1)),
+            ]
+        );
+        assert_eq!(sim.blob_gets(&d), 0);
+        // Stored once the followers are served (the fsync and rename come after).
+        let stored = blob_path(&s.data_dir(), &d);
+        assert!(common::eventually(std::time::Duration::from_secs(10), || stored.exists()).await);
+    })
+    .await;
+}
+
+async fn get_owned(url: String) -> (u16, Result<Vec<u8>, String>) {
+    get(&url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_body_that_cannot_be_continued_fails_and_the_bucket_is_left_alone() {
+    let sim = Sim::start().await;
+    let blob = random_bytes(100_000, 76);
+    let d = sim.add_blob(blob.clone());
+    let bucket = FakeBucket::start(blob.clone(), Bucket::CutThenIgnoresRanges).await;
+    let s = Sluice::start(&format!(
+        "{}\n{}",
+        bucket.storage_toml(),
         sim.upstream_toml("")
     ));
     let url = format!("{}/v2/team/app/blobs/{d}", s.base_url());
     within(60, "bodies breaking off", async {
+        // The ranged answer is a 200 from byte 0: not taken as the rest of the body.
         let (_, body) = get(&url).await;
         assert!(body.is_err(), "a body that broke off was completed");
         assert!(!blob_path(&s.data_dir(), &d).exists());
+        assert_eq!(
+            bucket.requests("GET /fake/sim/blobs/").len(),
+            2,
+            "{:?}\n{}",
+            bucket.requests(""),
+            s.log()
+        );
         // The next request is not sent to that bucket: the upstream serves it.
-        let before = asked.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(get(&url).await, (200, Ok(blob.clone())));
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(
+            bucket.requests("GET /fake/sim/blobs/").len(),
+            2,
+            "{:?}\n{}",
+            bucket.requests(""),
+            s.log()
+        );
         assert_eq!(sim.blob_gets(&d), 1);
         let page = s.metrics().await;
         assert_eq!(
@@ -343,6 +530,35 @@ async fn a_bucket_whose_bodies_break_off_is_left_alone_for_a_while() {
             Some(1.0),
             "{page}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_may_take_longer_than_a_read_answer() {
+    let sim = Sim::start().await;
+    let blob = random_bytes(300_000, 77);
+    let d = sim.add_blob(blob.clone());
+    let bucket = FakeBucket::start(Vec::new(), Bucket::SlowPuts).await;
+    let s = Sluice::start(&format!(
+        "{}\n{}",
+        bucket.storage_toml(),
+        sim.upstream_toml("")
+    ));
+    within(60, "slow upload", async {
+        assert_eq!(
+            get(&format!("{}/v2/team/app/blobs/{d}", s.base_url())).await,
+            (200, Ok(blob.clone()))
+        );
+        let uploaded = metric_reaches(
+            &s,
+            "sluice_shared_store_events_total",
+            &["op=\"upload\"", "result=\"uploaded\""],
+            1.0,
+        )
+        .await;
+        assert_eq!(uploaded, 1.0, "{}", s.metrics().await);
+        assert_eq!(bucket.requests("PUT").len(), 1);
     })
     .await;
 }

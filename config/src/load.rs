@@ -315,6 +315,25 @@ fn validate_storage(
 /// `[storage.s3]`: what would fail every request to the bucket is refused at load.
 fn check_s3(s3: &crate::schema::S3Config) -> Result<(), String> {
     check_http_url(&s3.endpoint).map_err(|m| format!("[storage.s3] endpoint: {m}"))?;
+    let endpoint = url::Url::parse(&s3.endpoint).map_err(|e| e.to_string())?;
+    if !endpoint.username().is_empty() || endpoint.password().is_some() {
+        return Err("[storage.s3] endpoint must not hold credentials: \
+                    use access_key_id and secret_access_key"
+            .into());
+    }
+    if endpoint.query().is_some() || endpoint.fragment().is_some() {
+        return Err(format!(
+            "[storage.s3] endpoint = {:?} must not have a query or fragment",
+            s3.endpoint
+        ));
+    }
+    if !s3.path_style && !matches!(endpoint.host(), Some(url::Host::Domain(_))) {
+        return Err(format!(
+            "[storage.s3] path_style = false puts the bucket in the host name: endpoint {:?} \
+             needs a DNS name, not an IP address",
+            s3.endpoint
+        ));
+    }
     let valid_bucket = (3..=63).contains(&s3.bucket.len())
         && s3
             .bucket
@@ -337,9 +356,19 @@ fn check_s3(s3: &crate::schema::S3Config) -> Result<(), String> {
             ));
         }
     }
-    if s3.prefix.starts_with('/') || s3.prefix.contains("//") || s3.prefix.contains("..") {
+    let prefix_ok = s3.prefix.is_empty()
+        || (s3.prefix.ends_with('/')
+            && !s3.prefix.starts_with('/')
+            && !s3.prefix.contains("//")
+            && !s3.prefix.split('/').any(|seg| seg == "." || seg == "..")
+            && s3
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)));
+    if !prefix_ok {
         return Err(format!(
-            "[storage.s3] prefix = {:?} must be relative, without empty or '..' segments",
+            "[storage.s3] prefix = {:?} must be empty or like \"sluice/cache/\": \
+             A-Z a-z 0-9 - _ . / segments, ending in /",
             s3.prefix
         ));
     }
@@ -704,6 +733,14 @@ mod tests {
             ),
             ("\"${TOKEN}\"", "\"  \"", "secret_access_key is empty"),
             ("bucket = ", "prefix = \"/abs/\"\nbucket = ", "prefix"),
+            ("bucket = ", "prefix = \"cache\"\nbucket = ", "prefix"),
+            ("bucket = ", "prefix = \"a?b/\"\nbucket = ", "prefix"),
+            (
+                "http://127.0.0.1:3900",
+                "http://u:p@127.0.0.1:3900",
+                "credentials",
+            ),
+            ("bucket = ", "path_style = false\nbucket = ", "DNS name"),
             (
                 "bucket = ",
                 "upload_concurrency = 0\nbucket = ",

@@ -311,11 +311,12 @@ impl Fills {
         &self,
         expect: Expect,
         format: &'static str,
+        upstream: &str,
         open: Opener,
     ) -> Result<Option<Arc<Fill>>, ProxyError> {
         match self.in_flight(&expect).await {
             Some(f) => Ok(Some(f)),
-            None => self.start(expect, format, open),
+            None => self.start(expect, format, upstream, open),
         }
     }
 
@@ -357,6 +358,7 @@ impl Fills {
         &self,
         expect: Expect,
         format: &'static str,
+        upstream: &str,
         open: Opener,
     ) -> Result<Option<Arc<Fill>>, ProxyError> {
         let mut map = self.inflight.lock();
@@ -386,9 +388,9 @@ impl Fills {
         metrics::gauge!("sluice_inflight_fills").increment(1.0);
         let store = self.store.clone();
         let inflight = self.inflight.clone();
-        let shared = self.shared.clone();
+        let shared = self.shared.clone().map(|s| (s, upstream.to_string()));
         tokio::spawn(async move {
-            let shared = shared.as_ref();
+            let shared = shared.as_ref().map(|(s, up)| (s, up.as_str()));
             // A panic fails the fill like an error would: followers get the error and the
             // next request starts afresh.
             let result =
@@ -417,7 +419,7 @@ impl Fills {
 
 async fn run_fill(
     store: &Arc<Store>,
-    shared: Option<&Arc<Shared>>,
+    shared: Option<(&Arc<Shared>, &str)>,
     tmp: crate::store::TempFile,
     expect: &Expect,
     format: &'static str,
@@ -425,7 +427,7 @@ async fn run_fill(
     tx: &watch::Sender<Progress>,
 ) -> Result<bool, ProxyError> {
     let from_shared = match shared {
-        Some(s) => s.open(expect).await,
+        Some((s, upstream)) => s.open(upstream, expect).await,
         None => None,
     };
     let body = match from_shared {
@@ -436,19 +438,18 @@ async fn run_fill(
     let result = stream_and_commit(store, tmp, expect, format, body, tx).await;
     match (&result, shared) {
         // The bucket's object is not what its key says: nobody gets it again.
-        (Err(ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. }), Some(s))
-            if source == BodySource::Shared =>
-        {
-            s.discard(expect)
-        }
-        (Ok(Some(stored)), Some(s)) if source == BodySource::Upstream => {
-            s.upload(expect, stored.0, stored.1)
-        }
+        (
+            Err(ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. }),
+            Some((s, upstream)),
+        ) if source == BodySource::Shared => s.discard(upstream, expect),
         // The bucket's body broke off: the next fills ask the upstream for a while.
-        (Err(e), Some(s))
+        (Err(e), Some((s, _)))
             if source == BodySource::Shared && !matches!(e, ProxyError::Internal(_)) =>
         {
-            s.failed("get", &format!("{expect}: {e}"))
+            s.read_failed(&format!("{expect}: {e}"))
+        }
+        (Ok(Some(stored)), Some((s, upstream))) if source == BodySource::Upstream => {
+            s.upload(upstream, expect, stored.0, stored.1)
         }
         _ => {}
     }
@@ -765,7 +766,7 @@ mod tests {
 
         let held = store.hold_commits();
         let fill = fills
-            .join_or_start(expect.clone(), "oci", opener(body.clone()))
+            .join_or_start(expect.clone(), "oci", "up", opener(body.clone()))
             .await
             .unwrap()
             .expect("nothing stored yet");
@@ -779,7 +780,7 @@ mod tests {
         assert!(store.resolve(&expect).is_none(), "not committed yet");
 
         // A request now waits for the commit instead of joining, then finds it stored.
-        let late = fills.join_or_start(expect.clone(), "oci", opener(Bytes::new()));
+        let late = fills.join_or_start(expect.clone(), "oci", "up", opener(Bytes::new()));
         tokio::pin!(late);
         assert!(
             tokio::time::timeout(Duration::from_millis(200), &mut late)
@@ -808,7 +809,7 @@ mod tests {
         let body = Bytes::from(vec![7u8; 300_000]);
         let expect = Expect::Sha256(Digest::of(b"something else"));
         let fill = fills
-            .join_or_start(expect.clone(), "oci", opener(body.clone()))
+            .join_or_start(expect.clone(), "oci", "up", opener(body.clone()))
             .await
             .unwrap()
             .unwrap();
@@ -890,7 +891,7 @@ mod tests {
             let expect = Expect::Sha256(Digest::of(&body));
             let (open, tx) = paced_opener(announced.then_some(body.len() as u64));
             let fill = fills
-                .join_or_start(expect.clone(), "oci", open)
+                .join_or_start(expect.clone(), "oci", "up", open)
                 .await
                 .unwrap()
                 .unwrap();
@@ -954,7 +955,7 @@ mod tests {
             let expect = Expect::Sha256(Digest::of(&body));
             let (open, tx) = paced_opener(Some(body.len() as u64));
             let fill = fills
-                .join_or_start(expect.clone(), "oci", open)
+                .join_or_start(expect.clone(), "oci", "up", open)
                 .await
                 .unwrap()
                 .unwrap();
@@ -1091,7 +1092,7 @@ mod tests {
         let expect = Expect::Sha256(Digest::of(&other));
         let (open, tx) = paced_opener(Some(other.len() as u64));
         let fill = fills
-            .join_or_start(expect.clone(), "oci", open)
+            .join_or_start(expect.clone(), "oci", "up", open)
             .await
             .unwrap()
             .unwrap();

@@ -5,15 +5,20 @@
 //!   only when the bucket does not have it (or cannot answer) is the upstream asked. The
 //!   bucket's bytes go through the same fill as an upstream's: hashed while streaming,
 //!   verified before anything is stored or a response completed. An object whose bytes do
-//!   not match its key is deleted from the bucket ([`Shared::discard`]).
+//!   not match its key is deleted from the bucket and not read again ([`Shared::discard`]).
 //! - What a replica fetched from an upstream is uploaded after it was stored
 //!   ([`Shared::upload`]), in the background and at most `upload_concurrency` at once;
 //!   an object already there (another replica's upload) is not sent again. One `PUT` per
 //!   object: content over [`MAX_UPLOAD`] (5 GiB) stays local.
-//! - Objects are keyed by the digest a fill verifies: `<prefix>blobs/sha256/<hex>` for OCI
-//!   blobs and Python files, `<prefix>blobs/sha512/<hex>` (or `sha1`) for npm tarballs.
-//! - A bucket that fails (an error, a 5xx, no answer within [`ANSWER_TIMEOUT`]) is left
-//!   alone for [`BACKOFF`]: requests go straight to their upstream meanwhile.
+//! - Objects are keyed by upstream and by the digest a fill verifies:
+//!   `<prefix><upstream>/blobs/sha256/<hex>` for OCI blobs and Python files,
+//!   `<prefix><upstream>/blobs/sha512/<hex>` (or `sha1`) for npm tarballs. Keyed by
+//!   upstream, content fetched through one upstream (a private registry, with its
+//!   credentials) is never read from the bucket for another.
+//! - Reads and writes rest separately: a bucket whose reads fail (an error, a status
+//!   other than 200/404, no answer within [`ANSWER_TIMEOUT`], a body that breaks off or
+//!   does not match) is not read for [`BACKOFF`]; one whose writes fail (read-only
+//!   credentials, say) gets no uploads for as long, and is still read.
 //! - sluice never deletes sound objects: expire them with the bucket's lifecycle rules.
 //!
 //! Requests are signed with AWS Signature V4 ([`super::sigv4`]); bodies are sent unsigned.
@@ -21,7 +26,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use http::{header, Method, StatusCode};
@@ -35,8 +40,19 @@ use crate::error::ProxyError;
 use crate::fill::{BodySource, BodyStream, Resume, UpstreamBody};
 use crate::hashes::Expect;
 
-/// Longest wait for the bucket's answer (its status line and headers).
+/// Longest wait for the bucket's answer to a GET, HEAD or DELETE (its status line and
+/// headers), and longest pause within a body it sends.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An upload may take this long, plus a second per [`UPLOAD_BYTES_PER_SEC`] bytes.
+pub const UPLOAD_BASE_TIME: Duration = Duration::from_secs(60);
+
+/// The slowest upload rate allowed for before an upload is abandoned: 1 MiB/s.
+pub const UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
+
+/// How long a key whose object did not match its digest is not read again (whether or
+/// not deleting it worked).
+const BAD_OBJECT_TTL: Duration = Duration::from_secs(3600);
 
 /// Largest object one `PUT` may create (S3's limit); larger content is not uploaded.
 pub const MAX_UPLOAD: u64 = 5 << 30;
@@ -49,7 +65,10 @@ const NAME: &str = "shared store";
 
 /// The bucket and what is being uploaded to it.
 pub struct Shared {
-    client: reqwest::Client,
+    /// For GET, HEAD, DELETE: a body that pauses [`ANSWER_TIMEOUT`] fails.
+    reads: reqwest::Client,
+    /// For PUT: bounded by a deadline that grows with the size instead.
+    writes: reqwest::Client,
     signer: Signer,
     /// The bucket's URL, ending in `/`: object keys are joined to it.
     base: url::Url,
@@ -58,8 +77,50 @@ pub struct Shared {
     uploads: Arc<tokio::sync::Semaphore>,
     /// Keys queued or being uploaded.
     queued: Mutex<HashSet<String>>,
-    /// Unix ms before which the bucket is not asked (after a failure).
-    resting_until: AtomicU64,
+    /// Keys whose object did not match its digest: not read again for a while.
+    bad: moka::sync::Cache<String, ()>,
+    read_rest: Rest,
+    write_rest: Rest,
+}
+
+/// After a failure, a side (reads or writes) of the bucket rests for [`BACKOFF`].
+struct Rest {
+    side: &'static str,
+    start: Instant,
+    /// Milliseconds after `start` before which this side is not used.
+    until_ms: AtomicU64,
+}
+
+impl Rest {
+    fn new(side: &'static str) -> Rest {
+        Rest {
+            side,
+            start: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn resting(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure of `op` and rests; warns once per episode.
+    fn failed(&self, op: &'static str, why: &str) {
+        count(op, "error");
+        let was_resting = self.resting();
+        self.until_ms.store(
+            self.now_ms() + BACKOFF.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !was_resting {
+            tracing::warn!(op, error = why, backoff = ?BACKOFF, side = self.side,
+                "shared store failed; not used for this meanwhile");
+        }
+    }
 }
 
 fn count(op: &'static str, result: &'static str) {
@@ -86,56 +147,57 @@ impl Shared {
         } else {
             let host = format!("{}.{}", cfg.bucket, endpoint.host_str().unwrap_or_default());
             base.set_host(Some(&host))?;
-            base.set_path("/");
+            base.set_path(&format!("{}/", endpoint.path().trim_end_matches('/')));
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .read_timeout(Duration::from_secs(30))
-            // The bucket answers itself: a redirect would be a misconfiguration.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = |read_timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // The bucket answers itself: a redirect would be a misconfiguration.
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(t) = read_timeout {
+                b = b.read_timeout(t);
+            }
+            // A self-hosted bucket's private CA, as for upstreams.
+            for cert in crate::upstream::extra_roots() {
+                b = b.add_root_certificate(cert);
+            }
+            b.build()
+        };
         Ok(Shared {
-            client,
+            reads: client(Some(ANSWER_TIMEOUT))?,
+            writes: client(None)?,
             signer: Signer::new(&cfg.access_key_id, &cfg.secret_access_key, &cfg.region),
             base,
             prefix: cfg.prefix.clone(),
             store,
             uploads: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
             queued: Mutex::new(HashSet::new()),
-            resting_until: AtomicU64::new(0),
+            bad: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(BAD_OBJECT_TTL)
+                .build(),
+            read_rest: Rest::new("reads"),
+            write_rest: Rest::new("writes"),
         })
     }
 
-    /// The object key of content verified as `expect`.
-    fn key(&self, expect: &Expect) -> String {
+    /// The object key of content fetched through `upstream` and verified as `expect`.
+    fn key(&self, upstream: &str, expect: &Expect) -> String {
         format!(
-            "{}blobs/{}",
+            "{}{upstream}/blobs/{}",
             self.prefix,
             expect.to_string().replacen(':', "/", 1)
         )
     }
 
-    /// Whether the bucket is being left alone after a failure.
-    fn resting(&self) -> bool {
-        crate::store::unix_ms() < self.resting_until.load(Ordering::Relaxed)
-    }
-
-    /// Records a failure of the bucket: it is not asked for [`BACKOFF`].
-    pub(crate) fn failed(&self, op: &'static str, why: &str) {
-        count(op, "error");
-        let was_resting = self.resting();
-        self.resting_until.store(
-            crate::store::unix_ms() + BACKOFF.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        if !was_resting {
-            tracing::warn!(op, error = why, backoff = ?BACKOFF,
-                "shared store failed; upstreams are asked directly meanwhile");
-        }
+    /// Records a failure reading the bucket: it is not read for [`BACKOFF`].
+    pub(crate) fn read_failed(&self, why: &str) {
+        self.read_rest.failed("get", why);
     }
 
     /// Sends a signed request for `key`: from byte `from` on if given, with `body` (and
-    /// its length) if given.
+    /// its length) if given. A request with a body may take [`upload_deadline`]; any other
+    /// gets its answer within [`ANSWER_TIMEOUT`].
     async fn send(
         &self,
         method: Method,
@@ -154,8 +216,11 @@ impl Shared {
             UNSIGNED_PAYLOAD,
             crate::store::unix_secs(),
         );
-        let mut req = self
-            .client
+        let (client, deadline) = match &body {
+            Some((_, len)) => (&self.writes, upload_deadline(*len)),
+            None => (&self.reads, ANSWER_TIMEOUT),
+        };
+        let mut req = client
             .request(method, url)
             .header("x-amz-date", signed.amz_date)
             .header("x-amz-content-sha256", signed.content_sha256)
@@ -166,20 +231,24 @@ impl Shared {
         if let Some((b, len)) = body {
             req = req.header(header::CONTENT_LENGTH, len).body(b);
         }
-        match tokio::time::timeout(ANSWER_TIMEOUT, req.send()).await {
+        match tokio::time::timeout(deadline, req.send()).await {
             Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {deadline:?}")),
         }
     }
 
-    /// The body of the object for `expect`, if the bucket has it. `None` when it does not,
-    /// or cannot answer now: ask the upstream.
-    pub async fn open(self: &Arc<Self>, expect: &Expect) -> Option<UpstreamBody> {
-        if self.resting() {
+    /// The body of the object `upstream` sent as `expect`, if the bucket has it. `None`
+    /// when it does not, or cannot answer now: ask the upstream.
+    pub async fn open(self: &Arc<Self>, upstream: &str, expect: &Expect) -> Option<UpstreamBody> {
+        if self.read_rest.resting() {
             count("get", "skipped");
             return None;
         }
-        let key = self.key(expect);
+        let key = self.key(upstream, expect);
+        if self.bad.contains_key(&key) {
+            count("get", "skipped_bad");
+            return None;
+        }
         match self.send(Method::GET, &key, None, None).await {
             Ok(resp) if resp.status() == StatusCode::OK => {
                 count("get", "hit");
@@ -190,11 +259,11 @@ impl Shared {
                 None
             }
             Ok(resp) => {
-                self.failed("get", &format!("GET {key}: status {}", resp.status()));
+                self.read_failed(&format!("GET {key}: status {}", resp.status()));
                 None
             }
             Err(e) => {
-                self.failed("get", &format!("GET {key}: {e}"));
+                self.read_failed(&format!("GET {key}: {e}"));
                 None
             }
         }
@@ -235,24 +304,30 @@ impl Shared {
         }
     }
 
-    /// Queues the upload of stored content `d` (`size` bytes), verified as `expect`.
-    pub fn upload(self: &Arc<Self>, expect: &Expect, d: Digest, size: u64) {
-        let key = self.key(expect);
+    /// Queues the upload of stored content `d` (`size` bytes), which `upstream` sent as
+    /// `expect`.
+    pub fn upload(self: &Arc<Self>, upstream: &str, expect: &Expect, d: Digest, size: u64) {
+        if size > MAX_UPLOAD {
+            count("upload", "too_large");
+            return;
+        }
+        let key = self.key(upstream, expect);
         if !self.queued.lock().insert(key.clone()) {
             return;
         }
         let shared = self.clone();
         tokio::spawn(async move {
             let result = match shared.uploads.clone().acquire_owned().await {
-                _ if size > MAX_UPLOAD => Ok("too_large"),
-                Ok(_permit) if shared.resting() => Ok("skipped"),
+                Ok(_permit) if shared.write_rest.resting() => Ok("skipped"),
                 Ok(_permit) => shared.put(&key, &d, size).await,
                 Err(_) => Ok("skipped"),
             };
             shared.queued.lock().remove(&key);
             match result {
                 Ok(outcome) => count("upload", outcome),
-                Err(e) => shared.failed("upload", &format!("PUT {key}: {e}")),
+                Err(e) => shared
+                    .write_rest
+                    .failed("upload", &format!("PUT {key}: {e}")),
             }
         });
     }
@@ -287,22 +362,27 @@ impl Shared {
         Ok("uploaded")
     }
 
-    /// Deletes the object for `expect`: its bytes did not match its key.
-    pub fn discard(self: &Arc<Self>, expect: &Expect) {
-        let key = self.key(expect);
+    /// The object `upstream` sent as `expect` did not match its digest: it is not read
+    /// again, reads rest (a bucket serving wrong bytes is not trusted for a while), and
+    /// it is deleted.
+    pub fn discard(self: &Arc<Self>, upstream: &str, expect: &Expect) {
+        let key = self.key(upstream, expect);
         tracing::warn!(
             key,
             "shared store object does not match its digest; deleting it"
         );
+        self.bad.insert(key.clone(), ());
+        self.read_failed(&format!("GET {key}: bytes do not match the digest"));
         let shared = self.clone();
         tokio::spawn(async move {
-            match shared.send(Method::DELETE, &key, None, None).await {
+            let why = match shared.send(Method::DELETE, &key, None, None).await {
                 Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {
-                    count("discard", "deleted")
+                    return count("discard", "deleted");
                 }
-                Ok(r) => shared.failed("discard", &format!("DELETE {key}: status {}", r.status())),
-                Err(e) => shared.failed("discard", &format!("DELETE {key}: {e}")),
-            }
+                Ok(r) => format!("DELETE {key}: status {}", r.status()),
+                Err(e) => format!("DELETE {key}: {e}"),
+            };
+            shared.write_rest.failed("discard", &why);
         });
     }
 
@@ -315,6 +395,11 @@ impl Shared {
             Err(format!("status {}", resp.status()))
         }
     }
+}
+
+/// How long an upload of `len` bytes may take.
+fn upload_deadline(len: u64) -> Duration {
+    UPLOAD_BASE_TIME + Duration::from_secs(len / UPLOAD_BYTES_PER_SEC)
 }
 
 fn stream(resp: reqwest::Response) -> BodyStream {

@@ -57,11 +57,12 @@ impl Signer {
             ("x-amz-content-sha256".into(), payload_sha256.to_string()),
             ("x-amz-date".into(), amz_date.clone()),
         ];
-        signed.extend(
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string())),
-        );
+        signed.extend(headers.iter().map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        }));
         signed.sort();
         let canonical_headers: String = signed.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
         let signed_headers = signed
@@ -115,11 +116,17 @@ fn canonical_path(url: &url::Url) -> String {
     encode(&raw, true)
 }
 
-/// The query's pairs, decoded, re-encoded strictly and sorted.
+/// The query's pairs, decoded, re-encoded strictly and sorted. (`+` is a plus sign here,
+/// not a space as in a form.)
 fn canonical_query(url: &url::Url) -> String {
+    let decode = |x: &str| percent_encoding::percent_decode_str(x).collect::<Vec<u8>>();
     let mut pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| (encode(k.as_bytes(), false), encode(v.as_bytes(), false)))
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|(k, v)| (encode(&decode(k), false), encode(&decode(v), false)))
         .collect();
     pairs.sort();
     pairs

@@ -603,7 +603,7 @@ impl Upstream {
 /// CA certificates from the PEM bundle named by `SSL_CERT_FILE` (the OpenSSL convention,
 /// set where a site's TLS-inspecting proxy or private CA must be trusted), in addition to
 /// the built-in web roots. An unreadable bundle is logged and ignored.
-fn extra_roots() -> Vec<reqwest::Certificate> {
+pub(crate) fn extra_roots() -> Vec<reqwest::Certificate> {
     let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) else {
         return Vec::new();
     };

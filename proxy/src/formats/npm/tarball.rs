@@ -189,7 +189,7 @@ pub async fn serve(
     });
     let Some(fill) = app
         .fills
-        .join_or_start(expect.clone(), "npm", opener)
+        .join_or_start(expect.clone(), "npm", up.name(), opener)
         .await?
     else {
         // Stored between our lookup and the fill registry check.

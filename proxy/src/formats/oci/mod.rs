@@ -846,7 +846,7 @@ async fn blob(
     });
     let Some(fill) = app
         .fills
-        .join_or_start(Expect::Sha256(d), "oci", opener)
+        .join_or_start(Expect::Sha256(d), "oci", up.name(), opener)
         .await?
     else {
         // Stored between our lookup and the fill registry check.

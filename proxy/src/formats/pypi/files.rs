@@ -414,7 +414,7 @@ async fn fill(
     });
     let Some(fill) = app
         .fills
-        .join_or_start(Expect::Sha256(d), "pypi", opener)
+        .join_or_start(Expect::Sha256(d), "pypi", up.name(), opener)
         .await?
     else {
         let bytes = app
