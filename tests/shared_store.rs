@@ -54,6 +54,7 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
     let (sim, npm) = (Sim::start().await, NpmSim::start().await);
     let blob = random_bytes(3 << 20, 71);
     let d = sim.add_blob(blob.clone());
+    let image = sim.push_image("team/app", "1.0", &[random_bytes(1000, 78)]);
     let pkg = npm.publish("shared-pkg", "1.0.0", &[]);
     let config = format!(
         "{}\n{}\n{}",
@@ -64,6 +65,13 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
     let (a, b) = (Sluice::start(&config), Sluice::start(&config));
     let blob_url = |s: &Sluice| format!("{}/v2/team/app/blobs/{d}", s.base_url());
     let tarball_url = |s: &Sluice| format!("{}/npmjs/shared-pkg/-/{}", s.base_url(), pkg.file);
+    let manifest_url = |s: &Sluice| {
+        format!(
+            "{}/v2/team/app/manifests/{}",
+            s.base_url(),
+            image.manifest_digest
+        )
+    };
     within(120, "two replicas", async {
         // Replica A fetches both from their upstreams, stores them, and uploads them.
         assert_eq!(get(&blob_url(&a)).await, (200, Ok(blob.clone())));
@@ -74,17 +82,21 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(get(&tarball_url(&a)).await, (200, Ok(pkg.tarball.to_vec())));
+        assert_eq!(
+            get(&manifest_url(&a)).await,
+            (200, Ok(image.manifest.to_vec()))
+        );
         let uploaded = metric_reaches(
             &a,
             "sluice_shared_store_events_total",
             &["op=\"upload\"", "result=\"uploaded\""],
-            2.0,
+            3.0,
         )
         .await;
         assert_eq!(
             uploaded,
-            2.0,
-            "A uploads the blob and the tarball\n{}",
+            3.0,
+            "A uploads the blob, the tarball and the manifest\n{}",
             a.log()
         );
         // Under the prefix and the upstream, keyed by the digest each was verified
@@ -120,6 +132,25 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             1,
             "one tarball GET, by A"
         );
+        // A manifest by digest (an image pinned by digest, an index's platform manifest)
+        // too, with its media type.
+        sim.fault("/manifests/", Fault::Status(503));
+        let r = http_client().get(manifest_url(&b)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            common::header(&r, "content-type"),
+            common::images::OCI_MANIFEST
+        );
+        assert_eq!(
+            common::header(&r, "docker-content-digest"),
+            image.manifest_digest
+        );
+        assert_eq!(r.bytes().await.unwrap(), image.manifest);
+        assert_eq!(
+            sim.count("GET", &image.manifest_digest),
+            1,
+            "one manifest GET, by A"
+        );
         let page = b.metrics().await;
         let from_shared = |format: &str| {
             sum_labelled(
@@ -128,7 +159,10 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
                 &[&format!("format=\"{format}\""), "source=\"shared\""],
             )
         };
-        assert_eq!(from_shared("oci"), Some(blob.len() as f64));
+        assert_eq!(
+            from_shared("oci"),
+            Some((blob.len() + image.manifest.len()) as f64)
+        );
         assert_eq!(from_shared("npm"), Some(pkg.tarball.len() as f64));
         assert_eq!(
             sum_labelled(
@@ -136,7 +170,7 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
                 "sluice_shared_store_events_total",
                 &["op=\"get\"", "result=\"hit\""]
             ),
-            Some(2.0)
+            Some(3.0)
         );
         // What came from the bucket is not uploaded back.
         assert_eq!(

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use http::{header, Method, StatusCode};
 use parking_lot::Mutex;
@@ -81,6 +82,30 @@ pub struct Shared {
     bad: moka::sync::Cache<String, ()>,
     read_rest: Rest,
     write_rest: Rest,
+}
+
+/// What an upload sends.
+enum Payload {
+    /// A stored file: its digest and size.
+    Stored(Digest, u64),
+    /// A document held in memory, and its media type.
+    Document(Bytes, String),
+}
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Stored(_, size) => *size,
+            Payload::Document(bytes, _) => bytes.len() as u64,
+        }
+    }
+}
+
+/// The body of a `PUT`.
+struct Upload {
+    body: reqwest::Body,
+    len: u64,
+    content_type: Option<String>,
 }
 
 /// After a failure, a side (reads or writes) of the bucket rests for [`BACKOFF`].
@@ -203,7 +228,7 @@ impl Shared {
         method: Method,
         key: &str,
         from: Option<u64>,
-        body: Option<(reqwest::Body, u64)>,
+        body: Option<Upload>,
     ) -> Result<reqwest::Response, String> {
         let url = self.base.join(key).map_err(|e| e.to_string())?;
         let range = from.map(|f| format!("bytes={f}-"));
@@ -217,7 +242,7 @@ impl Shared {
             crate::store::unix_secs(),
         );
         let (client, deadline) = match &body {
-            Some((_, len)) => (&self.writes, upload_deadline(*len)),
+            Some(u) => (&self.writes, upload_deadline(u.len)),
             None => (&self.reads, ANSWER_TIMEOUT),
         };
         let mut req = client
@@ -228,8 +253,11 @@ impl Shared {
         if let Some(r) = range {
             req = req.header(header::RANGE, r);
         }
-        if let Some((b, len)) = body {
-            req = req.header(header::CONTENT_LENGTH, len).body(b);
+        if let Some(u) = body {
+            req = req.header(header::CONTENT_LENGTH, u.len).body(u.body);
+            if let Some(t) = u.content_type {
+                req = req.header(header::CONTENT_TYPE, t);
+            }
         }
         match tokio::time::timeout(deadline, req.send()).await {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -240,19 +268,25 @@ impl Shared {
     /// The body of the object `upstream` sent as `expect`, if the bucket has it. `None`
     /// when it does not, or cannot answer now: ask the upstream.
     pub async fn open(self: &Arc<Self>, upstream: &str, expect: &Expect) -> Option<UpstreamBody> {
+        let key = self.key(upstream, expect);
+        let resp = self.get(&key).await?;
+        Some(self.body(key, resp))
+    }
+
+    /// The bucket's answer to a GET of `key`, when it has the object.
+    async fn get(&self, key: &str) -> Option<reqwest::Response> {
         if self.read_rest.resting() {
             count("get", "skipped");
             return None;
         }
-        let key = self.key(upstream, expect);
-        if self.bad.contains_key(&key) {
+        if self.bad.contains_key(key) {
             count("get", "skipped_bad");
             return None;
         }
-        match self.send(Method::GET, &key, None, None).await {
+        match self.send(Method::GET, key, None, None).await {
             Ok(resp) if resp.status() == StatusCode::OK => {
                 count("get", "hit");
-                Some(self.body(key, resp))
+                Some(resp)
             }
             Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
                 count("get", "miss");
@@ -307,7 +341,22 @@ impl Shared {
     /// Queues the upload of stored content `d` (`size` bytes), which `upstream` sent as
     /// `expect`.
     pub fn upload(self: &Arc<Self>, upstream: &str, expect: &Expect, d: Digest, size: u64) {
-        if size > MAX_UPLOAD {
+        self.queue(upstream, expect, Payload::Stored(d, size));
+    }
+
+    /// Queues the upload of a manifest `upstream` sent, of media type `media_type`: read
+    /// back with [`Shared::read_document`].
+    pub fn upload_document(self: &Arc<Self>, upstream: &str, bytes: Bytes, media_type: &str) {
+        let expect = Expect::Sha256(Digest::of(&bytes));
+        self.queue(
+            upstream,
+            &expect,
+            Payload::Document(bytes, media_type.to_string()),
+        );
+    }
+
+    fn queue(self: &Arc<Self>, upstream: &str, expect: &Expect, payload: Payload) {
+        if payload.len() > MAX_UPLOAD {
             count("upload", "too_large");
             return;
         }
@@ -319,7 +368,7 @@ impl Shared {
         tokio::spawn(async move {
             let result = match shared.uploads.clone().acquire_owned().await {
                 Ok(_permit) if shared.write_rest.resting() => Ok("skipped"),
-                Ok(_permit) => shared.put(&key, &d, size).await,
+                Ok(_permit) => shared.put(&key, payload).await,
                 Err(_) => Ok("skipped"),
             };
             shared.queued.lock().remove(&key);
@@ -332,34 +381,79 @@ impl Shared {
         });
     }
 
-    /// Uploads `d` as `key` unless the bucket has it already.
-    async fn put(&self, key: &str, d: &Digest, size: u64) -> Result<&'static str, String> {
+    /// Uploads `payload` as `key` unless the bucket has it already.
+    async fn put(&self, key: &str, payload: Payload) -> Result<&'static str, String> {
         let head = self.send(Method::HEAD, key, None, None).await?;
         match head.status() {
             StatusCode::OK => return Ok("present"),
             StatusCode::NOT_FOUND => {}
             s => return Err(format!("HEAD: status {s}")),
         }
-        // Opened before sending: eviction may remove the file meanwhile, and an open file
-        // stays readable.
-        let file = match tokio::fs::File::open(self.store.path_of(d)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("gone"),
-            Err(e) => return Err(e.to_string()),
+        let len = payload.len();
+        let upload = match payload {
+            // Opened before sending: eviction may remove the file meanwhile, and an open
+            // file stays readable.
+            Payload::Stored(d, size) => match tokio::fs::File::open(self.store.path_of(&d)).await {
+                Ok(f) => Upload {
+                    body: reqwest::Body::from(f),
+                    len: size,
+                    content_type: None,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("gone"),
+                Err(e) => return Err(e.to_string()),
+            },
+            Payload::Document(bytes, media_type) => Upload {
+                len: bytes.len() as u64,
+                body: reqwest::Body::from(bytes),
+                content_type: Some(media_type),
+            },
         };
-        let resp = self
-            .send(
-                Method::PUT,
-                key,
-                None,
-                Some((reqwest::Body::from(file), size)),
-            )
-            .await?;
+        let resp = self.send(Method::PUT, key, None, Some(upload)).await?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        metrics::counter!("sluice_shared_store_uploaded_bytes_total").increment(size);
+        metrics::counter!("sluice_shared_store_uploaded_bytes_total").increment(len);
         Ok("uploaded")
+    }
+
+    /// The document (a manifest) `upstream` sent as `d`, whole, if the bucket has it and it
+    /// is at most `limit` bytes, with the type it was stored with; verified against `d`.
+    pub async fn read_document(
+        self: &Arc<Self>,
+        upstream: &str,
+        d: &Digest,
+        limit: u64,
+    ) -> Option<(Bytes, String)> {
+        let expect = Expect::Sha256(*d);
+        let key = self.key(upstream, &expect);
+        let resp = self.get(&key).await?;
+        if resp.content_length().is_some_and(|l| l > limit) {
+            return None;
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut stream = stream(resp);
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) if (buf.len() + c.len()) as u64 <= limit => buf.extend_from_slice(&c),
+                Ok(_) => return None,
+                Err(e) => {
+                    self.read_failed(&format!("{expect}: {e}"));
+                    return None;
+                }
+            }
+        }
+        let bytes = buf.freeze();
+        if Digest::of(&bytes) != *d {
+            self.discard(upstream, &expect);
+            return None;
+        }
+        Some((bytes, content_type))
     }
 
     /// The object `upstream` sent as `expect` did not match its digest: it is not read

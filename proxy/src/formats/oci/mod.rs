@@ -334,7 +334,12 @@ async fn manifest_by_digest(
     repo: &RepoName,
     d: Digest,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
-    if let Some(m) = cached_manifest(app, &d) {
+    // A copy stored here, else one another replica stored in the shared store.
+    let (m, cache) = match cached_manifest(app, &d) {
+        Some(m) => (Some(m), CacheStatus::Hit),
+        None => (manifest_from_shared(app, up, &d).await?, CacheStatus::Miss),
+    };
+    if let Some(m) = m {
         // Confirmed here: so are the digests it refers to (an index's platform manifests,
         // an image's layers), which its clients ask for next.
         let bytes = m.bytes.clone();
@@ -344,7 +349,7 @@ async fn manifest_by_digest(
                 .unwrap_or_default()
         };
         links::confirm(app, up, repo, &d, links::Content::Manifest, referenced).await?;
-        return Ok((m, CacheStatus::Hit));
+        return Ok((m, cache));
     }
     let m = fetch_manifest(app, up, repo, &d.to_string(), Some(d)).await?;
     Ok((m, CacheStatus::Miss))
@@ -706,24 +711,50 @@ async fn fetch_manifest_once(
             message: format!("{path}: upstream sent a manifest that is not JSON: {e}"),
             status: None,
         })?;
-    let media_type = match content_type.as_str() {
-        "" | "application/json" | "text/plain" | "application/octet-stream" => doc
-            .get("mediaType")
-            .and_then(|v| v.as_str())
-            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-            .to_string(),
-        ct => ct.to_string(),
-    };
+    let media_type = media_type_of(&content_type, &doc);
     // This repository holds the manifest and what it refers to (recorded with it).
     let link_keys = links::keys(
         up,
         repo,
         std::iter::once(actual).chain(links::referenced(&doc)),
     );
+    let m = store_manifest(app, bytes, media_type, link_keys).await?;
+    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
+        .increment(m.bytes.len() as u64);
+    if let Some(shared) = &app.shared {
+        shared.upload_document(up.name(), m.bytes.clone(), &m.media_type);
+    }
+    Ok(m)
+}
+
+/// The media type of a manifest served with `content_type`: that type, unless it says
+/// nothing (then the document's own `mediaType`, else what its fields show).
+fn media_type_of(content_type: &str, doc: &serde_json::Value) -> String {
+    match content_type {
+        "" | "application/json" | "text/plain" | "application/octet-stream" => {
+            match doc.get("mediaType").and_then(|v| v.as_str()) {
+                Some(t) => t.to_string(),
+                None if doc.get("manifests").is_some() => {
+                    "application/vnd.oci.image.index.v1+json".to_string()
+                }
+                None => "application/vnd.oci.image.manifest.v1+json".to_string(),
+            }
+        }
+        ct => ct.to_string(),
+    }
+}
+
+/// Stores a verified manifest with its media type and the repository links `link_keys`.
+/// The media type lives only in the index, so it is flushed before the manifest is served:
+/// after a crash a stored manifest is still servable without the upstream.
+async fn store_manifest(
+    app: &Arc<App>,
+    bytes: Bytes,
+    media_type: String,
+    link_keys: Vec<String>,
+) -> Result<Manifest, ProxyError> {
     let store = app.store.clone();
     let (b2, mt) = (bytes.clone(), media_type.clone());
-    // The media type lives only in the index, so it is flushed before the manifest is
-    // served: after a crash a stored manifest is still servable without the upstream.
     let digest = tokio::task::spawn_blocking(move || -> Result<Digest, ProxyError> {
         let digest = store.put_bytes(&b2)?;
         let rec = ManifestRecord {
@@ -740,14 +771,37 @@ async fn fetch_manifest_once(
     })
     .await
     .map_err(ProxyError::internal)??;
-    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
-        .increment(bytes.len() as u64);
     Ok(Manifest {
         digest,
         media_type,
         bytes,
         head: None,
     })
+}
+
+/// The manifest `d` from the shared store (`[storage.s3]`), stored here (not linked to any
+/// repository: its caller confirms the repository holds it). `None`: not there, not a
+/// manifest, or no shared store.
+async fn manifest_from_shared(
+    app: &Arc<App>,
+    up: &Upstream,
+    d: &Digest,
+) -> Result<Option<Manifest>, ProxyError> {
+    let Some(shared) = &app.shared else {
+        return Ok(None);
+    };
+    let limit = app.config.server.max_metadata_size.0;
+    let Some((bytes, content_type)) = shared.read_document(up.name(), d, limit).await else {
+        return Ok(None);
+    };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(None);
+    };
+    let media_type = media_type_of(&content_type, &doc);
+    let m = store_manifest(app, bytes, media_type, Vec::new()).await?;
+    metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "shared")
+        .increment(m.bytes.len() as u64);
+    Ok(Some(m))
 }
 
 fn blob_unknown(d: &Digest) -> ProxyError {
