@@ -55,6 +55,16 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
     let blob = random_bytes(3 << 20, 71);
     let d = sim.add_blob(blob.clone());
     let image = sim.push_image("team/app", "1.0", &[random_bytes(1000, 78)]);
+    // A Docker manifest without `mediaType` in its body: only its Content-Type says what
+    // it is, so a replica serving the right type got it from what was uploaded.
+    let untyped = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": image.config_digest, "size": 10},
+        "layers": [],
+    }))
+    .unwrap();
+    let untyped_digest = sim.add_manifest(common::images::DOCKER_MANIFEST, untyped.clone());
     let pkg = npm.publish("shared-pkg", "1.0.0", &[]);
     let config = format!(
         "{}\n{}\n{}",
@@ -65,13 +75,8 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
     let (a, b) = (Sluice::start(&config), Sluice::start(&config));
     let blob_url = |s: &Sluice| format!("{}/v2/team/app/blobs/{d}", s.base_url());
     let tarball_url = |s: &Sluice| format!("{}/npmjs/shared-pkg/-/{}", s.base_url(), pkg.file);
-    let manifest_url = |s: &Sluice| {
-        format!(
-            "{}/v2/team/app/manifests/{}",
-            s.base_url(),
-            image.manifest_digest
-        )
-    };
+    let manifest_url =
+        |s: &Sluice| format!("{}/v2/team/app/manifests/{}", s.base_url(), untyped_digest);
     within(120, "two replicas", async {
         // Replica A fetches both from their upstreams, stores them, and uploads them.
         assert_eq!(get(&blob_url(&a)).await, (200, Ok(blob.clone())));
@@ -82,10 +87,7 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(get(&tarball_url(&a)).await, (200, Ok(pkg.tarball.to_vec())));
-        assert_eq!(
-            get(&manifest_url(&a)).await,
-            (200, Ok(image.manifest.to_vec()))
-        );
+        assert_eq!(get(&manifest_url(&a)).await, (200, Ok(untyped.clone())));
         let uploaded = metric_reaches(
             &a,
             "sluice_shared_store_events_total",
@@ -137,17 +139,15 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
         sim.fault("/manifests/", Fault::Status(503));
         let r = http_client().get(manifest_url(&b)).send().await.unwrap();
         assert_eq!(r.status(), 200);
+        assert_eq!(common::sluice_cache_header(&r), "MISS");
         assert_eq!(
             common::header(&r, "content-type"),
-            common::images::OCI_MANIFEST
+            common::images::DOCKER_MANIFEST
         );
+        assert_eq!(common::header(&r, "docker-content-digest"), untyped_digest);
+        assert_eq!(r.bytes().await.unwrap().to_vec(), untyped);
         assert_eq!(
-            common::header(&r, "docker-content-digest"),
-            image.manifest_digest
-        );
-        assert_eq!(r.bytes().await.unwrap(), image.manifest);
-        assert_eq!(
-            sim.count("GET", &image.manifest_digest),
+            sim.count("GET", &untyped_digest),
             1,
             "one manifest GET, by A"
         );
@@ -161,7 +161,7 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
         };
         assert_eq!(
             from_shared("oci"),
-            Some((blob.len() + image.manifest.len()) as f64)
+            Some((blob.len() + untyped.len()) as f64)
         );
         assert_eq!(from_shared("npm"), Some(pkg.tarball.len() as f64));
         assert_eq!(
@@ -221,6 +221,12 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             status, 404,
             "served from the bucket to a repository without it"
         );
+        let (status, _) = get(&format!(
+            "{}/v2/other/repo/manifests/{untyped_digest}",
+            d_replica.base_url()
+        ))
+        .await;
+        assert_eq!(status, 404, "a manifest from the bucket, likewise");
         assert_eq!(sim.blob_gets(&d), gets, "the bytes came from the bucket");
     })
     .await;
@@ -321,7 +327,17 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
     within(60, "unreachable bucket", async {
         let url = |d: &str| format!("{}/v2/team/app/blobs/{d}", s.base_url());
         assert_eq!(get(&url(&d1)).await, (200, Ok(one.clone())));
-        // Left alone after that failure: not asked for the next one, nor given uploads.
+        // Its upload fails too (reads and writes rest separately).
+        let upload_errors = metric_reaches(
+            &s,
+            "sluice_shared_store_events_total",
+            &["op=\"upload\"", "result=\"error\""],
+            1.0,
+        )
+        .await;
+        assert_eq!(upload_errors, 1.0);
+        // Left alone after those failures: not asked for the next one, nor given its
+        // upload.
         assert_eq!(get(&url(&d2)).await, (200, Ok(two.clone())));
         let page = s.metrics().await;
         let events = |op: &str, result: &str| {
@@ -334,7 +350,6 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
         };
         assert_eq!(events("get", "error"), 1.0, "{page}");
         assert_eq!(events("get", "skipped"), 1.0, "{page}");
-        // Writes rest on their own: the first upload fails, the second waits.
         assert_eq!(
             metric_reaches(
                 &s,
@@ -481,18 +496,32 @@ impl FakeBucket {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bucket_body_that_breaks_off_is_continued_with_a_range_once_for_all_clients() {
+/// The OCI simulator holding a random blob (`seed`), a [`FakeBucket`] answering as `mode`
+/// (holding that blob, unless `mode` is [`Bucket::SlowPuts`]), and sluice in front of
+/// both; with the blob's bytes and its URL through sluice.
+async fn behind_fake_bucket(seed: u64, mode: Bucket) -> (Sim, FakeBucket, Sluice, Vec<u8>, String) {
     let sim = Sim::start().await;
-    let blob = random_bytes(100_000, 75);
+    let blob = random_bytes(100_000, seed);
     let d = sim.add_blob(blob.clone());
-    let bucket = FakeBucket::start(blob.clone(), Bucket::CutThenRanges).await;
+    let object = if mode == Bucket::SlowPuts {
+        Vec::new()
+    } else {
+        blob.clone()
+    };
+    let bucket = FakeBucket::start(object, mode).await;
     let s = Sluice::start(&format!(
         "{}\n{}",
         bucket.storage_toml(),
         sim.upstream_toml("")
     ));
     let url = format!("{}/v2/team/app/blobs/{d}", s.base_url());
+    (sim, bucket, s, blob, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_body_that_breaks_off_is_continued_with_a_range_once_for_all_clients() {
+    let (sim, bucket, s, blob, url) = behind_fake_bucket(75, Bucket::CutThenRanges).await;
+    let d = common::sha256_digest(&blob);
     within(60, "resumed from the bucket", async {
         let clients: Vec<_> = (0..8)
             .map(|_| tokio::spawn(get_owned(url.clone())))
@@ -522,16 +551,8 @@ async fn get_owned(url: String) -> (u16, Result<Vec<u8>, String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_body_that_cannot_be_continued_fails_and_the_bucket_is_left_alone() {
-    let sim = Sim::start().await;
-    let blob = random_bytes(100_000, 76);
-    let d = sim.add_blob(blob.clone());
-    let bucket = FakeBucket::start(blob.clone(), Bucket::CutThenIgnoresRanges).await;
-    let s = Sluice::start(&format!(
-        "{}\n{}",
-        bucket.storage_toml(),
-        sim.upstream_toml("")
-    ));
-    let url = format!("{}/v2/team/app/blobs/{d}", s.base_url());
+    let (sim, bucket, s, blob, url) = behind_fake_bucket(76, Bucket::CutThenIgnoresRanges).await;
+    let d = common::sha256_digest(&blob);
     within(60, "bodies breaking off", async {
         // The ranged answer is a 200 from byte 0: not taken as the rest of the body.
         let (_, body) = get(&url).await;
@@ -570,20 +591,9 @@ async fn a_bucket_body_that_cannot_be_continued_fails_and_the_bucket_is_left_alo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_may_take_longer_than_a_read_answer() {
-    let sim = Sim::start().await;
-    let blob = random_bytes(300_000, 77);
-    let d = sim.add_blob(blob.clone());
-    let bucket = FakeBucket::start(Vec::new(), Bucket::SlowPuts).await;
-    let s = Sluice::start(&format!(
-        "{}\n{}",
-        bucket.storage_toml(),
-        sim.upstream_toml("")
-    ));
+    let (_sim, bucket, s, blob, url) = behind_fake_bucket(77, Bucket::SlowPuts).await;
     within(60, "slow upload", async {
-        assert_eq!(
-            get(&format!("{}/v2/team/app/blobs/{d}", s.base_url())).await,
-            (200, Ok(blob.clone()))
-        );
+        assert_eq!(get(&url).await, (200, Ok(blob.clone())));
         let uploaded = metric_reaches(
             &s,
             "sluice_shared_store_events_total",

@@ -109,9 +109,10 @@ pub struct StorageConfig {
     pub s3: Option<S3Config>,
 }
 
-/// `[storage.s3]`: the shared tier of the store. Immutable content (blobs, npm tarballs,
-/// Python files) a replica is missing is looked for in the bucket before the upstream is
-/// asked, and what a replica fetched from an upstream is uploaded to it. Every byte read
+/// `[storage.s3]`: the shared tier of the store. Immutable content (OCI blobs and
+/// manifests by digest, npm tarballs, Python files) a replica is missing is looked for in
+/// the bucket before the upstream is asked, and what a replica fetched from an upstream is
+/// uploaded to it. Every byte read
 /// from the bucket is verified against its digest as an upstream's would be.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -28,6 +28,8 @@ pub struct App {
     pub shared: Option<Arc<crate::store::shared::Shared>>,
     /// Manifest fetches in flight.
     pub manifest_flights: Flights<Manifest>,
+    /// Manifest reads from the shared store in flight.
+    pub shared_manifests: Flights<Option<Manifest>>,
     /// OCI upstreams, in config order.
     pub oci: Vec<Arc<Upstream>>,
     /// Index into `oci` of the default upstream.
@@ -128,6 +130,7 @@ impl App {
             shared,
             store,
             manifest_flights: Flights::default(),
+            shared_manifests: Flights::default(),
             oci,
             default_oci,
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),

@@ -86,7 +86,7 @@ impl BackgroundService for Upkeep {
                 match shared.check().await {
                     Ok(()) => tracing::info!("shared store (storage.s3) answers"),
                     Err(e) => tracing::warn!(error = %e,
-                        "shared store (storage.s3) does not answer; upstreams are asked directly until it does"),
+                        "shared store (storage.s3) does not answer; each fill that finds it failing asks its upstream directly"),
                 }
             });
         }

@@ -10,11 +10,14 @@
 //!   ([`Shared::upload`]), in the background and at most `upload_concurrency` at once;
 //!   an object already there (another replica's upload) is not sent again. One `PUT` per
 //!   object: content over [`MAX_UPLOAD`] (5 GiB) stays local.
+//! - OCI manifests by digest ([`Shared::read_manifest`], [`Shared::upload_manifest`]) are
+//!   read whole, with the media type they were uploaded with.
 //! - Objects are keyed by upstream and by the digest a fill verifies:
 //!   `<prefix><upstream>/blobs/sha256/<hex>` for OCI blobs and Python files,
-//!   `<prefix><upstream>/blobs/sha512/<hex>` (or `sha1`) for npm tarballs. Keyed by
-//!   upstream, content fetched through one upstream (a private registry, with its
-//!   credentials) is never read from the bucket for another.
+//!   `<prefix><upstream>/blobs/sha512/<hex>` (or `sha1`) for npm tarballs,
+//!   `<prefix><upstream>/manifests/sha256/<hex>` for OCI manifests. Keyed by upstream,
+//!   content fetched through one upstream (a private registry, with its credentials) is
+//!   never read from the bucket for another.
 //! - Reads and writes rest separately: a bucket whose reads fail (an error, a status
 //!   other than 200/404, no answer within [`ANSWER_TIMEOUT`], a body that breaks off or
 //!   does not match) is not read for [`BACKOFF`]; one whose writes fail (read-only
@@ -51,6 +54,9 @@ pub const UPLOAD_BASE_TIME: Duration = Duration::from_secs(60);
 /// The slowest upload rate allowed for before an upload is abandoned: 1 MiB/s.
 pub const UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
 
+/// Uploads queued at once, at most; further ones are dropped (counted).
+const MAX_QUEUED: usize = 10_000;
+
 /// How long a key whose object did not match its digest is not read again (whether or
 /// not deleting it worked).
 const BAD_OBJECT_TTL: Duration = Duration::from_secs(3600);
@@ -84,21 +90,13 @@ pub struct Shared {
     write_rest: Rest,
 }
 
-/// What an upload sends.
-enum Payload {
-    /// A stored file: its digest and size.
-    Stored(Digest, u64),
-    /// A document held in memory, and its media type.
-    Document(Bytes, String),
-}
-
-impl Payload {
-    fn len(&self) -> u64 {
-        match self {
-            Payload::Stored(_, size) => *size,
-            Payload::Document(bytes, _) => bytes.len() as u64,
-        }
-    }
+/// What an upload sends: a stored file (digest, size), with the `Content-Type` to give
+/// it (a manifest's media type), if any. Read from the store when its turn comes, so a
+/// queued upload holds no body.
+struct Payload {
+    digest: Digest,
+    size: u64,
+    content_type: Option<String>,
 }
 
 /// The body of a `PUT`.
@@ -213,6 +211,12 @@ impl Shared {
             self.prefix,
             expect.to_string().replacen(':', "/", 1)
         )
+    }
+
+    /// The object key of the manifest `d` fetched through `upstream`: manifests have keys of
+    /// their own (the same bytes fetched as a blob have no media type).
+    fn manifest_key(&self, upstream: &str, d: &Digest) -> String {
+        format!("{}{upstream}/manifests/sha256/{}", self.prefix, d.hex())
     }
 
     /// Records a failure reading the bucket: it is not read for [`BACKOFF`].
@@ -341,28 +345,45 @@ impl Shared {
     /// Queues the upload of stored content `d` (`size` bytes), which `upstream` sent as
     /// `expect`.
     pub fn upload(self: &Arc<Self>, upstream: &str, expect: &Expect, d: Digest, size: u64) {
-        self.queue(upstream, expect, Payload::Stored(d, size));
+        let payload = Payload {
+            digest: d,
+            size,
+            content_type: None,
+        };
+        self.queue(self.key(upstream, expect), payload);
     }
 
-    /// Queues the upload of a manifest `upstream` sent, of media type `media_type`: read
-    /// back with [`Shared::read_document`].
-    pub fn upload_document(self: &Arc<Self>, upstream: &str, bytes: Bytes, media_type: &str) {
-        let expect = Expect::Sha256(Digest::of(&bytes));
-        self.queue(
-            upstream,
-            &expect,
-            Payload::Document(bytes, media_type.to_string()),
-        );
+    /// Queues the upload of the stored manifest `d` (`size` bytes) `upstream` sent, of
+    /// media type `media_type`: read back with [`Shared::read_manifest`].
+    pub fn upload_manifest(
+        self: &Arc<Self>,
+        upstream: &str,
+        d: Digest,
+        size: u64,
+        media_type: &str,
+    ) {
+        let payload = Payload {
+            digest: d,
+            size,
+            content_type: Some(media_type.to_string()),
+        };
+        self.queue(self.manifest_key(upstream, &d), payload);
     }
 
-    fn queue(self: &Arc<Self>, upstream: &str, expect: &Expect, payload: Payload) {
-        if payload.len() > MAX_UPLOAD {
+    fn queue(self: &Arc<Self>, key: String, payload: Payload) {
+        if payload.size > MAX_UPLOAD {
             count("upload", "too_large");
             return;
         }
-        let key = self.key(upstream, expect);
-        if !self.queued.lock().insert(key.clone()) {
-            return;
+        {
+            let mut queued = self.queued.lock();
+            if queued.len() >= MAX_QUEUED {
+                count("upload", "dropped");
+                return;
+            }
+            if !queued.insert(key.clone()) {
+                return;
+            }
         }
         let shared = self.clone();
         tokio::spawn(async move {
@@ -389,24 +410,18 @@ impl Shared {
             StatusCode::NOT_FOUND => {}
             s => return Err(format!("HEAD: status {s}")),
         }
-        let len = payload.len();
-        let upload = match payload {
-            // Opened before sending: eviction may remove the file meanwhile, and an open
-            // file stays readable.
-            Payload::Stored(d, size) => match tokio::fs::File::open(self.store.path_of(&d)).await {
-                Ok(f) => Upload {
-                    body: reqwest::Body::from(f),
-                    len: size,
-                    content_type: None,
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("gone"),
-                Err(e) => return Err(e.to_string()),
-            },
-            Payload::Document(bytes, media_type) => Upload {
-                len: bytes.len() as u64,
-                body: reqwest::Body::from(bytes),
-                content_type: Some(media_type),
-            },
+        // Opened before sending: eviction may remove the file meanwhile, and an open file
+        // stays readable.
+        let file = match tokio::fs::File::open(self.store.path_of(&payload.digest)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("gone"),
+            Err(e) => return Err(e.to_string()),
+        };
+        let len = payload.size;
+        let upload = Upload {
+            body: reqwest::Body::from(file),
+            len,
+            content_type: payload.content_type,
         };
         let resp = self.send(Method::PUT, key, None, Some(upload)).await?;
         if !resp.status().is_success() {
@@ -416,16 +431,15 @@ impl Shared {
         Ok("uploaded")
     }
 
-    /// The document (a manifest) `upstream` sent as `d`, whole, if the bucket has it and it
-    /// is at most `limit` bytes, with the type it was stored with; verified against `d`.
-    pub async fn read_document(
+    /// The manifest `upstream` sent as `d`, whole, if the bucket has it and it is at most
+    /// `limit` bytes, with the `Content-Type` it was uploaded with; verified against `d`.
+    pub async fn read_manifest(
         self: &Arc<Self>,
         upstream: &str,
         d: &Digest,
         limit: u64,
     ) -> Option<(Bytes, String)> {
-        let expect = Expect::Sha256(*d);
-        let key = self.key(upstream, &expect);
+        let key = self.manifest_key(upstream, d);
         let resp = self.get(&key).await?;
         if resp.content_length().is_some_and(|l| l > limit) {
             return None;
@@ -443,24 +457,28 @@ impl Shared {
                 Ok(c) if (buf.len() + c.len()) as u64 <= limit => buf.extend_from_slice(&c),
                 Ok(_) => return None,
                 Err(e) => {
-                    self.read_failed(&format!("{expect}: {e}"));
+                    self.read_failed(&format!("{key}: {e}"));
                     return None;
                 }
             }
         }
         let bytes = buf.freeze();
         if Digest::of(&bytes) != *d {
-            self.discard(upstream, &expect);
+            self.discard_key(key);
             return None;
         }
         Some((bytes, content_type))
     }
 
-    /// The object `upstream` sent as `expect` did not match its digest: it is not read
-    /// again, reads rest (a bucket serving wrong bytes is not trusted for a while), and
-    /// it is deleted.
+    /// The object `upstream` sent as `expect` did not match its digest: see
+    /// [`Shared::discard_key`].
     pub fn discard(self: &Arc<Self>, upstream: &str, expect: &Expect) {
-        let key = self.key(upstream, expect);
+        self.discard_key(self.key(upstream, expect));
+    }
+
+    /// The object `key` did not match its digest: it is not read again, reads rest (a
+    /// bucket serving wrong bytes is not trusted for a while), and it is deleted.
+    fn discard_key(self: &Arc<Self>, key: String) {
         tracing::warn!(
             key,
             "shared store object does not match its digest; deleting it"

@@ -33,7 +33,8 @@ fn key(up: &Upstream, repo: &RepoName, d: &Digest) -> String {
     format!("{}/{repo}@{d}", up.name())
 }
 
-fn is_linked(app: &App, up: &Upstream, repo: &RepoName, d: &Digest) -> bool {
+/// Whether `repo` of `up` is known to hold `d` (a link recorded from an upstream answer).
+pub fn is_linked(app: &App, up: &Upstream, repo: &RepoName, d: &Digest) -> bool {
     app.store
         .index()
         .get(Tree::Links, key(up, repo, d).as_bytes())

@@ -334,20 +334,26 @@ async fn manifest_by_digest(
     repo: &RepoName,
     d: Digest,
 ) -> Result<(Manifest, CacheStatus), ProxyError> {
+    let referenced_by = |bytes: &Bytes| {
+        serde_json::from_slice(bytes)
+            .map(|doc| links::referenced(&doc))
+            .unwrap_or_default()
+    };
     // A copy stored here, else one another replica stored in the shared store.
     let (m, cache) = match cached_manifest(app, &d) {
         Some(m) => (Some(m), CacheStatus::Hit),
         None => (manifest_from_shared(app, up, &d).await?, CacheStatus::Miss),
     };
     if let Some(m) = m {
+        // One from the shared store is stored unlinked: if this repository is known to hold
+        // it (an index fetched here lists it), it holds what it refers to too.
+        if cache == CacheStatus::Miss && links::is_linked(app, up, repo, &d) {
+            links::link(app, up, repo, referenced_by(&m.bytes));
+        }
         // Confirmed here: so are the digests it refers to (an index's platform manifests,
         // an image's layers), which its clients ask for next.
         let bytes = m.bytes.clone();
-        let referenced = move || {
-            serde_json::from_slice(&bytes)
-                .map(|doc| links::referenced(&doc))
-                .unwrap_or_default()
-        };
+        let referenced = move || referenced_by(&bytes);
         links::confirm(app, up, repo, &d, links::Content::Manifest, referenced).await?;
         return Ok((m, cache));
     }
@@ -722,24 +728,27 @@ async fn fetch_manifest_once(
     metrics::counter!("sluice_bytes_total", "format" => "oci", "source" => "upstream")
         .increment(m.bytes.len() as u64);
     if let Some(shared) = &app.shared {
-        shared.upload_document(up.name(), m.bytes.clone(), &m.media_type);
+        shared.upload_manifest(up.name(), m.digest, m.bytes.len() as u64, &m.media_type);
     }
     Ok(m)
 }
 
-/// The media type of a manifest served with `content_type`: that type, unless it says
-/// nothing (then the document's own `mediaType`, else what its fields show).
+/// The media type of a manifest served with `content_type` (its parameters dropped): that
+/// type, unless it says nothing (then the document's own `mediaType`, else what its fields
+/// show).
 fn media_type_of(content_type: &str, doc: &serde_json::Value) -> String {
-    match content_type {
-        "" | "application/json" | "text/plain" | "application/octet-stream" => {
-            match doc.get("mediaType").and_then(|v| v.as_str()) {
-                Some(t) => t.to_string(),
-                None if doc.get("manifests").is_some() => {
-                    "application/vnd.oci.image.index.v1+json".to_string()
-                }
-                None => "application/vnd.oci.image.manifest.v1+json".to_string(),
+    match content_type.split(';').next().unwrap_or("").trim() {
+        ""
+        | "application/json"
+        | "text/plain"
+        | "application/octet-stream"
+        | "binary/octet-stream" => match doc.get("mediaType").and_then(|v| v.as_str()) {
+            Some(t) => t.to_string(),
+            None if doc.get("manifests").is_some_and(|m| m.is_array()) => {
+                "application/vnd.oci.image.index.v1+json".to_string()
             }
-        }
+            None => "application/vnd.oci.image.manifest.v1+json".to_string(),
+        },
         ct => ct.to_string(),
     }
 }
@@ -780,9 +789,25 @@ async fn store_manifest(
 }
 
 /// The manifest `d` from the shared store (`[storage.s3]`), stored here (not linked to any
-/// repository: its caller confirms the repository holds it). `None`: not there, not a
-/// manifest, or no shared store.
+/// repository: its caller confirms the repository holds it); one read at a time per
+/// upstream and digest. `None`: not there, not a manifest, or no shared store.
 async fn manifest_from_shared(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    d: &Digest,
+) -> Result<Option<Manifest>, ProxyError> {
+    if app.shared.is_none() {
+        return Ok(None);
+    }
+    let (app2, up2, d2) = (app.clone(), up.clone(), *d);
+    app.shared_manifests
+        .run(&format!("{}@{d}", up.name()), move || {
+            async move { read_shared_manifest(&app2, &up2, &d2).await }.boxed()
+        })
+        .await
+}
+
+async fn read_shared_manifest(
     app: &Arc<App>,
     up: &Upstream,
     d: &Digest,
@@ -791,7 +816,7 @@ async fn manifest_from_shared(
         return Ok(None);
     };
     let limit = app.config.server.max_metadata_size.0;
-    let Some((bytes, content_type)) = shared.read_document(up.name(), d, limit).await else {
+    let Some((bytes, content_type)) = shared.read_manifest(up.name(), d, limit).await else {
         return Ok(None);
     };
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
