@@ -606,3 +606,75 @@ async fn an_upload_may_take_longer_than_a_read_answer() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_manifest_from_the_bucket_vouches_for_its_layers_in_a_repository_listing_it() {
+    let garage = Garage::start();
+    let sim = Sim::start().await;
+    let layer = random_bytes(50_000, 79);
+    let image = sim.push_image("team/multi", "amd64-only", &[layer.clone()]);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::images::OCI_INDEX,
+        "manifests": [{"mediaType": common::images::OCI_MANIFEST,
+                       "digest": image.manifest_digest, "size": image.manifest.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .unwrap();
+    let index_digest = sim.add_manifest(common::images::OCI_INDEX, index);
+    sim.tag("team/multi", "1.0", &index_digest);
+    let config = format!("{}\n{}", garage.storage_toml(""), sim.upstream_toml(""));
+    let (a, b) = (Sluice::start(&config), Sluice::start(&config));
+    let pull = |s: &Sluice| {
+        let base = format!("{}/v2/team/multi", s.base_url());
+        let (manifest, layer) = (
+            image.manifest_digest.clone(),
+            image.layer_digests[0].clone(),
+        );
+        async move {
+            for path in [
+                "manifests/1.0".to_string(),
+                format!("manifests/{manifest}"),
+                format!("blobs/{layer}"),
+            ] {
+                let (status, _) = get(&format!("{base}/{path}")).await;
+                assert_eq!(status, 200, "{path}");
+            }
+        }
+    };
+    within(60, "platform manifest", async {
+        pull(&a).await;
+        // The manifest and the layer reach the bucket (and the index, which B takes from
+        // the upstream anyway: it asks by tag).
+        metric_reaches(
+            &a,
+            "sluice_shared_store_events_total",
+            &["op=\"upload\"", "result=\"uploaded\""],
+            3.0,
+        )
+        .await;
+        let layer_path = format!("/blobs/{}", image.layer_digests[0]);
+        let heads = sim.count("HEAD", &layer_path);
+        // B resolves the tag with the upstream (the index links its platform manifest to
+        // team/multi), takes the platform manifest from the bucket and, since the
+        // repository lists it, links its layers with it: the layer, from the bucket too,
+        // needs no upstream check.
+        pull(&b).await;
+        assert_eq!(
+            sim.blob_gets(&image.layer_digests[0]),
+            1,
+            "one layer GET, by A"
+        );
+        assert_eq!(
+            sim.count("GET", &image.manifest_digest),
+            1,
+            "one manifest GET, by A"
+        );
+        assert_eq!(
+            sim.count("HEAD", &layer_path),
+            heads,
+            "B asked the upstream about the layer"
+        );
+    })
+    .await;
+}
