@@ -611,8 +611,7 @@ async fn an_upload_may_take_longer_than_a_read_answer() {
 async fn a_platform_manifest_from_the_bucket_vouches_for_its_layers_in_a_repository_listing_it() {
     let garage = Garage::start();
     let sim = Sim::start().await;
-    let layer = random_bytes(50_000, 79);
-    let image = sim.push_image("team/multi", "amd64-only", &[layer.clone()]);
+    let image = sim.push_image("team/multi", "amd64-only", &[random_bytes(50_000, 79)]);
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": common::images::OCI_INDEX,
