@@ -300,9 +300,16 @@ async fn a_refused_request_does_not_queue_for_a_concurrency_slot_first() {
         let url = |d: &str| format!("{}/v2/app/blobs/{d}", s.base_url());
         sim.fault(&failing, Fault::Status(503));
         let (status, _, _) = get(&c, &url(&failing), None).await;
+        // (Failed once in a fresh-clone CI run with a status outside 5xx that was not
+        // printed; not reproduced since. The status and the log say what it was next time.)
         assert!(
             (500..600).contains(&status),
-            "the failure that opens the circuit"
+            "the failure that opens the circuit: {status}\nupstream saw: {:?}\n{}",
+            sim.requests()
+                .iter()
+                .map(|r| r.path.clone())
+                .collect::<Vec<_>>(),
+            s.log()
         );
         tokio::time::sleep(Duration::from_millis(1100)).await;
         // The half-open probe holds the only concurrency slot: its upstream answer is held.
