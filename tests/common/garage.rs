@@ -95,27 +95,35 @@ impl Garage {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits for the node, gives it a layout, creates the bucket and the key.
-    fn setup(&mut self) {
+    /// Runs the garage CLI with `args` until it succeeds (within 30 s); its stdout.
+    fn cli_when_up(&self, args: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let node = loop {
+        loop {
             let mut cmd = Command::new(binary());
             cmd.arg("-c")
                 .arg(self.dir.path().join("garage.toml"))
-                .args(["node", "id", "-q"]);
+                .args(args);
             no_proxy_env(&mut cmd);
-            let out = cmd.output().expect("garage node id");
+            let out = cmd.output().expect("garage CLI");
             if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
             assert!(
                 Instant::now() < deadline,
-                "garage did not start:\n{}",
+                "garage {args:?} kept failing: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(200));
-        };
+        }
+    }
+
+    /// Waits for the node, gives it a layout, creates the bucket and the key.
+    fn setup(&mut self) {
+        let node = self.cli_when_up(&["node", "id", "-q"]);
         let id = node.split('@').next().expect("node id");
+        // `node id` reads the key file; the server's RPC port may not be open yet.
+        self.cli_when_up(&["status"]);
         self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", id]);
         self.cli(&["layout", "apply", "--version", "1"]);
         self.cli(&["bucket", "create", BUCKET]);
