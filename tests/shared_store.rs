@@ -74,18 +74,14 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
     );
     let (a, b) = (Sluice::start(&config), Sluice::start(&config));
     let blob_url = |s: &Sluice| format!("{}/v2/team/app/blobs/{d}", s.base_url());
+    let packument_url = |s: &Sluice| format!("{}/npmjs/shared-pkg", s.base_url());
     let tarball_url = |s: &Sluice| format!("{}/npmjs/shared-pkg/-/{}", s.base_url(), pkg.file);
     let manifest_url =
         |s: &Sluice| format!("{}/v2/team/app/manifests/{}", s.base_url(), untyped_digest);
     within(120, "two replicas", async {
-        // Replica A fetches both from their upstreams, stores them, and uploads them.
+        // Replica A fetches the three from their upstreams, stores them, and uploads them.
         assert_eq!(get(&blob_url(&a)).await, (200, Ok(blob.clone())));
-        let r = http_client()
-            .get(format!("{}/npmjs/shared-pkg", a.base_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(get(&packument_url(&a)).await.0, 200);
         assert_eq!(get(&tarball_url(&a)).await, (200, Ok(pkg.tarball.to_vec())));
         assert_eq!(get(&manifest_url(&a)).await, (200, Ok(untyped.clone())));
         let uploaded = metric_reaches(
@@ -122,12 +118,7 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
         sim.fault(&d[7..], Fault::Status(503));
         assert_eq!(get(&blob_url(&b)).await, (200, Ok(blob.clone())));
         assert_eq!(sim.blob_gets(&d), 1, "one upstream GET of the blob, by A");
-        let r = http_client()
-            .get(format!("{}/npmjs/shared-pkg", b.base_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(get(&packument_url(&b)).await.0, 200);
         assert_eq!(get(&tarball_url(&b)).await, (200, Ok(pkg.tarball.to_vec())));
         assert_eq!(
             npm.count("GET", "/-/shared-pkg-"),

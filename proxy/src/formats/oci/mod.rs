@@ -1016,6 +1016,29 @@ mod tests {
     }
 
     #[test]
+    fn a_manifests_type_is_its_content_type_else_what_the_document_says() {
+        let doc = |v: serde_json::Value| v;
+        let docker = "application/vnd.docker.distribution.manifest.v2+json";
+        let index = "application/vnd.oci.image.index.v1+json";
+        let manifest = "application/vnd.oci.image.manifest.v1+json";
+        let typed = doc(serde_json::json!({"mediaType": docker, "layers": []}));
+        let untyped_index = doc(serde_json::json!({"manifests": []}));
+        let untyped = doc(serde_json::json!({"layers": [], "manifests": null}));
+        let cases = [
+            // A real manifest type wins, parameters dropped.
+            (format!("{index}; charset=utf-8"), &typed, index),
+            (docker.to_string(), &untyped_index, docker),
+            // A type that says nothing: the document's own, else its fields.
+            ("application/json".to_string(), &typed, docker),
+            ("binary/octet-stream".to_string(), &untyped_index, index),
+            (String::new(), &untyped, manifest),
+        ];
+        for (content_type, doc, want) in cases {
+            assert_eq!(media_type_of(&content_type, doc), want, "{content_type}");
+        }
+    }
+
+    #[test]
     fn hot_tags_stay_within_their_byte_bound_and_skip_large_manifests() {
         let h = HotTags::default();
         h.insert("up/big:1".into(), hot(HOT_MAX_MANIFEST + 1));
