@@ -59,6 +59,24 @@ impl<'a> RawObject<'a> {
     }
 }
 
+/// The version `spec` names in a packument (`top`, its `versions` object): that version,
+/// else the one its dist-tag `spec` points at; with the version string.
+pub fn resolve_version<'a>(
+    top: &RawObject<'a>,
+    versions: &RawObject<'a>,
+    spec: &str,
+) -> Option<(String, &'a RawValue)> {
+    match versions.get(spec) {
+        Some(v) => Some((spec.to_string(), v)),
+        None => {
+            let tags = RawObject::parse(top.get("dist-tags")?.get()).ok()?;
+            let target: String = serde_json::from_str(tags.get(spec)?.get()).ok()?;
+            let v = versions.get(&target)?;
+            Some((target, v))
+        }
+    }
+}
+
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
@@ -376,15 +394,7 @@ pub fn version_doc(doc: &[u8], spec: &str, base: &TarballBase<'_>) -> Option<Vec
     let s = std::str::from_utf8(doc).ok()?;
     let top = RawObject::parse(s).ok()?;
     let versions = RawObject::parse(top.get("versions")?.get()).ok()?;
-    let (ver, version) = match versions.get(spec) {
-        Some(v) => (spec.to_string(), v),
-        None => {
-            let tags = RawObject::parse(top.get("dist-tags")?.get()).ok()?;
-            let target: String = serde_json::from_str(tags.get(spec)?.get()).ok()?;
-            let v = versions.get(&target)?;
-            (target, v)
-        }
-    };
+    let (ver, version) = resolve_version(&top, &versions, spec)?;
     let mut out = Vec::with_capacity(version.get().len());
     write_version(&mut out, &ver, version, base, false);
     Some(out)

@@ -74,15 +74,7 @@ pub fn blocked_version(
     }
     let top = RawObject::parse(std::str::from_utf8(doc).ok()?).ok()?;
     let versions = RawObject::parse(top.get("versions")?.get()).ok()?;
-    let (version, raw) = match versions.get(spec) {
-        Some(v) => (spec.to_string(), v),
-        None => {
-            let tags = RawObject::parse(top.get("dist-tags")?.get()).ok()?;
-            let target: String = serde_json::from_str(tags.get(spec)?.get()).ok()?;
-            let v = versions.get(&target)?;
-            (target, v)
-        }
-    };
+    let (version, raw) = super::packument::resolve_version(&top, &versions, spec)?;
     let obj: Value = serde_json::from_str(raw.get()).ok()?;
     let published = top
         .get("time")
