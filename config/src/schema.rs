@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Serve the read-only dashboard at `/-/ui` (`false`: `404`).
+    #[serde(default = "default_true")]
+    pub dashboard: bool,
 }
 
 /// `[storage]`.
@@ -526,6 +529,7 @@ impl Default for ServerConfig {
             client_rate_limit: None,
             tls_cert: None,
             tls_key: None,
+            dashboard: true,
         }
     }
 }

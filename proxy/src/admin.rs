@@ -10,6 +10,7 @@
 //! | `POST /-/api/gc` | admin | run eviction and index GC now |
 //! | `GET /-/api/cleanup`, `POST /-/api/cleanup[?dry_run=true]` | admin | last cleanup-policy evaluation; run it now (`dry_run`: report only) |
 //! | `GET /-/api/policy/check?format=&name=&version=` | admin | evaluate the policy |
+//! | `GET /-/api/blocks?limit=` | admin | what the policy refused lately ([`crate::refusals`]) |
 //!
 //! Parameters come from the query string, or from a JSON object body with the same keys.
 //! Admin routes need an `admin` token: none (or an unknown one) answers `401`, a `read`
@@ -60,16 +61,16 @@ pub async fn handle(
             });
             Ok(json(StatusCode::OK, &v))
         }
+        ("GET", "blocks") => {
+            let (since, entries) = app.policy.refusals.recent(limit(p("limit"))?);
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "since_unix": since, "blocks": entries }),
+            ))
+        }
         ("GET", "cache") => {
             let format = p("format").map(parse_format).transpose()?;
-            let limit = p("limit")
-                .map(|l| {
-                    l.parse::<usize>()
-                        .map_err(|_| bad("limit must be a number"))
-                })
-                .transpose()?
-                .unwrap_or(100)
-                .min(MAX_LIMIT);
+            let limit = limit(p("limit"))?;
             let name = p("name").map(str::to_string);
             let app2 = app.clone();
             let v = blocking(move || list(&app2, format, name.as_deref(), limit)).await?;
@@ -195,7 +196,9 @@ pub async fn handle(
                 }),
             ))
         }
-        (_, "stats" | "cache" | "pins" | "policy/check") => Err(unsupported(method, rest, "GET")),
+        (_, "stats" | "cache" | "pins" | "policy/check" | "blocks") => {
+            Err(unsupported(method, rest, "GET"))
+        }
         (_, "purge" | "pin" | "unpin" | "gc") => Err(unsupported(method, rest, "POST")),
         (_, "cleanup") => Err(unsupported(method, rest, "GET, POST")),
         _ => Err(ProxyError::NotFound {
@@ -234,6 +237,17 @@ fn authorize(app: &App, authorization: Option<&str>, need: Role) -> Result<(), P
         ));
     }
     Ok(())
+}
+
+/// The `limit` parameter: a number, 100 when absent, at most [`MAX_LIMIT`].
+fn limit(l: Option<&str>) -> Result<usize, ProxyError> {
+    Ok(l.map(|l| {
+        l.parse::<usize>()
+            .map_err(|_| bad("limit must be a number"))
+    })
+    .transpose()?
+    .unwrap_or(100)
+    .min(MAX_LIMIT))
 }
 
 fn bad(m: &str) -> ProxyError {
@@ -295,7 +309,7 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Reply {
         )))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ProxyError> + Send + 'static,
 ) -> Result<T, ProxyError> {
     tokio::task::spawn_blocking(f)
@@ -303,7 +317,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(ProxyError::internal)?
 }
 
-fn list(
+pub(crate) fn list(
     app: &App,
     format: Option<Format>,
     name: Option<&str>,

@@ -96,6 +96,11 @@ impl App {
             tracing::warn!(error = %e, "persisted stats unreadable; starting from zero");
             crate::stats::Stats::default()
         });
+        let refusals =
+            crate::refusals::Refusals::load(store.index().as_ref()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "persisted policy refusals unreadable; starting empty");
+                crate::refusals::Refusals::default()
+            });
         let shared = match &config.storage.s3 {
             Some(s3) => Some(Arc::new(crate::store::shared::Shared::new(
                 s3,
@@ -135,7 +140,7 @@ impl App {
             default_oci,
             negative: moka::sync::Cache::builder().max_capacity(100_000).build(),
             metrics,
-            policy: Arc::new(Policy::new(engine, &config.policy, config_path)),
+            policy: Arc::new(Policy::new(engine, &config.policy, config_path, refusals)),
             limits,
             stats,
             oci_hot: Default::default(),

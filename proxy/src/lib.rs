@@ -23,6 +23,7 @@ pub mod logsink;
 pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod refusals;
 pub mod response;
 pub mod revalidations;
 pub mod server;
@@ -30,6 +31,7 @@ pub mod sharded;
 pub mod stats;
 pub mod store;
 pub mod timefmt;
+pub mod ui;
 mod upkeep;
 pub mod upstream;
 pub mod warm;
@@ -155,10 +157,12 @@ pub fn serve(
         shutdown_signal: Box::new(GracefulOnSignals),
     });
     // Requests answered during the grace period, after upkeep's last persist.
+    let index = app.store.index();
     if let Err(e) = app
         .stats
-        .persist(app.store.index().as_ref())
-        .and_then(|_| app.store.index().flush())
+        .persist(index.as_ref())
+        .and_then(|_| app.policy.refusals.persist(index.as_ref()))
+        .and_then(|_| index.flush())
     {
         tracing::warn!(error = %e, "persisting stats at exit failed");
     }

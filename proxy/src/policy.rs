@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use sluice_policy::{Decision, Engine, Facts, Verdict};
 
 use crate::error::ProxyError;
+use crate::refusals::{Refusals, Seen};
 use crate::store::unix_secs;
 
 /// An engine and what the proxy needs to know about its rules.
@@ -42,20 +43,24 @@ pub struct Policy {
     live: ArcSwap<Live>,
     generation: AtomicU64,
     config_path: Option<PathBuf>,
+    /// What [`Policy::check`] refused (or would have, in audit mode) lately.
+    pub refusals: Refusals,
 }
 
 impl Policy {
     /// Starts with `engine` built from `cfg`; `config_path` is re-read on reload (none:
-    /// embedded default).
+    /// embedded default); `refusals` as persisted.
     pub fn new(
         engine: Engine,
         cfg: &sluice_config::PolicyConfig,
         config_path: Option<PathBuf>,
+        refusals: Refusals,
     ) -> Policy {
         Policy {
             live: ArcSwap::from_pointee(Live::new(engine, cfg)),
             generation: AtomicU64::new(1),
             config_path,
+            refusals,
         }
     }
 
@@ -106,10 +111,45 @@ impl Policy {
         d
     }
 
-    /// `Err(Blocked)` when `facts` are blocked.
+    /// `Err(Blocked)` when `facts` are blocked. A request for content: a block, and each
+    /// audit-mode rule that would have blocked, is recorded in [`Policy::refusals`].
     pub fn check(&self, facts: &Facts) -> Result<Decision, ProxyError> {
+        self.check_again(facts, None)
+    }
+
+    /// [`Policy::check`] of the same request with more facts (an OCI tag's digest, once
+    /// known): the audit findings of the `earlier` decision are not recorded twice.
+    pub fn check_again(
+        &self,
+        facts: &Facts,
+        earlier: Option<&Decision>,
+    ) -> Result<Decision, ProxyError> {
         let d = self.decide(facts);
+        let known = |rule: &str| earlier.is_some_and(|e| e.findings.iter().any(|f| f.rule == rule));
+        let seen = |rule: &str, outcome: &'static str, reason: &str| {
+            self.refusals.record(&Seen {
+                format: facts.ecosystem_label(),
+                upstream: facts.upstream,
+                name: facts.name,
+                version: facts.version,
+                rule,
+                outcome,
+                reason,
+            })
+        };
+        for f in d
+            .findings
+            .iter()
+            .filter(|f| f.audit && f.verdict == Verdict::Block && !known(&f.rule))
+        {
+            seen(&f.rule, "audit", &f.reason);
+        }
         if d.verdict == Verdict::Block {
+            seen(
+                d.rule.as_deref().unwrap_or_default(),
+                "block",
+                d.reason.as_deref().unwrap_or_default(),
+            );
             let rule = d.rule.clone().unwrap_or_default();
             let hidden = self.live.load().namespace_ids.contains(&rule);
             return Err(ProxyError::Blocked {

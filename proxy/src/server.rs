@@ -139,6 +139,7 @@ enum Kind {
     Pypi,
     Ops,
     Admin,
+    Ui,
     Other,
 }
 
@@ -150,6 +151,7 @@ impl Kind {
             Kind::Pypi => "pypi",
             Kind::Ops => "ops",
             Kind::Admin => "admin",
+            Kind::Ui => "ui",
             Kind::Other => "other",
         }
     }
@@ -345,6 +347,8 @@ impl HttpApp {
             Kind::Oci
         } else if path.starts_with("/-/api/") {
             Kind::Admin
+        } else if is_ui(path) {
+            Kind::Ui
         } else {
             Kind::Other
         }
@@ -422,6 +426,12 @@ impl HttpApp {
                 crate::admin::handle(app, method, rest, query, authorization, body).await,
             );
         }
+        if is_ui(path) {
+            return (
+                Kind::Ui,
+                crate::ui::handle(app, method, query, authorization).await,
+            );
+        }
         match path {
             "/-/healthz" => (Kind::Ops, text(StatusCode::OK, "ok\n")),
             "/-/readyz" => {
@@ -458,6 +468,11 @@ impl HttpApp {
             ),
         }
     }
+}
+
+/// The dashboard's path ([`crate::ui`]).
+fn is_ui(path: &str) -> bool {
+    matches!(path, "/-/ui" | "/-/ui/")
 }
 
 /// The parts of a request that routing looks at.

@@ -3,7 +3,7 @@
 //! histograms, enforces the storage limits (a commit that takes the store over its high
 //! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
 //! `storage.gc_interval` (idle expiry, index records of content that is gone), persists
-//! the `/-/api/stats` figures every few seconds when they changed, reloads the policy and the tokens on
+//! the `/-/api/stats` figures and the recent policy refusals every few seconds when they changed, reloads the policy and the tokens on
 //! SIGHUP, and flushes everything once more on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,10 +62,15 @@ impl Upkeep {
         self.app.metrics.run_upkeep();
     }
 
-    /// Writes the `/-/api/stats` figures to the index when they changed.
+    /// Writes the `/-/api/stats` figures and the recent policy refusals to the index when
+    /// they changed.
     fn persist_stats(&self) {
-        if let Err(e) = self.app.stats.persist(self.app.store.index().as_ref()) {
+        let index = self.app.store.index();
+        if let Err(e) = self.app.stats.persist(index.as_ref()) {
             tracing::warn!(error = %e, "persisting stats failed");
+        }
+        if let Err(e) = self.app.policy.refusals.persist(index.as_ref()) {
+            tracing::warn!(error = %e, "persisting policy refusals failed");
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod resume;
 pub mod retry;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_config::UpstreamConfig;
@@ -251,6 +251,12 @@ impl Upstream {
     /// State of this upstream's circuit breaker: 0 closed, 1 open, 2 half-open.
     pub fn circuit_state(&self) -> u8 {
         self.breaker.state_code()
+    }
+
+    /// While the circuit refuses requests: how long until the next probe (zero: a probe is
+    /// in flight), and whether the upstream asked for the pause (a `429`).
+    pub fn circuit_refusing(&self) -> Option<(Duration, bool)> {
+        self.breaker.refusing().map(|r| (r.wait, r.asked))
     }
 
     /// The request with the bearer/basic auth flow around [`Upstream::send_retrying`].

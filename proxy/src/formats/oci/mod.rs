@@ -172,7 +172,8 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                 Reference::Tag(t) => (Some(t.as_str()), None),
                 Reference::Digest(d) => (None, Some(d.to_string())),
             };
-            app.policy
+            let first = app
+                .policy
                 .check(&facts(&up, &repo, tag, asked.as_deref()))?;
             let (m, cache, key) = match reference {
                 Reference::Digest(d) => {
@@ -187,8 +188,10 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                 }
             };
             if tag.is_some() {
-                app.policy
-                    .check(&facts(&up, &repo, tag, Some(m.digest.text().as_str())))?;
+                app.policy.check_again(
+                    &facts(&up, &repo, tag, Some(m.digest.text().as_str())),
+                    Some(&first),
+                )?;
             }
             app.store.touch(&m.digest);
             if let Some(key) = key {

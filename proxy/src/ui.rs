@@ -1,0 +1,492 @@
+//! The dashboard at `/-/ui`: one server-rendered HTML page (no script) with what an
+//! operator or a security team looks at first — traffic and hit ratio today and per day,
+//! storage, each upstream's state (answering, failing, paused by a `429`, offline), and,
+//! for an `admin` token, the policy's recent refusals and the cached items used last.
+//!
+//! Access follows `/-/api/stats`: a `read` token (or `auth.anonymous = "read"`) sees the
+//! figures and the upstreams' names and states; the refusals, the cached items and the
+//! upstreams' URLs need an `admin` token. Browsers send one as basic auth (any user name,
+//! the token as password): `/-/ui?login` answers `401` with a basic challenge until they
+//! do. The page is read-only — purge and pin stay with the API and the CLI, so a page a
+//! browser holds credentials for changes nothing — and is sent with a CSP that allows no
+//! script and only its own style block, `no-store` and `frame-ancestors 'none'`.
+//! `?refresh=N` (5–3600 s) reloads it every N seconds. `server.dashboard = false` turns it
+//! off (`404`).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use sluice_config::{Format, Role};
+
+use crate::app::App;
+use crate::error::ProxyError;
+use crate::response::{Body, CacheStatus, Reply};
+use crate::upstream::Upstream;
+use crate::warm::human_bytes;
+
+/// Refusals and cached items listed.
+const LISTED: usize = 50;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:72em;padding:0 1em;color:#222}\
+h1{font-size:1.5em;margin:0}h2{font-size:1.15em;margin:1.6em 0 .4em;border-bottom:1px solid #ddd}\
+header p{margin:.2em 0;color:#555}table{border-collapse:collapse;width:100%}\
+th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee;vertical-align:top}\
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}meter{width:8em}\
+.ok{color:#176b2c}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00;font-weight:600}\
+.muted{color:#777}footer{margin:2em 0;color:#777}code{font-size:.95em}";
+
+/// `style-src` of the CSP: the hash of [`STYLE`], nothing else.
+static CSP: LazyLock<String> = LazyLock::new(|| {
+    use sha2::Digest as _;
+    let hash = crate::b64::encode(&sha2::Sha256::digest(STYLE.as_bytes()));
+    format!(
+        "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+});
+
+/// Answers `GET /-/ui`.
+pub async fn handle(
+    app: &Arc<App>,
+    method: &Method,
+    query: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Reply, ProxyError> {
+    if !app.config.server.dashboard {
+        return Err(ProxyError::NotFound {
+            code: "NAME_UNKNOWN",
+            message: "the dashboard is off (server.dashboard = false)".into(),
+        });
+    }
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return Err(ProxyError::Unsupported {
+            message: format!("{method} is not supported on /-/ui (use GET)"),
+            allow: "GET",
+        });
+    }
+    let mut login = false;
+    let mut refresh = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "login" => login = true,
+            "refresh" => {
+                refresh = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|s| (5..=3600).contains(s))
+                        .ok_or(ProxyError::BadRequest {
+                            code: "BAD_REQUEST",
+                            message: "refresh must be a number of seconds from 5 to 3600".into(),
+                        })?,
+                )
+            }
+            _ => {}
+        }
+    }
+    let role = app.role_of(authorization);
+    if role == Role::None || login && role < Role::Admin {
+        return Err(ProxyError::Unauthorized(
+            "the dashboard needs a sluice token: sign in with any user name and the token as password"
+                .into(),
+        ));
+    }
+    let admin = role >= Role::Admin;
+    let items = if admin {
+        let app2 = app.clone();
+        Some(crate::admin::blocking(move || crate::admin::list(&app2, None, None, LISTED)).await?)
+    } else {
+        None
+    };
+    let page = render(
+        app,
+        &View {
+            admin,
+            refresh,
+            now: crate::store::unix_secs(),
+            items: items.as_ref(),
+        },
+    );
+    Ok(Reply::new(StatusCode::OK, CacheStatus::Bypass)
+        .header("Content-Type", "text/html; charset=utf-8")
+        .header("Cache-Control", "no-store")
+        .header("Content-Security-Policy", CSP.as_str())
+        .header("X-Frame-Options", "DENY")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "no-referrer")
+        .body(Body::Full(Bytes::from(page))))
+}
+
+/// What one rendering shows.
+struct View<'a> {
+    admin: bool,
+    refresh: Option<u32>,
+    now: u64,
+    /// `GET /-/api/cache`'s answer (admin only).
+    items: Option<&'a serde_json::Value>,
+}
+
+fn render(app: &App, view: &View<'_>) -> String {
+    let stats = app.stats.snapshot();
+    let mut h = String::with_capacity(16 * 1024);
+    h.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">");
+    if let Some(s) = view.refresh {
+        let _ = write!(h, "<meta http-equiv=\"refresh\" content=\"{s}\">");
+    }
+    let _ = writeln!(
+        h,
+        "<title>sluice</title><style>{STYLE}</style></head><body>"
+    );
+    header(&mut h, app, &stats, view);
+    traffic(&mut h, &stats);
+    days(&mut h, &stats);
+    storage(&mut h, app);
+    upstreams(&mut h, app, view.admin);
+    if view.admin {
+        refusals(&mut h, app, view.now);
+        cached(&mut h, view.items, view.now);
+    } else {
+        h.push_str(
+            "<h2>Policy refusals and cached items</h2><p class=\"muted\">Shown to an admin token: \
+            <a href=\"/-/ui?login\">sign in</a> (any user name, the token as password).</p>\n",
+        );
+    }
+    h.push_str("<footer>JSON: <a href=\"/-/api/stats\"><code>/-/api/stats</code></a>");
+    if view.admin {
+        h.push_str(" · <a href=\"/-/api/blocks\"><code>/-/api/blocks</code></a> · <a href=\"/-/api/cache\"><code>/-/api/cache</code></a>");
+    }
+    h.push_str(" · Prometheus: <a href=\"/-/metrics\"><code>/-/metrics</code></a> · reload every 10 s: <a href=\"?refresh=10\"><code>?refresh=10</code></a></footer>\n</body></html>\n");
+    h
+}
+
+fn header(h: &mut String, app: &App, stats: &serde_json::Value, view: &View<'_>) {
+    let started = num(&stats["started_unix"]);
+    let since = num(&stats["since_unix"]);
+    let _ = writeln!(
+        h,
+        "<header><h1>sluice {}</h1><p>up {} (since {} UTC) · figures since {} UTC{}</p></header>",
+        esc(env!("CARGO_PKG_VERSION")),
+        span(view.now.saturating_sub(started)),
+        crate::timefmt::datetime(started),
+        crate::timefmt::datetime(since),
+        if app.config.server.offline {
+            " · <span class=\"warn\">offline: no upstream is contacted</span>"
+        } else {
+            ""
+        },
+    );
+}
+
+fn traffic(h: &mut String, stats: &serde_json::Value) {
+    h.push_str("<h2>Traffic</h2><table><tr><th></th><th class=\"n\">artifacts served</th><th class=\"n\">OCI</th><th class=\"n\">npm</th><th class=\"n\">PyPI</th>\
+        <th class=\"n\">hits</th><th class=\"n\">misses</th><th>hit ratio</th><th class=\"n\">served from cache</th><th class=\"n\">blocked</th><th class=\"n\">distinct clients</th></tr>\n");
+    let rows = [
+        (
+            "today",
+            &stats["today"]["counters"],
+            Some(&stats["today"]["distinct_clients"]),
+        ),
+        (
+            "previous day",
+            &stats["previous_day"]["counters"],
+            Some(&stats["previous_day"]["distinct_clients"]),
+        ),
+        ("all time", &stats["total"], None),
+    ];
+    for (label, c, clients) in rows {
+        if c.is_null() {
+            continue;
+        }
+        let a = &c["artifacts_served"];
+        let served = num(&a["oci"]) + num(&a["npm"]) + num(&a["pypi"]);
+        let _ = writeln!(
+            h,
+            "<tr><th>{label}</th><td class=\"n\">{served}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            num(&a["oci"]),
+            num(&a["npm"]),
+            num(&a["pypi"]),
+            num(&c["hits"]),
+            num(&c["misses"]),
+            ratio(&c["hit_ratio"]),
+            human_bytes(num(&c["upstream_bytes_saved"])),
+            num(&c["blocks"]),
+            clients.map_or("—".to_string(), |v| num(v).to_string()),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn days(h: &mut String, stats: &serde_json::Value) {
+    let Some(days) = stats["days"].as_array().filter(|d| d.len() > 1) else {
+        return;
+    };
+    h.push_str("<h2>Per day (UTC)</h2><table><tr><th>day</th><th class=\"n\">artifacts served</th><th>hit ratio</th>\
+        <th class=\"n\">served from cache</th><th class=\"n\">blocked</th><th class=\"n\">distinct clients</th></tr>\n");
+    for d in days.iter().rev() {
+        let c = &d["counters"];
+        let a = &c["artifacts_served"];
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(d["day"].as_str().unwrap_or("")),
+            num(&a["oci"]) + num(&a["npm"]) + num(&a["pypi"]),
+            ratio(&c["hit_ratio"]),
+            human_bytes(num(&c["upstream_bytes_saved"])),
+            num(&c["blocks"]),
+            num(&d["distinct_clients"]),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn storage(h: &mut String, app: &App) {
+    let stored = app.store.total_bytes();
+    h.push_str("<h2>Storage</h2><p>");
+    match app.limits.max_size {
+        Some(max) if max > 0 => {
+            let _ = write!(
+                h,
+                "{} of {} (<meter min=\"0\" max=\"{max}\" high=\"{}\" value=\"{stored}\"></meter> {:.1}%); eviction from {:.0}% down to {:.0}%",
+                human_bytes(stored),
+                human_bytes(max),
+                app.limits.high_bytes().unwrap_or(max),
+                stored as f64 * 100.0 / max as f64,
+                app.limits.high * 100.0,
+                app.limits.low * 100.0,
+            );
+        }
+        _ => {
+            let _ = write!(h, "{} stored, no size limit", human_bytes(stored));
+        }
+    }
+    h.push_str("</p>\n");
+    if let Some(s3) = &app.config.storage.s3 {
+        let _ = writeln!(
+            h,
+            "<p>Shared with other replicas through the bucket <code>{}</code> (<code>[storage.s3]</code>)</p>",
+            esc(&s3.bucket)
+        );
+    }
+}
+
+fn upstreams(h: &mut String, app: &App, admin: bool) {
+    h.push_str("<h2>Upstreams</h2><table><tr><th>name</th><th>format</th><th>clients use</th>");
+    if admin {
+        h.push_str("<th>URL</th>");
+    }
+    h.push_str("<th>state</th></tr>\n");
+    let mut all: Vec<&Arc<Upstream>> = app.oci.iter().collect();
+    let mut mounted: Vec<&Arc<Upstream>> = app.mounted.values().collect();
+    mounted.sort_by(|a, b| a.name().cmp(b.name()));
+    all.extend(mounted);
+    for up in all {
+        let name = esc(up.name());
+        let route = match up.cfg.format {
+            Format::Oci if up.cfg.default => {
+                format!("<code>/v2/…</code>, <code>/v2/{name}/…</code>")
+            }
+            Format::Oci => format!("<code>/v2/{name}/…</code>"),
+            _ => format!("<code>/{name}/</code>"),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{route}</td>",
+            up.cfg.format.as_str()
+        );
+        if admin {
+            let _ = write!(
+                h,
+                "<td><code>{}</code></td>",
+                esc(&without_credentials(up.base()))
+            );
+        }
+        let _ = writeln!(h, "<td>{}</td></tr>", state(up));
+    }
+    h.push_str("</table>\n");
+}
+
+/// An upstream's state, as HTML.
+fn state(up: &Upstream) -> String {
+    if up.is_offline() {
+        return "<span class=\"warn\">offline</span> (serving what is cached)".into();
+    }
+    match up.circuit_refusing() {
+        None if up.circuit_state() == 2 => "<span class=\"warn\">recovering</span> (a probe went through)".into(),
+        None => "<span class=\"ok\">answering</span>".into(),
+        Some((wait, _)) if wait.is_zero() => {
+            "<span class=\"warn\">probing</span> (one request checks whether it recovered)".into()
+        }
+        Some((wait, true)) => format!(
+            "<span class=\"bad\">paused</span>: it answered 429; next request in {} (serving what is cached)",
+            span(wait.as_secs().max(1))
+        ),
+        Some((wait, false)) => format!(
+            "<span class=\"bad\">failing</span>: circuit open; next probe in {} (serving what is cached)",
+            span(wait.as_secs().max(1))
+        ),
+    }
+}
+
+/// The URL without user name or password.
+fn without_credentials(u: &url::Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+fn refusals(h: &mut String, app: &App, now: u64) {
+    let (since, list) = app.policy.refusals.recent(LISTED);
+    let _ = writeln!(
+        h,
+        "<h2>Policy refusals</h2><p class=\"muted\">Requests the policy refused (<b>block</b>) or an audit-mode rule would have refused (<b>audit</b>, served), since {} UTC; the last {LISTED} seen.</p>",
+        crate::timefmt::datetime(since)
+    );
+    if list.is_empty() {
+        h.push_str("<p>None.</p>\n");
+        return;
+    }
+    h.push_str("<table><tr><th>last seen</th><th>outcome</th><th>format</th><th>name</th><th>version or tag</th><th>rule</th><th>reason</th><th class=\"n\">requests</th><th>upstream</th></tr>\n");
+    for r in &list {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            ago(now, r.last_unix),
+            if r.outcome == "block" { "bad" } else { "warn" },
+            esc(&r.outcome),
+            esc(&r.format),
+            esc(&r.name),
+            esc(r.version.as_deref().unwrap_or("—")),
+            esc(&r.rule),
+            esc(&r.reason),
+            r.count,
+            esc(&r.upstream),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn cached(h: &mut String, items: Option<&serde_json::Value>, now: u64) {
+    let Some(v) = items else { return };
+    let _ = writeln!(
+        h,
+        "<h2>Cached items, last used first</h2><p class=\"muted\">{} items, {} files, {}; the {LISTED} used last.</p>",
+        num(&v["total"]),
+        num(&v["stored_files"]),
+        human_bytes(num(&v["stored_bytes"])),
+    );
+    let empty = Vec::new();
+    let list = v["items"].as_array().unwrap_or(&empty);
+    if list.is_empty() {
+        return;
+    }
+    h.push_str("<table><tr><th>last used</th><th>format</th><th>kind</th><th>name</th><th>tag or version</th><th class=\"n\">size</th><th class=\"n\">files stored</th></tr>\n");
+    for i in list {
+        let last = num(&i["last_access_unix"]);
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{} of {}</td></tr>",
+            if last == 0 { "—".to_string() } else { ago(now, last) },
+            esc(i["format"].as_str().unwrap_or("")),
+            esc(i["kind"].as_str().unwrap_or("")),
+            esc(i["name"].as_str().unwrap_or("")),
+            esc(i["tag"].as_str().unwrap_or("—")),
+            human_bytes(num(&i["size"])),
+            num(&i["files_stored"]),
+            num(&i["files"]),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+fn num(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// A 0–1 ratio as a meter and a percentage.
+fn ratio(v: &serde_json::Value) -> String {
+    let r = v.as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+    format!(
+        "<meter min=\"0\" max=\"1\" value=\"{r:.3}\"></meter> {:.1}%",
+        r * 100.0
+    )
+}
+
+/// `3 d 4 h`, `5 h 12 min`, `7 min 3 s`, `42 s`.
+fn span(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, _) => format!("{m} min {s} s"),
+        (0, _, _) => format!("{h} h {m} min"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+/// `5 min 2 s ago`, with the UTC time as a tooltip.
+fn ago(now: u64, t: u64) -> String {
+    format!(
+        "<span title=\"{} UTC\">{} ago</span>",
+        crate::timefmt::datetime(t),
+        span(now.saturating_sub(t))
+    )
+}
+
+/// `s` with `& < > " '` escaped, for text and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_names_is_escaped() {
+        assert_eq!(
+            esc("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
+    }
+
+    #[test]
+    fn spans_read_in_the_largest_units() {
+        assert_eq!(span(42), "42 s");
+        assert_eq!(span(7 * 60 + 3), "7 min 3 s");
+        assert_eq!(span(5 * 3600 + 12 * 60 + 9), "5 h 12 min");
+        assert_eq!(span(3 * 86_400 + 4 * 3600 + 1), "3 d 4 h");
+    }
+
+    #[test]
+    fn the_csp_allows_exactly_the_style_block() {
+        use sha2::Digest as _;
+        let hash = crate::b64::encode(&sha2::Sha256::digest(STYLE.as_bytes()));
+        assert!(CSP.contains(&format!("style-src 'sha256-{hash}'")));
+        assert!(CSP.starts_with("default-src 'none';"));
+        assert!(!CSP.contains("script-src") && !CSP.contains("unsafe"));
+    }
+
+    #[test]
+    fn credentials_never_reach_the_page() {
+        let u = url::Url::parse("https://user:secret@registry.example/v2").unwrap();
+        assert_eq!(without_credentials(&u), "https://registry.example/v2");
+    }
+}

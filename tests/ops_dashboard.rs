@@ -1,0 +1,285 @@
+//! The dashboard (`/-/ui`) and the recent policy refusals (`/-/api/blocks`) against a real
+//! sluice with the OCI simulator upstream: what each role sees, the browser sign-in
+//! challenge, the page's security headers and well-formedness, an upstream whose circuit
+//! is open, refusals counted per kind and kept across a restart, and the switch that
+//! turns the page off.
+
+mod common;
+
+use common::ops::{config, pull, stats, ADMIN, READER};
+use common::sim::Sim;
+use common::{base64, free_port, header, http_client, json_body, random_bytes, Sluice};
+
+/// `Authorization` of basic auth with `token` as the password, as a browser sends it.
+fn basic(token: &str) -> String {
+    format!("Basic {}", base64(format!("browser:{token}").as_bytes()))
+}
+
+async fn page(s: &Sluice, query: &str, auth: Option<&str>) -> reqwest::Response {
+    let mut r = http_client().get(format!("{}/-/ui{query}", s.base_url()));
+    if let Some(a) = auth {
+        r = r.header("Authorization", a);
+    }
+    r.send().await.expect("dashboard")
+}
+
+/// The page's body, checked: `200`, HTML, the security headers, balanced tags.
+async fn html(s: &Sluice, auth: Option<&str>) -> String {
+    let r = page(s, "", auth).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert_eq!(header(&r, "x-frame-options"), "DENY");
+    let csp = header(&r, "content-security-policy");
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    assert!(
+        csp.contains("style-src 'sha256-") && !csp.contains("script"),
+        "{csp}"
+    );
+    let body = r.text().await.expect("body");
+    check_balanced(&body);
+    assert!(!body.contains("<script"), "the page has no script");
+    body
+}
+
+/// Every element opened is closed in order (void elements aside), and no text holds a
+/// raw `<` or `>`.
+fn check_balanced(h: &str) {
+    const VOID: [&str; 4] = ["meta", "br", "hr", "img"];
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = h;
+    while let Some(open) = rest.find('<') {
+        assert!(
+            !rest[..open].contains('>'),
+            "stray '>' before {:?}",
+            &rest[open..]
+        );
+        let close = rest[open..].find('>').expect("unclosed tag") + open;
+        let tag = &rest[open + 1..close];
+        rest = &rest[close + 1..];
+        if tag.starts_with('!') {
+            continue;
+        }
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if tag.starts_with('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.as_str()),
+                "</{name}> closes the wrong element"
+            );
+        } else if !VOID.contains(&name.as_str()) {
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "left open: {stack:?}");
+}
+
+/// The table row (`<tr>…</tr>`) that contains `needle`.
+fn row<'a>(h: &'a str, needle: &str) -> &'a str {
+    let at = h
+        .find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in the page:\n{h}"));
+    let start = h[..at].rfind("<tr>").expect("row start");
+    let end = h[at..].find("</tr>").expect("row end") + at;
+    &h[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_sees_its_part_and_refusals_survive_a_restart() {
+    let sim = Sim::start().await;
+    let img = sim.push_image("team/app", "v1", &[random_bytes(64 * 1024, 31)]);
+    sim.push_image("bad/thing", "1.0", &[random_bytes(1024, 32)]);
+    sim.push_image("team/tool", "2.0", &[random_bytes(1024, 33)]);
+    let down = free_port();
+    let mut s = Sluice::start_with(|port, data| {
+        config(port, data, &sim, "")
+            + &format!(
+                r#"
+[[upstream]]
+name = "down"
+format = "oci"
+url = "http://127.0.0.1:{down}"
+circuit_failures = 1
+circuit_cooldown = "10m"
+
+[[policy.rule]]
+id = "no-bad"
+kind = "deny"
+format = "oci"
+package = "bad/*"
+reason = "known <bad> image"
+
+[[policy.rule]]
+id = "watch-tools"
+kind = "deny"
+mode = "audit"
+format = "oci"
+package = "team/tool"
+reason = "under review"
+"#
+            )
+    });
+    let c = http_client();
+    let base = s.base_url();
+    pull(&s, "team/app", "v1", &img).await;
+    pull(&s, "team/app", "v1", &img).await;
+    for _ in 0..2 {
+        let r = c
+            .get(format!("{base}/v2/bad/thing/manifests/1.0"))
+            .send()
+            .await
+            .expect("blocked");
+        assert_eq!(r.status(), 403);
+    }
+    let r = c
+        .get(format!("{base}/v2/team/tool/manifests/2.0"))
+        .send()
+        .await
+        .expect("audited");
+    assert_eq!(r.status(), 200, "an audit-mode rule serves");
+    let r = c
+        .get(format!("{base}/v2/down/x/manifests/latest"))
+        .send()
+        .await
+        .expect("down");
+    assert!(r.status().is_server_error(), "{}", r.status());
+
+    // Anonymous (auth.anonymous defaults to read): figures and states, no refusals,
+    // no cached items, no upstream URLs.
+    let anon = html(&s, None).await;
+    let today = &stats(&s).await["today"]["counters"];
+    let a = &today["artifacts_served"];
+    let served = ["oci", "npm", "pypi"]
+        .iter()
+        .map(|f| a[f].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(served >= 6, "{today}");
+    let t = row(&anon, "<th>today</th>");
+    assert!(t.contains(&format!("<td class=\"n\">{served}</td>")), "{t}");
+    assert!(
+        t.contains(&format!("<td class=\"n\">{}</td>", today["hits"])),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("<td class=\"n\">{}</td>", today["blocks"])),
+        "{t}"
+    );
+    assert!(row(&anon, "<td>sim</td>").contains("answering"));
+    let d = row(&anon, "<td>down</td>");
+    assert!(d.contains("failing") && d.contains("next probe in"), "{d}");
+    assert!(!anon.contains("bad/thing") && !anon.contains("team/app"));
+    assert!(!anon.contains(&sim.url()), "upstream URLs are for admins");
+    assert!(anon.contains("href=\"/-/ui?login\""));
+
+    // A browser's sign-in: `?login` challenges until an admin token comes.
+    let r = page(&s, "?login", None).await;
+    assert_eq!(r.status(), 401);
+    assert!(header(&r, "www-authenticate").starts_with("Basic "));
+    assert_eq!(page(&s, "?login", Some(&basic(READER))).await.status(), 401);
+    assert_eq!(page(&s, "?login", Some(&basic(ADMIN))).await.status(), 200);
+    assert_eq!(page(&s, "", Some(&basic("wrong"))).await.status(), 401);
+    let reader = html(&s, Some(&basic(READER))).await;
+    assert!(!reader.contains("bad/thing"));
+
+    // Admin: refusals (markup in a reason escaped), cached items, URLs.
+    let admin = html(&s, Some(&basic(ADMIN))).await;
+    let b = row(&admin, "<td>bad/thing</td>");
+    assert!(
+        b.contains(">block<") && b.contains("<td>no-bad</td>"),
+        "{b}"
+    );
+    assert!(b.contains("<td>known &lt;bad&gt; image</td>"), "{b}");
+    assert!(
+        b.contains("<td class=\"n\">2</td>"),
+        "two requests, one row: {b}"
+    );
+    let t = row(&admin, "<td>team/tool</td>");
+    assert!(
+        t.contains(">audit<") && t.contains("<td>watch-tools</td>"),
+        "{t}"
+    );
+    assert!(
+        t.contains("<td class=\"n\">1</td>"),
+        "one request, counted once: {t}"
+    );
+    assert!(row(&admin, "<td>sim/team/app</td>").contains("<td>v1</td>"));
+    assert!(admin.contains(&sim.url()));
+
+    // The same refusals as JSON, admin only.
+    let blocks = |auth: &'static str| {
+        c.get(format!("{base}/-/api/blocks"))
+            .bearer_auth(auth)
+            .send()
+    };
+    assert_eq!(blocks(READER).await.expect("blocks").status(), 403);
+    let v = json_body(blocks(ADMIN).await.expect("blocks")).await;
+    let list = v["blocks"].as_array().expect("blocks");
+    assert_eq!(list.len(), 2, "{v}");
+    assert_eq!(list[0]["name"], "team/tool", "most recent first: {v}");
+    assert_eq!(list[0]["outcome"], "audit");
+    assert_eq!(list[1]["name"], "bad/thing");
+    assert_eq!(
+        (list[1]["count"].as_u64(), list[1]["version"].as_str()),
+        (Some(2), Some("1.0"))
+    );
+
+    // Options and mistakes.
+    let r = page(&s, "?refresh=10", None).await;
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<meta http-equiv=\"refresh\" content=\"10\">"));
+    assert_eq!(page(&s, "?refresh=1", None).await.status(), 400);
+    let r = c.post(format!("{base}/-/ui")).send().await.expect("post");
+    assert_eq!(r.status(), 405);
+    let m = s.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("sluice_requests_total{format=\"ui\",status=\"200\"}")),
+        "dashboard views are counted:\n{m}"
+    );
+
+    // Refusals are persisted: a restart keeps them, their counts and their order; a
+    // crash loses at most the last few seconds.
+    s.restart();
+    let v = json_body(blocks(ADMIN).await.expect("blocks")).await;
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["blocks"][1]["count"], 2, "{v}");
+    let r = c
+        .get(format!("{base}/v2/bad/thing/manifests/1.0"))
+        .send()
+        .await
+        .expect("blocked");
+    assert_eq!(r.status(), 403);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    s.crash_restart();
+    let v = json_body(blocks(ADMIN).await.expect("blocks")).await;
+    assert_eq!(v["blocks"][0]["name"], "bad/thing", "{v}");
+    assert_eq!(v["blocks"][0]["count"], 3, "persisted by upkeep before the crash: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_needs_a_token_without_anonymous_reads_and_can_be_turned_off() {
+    let sim = Sim::start().await;
+    let closed = Sluice::start_with(|port, data| {
+        config(port, data, &sim, "").replacen(
+            "[[auth.token]]",
+            "[auth]\nanonymous = \"none\"\n\n[[auth.token]]",
+            1,
+        )
+    });
+    let r = page(&closed, "", None).await;
+    assert_eq!(r.status(), 401);
+    assert!(header(&r, "www-authenticate").starts_with("Basic "));
+    html(&closed, Some(&basic(READER))).await;
+
+    let off = Sluice::start_with(|port, data| {
+        config(port, data, &sim, "").replace("[storage]", "dashboard = false\n\n[storage]")
+    });
+    assert_eq!(page(&off, "", Some(&basic(ADMIN))).await.status(), 404);
+}
