@@ -118,6 +118,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the policy of a running sluice refused lately, and what audit-mode rules would
+    /// have refused: one line per name, version, rule and outcome with its request count,
+    /// most recently seen first (`GET /-/api/blocks`). Needs an admin token.
+    Blocks {
+        #[command(flatten)]
+        remote: Remote,
+        /// Most entries listed (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cleanup policies of a running sluice (`[[storage.cleanup]]`): the last evaluation,
     /// per policy what it removed or would remove (`GET /-/api/cleanup`); with --run,
     /// evaluate them now (`POST /-/api/cleanup`). Needs an admin token.
@@ -452,6 +465,11 @@ fn main() -> ExitCode {
             target,
         } => remote(r, Action::Unpin { format, target }, false),
         Command::Pins { remote: r, json } => remote(r, Action::Pins, json),
+        Command::Blocks {
+            remote: r,
+            limit,
+            json,
+        } => remote(r, Action::Blocks { limit }, json),
         Command::Cleanup {
             remote: r,
             run,

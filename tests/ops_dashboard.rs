@@ -8,7 +8,9 @@ mod common;
 
 use common::ops::{config, pull, stats, ADMIN, READER};
 use common::sim::Sim;
-use common::{base64, free_port, header, http_client, json_body, random_bytes, Sluice};
+use common::{
+    base64, free_port, header, http_client, json_body, random_bytes, run_with_timeout, Sluice,
+};
 
 /// `Authorization` of basic auth with `token` as the password, as a browser sends it.
 fn basic(token: &str) -> String {
@@ -227,6 +229,62 @@ reason = "under review"
         (Some(2), Some("1.0"))
     );
 
+    // The same from the command line.
+    let cli = |token: &'static str| {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+            cmd.args(["blocks", "--url", &base, "--token", token]);
+            for v in ["SLUICE_CONFIG", "SLUICE_URL", "SLUICE_TOKEN"] {
+                cmd.env_remove(v);
+            }
+            run_with_timeout(&mut cmd, std::time::Duration::from_secs(30))
+        })
+    };
+    let o = cli(ADMIN).await.expect("cli");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("LAST SEEN") && lines[0].contains("REQUESTS"),
+        "{out}"
+    );
+    let cells = |l: &str| {
+        l.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[1])[1..7],
+        ["audit", "oci", "team/tool", "2.0", "watch-tools", "1"],
+        "{out}"
+    );
+    assert_eq!(
+        cells(lines[2])[1..8],
+        [
+            "block",
+            "oci",
+            "bad/thing",
+            "1.0",
+            "no-bad",
+            "2",
+            "known <bad> image"
+        ],
+        "{out}"
+    );
+    assert!(lines[3].starts_with("2 entries since "), "{out}");
+    assert_eq!(
+        cli(READER).await.expect("cli").status.code(),
+        Some(1),
+        "a read token is refused"
+    );
+
     // Options and mistakes.
     let r = page(&s, "?refresh=10", None).await;
     assert!(r
@@ -260,7 +318,10 @@ reason = "under review"
     s.crash_restart();
     let v = json_body(blocks(ADMIN).await.expect("blocks")).await;
     assert_eq!(v["blocks"][0]["name"], "bad/thing", "{v}");
-    assert_eq!(v["blocks"][0]["count"], 3, "persisted by upkeep before the crash: {v}");
+    assert_eq!(
+        v["blocks"][0]["count"], 3,
+        "persisted by upkeep before the crash: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

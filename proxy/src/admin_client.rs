@@ -83,6 +83,11 @@ pub enum Action {
     },
     /// `GET /-/api/pins`.
     Pins,
+    /// `GET /-/api/blocks`.
+    Blocks {
+        /// Most entries listed.
+        limit: Option<usize>,
+    },
     /// `POST /-/api/gc`.
     Gc,
     /// `GET /-/api/cleanup` (the last evaluation), or with `run` `POST` (evaluate now).
@@ -147,6 +152,7 @@ pub fn run(cfg: &Config, remote: &Remote, action: &Action, json: bool) -> Result
         Action::Pin { format, target } => format!("pinned {format} {target}\n"),
         Action::Unpin { format, target } => format!("unpinned {format} {target}\n"),
         Action::Pins => pins_table(&v),
+        Action::Blocks { .. } => blocks_table(&v),
         Action::Gc => gc_line(&v) + "\n",
         Action::Cleanup { run, .. } => cleanup_table(&v, *run),
     })
@@ -198,6 +204,14 @@ fn request_of(action: &Action) -> Result<Request, Failure> {
         Action::Pin { format, target } => (Method::POST, "pin", named(format, target)?),
         Action::Unpin { format, target } => (Method::POST, "unpin", named(format, target)?),
         Action::Pins => (Method::GET, "pins", Vec::new()),
+        Action::Blocks { limit } => (
+            Method::GET,
+            "blocks",
+            limit
+                .map(|l| ("limit", l.to_string()))
+                .into_iter()
+                .collect(),
+        ),
         Action::Gc => (Method::POST, "gc", Vec::new()),
         Action::Cleanup { run: false, .. } => (Method::GET, "cleanup", Vec::new()),
         Action::Cleanup { run: true, dry_run } => {
@@ -511,6 +525,42 @@ pub fn pins_table(v: &Value) -> String {
         return "no pins\n".into();
     }
     table(&rows)
+}
+
+/// `sluice blocks`: what the policy refused lately, most recently seen first.
+pub fn blocks_table(v: &Value) -> String {
+    let list = v["blocks"].as_array().map_or(&[][..], Vec::as_slice);
+    let since = utc(num(&v["since_unix"]));
+    if list.is_empty() {
+        return format!("no refusals since {since}\n");
+    }
+    let mut rows = vec![[
+        "LAST SEEN",
+        "OUTCOME",
+        "FORMAT",
+        "NAME",
+        "VERSION",
+        "RULE",
+        "REQUESTS",
+        "REASON",
+    ]
+    .map(str::to_string)
+    .to_vec()];
+    for b in list {
+        rows.push(vec![
+            utc(num(&b["last_unix"])),
+            b["outcome"].as_str().unwrap_or("?").to_string(),
+            b["format"].as_str().unwrap_or("?").to_string(),
+            b["name"].as_str().unwrap_or("?").to_string(),
+            b["version"].as_str().unwrap_or("-").to_string(),
+            b["rule"].as_str().unwrap_or("?").to_string(),
+            num(&b["count"]).to_string(),
+            b["reason"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    let mut out = table(&rows);
+    let _ = writeln!(out, "{} entries since {since}", list.len());
+    out
 }
 
 /// The summary of an offline collection.
