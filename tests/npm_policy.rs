@@ -68,7 +68,8 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
     sim.publish("@myorg/secret", "1.0.0", &[]);
 
     let s = Sluice::start(&format!(
-        "[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n{POLICY}",
+        "[[auth.token]]\nname = \"ops\"\ntoken = \"adm\"\nrole = \"admin\"\n\n\
+         [[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n{POLICY}",
         sim.registry_url()
     ));
     let registry = format!("{}/npmjs/", s.base_url());
@@ -183,6 +184,47 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
             sim.count("GET", "myorg"),
             0,
             "an internal name was fetched from the public upstream"
+        );
+
+        // What was refused is recorded per name and version; a version only dropped from
+        // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for.
+        let v: serde_json::Value = c
+            .get(format!("{}/-/api/blocks", s.base_url()))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = v["blocks"].as_array().expect("blocks");
+        let find = |name: &str| list.iter().find(|b| b["name"] == name);
+        let evt = find("evt-stream").unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(
+            (&evt["version"], &evt["rule"], &evt["outcome"]),
+            (
+                &serde_json::json!("3.3.6"),
+                &serde_json::json!("no-bad-release"),
+                &serde_json::json!("block")
+            ),
+            "{v}"
+        );
+        assert!(
+            evt["count"].as_u64() >= Some(1) && evt["format"] == "npm",
+            "{v}"
+        );
+        let secret = find("@myorg/secret").unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(
+            (&secret["rule"], &secret["version"]),
+            (
+                &serde_json::json!("internal-names"),
+                &serde_json::Value::Null
+            ),
+            "{v}"
+        );
+        assert!(
+            find("fresh-lib").is_none(),
+            "a listing's dropped version is no refusal: {v}"
         );
     })
     .await;
