@@ -31,6 +31,14 @@ exempt = ["@trusted/*"]
 id = "internal-names"
 kind = "namespace"
 names = ["@myorg/*"]
+
+[[policy.rule]]
+id = "watch-fresh"
+kind = "deny"
+mode = "audit"
+format = "npm"
+package = "fresh-lib"
+reason = "under review"
 "#;
 
 fn rfc3339_days_ago(days: u64) -> String {
@@ -187,16 +195,38 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
         );
 
         // What was refused is recorded per name and version; a version only dropped from
-        // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for.
-        let v: serde_json::Value = c
-            .get(format!("{}/-/api/blocks", s.base_url()))
-            .bearer_auth("adm")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for, and the
+        // package-level audit rule on fresh-lib counts its one tarball request once, with
+        // the version. Asking for a refused version document again counts again.
+        let blocks = || async {
+            let v: serde_json::Value = c
+                .get(format!("{}/-/api/blocks", s.base_url()))
+                .bearer_auth("adm")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        };
+        let count = |v: &serde_json::Value, name: &str| {
+            v["blocks"]
+                .as_array()
+                .and_then(|l| l.iter().find(|b| b["name"] == name))
+                .and_then(|b| b["count"].as_u64())
+        };
+        let before = count(&blocks().await, "evt-stream").expect("evt-stream refused");
+        for _ in 0..2 {
+            let r = c
+                .get(format!("{registry}evt-stream/3.3.6"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403);
+        }
+        let v = blocks().await;
+        assert_eq!(count(&v, "evt-stream"), Some(before + 2), "{v}");
         let list = v["blocks"].as_array().expect("blocks");
         let find = |name: &str| list.iter().find(|b| b["name"] == name);
         let evt = find("evt-stream").unwrap_or_else(|| panic!("{v}"));
@@ -222,9 +252,20 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
             ),
             "{v}"
         );
-        assert!(
-            find("fresh-lib").is_none(),
-            "a listing's dropped version is no refusal: {v}"
+        let fresh: Vec<_> = list.iter().filter(|b| b["name"] == "fresh-lib").collect();
+        assert_eq!(fresh.len(), 1, "{v}");
+        assert_eq!(
+            (
+                &fresh[0]["outcome"],
+                &fresh[0]["version"],
+                &fresh[0]["count"]
+            ),
+            (
+                &serde_json::json!("audit"),
+                &serde_json::json!("1.0.0"),
+                &serde_json::json!(1)
+            ),
+            "{v}"
         );
     })
     .await;

@@ -40,8 +40,21 @@ async fn html(s: &Sluice, auth: Option<&str>) -> String {
     );
     let body = r.text().await.expect("body");
     check_balanced(&body);
+    // The CSP names the hash of exactly what is between <style> and </style>.
+    let style =
+        &body[body.find("<style>").expect("style") + 7..body.find("</style>").expect("/style")];
+    let hash = base64(&sha2_256(style.as_bytes()));
+    assert!(
+        csp.contains(&format!("style-src 'sha256-{hash}'")),
+        "{csp} vs {hash}"
+    );
     assert!(!body.contains("<script"), "the page has no script");
     body
+}
+
+fn sha2_256(b: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b).to_vec()
 }
 
 /// Every element opened is closed in order (void elements aside), and no text holds a
@@ -96,6 +109,7 @@ async fn each_role_sees_its_part_and_refusals_survive_a_restart() {
     let img = sim.push_image("team/app", "v1", &[random_bytes(64 * 1024, 31)]);
     sim.push_image("bad/thing", "1.0", &[random_bytes(1024, 32)]);
     sim.push_image("team/tool", "2.0", &[random_bytes(1024, 33)]);
+    sim.push_image("team/toolbox", "3.0", &[random_bytes(1024, 34)]);
     let down = free_port();
     let mut s = Sluice::start_with(|port, data| {
         config(port, data, &sim, "")
@@ -120,8 +134,14 @@ id = "watch-tools"
 kind = "deny"
 mode = "audit"
 format = "oci"
-package = "team/tool"
+package = "team/tool*"
 reason = "under review"
+
+[[policy.waiver]]
+rule = "watch-tools"
+package = "team/toolbox"
+reason = "reviewed"
+expires = "2099-12-31"
 "#
             )
     });
@@ -143,6 +163,12 @@ reason = "under review"
         .await
         .expect("audited");
     assert_eq!(r.status(), 200, "an audit-mode rule serves");
+    let r = c
+        .get(format!("{base}/v2/team/toolbox/manifests/3.0"))
+        .send()
+        .await
+        .expect("waived");
+    assert_eq!(r.status(), 200, "waived: no refusal, not even in audit");
     let r = c
         .get(format!("{base}/v2/down/x/manifests/latest"))
         .send()
@@ -185,7 +211,7 @@ reason = "under review"
     assert_eq!(page(&s, "?login", Some(&basic(ADMIN))).await.status(), 200);
     assert_eq!(page(&s, "", Some(&basic("wrong"))).await.status(), 401);
     let reader = html(&s, Some(&basic(READER))).await;
-    assert!(!reader.contains("bad/thing"));
+    assert!(!reader.contains("bad/thing") && !reader.contains(&sim.url()));
 
     // Admin: refusals (markup in a reason escaped), cached items, URLs.
     let admin = html(&s, Some(&basic(ADMIN))).await;
@@ -261,15 +287,24 @@ reason = "under review"
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        cells(lines[1])[1..7],
-        ["audit", "oci", "team/tool", "2.0", "watch-tools", "1"],
+        cells(lines[1])[1..8],
+        [
+            "audit",
+            "oci",
+            "sim",
+            "team/tool",
+            "2.0",
+            "watch-tools",
+            "1"
+        ],
         "{out}"
     );
     assert_eq!(
-        cells(lines[2])[1..8],
+        cells(lines[2])[1..9],
         [
             "block",
             "oci",
+            "sim",
             "bad/thing",
             "1.0",
             "no-bad",
@@ -283,6 +318,50 @@ reason = "under review"
         cli(READER).await.expect("cli").status.code(),
         Some(1),
         "a read token is refused"
+    );
+
+    // A browser holding the admin credentials cannot be made to change anything from
+    // another site; the CLI (no browser headers) can.
+    let gc = |extra: Option<(&'static str, &'static str)>| {
+        let mut r = c
+            .post(format!("{base}/-/api/gc"))
+            .header("Authorization", basic(ADMIN));
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let refused = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 403);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("another site"), "{body}");
+    };
+    refused(gc(Some(("Sec-Fetch-Site", "cross-site"))).await.unwrap()).await;
+    refused(gc(Some(("Sec-Fetch-Site", "same-site"))).await.unwrap()).await;
+    refused(gc(Some(("Origin", "https://evil.example"))).await.unwrap()).await;
+    refused(gc(Some(("Origin", "null"))).await.unwrap()).await;
+    assert_eq!(
+        gc(Some(("Sec-Fetch-Site", "same-origin")))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let own = format!("http://{}", s.addr());
+    let r = c
+        .post(format!("{base}/-/api/gc"))
+        .header("Authorization", basic(ADMIN))
+        .header("Origin", own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "same origin");
+    assert_eq!(gc(None).await.unwrap().status(), 200, "no browser");
+    let m = s.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l == "sluice_admin_cross_site_refusals_total 4"),
+        "{m}"
     );
 
     // Options and mistakes.
@@ -314,7 +393,8 @@ reason = "under review"
         .await
         .expect("blocked");
     assert_eq!(r.status(), 403);
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Upkeep writes changes every 2 s and the index reaches the disk every 0.5 s.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     s.crash_restart();
     let v = json_body(blocks(ADMIN).await.expect("blocks")).await;
     assert_eq!(v["blocks"][0]["name"], "bad/thing", "{v}");
@@ -338,6 +418,23 @@ async fn the_page_needs_a_token_without_anonymous_reads_and_can_be_turned_off() 
     assert_eq!(r.status(), 401);
     assert!(header(&r, "www-authenticate").starts_with("Basic "));
     html(&closed, Some(&basic(READER))).await;
+
+    // Anonymous admin (a trusted network) still needs a token for the admin parts, as
+    // the admin API does.
+    let open = Sluice::start_with(|port, data| {
+        config(port, data, &sim, "").replacen(
+            "[[auth.token]]",
+            "[auth]\nanonymous = \"admin\"\n\n[[auth.token]]",
+            1,
+        )
+    });
+    let anon = html(&open, None).await;
+    assert!(anon.contains("href=\"/-/ui?login\"") && !anon.contains("Policy refusals</h2>"));
+    assert!(!anon.contains(&sim.url()));
+    assert_eq!(page(&open, "?login", None).await.status(), 401);
+    assert!(html(&open, Some(&basic(ADMIN)))
+        .await
+        .contains("Policy refusals</h2>"));
 
     let off = Sluice::start_with(|port, data| {
         config(port, data, &sim, "").replace("[storage]", "dashboard = false\n\n[storage]")

@@ -14,7 +14,8 @@
 //!
 //! Parameters come from the query string, or from a JSON object body with the same keys.
 //! Admin routes need an `admin` token: none (or an unknown one) answers `401`, a `read`
-//! token `403`, whatever `auth.anonymous` grants.
+//! token `403`, whatever `auth.anonymous` grants. A browser's `POST` from another site is
+//! refused (`403`, [`cross_site`]) whatever credentials it carries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub async fn handle(
     rest: &str,
     query: Option<&str>,
     authorization: Option<&str>,
+    headers: &http::HeaderMap,
     body: Option<Bytes>,
 ) -> Result<Reply, ProxyError> {
     let need = if rest == "stats" {
@@ -48,6 +50,15 @@ pub async fn handle(
         Role::Admin
     };
     authorize(app, authorization, need)?;
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        if let Some(why) = cross_site(headers) {
+            metrics::counter!("sluice_admin_cross_site_refusals_total").increment(1);
+            return Err(ProxyError::Denied(format!(
+                "a browser request from another site ({why}) may not change anything here; \
+                 use the CLI or send the request without a browser"
+            )));
+        }
+    }
     let params = params(query, body.as_deref())?;
     let p = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     match (method.as_str(), rest) {
@@ -209,6 +220,25 @@ pub async fn handle(
             ),
         }),
     }
+}
+
+/// Why a request is a browser's from another site, if it is: its `Sec-Fetch-Site` (set by
+/// the browser) says so, or, without one, its `Origin` is not this host. Such a request
+/// carries whatever credentials the browser holds for sluice (the basic-auth token the
+/// dashboard's sign-in stored), so the routes that change something refuse it. Clients
+/// that are not browsers send neither header.
+fn cross_site(headers: &http::HeaderMap) -> Option<String> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(site) = h("sec-fetch-site") {
+        return (!matches!(site, "same-origin" | "none"))
+            .then(|| format!("Sec-Fetch-Site: {site}"));
+    }
+    let origin = h("origin")?;
+    let host = h("host").unwrap_or("");
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+    (!same).then(|| format!("Origin: {}", origin.chars().take(100).collect::<String>()))
 }
 
 /// 405 for a method an admin route does not take; `allow` is what it takes.

@@ -538,6 +538,7 @@ pub fn blocks_table(v: &Value) -> String {
         "LAST SEEN",
         "OUTCOME",
         "FORMAT",
+        "UPSTREAM",
         "NAME",
         "VERSION",
         "RULE",
@@ -546,20 +547,35 @@ pub fn blocks_table(v: &Value) -> String {
     ]
     .map(str::to_string)
     .to_vec()];
+    // Names and reasons come from clients and advisories: one line each, no control
+    // characters reach the terminal.
+    let cell = |v: &Value, none: &str| {
+        v.as_str()
+            .unwrap_or(none)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+    };
     for b in list {
         rows.push(vec![
             utc(num(&b["last_unix"])),
-            b["outcome"].as_str().unwrap_or("?").to_string(),
-            b["format"].as_str().unwrap_or("?").to_string(),
-            b["name"].as_str().unwrap_or("?").to_string(),
-            b["version"].as_str().unwrap_or("-").to_string(),
-            b["rule"].as_str().unwrap_or("?").to_string(),
+            cell(&b["outcome"], "?"),
+            cell(&b["format"], "?"),
+            cell(&b["upstream"], "?"),
+            cell(&b["name"], "?"),
+            cell(&b["version"], "-"),
+            cell(&b["rule"], "?"),
             num(&b["count"]).to_string(),
-            b["reason"].as_str().unwrap_or("").to_string(),
+            cell(&b["reason"], ""),
         ]);
     }
     let mut out = table(&rows);
-    let _ = writeln!(out, "{} entries since {since}", list.len());
+    let n = list.len();
+    let _ = writeln!(
+        out,
+        "{n} {} since {since}",
+        if n == 1 { "entry" } else { "entries" }
+    );
     out
 }
 

@@ -158,13 +158,14 @@ pub fn serve(
     });
     // Requests answered during the grace period, after upkeep's last persist.
     let index = app.store.index();
-    if let Err(e) = app
-        .stats
-        .persist(index.as_ref())
-        .and_then(|_| app.policy.refusals.persist(index.as_ref()))
-        .and_then(|_| index.flush())
-    {
+    if let Err(e) = app.stats.persist(index.as_ref()) {
         tracing::warn!(error = %e, "persisting stats at exit failed");
+    }
+    if let Err(e) = app.policy.refusals.persist(index.as_ref()) {
+        tracing::warn!(error = %e, "persisting policy refusals at exit failed");
+    }
+    if let Err(e) = index.flush() {
+        tracing::warn!(error = %e, "flushing the index at exit failed");
     }
     tracing::info!("sluice stopped");
     logsink::flush();

@@ -112,20 +112,28 @@ impl Policy {
     }
 
     /// `Err(Blocked)` when `facts` are blocked. A request for content: a block, and each
-    /// audit-mode rule that would have blocked, is recorded in [`Policy::refusals`].
+    /// audit-mode rule that would have blocked (unless waived), is recorded in
+    /// [`Policy::refusals`].
     pub fn check(&self, facts: &Facts) -> Result<Decision, ProxyError> {
-        self.check_again(facts, None)
+        self.check_recording(facts, Audits::Record(None))
     }
 
     /// [`Policy::check`] of the same request with more facts (an OCI tag's digest, once
     /// known): the audit findings of the `earlier` decision are not recorded twice.
-    pub fn check_again(
-        &self,
-        facts: &Facts,
-        earlier: Option<&Decision>,
-    ) -> Result<Decision, ProxyError> {
+    pub fn check_again(&self, facts: &Facts, earlier: &Decision) -> Result<Decision, ProxyError> {
+        self.check_recording(facts, Audits::Record(Some(earlier)))
+    }
+
+    /// [`Policy::check`] of a package as a whole before the request's own check with the
+    /// version (npm tarballs and version documents, PyPI files and JSON API versions) or
+    /// of a listing (packument, simple page): a block is recorded, audit findings are
+    /// left to the versioned check, so one request is one entry per rule.
+    pub fn check_package(&self, facts: &Facts) -> Result<Decision, ProxyError> {
+        self.check_recording(facts, Audits::Skip)
+    }
+
+    fn check_recording(&self, facts: &Facts, audits: Audits<'_>) -> Result<Decision, ProxyError> {
         let d = self.decide(facts);
-        let known = |rule: &str| earlier.is_some_and(|e| e.findings.iter().any(|f| f.rule == rule));
         let seen = |rule: &str, outcome: &'static str, reason: &str| {
             self.refusals.record(&Seen {
                 format: facts.ecosystem_label(),
@@ -137,12 +145,14 @@ impl Policy {
                 reason,
             })
         };
-        for f in d
-            .findings
-            .iter()
-            .filter(|f| f.audit && f.verdict == Verdict::Block && !known(&f.rule))
-        {
-            seen(&f.rule, "audit", &f.reason);
+        if let Audits::Record(earlier) = audits {
+            let known =
+                |rule: &str| earlier.is_some_and(|e| e.findings.iter().any(|f| f.rule == rule));
+            for f in d.findings.iter().filter(|f| {
+                f.audit && f.verdict == Verdict::Block && f.waived_by.is_none() && !known(&f.rule)
+            }) {
+                seen(&f.rule, "audit", &f.reason);
+            }
         }
         if d.verdict == Verdict::Block {
             seen(
@@ -159,6 +169,17 @@ impl Policy {
             });
         }
         Ok(d)
+    }
+
+    /// A block decided earlier and remembered by the caller, repeated for another request:
+    /// counted, logged and recorded like the decision it repeats.
+    pub fn repeat_block(&self, seen: &Seen<'_>) {
+        metrics::counter!("sluice_policy_decisions_total", "rule" => seen.rule.to_string(), "decision" => "block")
+            .increment(1);
+        tracing::info!(target: "policy", format = seen.format, upstream = seen.upstream,
+            name = seen.name, version = seen.version.unwrap_or(""), rule = seen.rule,
+            verdict = "block", effective = "block", remembered = true, reason = seen.reason);
+        self.refusals.record(seen);
     }
 
     /// Re-reads the config file and swaps in a new engine; on error keeps the old one.
@@ -198,6 +219,15 @@ impl Policy {
             }
         }
     }
+}
+
+/// Which audit findings a check records.
+#[derive(Clone, Copy)]
+enum Audits<'a> {
+    /// Those not already found by the request's `earlier` decision.
+    Record(Option<&'a Decision>),
+    /// None (a later check of the same request records them).
+    Skip,
 }
 
 /// Metric/log label of a facts' ecosystem.

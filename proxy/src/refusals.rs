@@ -1,22 +1,25 @@
-//! What the dependency firewall refused lately, for security teams: `GET /-/api/blocks`
-//! and the dashboard's "Recent refusals".
+//! What the dependency firewall refused lately, for security teams: `GET /-/api/blocks`,
+//! `sluice blocks` and the dashboard's "Policy refusals".
 //!
 //! One entry per format, upstream, name, version, rule and outcome, counting how often a
 //! request met it and when first and last: a CI job retrying a blocked package is one line
 //! with a count, not a flood. The outcome is `block` (the request was refused) or `audit`
-//! (a rule in audit mode would have refused it; it was served). Only requests for content
-//! are recorded ([`crate::policy::Policy::check`]), never the versions dropped from a
-//! rendered packument or simple page.
+//! (a rule in audit mode would have refused it, and no waiver covers it; it was served).
+//! Recorded by [`crate::policy::Policy`]'s checks of requests, never for the versions
+//! dropped from a rendered packument, simple page or tag list.
 //!
-//! At most [`MAX_KEPT`] entries, most recently seen first: a new one replaces the entry
-//! seen longest ago. Persisted
-//! in the index's `meta` tree with the usage figures (when changed, every
-//! [`crate::stats::PERSIST_EVERY`] and at shutdown), so a restart keeps them.
+//! At most [`MAX_KEPT`] entries, most recently seen first. When full, a new entry replaces
+//! the one seen longest ago among those seen once, else the one seen longest ago: a stream
+//! of made-up names that a rule refuses replaces itself, not the entries seen again and
+//! again. Each entry is its own record in the index's `meta` tree, written when it changed
+//! (with the usage figures, every [`crate::stats::PERSIST_EVERY`], and at shutdown), so a
+//! restart keeps them and a steady stream of refusals writes only the entries it touches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::store::index::{Index, IndexExt, Tree};
 use crate::store::unix_secs;
@@ -24,8 +27,11 @@ use crate::store::unix_secs;
 /// Most entries kept.
 pub const MAX_KEPT: usize = 1000;
 
-/// `meta` key of the persisted entries.
-const KEY: &str = "refusals/recent";
+/// `meta` key prefix of the persisted entries (`<prefix><sha256 of the entry's key>`).
+const PREFIX: &str = "refusals/e/";
+
+/// `meta` key of when recording began.
+const KEY_SINCE: &str = "refusals/since";
 
 /// Longest name, version or reason kept (longer ones are cut, on a character boundary).
 const MAX_FIELD: usize = 512;
@@ -39,7 +45,8 @@ pub struct Refusal {
     pub upstream: String,
     /// Package or repository.
     pub name: String,
-    /// Version or tag; absent for a request for the package as a whole.
+    /// Version or tag; absent for a request for the package as a whole (an OCI blob, a
+    /// packument, a simple page).
     pub version: Option<String>,
     /// Rule id (`osv` for advisories).
     pub rule: String,
@@ -52,9 +59,6 @@ pub struct Refusal {
     /// Unix seconds of the first and the last.
     pub first_unix: u64,
     pub last_unix: u64,
-    /// Order of the last (ties within a second); persisted as the entries' order.
-    #[serde(skip)]
-    seq: u64,
 }
 
 /// What [`Refusals::record`] is told.
@@ -68,27 +72,42 @@ pub struct Seen<'a> {
     pub reason: &'a str,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    since_unix: u64,
-    entries: Vec<Refusal>,
+/// An entry as persisted: with its place in the order of last sightings.
+#[derive(Clone, Serialize, Deserialize)]
+struct Stored {
+    seq: u64,
+    #[serde(flatten)]
+    entry: Refusal,
 }
 
 #[derive(Default)]
 struct Inner {
     since: u64,
-    entries: HashMap<String, Refusal>,
-    /// Last [`Refusal::seq`] given.
+    /// By [`key`].
+    entries: HashMap<String, Stored>,
+    /// Last [`Stored::seq`] given.
     seq: u64,
-    dirty: bool,
+    /// Keys changed or added since the last persist.
+    changed: HashSet<String>,
+    /// Keys replaced since the last persist.
+    removed: HashSet<String>,
+    since_stored: bool,
 }
 
 impl Inner {
     /// The entries, most recently seen first.
-    fn newest_first(&self) -> Vec<Refusal> {
-        let mut v: Vec<Refusal> = self.entries.values().cloned().collect();
+    fn newest_first(&self) -> Vec<&Stored> {
+        let mut v: Vec<&Stored> = self.entries.values().collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.seq));
         v
+    }
+
+    /// The entry a new one replaces when the list is full.
+    fn victim(&self) -> Option<String> {
+        self.entries
+            .iter()
+            .min_by_key(|(_, e)| (e.entry.count > 1, e.seq))
+            .map(|(k, _)| k.clone())
     }
 }
 
@@ -134,28 +153,53 @@ fn key(
     format!("{format}\0{upstream}\0{name}\0{v}\0{rule}\0{outcome}")
 }
 
+fn key_of(e: &Refusal) -> String {
+    key(
+        &e.format,
+        &e.upstream,
+        &e.name,
+        e.version.as_deref(),
+        &e.rule,
+        &e.outcome,
+    )
+}
+
+/// The `meta` key of the entry with [`key`] `k`.
+fn record_key(k: &str) -> Vec<u8> {
+    let h = sha2::Sha256::digest(k.as_bytes());
+    let mut out = PREFIX.as_bytes().to_vec();
+    for b in h {
+        out.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    out
+}
+
 impl Refusals {
     /// The entries persisted in `index` (none: empty, starting now).
     pub fn load(index: &dyn Index) -> anyhow::Result<Refusals> {
         let r = Refusals::default();
-        if let Some(p) = index.get_rec::<Persisted>(Tree::Meta, KEY.as_bytes())? {
-            let mut g = r.inner.lock();
-            g.since = p.since_unix.min(g.since);
-            // Persisted newest first.
-            for mut e in p.entries.into_iter().take(MAX_KEPT).rev() {
-                g.seq += 1;
-                e.seq = g.seq;
-                let k = key(
-                    &e.format,
-                    &e.upstream,
-                    &e.name,
-                    e.version.as_deref(),
-                    &e.rule,
-                    &e.outcome,
-                );
-                g.entries.insert(k, e);
-            }
+        let mut stored: Vec<Stored> = index
+            .scan(Tree::Meta)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(PREFIX.as_bytes()))
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect();
+        stored.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        let mut g = r.inner.lock();
+        if let Some(since) = index.get_rec::<u64>(Tree::Meta, KEY_SINCE.as_bytes())? {
+            g.since = since.min(g.since);
+            g.since_stored = true;
         }
+        for (i, e) in stored.into_iter().enumerate() {
+            let k = key_of(&e.entry);
+            if i >= MAX_KEPT {
+                g.removed.insert(k);
+                continue;
+            }
+            g.seq = g.seq.max(e.seq);
+            g.entries.insert(k, e);
+        }
+        drop(g);
         Ok(r)
     }
 
@@ -176,73 +220,92 @@ impl Refusals {
             s.outcome,
         );
         let mut g = self.inner.lock();
-        g.dirty = true;
         g.seq += 1;
         let seq = g.seq;
         if let Some(e) = g.entries.get_mut(&k) {
             e.seq = seq;
-            e.count += 1;
-            e.last_unix = e.last_unix.max(now);
-            if e.reason != s.reason {
-                e.reason = cut(s.reason);
+            e.entry.count += 1;
+            e.entry.last_unix = e.entry.last_unix.max(now);
+            if e.entry.reason != s.reason {
+                e.entry.reason = cut(s.reason);
             }
+            g.changed.insert(k);
             return;
         }
         if g.entries.len() >= MAX_KEPT {
-            let oldest = g
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.seq)
-                .map(|(k, _)| k.clone());
-            if let Some(o) = oldest {
-                g.entries.remove(&o);
+            if let Some(v) = g.victim() {
+                g.entries.remove(&v);
+                g.changed.remove(&v);
+                g.removed.insert(v);
             }
         }
-        g.entries.insert(
-            k,
-            Refusal {
-                format: s.format.to_string(),
-                upstream: s.upstream.to_string(),
-                name,
-                version,
-                rule: s.rule.to_string(),
-                outcome: s.outcome.to_string(),
-                reason: cut(s.reason),
-                count: 1,
-                first_unix: now,
-                last_unix: now,
-                seq,
-            },
-        );
+        let entry = Refusal {
+            format: s.format.to_string(),
+            upstream: s.upstream.to_string(),
+            name,
+            version,
+            rule: s.rule.to_string(),
+            outcome: s.outcome.to_string(),
+            reason: cut(s.reason),
+            count: 1,
+            first_unix: now,
+            last_unix: now,
+        };
+        g.removed.remove(&k);
+        g.changed.insert(k.clone());
+        g.entries.insert(k, Stored { seq, entry });
     }
 
     /// Unix seconds since when refusals are recorded, and the `limit` last seen, most
     /// recent first.
     pub fn recent(&self, limit: usize) -> (u64, Vec<Refusal>) {
         let g = self.inner.lock();
-        let mut v = g.newest_first();
-        v.truncate(limit);
+        let v = g
+            .newest_first()
+            .into_iter()
+            .take(limit)
+            .map(|e| e.entry.clone())
+            .collect();
         (g.since, v)
     }
 
-    /// Writes the entries to `index` when they changed; returns whether it wrote.
+    /// Writes the entries that changed to `index`, and removes those replaced; returns
+    /// whether it wrote anything. What failed to be written is tried again next time.
     pub fn persist(&self, index: &dyn Index) -> anyhow::Result<bool> {
         let _one = self.persisting.lock();
         let mut g = self.inner.lock();
-        if !g.dirty {
+        if g.changed.is_empty() && g.removed.is_empty() {
             return Ok(false);
         }
-        g.dirty = false;
-        let p = Persisted {
-            since_unix: g.since,
-            entries: g.newest_first(),
-        };
+        let changed = std::mem::take(&mut g.changed);
+        let removed = std::mem::take(&mut g.removed);
+        let writes: Vec<(String, Stored)> = changed
+            .into_iter()
+            .filter_map(|k| g.entries.get(&k).cloned().map(|e| (k, e)))
+            .collect();
+        let since = (!g.since_stored).then_some(g.since);
+        g.since_stored = true;
         drop(g);
-        if let Err(e) = index.put_rec(Tree::Meta, KEY.as_bytes(), &p) {
-            self.inner.lock().dirty = true;
-            return Err(e);
+        let mut failed = None;
+        if let Some(since) = since {
+            if let Err(e) = index.put_rec(Tree::Meta, KEY_SINCE.as_bytes(), &since) {
+                self.inner.lock().since_stored = false;
+                failed = Some(e);
+            }
         }
-        Ok(true)
+        for (k, e) in writes {
+            if let Err(err) = index.put_rec(Tree::Meta, &record_key(&k), &e) {
+                self.inner.lock().changed.insert(k);
+                failed = Some(err);
+            }
+        }
+        for k in removed {
+            if let Err(err) = index.remove(Tree::Meta, &record_key(&k)) {
+                self.inner.lock().removed.insert(k);
+                failed = Some(err);
+            }
+        }
+        failed.map_or(Ok(true), Err)
     }
 }
 
@@ -296,6 +359,49 @@ mod tests {
         let names: Vec<&str> = v.iter().map(|e| e.name.as_str()).collect();
         assert!(names.contains(&"p0") && names.contains(&"new"));
         assert!(!names.contains(&"p1"));
+    }
+
+    #[test]
+    fn a_stream_of_new_names_replaces_itself_not_the_repeated_entries() {
+        let r = Refusals::default();
+        for i in 0..10 {
+            let name = format!("known{i}");
+            r.record_at(&seen(&name, None, "block"), 1);
+            r.record_at(&seen(&name, None, "block"), 2);
+        }
+        for i in 0..3 * MAX_KEPT {
+            let name = format!("made-up{i}");
+            r.record_at(&seen(&name, None, "block"), 3);
+        }
+        let (_, v) = r.recent(usize::MAX);
+        assert_eq!(v.len(), MAX_KEPT);
+        assert_eq!(v.iter().filter(|e| e.name.starts_with("known")).count(), 10);
+        assert_eq!(v[0].name, format!("made-up{}", 3 * MAX_KEPT - 1));
+    }
+
+    #[test]
+    fn persisted_entries_come_back_in_order_and_replaced_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = crate::store::index::SledIndex::open(dir.path()).unwrap();
+        let r = Refusals::default();
+        for i in 0..MAX_KEPT {
+            let name = format!("p{i}");
+            r.record_at(&seen(&name, None, "block"), 10);
+        }
+        assert!(r.persist(&index).unwrap());
+        assert!(!r.persist(&index).unwrap(), "nothing changed since");
+        r.record_at(&seen("p0", None, "block"), 11);
+        r.record_at(&seen("new", Some("1.0"), "audit"), 12);
+        assert!(r.persist(&index).unwrap());
+        let back = Refusals::load(&index).unwrap();
+        assert_eq!(back.recent(usize::MAX), r.recent(usize::MAX));
+        let (_, v) = back.recent(3);
+        assert_eq!(v[0].name, "new");
+        assert_eq!((v[1].name.as_str(), v[1].count), ("p0", 2));
+        assert!(!back.recent(usize::MAX).1.iter().any(|e| e.name == "p1"));
+        // Recording goes on after the last sighting loaded.
+        back.record_at(&seen("p5", None, "block"), 13);
+        assert_eq!(back.recent(1).1[0].name, "p5");
     }
 
     #[test]

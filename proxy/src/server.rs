@@ -423,7 +423,7 @@ impl HttpApp {
         if let Some(rest) = path.strip_prefix("/-/api/") {
             return (
                 Kind::Admin,
-                crate::admin::handle(app, method, rest, query, authorization, body).await,
+                crate::admin::handle(app, method, rest, query, authorization, headers, body).await,
             );
         }
         if is_ui(path) {

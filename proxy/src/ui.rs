@@ -23,6 +23,7 @@ use sluice_config::{Format, Role};
 use crate::app::App;
 use crate::error::ProxyError;
 use crate::response::{Body, CacheStatus, Reply};
+use crate::upstream::breaker::Status;
 use crate::upstream::Upstream;
 use crate::warm::human_bytes;
 
@@ -62,7 +63,7 @@ pub async fn handle(
     if !matches!(*method, Method::GET | Method::HEAD) {
         return Err(ProxyError::Unsupported {
             message: format!("{method} is not supported on /-/ui (use GET)"),
-            allow: "GET",
+            allow: "GET, HEAD",
         });
     }
     let mut login = false;
@@ -85,13 +86,14 @@ pub async fn handle(
         }
     }
     let role = app.role_of(authorization);
-    if role == Role::None || login && role < Role::Admin {
+    if role == Role::None || login && (authorization.is_none() || role < Role::Admin) {
         return Err(ProxyError::Unauthorized(
             "the dashboard needs a sluice token: sign in with any user name and the token as password"
                 .into(),
         ));
     }
-    let admin = role >= Role::Admin;
+    // As for the admin API: admin needs a token, whatever `auth.anonymous` grants.
+    let admin = authorization.is_some() && role >= Role::Admin;
     let items = if admin {
         let app2 = app.clone();
         Some(crate::admin::blocking(move || crate::admin::list(&app2, None, None, LISTED)).await?)
@@ -141,7 +143,7 @@ fn render(app: &App, view: &View<'_>) -> String {
     header(&mut h, app, &stats, view);
     traffic(&mut h, &stats);
     days(&mut h, &stats);
-    storage(&mut h, app);
+    storage(&mut h, app, view.admin);
     upstreams(&mut h, app, view.admin);
     if view.admin {
         refusals(&mut h, app, view.now);
@@ -241,7 +243,7 @@ fn days(h: &mut String, stats: &serde_json::Value) {
     h.push_str("</table>\n");
 }
 
-fn storage(h: &mut String, app: &App) {
+fn storage(h: &mut String, app: &App, admin: bool) {
     let stored = app.store.total_bytes();
     h.push_str("<h2>Storage</h2><p>");
     match app.limits.max_size {
@@ -262,12 +264,19 @@ fn storage(h: &mut String, app: &App) {
         }
     }
     h.push_str("</p>\n");
-    if let Some(s3) = &app.config.storage.s3 {
-        let _ = writeln!(
-            h,
-            "<p>Shared with other replicas through the bucket <code>{}</code> (<code>[storage.s3]</code>)</p>",
-            esc(&s3.bucket)
-        );
+    match &app.config.storage.s3 {
+        Some(s3) if admin => {
+            let _ = writeln!(
+                h,
+                "<p>Shared with other replicas through the bucket <code>{}</code> at <code>{}</code> (<code>[storage.s3]</code>)</p>",
+                esc(&s3.bucket),
+                esc(&s3.endpoint)
+            );
+        }
+        Some(_) => h.push_str(
+            "<p>Shared with other replicas through a bucket (<code>[storage.s3]</code>)</p>\n",
+        ),
+        None => {}
     }
 }
 
@@ -302,38 +311,48 @@ fn upstreams(h: &mut String, app: &App, admin: bool) {
                 esc(&without_credentials(up.base()))
             );
         }
-        let _ = writeln!(h, "<td>{}</td></tr>", state(up));
+        let _ = writeln!(h, "<td>{}</td></tr>", state(up.is_offline(), up.circuit()));
     }
     h.push_str("</table>\n");
 }
 
 /// An upstream's state, as HTML.
-fn state(up: &Upstream) -> String {
-    if up.is_offline() {
+fn state(offline: bool, status: Status) -> String {
+    if offline {
         return "<span class=\"warn\">offline</span> (serving what is cached)".into();
     }
-    match up.circuit_refusing() {
-        None if up.circuit_state() == 2 => "<span class=\"warn\">recovering</span> (a probe went through)".into(),
-        None => "<span class=\"ok\">answering</span>".into(),
-        Some((wait, _)) if wait.is_zero() => {
-            "<span class=\"warn\">probing</span> (one request checks whether it recovered)".into()
-        }
-        Some((wait, true)) => format!(
+    match status {
+        Status::Closed { failures: 0 } => "<span class=\"ok\">answering</span>".into(),
+        Status::Closed { failures } => format!(
+            "<span class=\"ok\">answering</span> ({failures} failed requests in a row)"
+        ),
+        Status::Open { wait, asked: true } => format!(
             "<span class=\"bad\">paused</span>: it answered 429; next request in {} (serving what is cached)",
             span(wait.as_secs().max(1))
         ),
-        Some((wait, false)) => format!(
+        Status::Open { wait, asked: false } => format!(
             "<span class=\"bad\">failing</span>: circuit open; next probe in {} (serving what is cached)",
             span(wait.as_secs().max(1))
         ),
+        Status::Due { asked: true } => {
+            "<span class=\"warn\">paused</span>: it answered 429; the pause is over, the next request checks it".into()
+        }
+        Status::Due { asked: false } => {
+            "<span class=\"bad\">failing</span>: circuit open; the next request probes it".into()
+        }
+        Status::Probing => {
+            "<span class=\"warn\">probing</span>: one request checks whether it recovered".into()
+        }
     }
 }
 
-/// The URL without user name or password.
+/// The URL without user name, password, query or fragment (where a token could be).
 fn without_credentials(u: &url::Url) -> String {
     let mut u = u.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
     u.to_string()
 }
 
@@ -485,8 +504,38 @@ mod tests {
     }
 
     #[test]
+    fn each_circuit_status_has_its_own_words() {
+        use std::time::Duration;
+        let words = |st| {
+            let h = state(false, st);
+            h[h.find('>').unwrap() + 1..h.find("</span>").unwrap()].to_string()
+                + &h[h.find("</span>").unwrap() + 7..]
+        };
+        assert_eq!(words(Status::Closed { failures: 0 }), "answering");
+        assert_eq!(
+            words(Status::Closed { failures: 2 }),
+            "answering (2 failed requests in a row)"
+        );
+        let open = |asked| Status::Open {
+            wait: Duration::from_secs(65),
+            asked,
+        };
+        assert!(words(open(false)).starts_with("failing: circuit open; next probe in 1 min 5 s"));
+        assert!(words(open(true)).starts_with("paused: it answered 429; next request in 1 min 5 s"));
+        assert!(words(Status::Due { asked: false })
+            .starts_with("failing: circuit open; the next request probes it"));
+        assert!(words(Status::Due { asked: true })
+            .starts_with("paused: it answered 429; the pause is over"));
+        assert!(words(Status::Probing).starts_with("probing"));
+        assert!(
+            state(true, Status::Probing).contains(">offline<"),
+            "offline wins"
+        );
+    }
+
+    #[test]
     fn credentials_never_reach_the_page() {
-        let u = url::Url::parse("https://user:secret@registry.example/v2").unwrap();
+        let u = url::Url::parse("https://user:secret@registry.example/v2?token=t#x").unwrap();
         assert_eq!(without_credentials(&u), "https://registry.example/v2");
     }
 }

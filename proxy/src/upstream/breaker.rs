@@ -47,6 +47,19 @@ pub struct Refusal {
     pub asked: bool,
 }
 
+/// What a circuit is doing, for display ([`Breaker::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Requests go through; `failures` in a row so far.
+    Closed { failures: u32 },
+    /// Requests fail at once for `wait` more; `asked`: the upstream's own pause (a `429`).
+    Open { wait: Duration, asked: bool },
+    /// The cooldown or pause is over (or a probe was abandoned): the next request probes.
+    Due { asked: bool },
+    /// A probe is in flight.
+    Probing,
+}
+
 /// What became of an admitted request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -160,6 +173,24 @@ impl Breaker {
         })
     }
 
+    /// What the circuit is doing now, read at once.
+    pub fn status(&self) -> Status {
+        self.status_at(Instant::now())
+    }
+
+    fn status_at(&self, now: Instant) -> Status {
+        match *self.state.lock() {
+            State::Closed { failures } => Status::Closed { failures },
+            State::Open { until, asked } if now < until => Status::Open {
+                wait: until - now,
+                asked,
+            },
+            State::Open { asked, .. } => Status::Due { asked },
+            State::HalfOpen { probing: true } => Status::Probing,
+            State::HalfOpen { probing: false } => Status::Due { asked: false },
+        }
+    }
+
     /// 0 closed, 1 open, 2 half-open (the gauge's encoding).
     pub fn state_code(&self) -> u8 {
         code(*self.state.lock())
@@ -271,6 +302,46 @@ mod tests {
         let refusal = b.admit_at(t).err().expect("open circuit fails fast");
         assert_eq!(refusal.wait, Duration::from_secs(10));
         assert!(!refusal.asked);
+    }
+
+    #[test]
+    fn status_follows_the_circuit_through_open_due_probing_and_closed() {
+        let b = Breaker::new("t", 2, Duration::from_secs(10));
+        let t = Instant::now();
+        fail(&b, t);
+        assert_eq!(b.status_at(t), Status::Closed { failures: 1 });
+        fail(&b, t);
+        assert_eq!(
+            b.status_at(t + Duration::from_secs(4)),
+            Status::Open {
+                wait: Duration::from_secs(6),
+                asked: false
+            }
+        );
+        let later = t + Duration::from_secs(11);
+        assert_eq!(b.status_at(later), Status::Due { asked: false });
+        let probe = b.admit_at(later).expect("the probe");
+        assert_eq!(b.status_at(later), Status::Probing);
+        drop(probe);
+        assert_eq!(
+            b.status_at(later),
+            Status::Due { asked: false },
+            "abandoned"
+        );
+        b.admit_at(later).expect("probe").record(Outcome::Success);
+        assert_eq!(b.status_at(later), Status::Closed { failures: 0 });
+        b.pause_at(Duration::from_secs(30), later);
+        assert_eq!(
+            b.status_at(later),
+            Status::Open {
+                wait: Duration::from_secs(30),
+                asked: true
+            }
+        );
+        assert_eq!(
+            b.status_at(later + Duration::from_secs(31)),
+            Status::Due { asked: true }
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod resume;
 pub mod retry;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sluice_config::UpstreamConfig;
@@ -253,10 +253,9 @@ impl Upstream {
         self.breaker.state_code()
     }
 
-    /// While the circuit refuses requests: how long until the next probe (zero: a probe is
-    /// in flight), and whether the upstream asked for the pause (a `429`).
-    pub fn circuit_refusing(&self) -> Option<(Duration, bool)> {
-        self.breaker.refusing().map(|r| (r.wait, r.asked))
+    /// What this upstream's circuit breaker is doing now.
+    pub fn circuit(&self) -> breaker::Status {
+        self.breaker.status()
     }
 
     /// The request with the bearer/basic auth flow around [`Upstream::send_retrying`].

@@ -122,7 +122,7 @@ pub async fn handle(
 /// fetched: an internal name never reaches a public registry.
 fn check_name(app: &App, up: &Upstream, name: &NpmName) -> Result<(), ProxyError> {
     app.policy
-        .check(&policy::facts(up, name.as_str(), None, None, None))
+        .check_package(&policy::facts(up, name.as_str(), None, None, None))
         .map(|_| ())
 }
 
@@ -462,13 +462,16 @@ async fn version(
     loop {
         let (doc, cache) = get_packument(app, up, name, false, force).await?;
         let refused_key = (doc.digest, variant.clone());
-        if let Some((rule, reason)) = refused().get(&refused_key) {
-            // Counted and logged like the decision it repeats.
-            metrics::counter!("sluice_policy_decisions_total", "rule" => rule.clone(), "decision" => "block")
-                .increment(1);
-            tracing::info!(target: "policy", format = "npm", upstream = up.name(), name = name.as_str(),
-                version = spec, rule = %rule, verdict = "block", effective = "block", remembered = true,
-                reason = %reason);
+        if let Some((version, rule, reason)) = refused().get(&refused_key) {
+            app.policy.repeat_block(&crate::refusals::Seen {
+                format: "npm",
+                upstream: up.name(),
+                name: name.as_str(),
+                version: Some(&version),
+                rule: &rule,
+                outcome: "block",
+                reason: &reason,
+            });
             return Err(ProxyError::Blocked {
                 hidden: false,
                 rule,
@@ -500,7 +503,7 @@ async fn version(
             }
             Err(e) => {
                 // Listed upstream but blocked: the rule's reason, and nothing to revalidate.
-                if let Some(blocked) =
+                if let Some((version, blocked)) =
                     policy::blocked_version(&doc.bytes, &app.policy, up, name.as_str(), spec)
                 {
                     // Remembered for this copy and policy generation: asking again does not
@@ -511,7 +514,7 @@ async fn version(
                         reason,
                     } = &blocked
                     {
-                        refused().insert(refused_key, (rule.clone(), reason.clone()));
+                        refused().insert(refused_key, (version, rule.clone(), reason.clone()));
                     }
                     return Err(blocked);
                 }
@@ -537,11 +540,12 @@ async fn version(
 }
 
 /// Refusals of blocked versions by packument copy and version variant (which names the
-/// policy generation): (rule, reason), for a minute (a release-age cooldown may end, a
-/// waiver start or expire, without a new generation).
-fn refused() -> &'static moka::sync::Cache<(crate::digest::Digest, String), (String, String)> {
-    static CACHE: OnceLock<moka::sync::Cache<(crate::digest::Digest, String), (String, String)>> =
-        OnceLock::new();
+/// policy generation): (version, rule, reason), for a minute (a release-age cooldown may
+/// end, a waiver start or expire, without a new generation).
+type Refused = moka::sync::Cache<(crate::digest::Digest, String), (String, String, String)>;
+
+fn refused() -> &'static Refused {
+    static CACHE: OnceLock<Refused> = OnceLock::new();
     CACHE.get_or_init(|| {
         moka::sync::Cache::builder()
             .max_capacity(10_000)

@@ -60,15 +60,16 @@ pub fn published(doc: &Value, version: &str) -> Option<i64> {
 
 /// The policy's refusal (`403` naming the rule, or the namespace rule's `404`) of the
 /// version `spec` (a version, or a dist-tag resolved in the unfiltered packument `doc`)
-/// when the packument lists it and a rule blocks it; `None` when it is not listed or
-/// allowed. Decided on the version's own facts: publish time, license, install scripts.
+/// when the packument lists it and a rule blocks it, with the version `spec` resolved to;
+/// `None` when it is not listed or allowed. Decided on the version's own facts: publish
+/// time, license, install scripts.
 pub fn blocked_version(
     doc: &[u8],
     policy: &Policy,
     up: &Upstream,
     name: &str,
     spec: &str,
-) -> Option<ProxyError> {
+) -> Option<(String, ProxyError)> {
     if policy.engine().is_empty() {
         return None;
     }
@@ -82,9 +83,10 @@ pub fn blocked_version(
         .and_then(|t| t.get(&version))
         .and_then(|t| serde_json::from_str::<String>(t.get()).ok())
         .and_then(|t| crate::timefmt::parse_rfc3339(&t));
-    policy
+    let refusal = policy
         .check(&facts(up, name, Some(&version), Some(&obj), published))
-        .err()
+        .err()?;
+    Some((version, refusal))
 }
 
 /// `doc` without the versions `policy` blocks, and a one-line notice naming them (npm

@@ -190,7 +190,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
             if tag.is_some() {
                 app.policy.check_again(
                     &facts(&up, &repo, tag, Some(m.digest.text().as_str())),
-                    Some(&first),
+                    &first,
                 )?;
             }
             app.store.touch(&m.digest);
@@ -210,7 +210,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         }
         OciRoute::Tags(name) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
-            app.policy.check(&facts(&up, &repo, None, None))?;
+            app.policy.check_package(&facts(&up, &repo, None, None))?;
             let asked = lists::Asked {
                 name,
                 ns: req.ns,
@@ -222,7 +222,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         OciRoute::Referrers(name, digest) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
             let digest = parse_digest(digest)?;
-            app.policy.check(&facts(&up, &repo, None, None))?;
+            app.policy.check_package(&facts(&up, &repo, None, None))?;
             let asked = lists::Asked {
                 name,
                 ns: req.ns,

@@ -292,7 +292,7 @@ async fn record(
         Some(r) => r,
         None => {
             let project = project_of(name).ok_or_else(unknown)?;
-            app.policy.check(&facts(up, &project, None, None))?;
+            app.policy.check_package(&facts(up, &project, None, None))?;
             let mut found = None;
             for force in [false, true] {
                 if force {

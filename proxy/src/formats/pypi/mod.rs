@@ -463,7 +463,8 @@ async fn project(
     };
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
-    app.policy.check(&files::facts(up, &norm, None, None))?;
+    app.policy
+        .check_package(&files::facts(up, &norm, None, None))?;
     let (doc, cache) = project_page(app, up, &norm, false).await?;
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
@@ -720,7 +721,8 @@ async fn json_api(
     })?;
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
-    app.policy.check(&files::facts(up, &norm, None, None))?;
+    app.policy
+        .check_package(&files::facts(up, &norm, None, None))?;
     let url = api.join(&tail).map_err(ProxyError::internal)?;
     let key = format!("pypi/{}/json/{tail}", up.name());
     let fetch = recording_fetcher(
