@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -29,6 +30,9 @@ use crate::warm::human_bytes;
 
 /// Refusals and cached items listed.
 const LISTED: usize = 50;
+
+/// Longest a page shows the cached items as listed earlier.
+const LIST_EVERY: Duration = Duration::from_secs(5);
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:72em;padding:0 1em;color:#222}\
 h1{font-size:1.5em;margin:0}h2{font-size:1.15em;margin:1.6em 0 .4em;border-bottom:1px solid #ddd}\
@@ -95,8 +99,7 @@ pub async fn handle(
     // As for the admin API: admin needs a token, whatever `auth.anonymous` grants.
     let admin = authorization.is_some() && role >= Role::Admin;
     let items = if admin {
-        let app2 = app.clone();
-        Some(crate::admin::blocking(move || crate::admin::list(&app2, None, None, LISTED)).await?)
+        Some(listing(app).await?)
     } else {
         None
     };
@@ -106,7 +109,7 @@ pub async fn handle(
             admin,
             refresh,
             now: crate::store::unix_secs(),
-            items: items.as_ref(),
+            items: items.as_deref(),
         },
     );
     Ok(Reply::new(StatusCode::OK, CacheStatus::Bypass)
@@ -117,6 +120,25 @@ pub async fn handle(
         .header("X-Content-Type-Options", "nosniff")
         .header("Referrer-Policy", "no-referrer")
         .body(Body::Full(Bytes::from(page))))
+}
+
+/// The cached items used last, as `GET /-/api/cache` lists them, listed again at most
+/// every [`LIST_EVERY`]: listing reads every record of the index, and a page reloading
+/// every few seconds on a large store would otherwise keep a CPU busy.
+async fn listing(app: &Arc<App>) -> Result<Arc<serde_json::Value>, ProxyError> {
+    static LAST: parking_lot::Mutex<Option<(Instant, Arc<serde_json::Value>)>> =
+        parking_lot::Mutex::new(None);
+    if let Some((at, v)) = &*LAST.lock() {
+        if at.elapsed() < LIST_EVERY {
+            return Ok(v.clone());
+        }
+    }
+    let app2 = app.clone();
+    let v = Arc::new(
+        crate::admin::blocking(move || crate::admin::list(&app2, None, None, LISTED)).await?,
+    );
+    *LAST.lock() = Some((Instant::now(), v.clone()));
+    Ok(v)
 }
 
 /// What one rendering shows.
