@@ -366,6 +366,30 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
             .unwrap();
         assert_eq!(ready.status(), 200, "the bucket is not needed to serve");
         assert!(s.log().contains("shared store"), "{}", s.log());
+        // The dashboard says both sides rest (the bucket's name is for admins).
+        let ui = http_client()
+            .get(format!("{}/-/ui", s.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = ui
+            .lines()
+            .find(|l| l.contains("[storage.s3]"))
+            .unwrap_or_else(|| panic!("{ui}"));
+        assert!(
+            line.contains("reads <span class=\"bad\">resting</span> after a failure")
+                && line.contains("uploads <span class=\"bad\">resting</span>")
+                && line.contains("0 uploads queued")
+                && !line.contains("nowhere"),
+            "{line}"
+        );
+        assert_eq!(
+            sum_labelled(&s.metrics().await, "sluice_shared_store_upload_queue", &[]),
+            Some(0.0)
+        );
     })
     .await;
 }

@@ -286,20 +286,35 @@ fn storage(h: &mut String, app: &App, admin: bool) {
         }
     }
     h.push_str("</p>\n");
-    match &app.config.storage.s3 {
-        Some(s3) if admin => {
-            let _ = writeln!(
-                h,
-                "<p>Shared with other replicas through the bucket <code>{}</code> at <code>{}</code> (<code>[storage.s3]</code>)</p>",
-                esc(&s3.bucket),
-                esc(&s3.endpoint)
-            );
-        }
-        Some(_) => h.push_str(
-            "<p>Shared with other replicas through a bucket (<code>[storage.s3]</code>)</p>\n",
+    let (Some(s3), Some(shared)) = (&app.config.storage.s3, &app.shared) else {
+        return;
+    };
+    let st = shared.status();
+    let side = |rest: Option<std::time::Duration>| match rest {
+        None => "<span class=\"ok\">working</span>".to_string(),
+        Some(d) => format!(
+            "<span class=\"bad\">resting</span> after a failure, {} more",
+            span(d.as_secs().max(1))
         ),
-        None => {}
+    };
+    h.push_str("<p>Shared with other replicas through ");
+    if admin {
+        let _ = write!(
+            h,
+            "the bucket <code>{}</code> at <code>{}</code>",
+            esc(&s3.bucket),
+            esc(&s3.endpoint)
+        );
+    } else {
+        h.push_str("a bucket");
     }
+    let _ = writeln!(
+        h,
+        " (<code>[storage.s3]</code>): reads {}, uploads {}, {} uploads queued</p>",
+        side(st.reads_rest),
+        side(st.writes_rest),
+        st.queued
+    );
 }
 
 fn upstreams(h: &mut String, app: &App, admin: bool) {

@@ -106,6 +106,16 @@ struct Upload {
     content_type: Option<String>,
 }
 
+/// [`Shared::status`].
+pub struct SharedStatus {
+    /// How long reads still rest after a failure, if they do.
+    pub reads_rest: Option<Duration>,
+    /// How long uploads still rest after a failure, if they do.
+    pub writes_rest: Option<Duration>,
+    /// Uploads queued or running.
+    pub queued: usize,
+}
+
 /// After a failure, a side (reads or writes) of the bucket rests for [`BACKOFF`].
 struct Rest {
     side: &'static str,
@@ -129,6 +139,15 @@ impl Rest {
 
     fn resting(&self) -> bool {
         self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// How long this side still rests, if it does.
+    fn remaining(&self) -> Option<Duration> {
+        let left = self
+            .until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.now_ms());
+        (left > 0).then(|| Duration::from_millis(left))
     }
 
     /// Counts a failure of `op` and rests; warns once per episode.
@@ -160,6 +179,15 @@ fn shared_error(message: String) -> ProxyError {
 }
 
 impl Shared {
+    /// What the bucket's two sides are doing, for display.
+    pub fn status(&self) -> SharedStatus {
+        SharedStatus {
+            reads_rest: self.read_rest.remaining(),
+            writes_rest: self.write_rest.remaining(),
+            queued: self.queued.lock().len(),
+        }
+    }
+
     /// The bucket of `cfg`; files to upload are read from `store`.
     pub fn new(cfg: &S3Config, store: Arc<Store>) -> anyhow::Result<Shared> {
         let endpoint = url::Url::parse(&cfg.endpoint)?;
@@ -384,6 +412,7 @@ impl Shared {
             if !queued.insert(key.clone()) {
                 return;
             }
+            metrics::gauge!("sluice_shared_store_upload_queue").set(queued.len() as f64);
         }
         let shared = self.clone();
         tokio::spawn(async move {
@@ -392,7 +421,11 @@ impl Shared {
                 Ok(_permit) => shared.put(&key, payload).await,
                 Err(_) => Ok("skipped"),
             };
-            shared.queued.lock().remove(&key);
+            {
+                let mut queued = shared.queued.lock();
+                queued.remove(&key);
+                metrics::gauge!("sluice_shared_store_upload_queue").set(queued.len() as f64);
+            }
             match result {
                 Ok(outcome) => count("upload", outcome),
                 Err(e) => shared
