@@ -195,9 +195,8 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
         );
 
         // What was refused is recorded per name and version; a version only dropped from
-        // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for, and the
-        // package-level audit rule on fresh-lib counts its one tarball request once, with
-        // the version. Asking for a refused version document again counts again.
+        // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for. Asking for
+        // a refused version document again counts again.
         let blocks = || async {
             let v: serde_json::Value = c
                 .get(format!("{}/-/api/blocks", s.base_url()))
@@ -252,21 +251,22 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
             ),
             "{v}"
         );
+        // fresh-lib: its packument requests (version null) and its one tarball request
+        // (1.0.0, counted once though the name is checked before the version).
         let fresh: Vec<_> = list.iter().filter(|b| b["name"] == "fresh-lib").collect();
-        assert_eq!(fresh.len(), 1, "{v}");
-        assert_eq!(
-            (
-                &fresh[0]["outcome"],
-                &fresh[0]["version"],
-                &fresh[0]["count"]
-            ),
-            (
-                &serde_json::json!("audit"),
-                &serde_json::json!("1.0.0"),
-                &serde_json::json!(1)
-            ),
+        assert_eq!(fresh.len(), 2, "{v}");
+        assert!(
+            fresh
+                .iter()
+                .all(|b| b["outcome"] == "audit" && b["rule"] == "watch-fresh"),
             "{v}"
         );
+        let tarball = fresh
+            .iter()
+            .find(|b| b["version"] == "1.0.0")
+            .unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(tarball["count"], 1, "{v}");
+        assert!(fresh.iter().any(|b| b["version"].is_null()), "{v}");
     })
     .await;
 }
@@ -372,6 +372,88 @@ async fn osv_malware_advisory_blocks_exactly_its_versions() {
                 assert!(msg.contains("MAL-2025-0001"), "{msg}");
             }
         }
+    })
+    .await;
+}
+
+/// Audit mode: a version two OSV advisories and a package-level rule name is served. Its
+/// packument request is one `audit` refusal of the package rule (version null); its
+/// tarball request one of each rule with the version: OSV's counted once with both
+/// advisories in the reason, the package rule once though the name is checked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_findings_are_recorded_once_per_request_and_rule() {
+    let sim = NpmSim::start().await;
+    sim.publish("two-mal", "1.0.0", &[]);
+    let osv = tempfile::tempdir().unwrap();
+    for id in ["MAL-2025-0002", "MAL-2025-0003"] {
+        std::fs::write(
+            osv.path().join(format!("{id}.json")),
+            format!(
+                r#"{{"id":"{id}","modified":"2025-01-01T00:00:00Z","summary":"Malicious code in two-mal",
+                    "affected":[{{"package":{{"ecosystem":"npm","name":"two-mal"}},"versions":["1.0.0"]}}]}}"#
+            ),
+        )
+        .unwrap();
+    }
+    let s = Sluice::start(&format!(
+        "[[auth.token]]\nname = \"ops\"\ntoken = \"adm\"\nrole = \"admin\"\n\n\
+         [[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\nurl = \"{}\"\n\
+         [policy]\nosv = [\"{}\"]\nosv_mode = \"audit\"\n\n\
+         [[policy.rule]]\nid = \"watch-two\"\nkind = \"deny\"\nmode = \"audit\"\n\
+         package = \"two-mal\"\nreason = \"under review\"\n",
+        sim.registry_url(),
+        osv.path().display()
+    ));
+    let registry = format!("{}/npmjs/", s.base_url());
+    within(60, "osv audit", async {
+        let c = http_client();
+        let r = c.get(format!("{registry}two-mal")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "audit mode serves");
+        let r = c
+            .get(format!("{registry}two-mal/-/two-mal-1.0.0.tgz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "audit mode serves");
+        let v: serde_json::Value = c
+            .get(format!("{}/-/api/blocks", s.base_url()))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = v["blocks"].as_array().expect("blocks");
+        assert_eq!(list.len(), 3, "{v}");
+        let one = |rule: &str, version: serde_json::Value| {
+            let e = list
+                .iter()
+                .find(|e| e["rule"] == rule && e["version"] == version)
+                .unwrap_or_else(|| panic!("no {rule} {version}: {v}"));
+            assert_eq!(
+                (&e["outcome"], &e["count"]),
+                (&serde_json::json!("audit"), &serde_json::json!(1)),
+                "{v}"
+            );
+        };
+        one("watch-two", serde_json::Value::Null);
+        one("watch-two", serde_json::json!("1.0.0"));
+        let e = list.iter().find(|e| e["rule"] == "osv").unwrap();
+        assert_eq!(
+            (&e["rule"], &e["outcome"], &e["version"], &e["count"]),
+            (
+                &serde_json::json!("osv"),
+                &serde_json::json!("audit"),
+                &serde_json::json!("1.0.0"),
+                &serde_json::json!(1)
+            ),
+            "{v}"
+        );
+        assert!(
+            e["reason"].as_str().unwrap().ends_with("(and 1 more)"),
+            "{v}"
+        );
     })
     .await;
 }

@@ -49,7 +49,8 @@ pub async fn handle(
     } else {
         Role::Admin
     };
-    authorize(app, authorization, need)?;
+    // Before authorizing: a 401's basic challenge would invite the browser to store the
+    // credentials another site's request is after.
     if !matches!(*method, Method::GET | Method::HEAD) {
         if let Some(why) = cross_site(headers) {
             metrics::counter!("sluice_admin_cross_site_refusals_total").increment(1);
@@ -59,6 +60,7 @@ pub async fn handle(
             )));
         }
     }
+    authorize(app, authorization, need)?;
     let params = params(query, body.as_deref())?;
     let p = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     match (method.as_str(), rest) {
@@ -237,8 +239,23 @@ fn cross_site(headers: &http::HeaderMap) -> Option<String> {
     let host = h("host").unwrap_or("");
     let same = origin
         .split_once("://")
-        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+        .is_some_and(|(_, authority)| same_authority(authority, host));
     (!same).then(|| format!("Origin: {}", origin.chars().take(100).collect::<String>()))
+}
+
+/// `a` and `b` name the same host and port: case, a trailing dot and a default port
+/// (80, 443) aside.
+fn same_authority(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        let s = s
+            .strip_suffix(":80")
+            .or_else(|| s.strip_suffix(":443"))
+            .unwrap_or(&s)
+            .to_string();
+        s.strip_suffix('.').unwrap_or(&s).to_string()
+    };
+    !a.is_empty() && norm(a) == norm(b)
 }
 
 /// 405 for a method an admin route does not take; `allow` is what it takes.
@@ -436,4 +453,43 @@ async fn purge(app: &Arc<App>, target: PurgeTarget) -> Result<serde_json::Value,
     let mut v = serde_json::to_value(&r).map_err(ProxyError::internal)?;
     v["stored_bytes"] = app.store.total_bytes().into();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cross_site_requests_are_told_from_same_site_ones() {
+        let host = ("host", "Sluice.Example:443");
+        for ok in [
+            vec![],
+            vec![host],
+            vec![host, ("sec-fetch-site", "same-origin")],
+            vec![host, ("sec-fetch-site", "none")],
+            vec![host, ("origin", "https://sluice.example")],
+            vec![host, ("origin", "https://sluice.example.:443")],
+            vec![("host", "[::1]:5080"), ("origin", "http://[::1]:5080")],
+        ] {
+            assert_eq!(cross_site(&headers(&ok)), None, "{ok:?}");
+        }
+        for bad in [
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+            vec![host, ("origin", "https://evil.example")],
+            vec![host, ("origin", "https://sluice.example:8443")],
+            vec![host, ("origin", "null")],
+            vec![("origin", "https://sluice.example")],
+        ] {
+            assert!(cross_site(&headers(&bad)).is_some(), "{bad:?}");
+        }
+    }
 }

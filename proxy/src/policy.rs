@@ -124,10 +124,10 @@ impl Policy {
         self.check_recording(facts, Audits::Record(Some(earlier)))
     }
 
-    /// [`Policy::check`] of a package as a whole before the request's own check with the
-    /// version (npm tarballs and version documents, PyPI files and JSON API versions) or
-    /// of a listing (packument, simple page): a block is recorded, audit findings are
-    /// left to the versioned check, so one request is one entry per rule.
+    /// [`Policy::check`] of a package as a whole when the same request is checked again
+    /// with its version (npm tarballs, PyPI files and JSON API versions): a block is
+    /// recorded, audit findings are left to the versioned check, so a request is one entry
+    /// per rule.
     pub fn check_package(&self, facts: &Facts) -> Result<Decision, ProxyError> {
         self.check_recording(facts, Audits::Skip)
     }
@@ -148,10 +148,27 @@ impl Policy {
         if let Audits::Record(earlier) = audits {
             let known =
                 |rule: &str| earlier.is_some_and(|e| e.findings.iter().any(|f| f.rule == rule));
-            for f in d.findings.iter().filter(|f| {
-                f.audit && f.verdict == Verdict::Block && f.waived_by.is_none() && !known(&f.rule)
-            }) {
-                seen(&f.rule, "audit", &f.reason);
+            let would: Vec<&sluice_policy::Finding> = d
+                .findings
+                .iter()
+                .filter(|f| {
+                    f.audit
+                        && f.verdict == Verdict::Block
+                        && f.waived_by.is_none()
+                        && !known(&f.rule)
+                })
+                .collect();
+            // Once per rule: OSV's findings are one per advisory, all under rule `osv`.
+            for (i, f) in would.iter().enumerate() {
+                if would[..i].iter().any(|g| g.rule == f.rule) {
+                    continue;
+                }
+                let more = would[i + 1..].iter().filter(|g| g.rule == f.rule).count();
+                if more == 0 {
+                    seen(&f.rule, "audit", &f.reason);
+                } else {
+                    seen(&f.rule, "audit", &format!("{} (and {more} more)", f.reason));
+                }
             }
         }
         if d.verdict == Verdict::Block {

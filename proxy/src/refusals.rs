@@ -89,7 +89,10 @@ struct Inner {
     seq: u64,
     /// Keys changed or added since the last persist.
     changed: HashSet<String>,
-    /// Keys replaced since the last persist.
+    /// Keys with a record in the index (as far as the last persist knows).
+    on_disk: HashSet<String>,
+    /// Keys replaced whose record is to be removed from the index (at most those of
+    /// `on_disk`, so bounded like it).
     removed: HashSet<String>,
     since_stored: bool,
 }
@@ -178,12 +181,17 @@ impl Refusals {
     /// The entries persisted in `index` (none: empty, starting now).
     pub fn load(index: &dyn Index) -> anyhow::Result<Refusals> {
         let r = Refusals::default();
-        let mut stored: Vec<Stored> = index
-            .scan(Tree::Meta)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX.as_bytes()))
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect();
+        let mut stored: Vec<Stored> = Vec::new();
+        for (k, v) in index.scan(Tree::Meta)? {
+            if !k.starts_with(PREFIX.as_bytes()) {
+                continue;
+            }
+            match serde_json::from_slice::<Stored>(&v) {
+                // A record under the wrong key (written by hand, say) is removed below.
+                Ok(e) if record_key(&key_of(&e.entry)) == k => stored.push(e),
+                _ => index.remove(Tree::Meta, &k)?,
+            }
+        }
         stored.sort_by_key(|e| std::cmp::Reverse(e.seq));
         let mut g = r.inner.lock();
         if let Some(since) = index.get_rec::<u64>(Tree::Meta, KEY_SINCE.as_bytes())? {
@@ -197,6 +205,7 @@ impl Refusals {
                 continue;
             }
             g.seq = g.seq.max(e.seq);
+            g.on_disk.insert(k.clone());
             g.entries.insert(k, e);
         }
         drop(g);
@@ -236,7 +245,9 @@ impl Refusals {
             if let Some(v) = g.victim() {
                 g.entries.remove(&v);
                 g.changed.remove(&v);
-                g.removed.insert(v);
+                if g.on_disk.remove(&v) {
+                    g.removed.insert(v);
+                }
             }
         }
         let entry = Refusal {
@@ -274,7 +285,7 @@ impl Refusals {
     pub fn persist(&self, index: &dyn Index) -> anyhow::Result<bool> {
         let _one = self.persisting.lock();
         let mut g = self.inner.lock();
-        if g.changed.is_empty() && g.removed.is_empty() {
+        if g.changed.is_empty() && g.removed.is_empty() && g.since_stored {
             return Ok(false);
         }
         let changed = std::mem::take(&mut g.changed);
@@ -293,16 +304,34 @@ impl Refusals {
                 failed = Some(e);
             }
         }
-        for (k, e) in writes {
-            if let Err(err) = index.put_rec(Tree::Meta, &record_key(&k), &e) {
-                self.inner.lock().changed.insert(k);
+        // Removals first: a key replaced and then seen again is written after.
+        for k in removed {
+            if let Err(err) = index.remove(Tree::Meta, &record_key(&k)) {
+                let mut g = self.inner.lock();
+                if !g.entries.contains_key(&k) {
+                    g.removed.insert(k);
+                }
                 failed = Some(err);
             }
         }
-        for k in removed {
-            if let Err(err) = index.remove(Tree::Meta, &record_key(&k)) {
-                self.inner.lock().removed.insert(k);
-                failed = Some(err);
+        for (k, e) in writes {
+            match index.put_rec(Tree::Meta, &record_key(&k), &e) {
+                Ok(()) => {
+                    let mut g = self.inner.lock();
+                    if g.entries.contains_key(&k) {
+                        g.on_disk.insert(k);
+                    } else {
+                        // Replaced while it was being written.
+                        g.removed.insert(k);
+                    }
+                }
+                Err(err) => {
+                    let mut g = self.inner.lock();
+                    if g.entries.contains_key(&k) {
+                        g.changed.insert(k);
+                    }
+                    failed = Some(err);
+                }
             }
         }
         failed.map_or(Ok(true), Err)
@@ -402,6 +431,39 @@ mod tests {
         // Recording goes on after the last sighting loaded.
         back.record_at(&seen("p5", None, "block"), 13);
         assert_eq!(back.recent(1).1[0].name, "p5");
+    }
+
+    #[test]
+    fn only_records_on_disk_are_ever_removed_and_a_flood_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = crate::store::index::SledIndex::open(dir.path()).unwrap();
+        let r = Refusals::default();
+        for i in 0..MAX_KEPT {
+            r.record_at(&seen(&format!("old{i}"), None, "block"), 1);
+        }
+        r.persist(&index).unwrap();
+        for i in 0..5 * MAX_KEPT {
+            r.record_at(&seen(&format!("flood{i}"), None, "block"), 2);
+        }
+        {
+            let g = r.inner.lock();
+            assert_eq!(g.removed.len(), MAX_KEPT, "the on-disk ones, not the flood");
+            assert!(g.changed.len() <= MAX_KEPT);
+        }
+        r.persist(&index).unwrap();
+        let on_disk = index
+            .scan(Tree::Meta)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(PREFIX.as_bytes()))
+            .count();
+        assert_eq!(on_disk, MAX_KEPT);
+        let back = Refusals::load(&index).unwrap();
+        assert_eq!(back.recent(usize::MAX), r.recent(usize::MAX));
+        // A record that is not what its key says is dropped at load.
+        index.put(Tree::Meta, b"refusals/e/00", b"{}").unwrap();
+        Refusals::load(&index).unwrap();
+        assert_eq!(index.get(Tree::Meta, b"refusals/e/00").unwrap(), None);
     }
 
     #[test]

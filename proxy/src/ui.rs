@@ -361,7 +361,7 @@ fn state(offline: bool, status: Status) -> String {
     match status {
         Status::Closed { failures: 0 } => "<span class=\"ok\">answering</span>".into(),
         Status::Closed { failures } => format!(
-            "<span class=\"ok\">answering</span> ({failures} failed requests in a row)"
+            "<span class=\"warn\">answering</span> ({failures} failed requests in a row)"
         ),
         Status::Open { wait, asked: true } => format!(
             "<span class=\"bad\">paused</span>: it answered 429; next request in {} (serving what is cached)",

@@ -103,7 +103,9 @@ pub async fn handle(
             dist_tags(app, up, &name, &req).await
         }
         Route::Tarball(name, file) => {
-            check_name(app, up, &name)?;
+            // The tarball's own check (with its version) records the audit findings.
+            app.policy
+                .check_package(&policy::facts(up, name.as_str(), None, None, None))?;
             tarball::serve(app, up, &name, &file, head).await
         }
         Route::Keys => keys(app, up, &req).await,
@@ -122,7 +124,7 @@ pub async fn handle(
 /// fetched: an internal name never reaches a public registry.
 fn check_name(app: &App, up: &Upstream, name: &NpmName) -> Result<(), ProxyError> {
     app.policy
-        .check_package(&policy::facts(up, name.as_str(), None, None, None))
+        .check(&policy::facts(up, name.as_str(), None, None, None))
         .map(|_| ())
 }
 

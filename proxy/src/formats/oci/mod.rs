@@ -210,7 +210,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         }
         OciRoute::Tags(name) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
-            app.policy.check_package(&facts(&up, &repo, None, None))?;
+            app.policy.check(&facts(&up, &repo, None, None))?;
             let asked = lists::Asked {
                 name,
                 ns: req.ns,
@@ -222,7 +222,7 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
         OciRoute::Referrers(name, digest) => {
             let (up, repo) = app.resolve_oci(name, req.ns)?;
             let digest = parse_digest(digest)?;
-            app.policy.check_package(&facts(&up, &repo, None, None))?;
+            app.policy.check(&facts(&up, &repo, None, None))?;
             let asked = lists::Asked {
                 name,
                 ns: req.ns,

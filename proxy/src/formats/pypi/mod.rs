@@ -463,8 +463,7 @@ async fn project(
     };
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
-    app.policy
-        .check_package(&files::facts(up, &norm, None, None))?;
+    app.policy.check(&files::facts(up, &norm, None, None))?;
     let (doc, cache) = project_page(app, up, &norm, false).await?;
     // Rendered pages drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
@@ -721,8 +720,13 @@ async fn json_api(
     })?;
     // A project the policy blocks as a whole (namespace, deny without versions) is never
     // fetched.
-    app.policy
-        .check_package(&files::facts(up, &norm, None, None))?;
+    // With a version, its own check below records the audit findings.
+    let facts = files::facts(up, &norm, None, None);
+    if version.is_some() {
+        app.policy.check_package(&facts)?;
+    } else {
+        app.policy.check(&facts)?;
+    }
     let url = api.join(&tail).map_err(ProxyError::internal)?;
     let key = format!("pypi/{}/json/{tail}", up.name());
     let fetch = recording_fetcher(
