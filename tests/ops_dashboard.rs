@@ -60,7 +60,7 @@ fn sha2_256(b: &[u8]) -> Vec<u8> {
 /// Every element opened is closed in order (void elements aside), and no text holds a
 /// raw `<` or `>`.
 fn check_balanced(h: &str) {
-    const VOID: [&str; 4] = ["meta", "br", "hr", "img"];
+    const VOID: [&str; 5] = ["meta", "br", "hr", "img", "input"];
     let mut stack: Vec<String> = Vec::new();
     let mut rest = h;
     while let Some(open) = rest.find('<') {
@@ -236,6 +236,83 @@ expires = "2099-12-31"
     );
     assert!(row(&admin, "<td>sim/team/app</td>").contains("<td>v1</td>"));
     assert!(admin.contains(&sim.url()));
+
+    // The page's policy check: what the policy would decide, escaped, and neither counted
+    // nor recorded (a question, not a request).
+    let decisions = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("sluice_policy_decisions_total{") && l.contains("rule=\"no-bad\"")
+            })
+            .map(str::to_string)
+    };
+    let before = decisions(&s.metrics().await);
+    let r = page(
+        &s,
+        "?format=oci&name=bad%2Fthing&version=1.0",
+        Some(&basic(ADMIN)),
+    )
+    .await;
+    let asked = r.text().await.unwrap();
+    check_balanced(&asked);
+    assert!(
+        asked.contains("oci bad/thing 1.0: <b class=\"bad\">blocked</b> by rule <code>no-bad</code>: known &lt;bad&gt; image"),
+        "{asked}"
+    );
+    assert!(
+        asked.contains("value=\"bad/thing\"") && asked.contains("<option value=\"oci\" selected>")
+    );
+    let r = page(
+        &s,
+        "?format=oci&name=team%2Ftoolbox&version=3.0",
+        Some(&basic(ADMIN)),
+    )
+    .await;
+    let waived = r.text().await.unwrap();
+    assert!(
+        waived.contains("team/toolbox 3.0: <b class=\"ok\">allowed</b>"),
+        "{waived}"
+    );
+    assert!(
+        row(&waived, "<td>watch-tools</td><td>block</td>")
+            .contains("(waived: waiver for team/toolbox"),
+        "{waived}"
+    );
+    let r = page(
+        &s,
+        "?format=npm&name=%3Cb%3Ex&version=%22%3E",
+        Some(&basic(ADMIN)),
+    )
+    .await;
+    let hostile = r.text().await.unwrap();
+    check_balanced(&hostile);
+    assert!(hostile.contains("npm &lt;b&gt;x &quot;&gt;: "), "{hostile}");
+    assert!(hostile.contains("value=\"&lt;b&gt;x\"") && hostile.contains("value=\"&quot;&gt;\""));
+    let r = page(&s, "?format=cargo&name=x", Some(&basic(ADMIN))).await;
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Unknown format <code>cargo</code>"));
+    let r = page(&s, "?format=oci&name=bad%2Fthing", Some(&basic(READER))).await;
+    assert!(
+        !r.text().await.unwrap().contains("Policy check</h2>"),
+        "admin only"
+    );
+    let api = c
+        .get(format!(
+            "{base}/-/api/policy/check?format=oci&name=bad/thing&version=1.0"
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(api).await["decision"], "block");
+    assert_eq!(
+        decisions(&s.metrics().await),
+        before,
+        "questions are not decisions"
+    );
 
     // The same refusals as JSON, admin only.
     let blocks = |auth: &'static str| {

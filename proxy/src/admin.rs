@@ -179,21 +179,10 @@ pub async fn handle(
             let format = parse_format(p("format").ok_or_else(|| bad("format is required"))?)?;
             let name = p("name").ok_or_else(|| bad("name is required"))?;
             let version = p("version");
-            let eco = match format {
-                Format::Oci => sluice_policy::Ecosystem::Oci,
-                Format::Npm => sluice_policy::Ecosystem::Npm,
-                Format::Pypi => sluice_policy::Ecosystem::Pypi,
-            };
-            let d = app.policy.decide(&sluice_policy::Facts {
-                ecosystem: eco,
-                upstream: p("upstream").unwrap_or(""),
-                public_upstream: true,
-                name,
-                version,
+            let d = app.policy.what_if(&sluice_policy::Facts {
                 digest: p("digest"),
-                published_unix: None,
                 license: p("license"),
-                has_install_script: false,
+                ..question(format, p("upstream").unwrap_or(""), name, version)
             });
             let findings: Vec<_> = d
                 .findings
@@ -284,6 +273,31 @@ fn authorize(app: &App, authorization: Option<&str>, need: Role) -> Result<(), P
         ));
     }
     Ok(())
+}
+
+/// The facts of a question to the policy about `name` (and `version`) of `format`: a
+/// public upstream, no publish time, no install script.
+pub(crate) fn question<'a>(
+    format: Format,
+    upstream: &'a str,
+    name: &'a str,
+    version: Option<&'a str>,
+) -> sluice_policy::Facts<'a> {
+    sluice_policy::Facts {
+        ecosystem: match format {
+            Format::Oci => sluice_policy::Ecosystem::Oci,
+            Format::Npm => sluice_policy::Ecosystem::Npm,
+            Format::Pypi => sluice_policy::Ecosystem::Pypi,
+        },
+        upstream,
+        public_upstream: true,
+        name,
+        version,
+        digest: None,
+        published_unix: None,
+        license: None,
+        has_install_script: false,
+    }
 }
 
 /// The `limit` parameter: a number, 100 when absent, at most [`MAX_LIMIT`].

@@ -111,6 +111,16 @@ impl Policy {
         d
     }
 
+    /// What the policy would decide for `facts`, neither counted, logged nor recorded: a
+    /// question (`/-/api/policy/check`, the dashboard), not a request.
+    pub fn what_if(&self, facts: &Facts) -> Decision {
+        let live = self.live.load();
+        if live.engine.is_empty() {
+            return Decision::allow();
+        }
+        live.engine.evaluate(facts, unix_secs() as i64)
+    }
+
     /// `Err(Blocked)` when `facts` are blocked. A request for content: a block, and each
     /// audit-mode rule that would have blocked (unless waived), is recorded in
     /// [`Policy::refusals`].

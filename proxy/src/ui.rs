@@ -1,17 +1,19 @@
 //! The dashboard at `/-/ui`: one server-rendered HTML page (no script) with what an
 //! operator or a security team looks at first — traffic and hit ratio today and per day,
-//! storage, each upstream's state (answering, failing, paused by a `429`, offline), and,
-//! for an `admin` token, the policy's recent refusals and the cached items used last.
+//! storage and the shared bucket's state, each upstream's state (answering, failing,
+//! paused by a `429`, probing, offline), and, for an `admin` token, the policy's recent
+//! refusals, a policy check form (`?format=&name=&version=`: what the policy would
+//! decide, neither counted nor recorded) and the cached items used last.
 //!
 //! Access follows `/-/api/stats`: a `read` token (or `auth.anonymous = "read"`) sees the
-//! figures and the upstreams' names and states; the refusals, the cached items and the
-//! upstreams' URLs need an `admin` token. Browsers send one as basic auth (any user name,
-//! the token as password): `/-/ui?login` answers `401` with a basic challenge until they
-//! do. The page is read-only — purge and pin stay with the API and the CLI, so a page a
-//! browser holds credentials for changes nothing — and is sent with a CSP that allows no
-//! script and only its own style block, `no-store` and `frame-ancestors 'none'`.
-//! `?refresh=N` (5–3600 s) reloads it every N seconds. `server.dashboard = false` turns it
-//! off (`404`).
+//! figures and the upstreams' names and states; the admin parts need an `admin` token
+//! (sent, as for the admin API, whatever `auth.anonymous` grants). Browsers send one as
+//! basic auth (any user name, the token as password): `/-/ui?login` answers `401` with a
+//! basic challenge until they do. The page changes nothing — purge and pin stay with the
+//! API and the CLI, whose `POST`s refuse a browser's request from another site
+//! ([`crate::admin`]) — and is sent with a CSP that allows no script, only its own style
+//! block and forms sent to itself, `no-store` and `frame-ancestors 'none'`. `?refresh=N`
+//! (5–3600 s) reloads it every N seconds. `server.dashboard = false` turns it off (`404`).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
@@ -47,7 +49,7 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
     use sha2::Digest as _;
     let hash = crate::b64::encode(&sha2::Sha256::digest(STYLE.as_bytes()));
     format!(
-        "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
 });
 
@@ -72,9 +74,13 @@ pub async fn handle(
     }
     let mut login = false;
     let mut refresh = None;
+    let mut asked = Asked::default();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
             "login" => login = true,
+            "format" => asked.format = v.into_owned(),
+            "name" => asked.name = v.trim().to_string(),
+            "version" => asked.version = v.trim().to_string(),
             "refresh" => {
                 refresh = Some(
                     v.parse::<u32>()
@@ -108,6 +114,7 @@ pub async fn handle(
         &View {
             admin,
             refresh,
+            asked: &asked,
             now: crate::store::unix_secs(),
             items: items.as_deref(),
         },
@@ -141,10 +148,19 @@ async fn listing(app: &Arc<App>) -> Result<Arc<serde_json::Value>, ProxyError> {
     Ok(v)
 }
 
+/// The policy question of the page's form (`?format=&name=&version=`).
+#[derive(Default)]
+struct Asked {
+    format: String,
+    name: String,
+    version: String,
+}
+
 /// What one rendering shows.
 struct View<'a> {
     admin: bool,
     refresh: Option<u32>,
+    asked: &'a Asked,
     now: u64,
     /// `GET /-/api/cache`'s answer (admin only).
     items: Option<&'a serde_json::Value>,
@@ -169,10 +185,11 @@ fn render(app: &App, view: &View<'_>) -> String {
     upstreams(&mut h, app, view.admin);
     if view.admin {
         refusals(&mut h, app, view.now);
+        policy_check(&mut h, app, view.asked);
         cached(&mut h, view.items, view.now);
     } else {
         h.push_str(
-            "<h2>Policy refusals and cached items</h2><p class=\"muted\">Shown to an admin token: \
+            "<h2>Policy refusals, policy check and cached items</h2><p class=\"muted\">Shown to an admin token: \
             <a href=\"/-/ui?login\">sign in</a> (any user name, the token as password).</p>\n",
         );
     }
@@ -419,6 +436,90 @@ fn refusals(h: &mut String, app: &App, now: u64) {
             esc(&r.reason),
             r.count,
             esc(&r.upstream),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// A form asking the policy about a name and version, and its answer (what the policy
+/// would decide, as `GET /-/api/policy/check`: a public upstream, no publish time or
+/// license known; nothing is counted or recorded).
+fn policy_check(h: &mut String, app: &App, asked: &Asked) {
+    h.push_str(
+        "<h2>Policy check</h2><form method=\"get\" action=\"/-/ui\"><select name=\"format\">",
+    );
+    for f in [Format::Npm, Format::Pypi, Format::Oci] {
+        let _ = write!(
+            h,
+            "<option value=\"{0}\"{1}>{0}</option>",
+            f.as_str(),
+            if asked.format == f.as_str() {
+                " selected"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(
+        h,
+        "</select> <input name=\"name\" placeholder=\"package or repository\" value=\"{}\" required> \
+         <input name=\"version\" placeholder=\"version or tag (optional)\" value=\"{}\"> <button>check</button></form>",
+        esc(&asked.name),
+        esc(&asked.version)
+    );
+    if asked.name.is_empty() {
+        return;
+    }
+    let Some(format) = [Format::Npm, Format::Pypi, Format::Oci]
+        .into_iter()
+        .find(|f| f.as_str() == asked.format)
+    else {
+        let _ = writeln!(
+            h,
+            "<p class=\"bad\">Unknown format <code>{}</code>: npm, pypi or oci.</p>",
+            esc(&asked.format)
+        );
+        return;
+    };
+    let version = Some(asked.version.as_str()).filter(|v| !v.is_empty());
+    let d = app
+        .policy
+        .what_if(&crate::admin::question(format, "", &asked.name, version));
+    let (class, verdict) = match d.verdict {
+        sluice_policy::Verdict::Block => ("bad", "blocked"),
+        sluice_policy::Verdict::Warn => ("warn", "allowed with a warning"),
+        sluice_policy::Verdict::Allow => ("ok", "allowed"),
+    };
+    let _ = write!(
+        h,
+        "<p>{} {}{}: <b class=\"{class}\">{verdict}</b>",
+        format.as_str(),
+        esc(&asked.name),
+        version.map_or(String::new(), |v| format!(" {}", esc(v))),
+    );
+    if let (Some(rule), Some(reason)) = (&d.rule, &d.reason) {
+        let _ = write!(h, " by rule <code>{}</code>: {}", esc(rule), esc(reason));
+    }
+    h.push_str("</p>\n");
+    if d.findings.is_empty() {
+        return;
+    }
+    h.push_str("<table><tr><th>rule</th><th>says</th><th>counts as</th><th>reason</th></tr>\n");
+    for f in &d.findings {
+        let mut counts = f.effective.as_str().to_string();
+        if f.audit {
+            counts.push_str(" (audit mode)");
+        }
+        if let Some(w) = &f.waived_by {
+            counts.push_str(&format!(" (waived: {w})"));
+        }
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.rule),
+            f.verdict.as_str(),
+            esc(&counts),
+            esc(&f.reason)
         );
     }
     h.push_str("</table>\n");
