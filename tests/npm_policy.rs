@@ -41,6 +41,19 @@ package = "fresh-lib"
 reason = "under review"
 "#;
 
+/// `GET /-/api/blocks` with the admin token the tests here configure (`adm`).
+async fn blocks(s: &Sluice) -> serde_json::Value {
+    http_client()
+        .get(format!("{}/-/api/blocks", s.base_url()))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn rfc3339_days_ago(days: u64) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -197,25 +210,13 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
         // What was refused is recorded per name and version; a version only dropped from
         // a packument (fresh-lib 1.1.0, under the cooldown) was never asked for. Asking for
         // a refused version document again counts again.
-        let blocks = || async {
-            let v: serde_json::Value = c
-                .get(format!("{}/-/api/blocks", s.base_url()))
-                .bearer_auth("adm")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
-        };
         let count = |v: &serde_json::Value, name: &str| {
             v["blocks"]
                 .as_array()
                 .and_then(|l| l.iter().find(|b| b["name"] == name))
                 .and_then(|b| b["count"].as_u64())
         };
-        let before = count(&blocks().await, "evt-stream").expect("evt-stream refused");
+        let before = count(&blocks(&s).await, "evt-stream").expect("evt-stream refused");
         for _ in 0..2 {
             let r = c
                 .get(format!("{registry}evt-stream/3.3.6"))
@@ -224,7 +225,7 @@ async fn npm_sees_denials_cooldowns_and_namespace_protection() {
                 .unwrap();
             assert_eq!(r.status(), 403);
         }
-        let v = blocks().await;
+        let v = blocks(&s).await;
         assert_eq!(count(&v, "evt-stream"), Some(before + 2), "{v}");
         let list = v["blocks"].as_array().expect("blocks");
         let find = |name: &str| list.iter().find(|b| b["name"] == name);
@@ -415,15 +416,7 @@ async fn audit_findings_are_recorded_once_per_request_and_rule() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "audit mode serves");
-        let v: serde_json::Value = c
-            .get(format!("{}/-/api/blocks", s.base_url()))
-            .bearer_auth("adm")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = blocks(&s).await;
         let list = v["blocks"].as_array().expect("blocks");
         assert_eq!(list.len(), 3, "{v}");
         let one = |rule: &str, version: serde_json::Value| {

@@ -599,16 +599,7 @@ fn ago(now: u64, t: u64) -> String {
 /// `s` with `& < > " '` escaped, for text and attribute values.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    crate::formats::pypi::simple::escape(s, &mut out);
     out
 }
 
@@ -620,7 +611,7 @@ mod tests {
     fn markup_in_names_is_escaped() {
         assert_eq!(
             esc("<script>alert('x')</script>&\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+            "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;"
         );
     }
 
