@@ -121,7 +121,7 @@ impl Policy {
         live.engine.evaluate(facts, unix_secs() as i64)
     }
 
-    /// `Err(Blocked)` when `facts` are blocked. A request for content: a block, and each
+    /// `Err(Blocked)` when `facts` (of a client's request) are blocked. The block, and each
     /// audit-mode rule that would have blocked (unless waived), is recorded in
     /// [`Policy::refusals`].
     pub fn check(&self, facts: &Facts) -> Result<Decision, ProxyError> {
