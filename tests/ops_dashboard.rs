@@ -193,6 +193,29 @@ expires = "2099-12-31"
     assert!(row(&anon, "<td>sim</td>").contains("answering"));
     let d = row(&anon, "<td>down</td>");
     assert!(d.contains("failing") && d.contains("next probe in"), "{d}");
+    // What each upstream did: one request to `down`, failed (its description is for
+    // admins); the simulator answered every one.
+    let cells = |r: &str| -> Vec<String> {
+        r.split("<td")
+            .skip(1)
+            .map(|c| {
+                c[c.find('>').unwrap() + 1..]
+                    .trim_end_matches("</td>")
+                    .to_string()
+            })
+            .collect()
+    };
+    let dc = cells(d);
+    assert_eq!(dc[4..6], ["1", "1"], "{d}");
+    assert_eq!(dc[6], "—", "{d}");
+    assert!(
+        dc[7].ends_with(" ago</span>"),
+        "no description for read: {d}"
+    );
+    let sc = cells(row(&anon, "<td>sim</td>"));
+    // team/app's manifest, config and layer; team/tool's and team/toolbox's manifests.
+    assert_eq!(sc[4..6], ["5", "0"], "{sc:?}");
+    assert!(sc[6].ends_with(" ago</span>") && sc[7] == "—", "{sc:?}");
     assert!(!anon.contains("bad/thing") && !anon.contains("team/app"));
     assert!(!anon.contains(&sim.url()), "upstream URLs are for admins");
     assert!(anon.contains("href=\"/-/ui?login\""));
@@ -230,6 +253,14 @@ expires = "2099-12-31"
     );
     assert!(row(&admin, "<td>sim/team/app</td>").contains("<td>v1</td>"));
     assert!(admin.contains(&sim.url()));
+    let failure = row(&admin, "<td>down</td>");
+    let failure = &failure[failure.rfind("<td>").unwrap()..];
+    assert!(
+        failure.contains(" ago</span>: ")
+            && failure.contains("&lt;url&gt;")
+            && !failure.contains("http"),
+        "the last failure, its URL replaced: {failure}"
+    );
 
     // The page's policy check: what the policy would decide, escaped, and neither counted
     // nor recorded (a question, not a request).

@@ -1,7 +1,8 @@
 //! The dashboard at `/-/ui`: one server-rendered HTML page (no script) with what an
 //! operator or a security team looks at first — traffic and hit ratio today and per day,
 //! storage and the shared bucket's state, each upstream's state (answering, failing,
-//! paused by a `429`, probing, offline), and, for an `admin` token, the policy's recent
+//! paused by a `429`, probing, offline) and what it did (requests sent, failures, the last
+//! answer and failure: [`crate::upstream::activity`]), and, for an `admin` token, the policy's recent
 //! refusals, a policy check form (`?format=&name=&version=`: what the policy would
 //! decide, neither counted nor recorded) and the cached items used last.
 //!
@@ -182,7 +183,7 @@ fn render(app: &App, view: &View<'_>) -> String {
     traffic(&mut h, &stats);
     days(&mut h, &stats);
     storage(&mut h, app, view.admin);
-    upstreams(&mut h, app, view.admin);
+    upstreams(&mut h, app, view.admin, view.now);
     if view.admin {
         refusals(&mut h, app, view.now);
         policy_check(&mut h, app, view.asked);
@@ -334,12 +335,12 @@ fn storage(h: &mut String, app: &App, admin: bool) {
     );
 }
 
-fn upstreams(h: &mut String, app: &App, admin: bool) {
+fn upstreams(h: &mut String, app: &App, admin: bool, now: u64) {
     h.push_str("<h2>Upstreams</h2><table><tr><th>name</th><th>format</th><th>clients use</th>");
     if admin {
         h.push_str("<th>URL</th>");
     }
-    h.push_str("<th>state</th></tr>\n");
+    h.push_str("<th>state</th><th class=\"n\">requests sent</th><th class=\"n\">failed</th><th>last answer</th><th>last failure</th></tr>\n");
     let mut all: Vec<&Arc<Upstream>> = app.oci.iter().collect();
     let mut mounted: Vec<&Arc<Upstream>> = app.mounted.values().collect();
     mounted.sort_by(|a, b| a.name().cmp(b.name()));
@@ -365,7 +366,20 @@ fn upstreams(h: &mut String, app: &App, admin: bool) {
                 esc(&without_credentials(up.base()))
             );
         }
-        let _ = writeln!(h, "<td>{}</td></tr>", state(up.is_offline(), up.circuit()));
+        let a = up.activity.snapshot();
+        let last_failure = match (&a.last_failure, admin) {
+            (None, _) => "—".to_string(),
+            (Some((t, what)), true) => format!("{}: {}", ago(now, *t), esc(what)),
+            (Some((t, _)), false) => ago(now, *t),
+        };
+        let _ = writeln!(
+            h,
+            "<td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{last_failure}</td></tr>",
+            state(up.is_offline(), up.circuit()),
+            a.requests,
+            a.failures,
+            a.last_success_unix.map_or("—".to_string(), |t| ago(now, t)),
+        );
     }
     h.push_str("</table>\n");
 }

@@ -7,6 +7,7 @@
 //! answers (token realm, redirect `Location`), never from a client's request: the formats
 //! pass a path that they built from validated names and digests.
 
+pub mod activity;
 pub mod auth;
 pub mod breaker;
 pub mod limits;
@@ -44,6 +45,8 @@ pub struct Upstream {
     docker_hub: bool,
     breaker: Breaker,
     limits: Limits,
+    /// Requests sent and how they went, for the dashboard.
+    pub activity: activity::Activity,
 }
 
 impl Upstream {
@@ -70,6 +73,7 @@ impl Upstream {
             http,
             tokens: TokenCache::default(),
             token_refreshes: Default::default(),
+            activity: Default::default(),
         })
     }
 
@@ -204,11 +208,21 @@ impl Upstream {
             Err(ProxyError::Throttled { .. }) => drop(permit),
             // A relayed request's 429 limits that client's use of that endpoint.
             Ok(r) if relayed && r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                self.activity.succeeded();
                 permit.record(Outcome::Success)
             }
-            Ok(r) if is_failure_status(r.status()) => permit.record(Outcome::Failure),
-            Err(e) if e.is_upstream_failure() => permit.record(Outcome::Failure),
-            _ => permit.record(Outcome::Success),
+            Ok(r) if is_failure_status(r.status()) => {
+                self.activity.failed(&format!("answered {}", r.status()));
+                permit.record(Outcome::Failure)
+            }
+            Err(e) if e.is_upstream_failure() => {
+                self.activity.failed(&e.to_string());
+                permit.record(Outcome::Failure)
+            }
+            _ => {
+                self.activity.succeeded();
+                permit.record(Outcome::Success)
+            }
         }
         // A 429 that says how long to wait, from the upstream itself (not a CDN it redirected
         // to) for what sluice caches, after the retries: the upstream asked to be left alone,
