@@ -154,8 +154,15 @@ expires = "2099-12-31"
         let c = c.clone();
         async move { c.get(url).send().await.expect(path).status().as_u16() }
     };
+    let mut last_blocked = String::new();
     for _ in 0..2 {
-        assert_eq!(status("/v2/bad/thing/manifests/1.0").await, 403);
+        let r = c
+            .get(format!("{base}/v2/bad/thing/manifests/1.0"))
+            .send()
+            .await
+            .expect("blocked");
+        assert_eq!(r.status(), 403);
+        last_blocked = header(&r, "x-request-id");
     }
     assert_eq!(
         status("/v2/team/tool/manifests/2.0").await,
@@ -242,6 +249,7 @@ expires = "2099-12-31"
         b.contains("<td class=\"n\">2</td>"),
         "two requests, one row: {b}"
     );
+    assert!(b.contains(&format!("<code>{last_blocked}</code>")), "{b}");
     let t = row(&admin, "<td>team/tool</td>");
     assert!(
         t.contains(">audit<") && t.contains("<td>watch-tools</td>"),
@@ -352,6 +360,7 @@ expires = "2099-12-31"
     assert_eq!(list[0]["name"], "team/tool", "most recent first: {v}");
     assert_eq!(list[0]["outcome"], "audit");
     assert_eq!(list[1]["name"], "bad/thing");
+    assert_eq!(list[1]["last_request_id"], last_blocked.as_str(), "{v}");
     assert_eq!(
         (list[1]["count"].as_u64(), list[1]["version"].as_str()),
         (Some(2), Some("1.0"))

@@ -27,6 +27,39 @@ use crate::store::unix_secs;
 /// Most entries kept.
 pub const MAX_KEPT: usize = 1000;
 
+tokio::task_local! {
+    /// The id (`X-Request-Id`) of the request being answered, set by the server around its
+    /// routing: an entry names its last request, to find in the access log (client, path).
+    pub static REQUEST_ID: RequestIdText;
+}
+
+/// A request id, copied (at most 24 bytes, the length sluice's ids have).
+#[derive(Clone, Copy)]
+pub struct RequestIdText {
+    buf: [u8; 24],
+    len: u8,
+}
+
+impl RequestIdText {
+    /// `id`, cut to 24 bytes on a character boundary.
+    pub fn new(id: &str) -> RequestIdText {
+        let mut len = id.len().min(24);
+        while !id.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut buf = [0; 24];
+        buf[..len].copy_from_slice(&id.as_bytes()[..len]);
+        RequestIdText {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
 /// `meta` key prefix of the persisted entries (`<prefix><sha256 of the entry's key>`).
 const PREFIX: &str = "refusals/e/";
 
@@ -59,6 +92,10 @@ pub struct Refusal {
     /// Unix seconds of the first and the last.
     pub first_unix: u64,
     pub last_unix: u64,
+    /// `X-Request-Id` of the last, when a client's request met it (the access log has its
+    /// client and path).
+    #[serde(default)]
+    pub last_request_id: Option<String>,
 }
 
 /// What [`Refusals::record`] is told.
@@ -228,6 +265,7 @@ impl Refusals {
             s.rule,
             s.outcome,
         );
+        let request_id = REQUEST_ID.try_with(|r| r.as_str().to_string()).ok();
         let mut g = self.inner.lock();
         g.seq += 1;
         let seq = g.seq;
@@ -235,6 +273,7 @@ impl Refusals {
             e.seq = seq;
             e.entry.count += 1;
             e.entry.last_unix = e.entry.last_unix.max(now);
+            e.entry.last_request_id = request_id;
             if e.entry.reason != s.reason {
                 e.entry.reason = cut(s.reason);
             }
@@ -261,6 +300,7 @@ impl Refusals {
             count: 1,
             first_unix: now,
             last_unix: now,
+            last_request_id: request_id,
         };
         g.removed.remove(&k);
         g.changed.insert(k.clone());

@@ -247,7 +247,12 @@ impl HttpServerApp for HttpApp {
             (Some(e), _) if admin_post => (Kind::Admin, Err(e)),
             // The only other bodies read are npm audits.
             (Some(e), _) => (Kind::Npm, Err(e)),
-            (None, None) => self.route(incoming, body).await,
+            (None, None) => {
+                let id = crate::refusals::RequestIdText::new(request_id);
+                crate::refusals::REQUEST_ID
+                    .scope(id, self.route(incoming, body))
+                    .await
+            }
         };
         let blocked = matches!(result, Err(ProxyError::Blocked { .. }));
         let reply = match result {

@@ -435,11 +435,11 @@ fn refusals(h: &mut String, app: &App, now: u64) {
         h.push_str("<p>None.</p>\n");
         return;
     }
-    h.push_str("<table><tr><th>last seen</th><th>outcome</th><th>format</th><th>name</th><th>version or tag</th><th>rule</th><th>reason</th><th class=\"n\">requests</th><th>upstream</th></tr>\n");
+    h.push_str("<table><tr><th>last seen</th><th>outcome</th><th>format</th><th>name</th><th>version or tag</th><th>rule</th><th>reason</th><th class=\"n\">requests</th><th>upstream</th><th>last request id</th></tr>\n");
     for r in &list {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td><code>{}</code></td></tr>",
             ago(now, r.last_unix),
             if r.outcome == "block" { "bad" } else { "warn" },
             esc(&r.outcome),
@@ -450,6 +450,7 @@ fn refusals(h: &mut String, app: &App, now: u64) {
             esc(&r.reason),
             r.count,
             esc(&r.upstream),
+            esc(r.last_request_id.as_deref().unwrap_or("—")),
         );
     }
     h.push_str("</table>\n");
