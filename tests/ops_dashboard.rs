@@ -264,10 +264,8 @@ expires = "2099-12-31"
     let failure = row(&admin, "<td>down</td>");
     let failure = &failure[failure.rfind("<td>").unwrap()..];
     assert!(
-        failure.contains(" ago</span>: ")
-            && failure.contains("&lt;url&gt;")
-            && !failure.contains("http"),
-        "the last failure, its URL replaced: {failure}"
+        failure.ends_with(" ago</span>: connection refused</td>"),
+        "the last failure, by kind only: {failure}"
     );
 
     // The page's policy check: what the policy would decide, escaped, and neither counted

@@ -1,8 +1,9 @@
 //! What an upstream did since sluice started, for the dashboard: requests sent and how many
 //! failed (the answers and errors the circuit breaker counts as failures), and the last
 //! success and failure. Recorded once per request sent ([`super::Upstream`]'s request path,
-//! after the retries), off the cache-hit path; a failure's description never holds a URL
-//! (a redirect target's may carry a signed token).
+//! after the retries and redirects), off the cache-hit path. A failure is described by
+//! kind only ([`describe`]), never with the error's text: that may hold a URL, and a
+//! redirect target's may carry a signed token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,18 +40,23 @@ impl Activity {
         self.last_success_unix.store(unix_secs(), Ordering::Relaxed);
     }
 
-    /// A request that failed: `what` says how (URLs in it are replaced).
+    /// A request that failed: `what` says how (a status, or [`describe`]'s kind).
     pub fn failed(&self, what: &str) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        *self.last_failure.lock() = Some((unix_secs(), without_urls(what)));
+        // Failures before requests, read the other way round: a snapshot never shows
+        // more failures than requests.
+        self.failures.fetch_add(1, Ordering::Release);
+        self.requests.fetch_add(1, Ordering::Release);
+        *self.last_failure.lock() =
+            Some((unix_secs(), what.chars().take(MAX_DESCRIPTION).collect()));
     }
 
     /// The figures now.
     pub fn snapshot(&self) -> Snapshot {
+        let requests = self.requests.load(Ordering::Acquire);
+        let failures = self.failures.load(Ordering::Acquire).min(requests);
         Snapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            requests,
+            failures,
             last_success_unix: Some(self.last_success_unix.load(Ordering::Relaxed))
                 .filter(|t| *t > 0),
             last_failure: self.last_failure.lock().clone(),
@@ -58,26 +64,39 @@ impl Activity {
     }
 }
 
-/// `s` with every `http://…` or `https://…` (to the next space, quote or bracket) replaced
-/// by `<url>`, cut to [`MAX_DESCRIPTION`] characters.
-fn without_urls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(MAX_DESCRIPTION));
-    let mut rest = s;
-    while let Some(at) = ["http://", "https://"]
-        .iter()
-        .filter_map(|p| rest.find(p))
-        .min()
-    {
-        out.push_str(&rest[..at]);
-        out.push_str("<url>");
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ']'))
-            .unwrap_or(tail.len());
-        rest = &tail[end..];
+/// The kind of an upstream error, in words that hold nothing from the error's text (no
+/// URL, no header value).
+pub fn describe(e: &crate::error::ProxyError) -> String {
+    use crate::error::ProxyError;
+    match e {
+        ProxyError::Upstream {
+            status: Some(s), ..
+        } => format!("answered {s}"),
+        ProxyError::Upstream { message, .. } => {
+            let m = message.to_ascii_lowercase();
+            let kind = if m.contains("timed out") || m.contains("timeout") {
+                "timed out"
+            } else if m.contains("refused") {
+                "connection refused"
+            } else if m.contains("dns") || m.contains("resolve") || m.contains("lookup") {
+                "name not resolved"
+            } else if m.contains("certificate") || m.contains("tls") || m.contains("handshake") {
+                "TLS error"
+            } else if m.contains("reset") || m.contains("closed") || m.contains("broken pipe") {
+                "connection closed"
+            } else if m.contains("redirect") {
+                "bad redirect"
+            } else {
+                "no usable answer"
+            };
+            kind.to_string()
+        }
+        ProxyError::DigestMismatch { .. } | ProxyError::HashMismatch { .. } => {
+            "sent bytes that do not match their digest".into()
+        }
+        ProxyError::TooLarge(_) => "sent a document over max_metadata_size".into(),
+        _ => "failed".into(),
     }
-    out.push_str(rest);
-    out.chars().take(MAX_DESCRIPTION).collect()
 }
 
 #[cfg(test)]
@@ -85,19 +104,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_never_reach_a_description() {
+    fn descriptions_hold_no_text_of_the_error() {
+        use crate::error::ProxyError;
+        let up = |message: &str, status| ProxyError::Upstream {
+            upstream: "u".into(),
+            message: message.into(),
+            status,
+        };
+        let leaky =
+            "error sending request for url (https://user:pw@cdn.example/a)b?X-Amz-Signature=s): ";
         assert_eq!(
-            without_urls(
-                "error sending request for url (https://cdn.example/blob?X-Amz-Signature=abc): connection refused"
-            ),
-            "error sending request for url (<url>): connection refused"
+            describe(&up(&format!("{leaky}operation timed out"), None)),
+            "timed out"
         );
         assert_eq!(
-            without_urls("answered 503 Service Unavailable"),
-            "answered 503 Service Unavailable"
+            describe(&up(&format!("{leaky}Connection refused"), None)),
+            "connection refused"
         );
-        assert_eq!(without_urls("a http://x b https://y"), "a <url> b <url>");
-        assert_eq!(without_urls(&"x".repeat(500)).len(), MAX_DESCRIPTION);
+        assert_eq!(
+            describe(&up("bad redirect Location \"//u:p@h:99999/x?sig=s\"", None)),
+            "bad redirect"
+        );
+        assert_eq!(describe(&up(leaky, None)), "no usable answer");
+        assert_eq!(describe(&up(leaky, Some(503))), "answered 503");
     }
 
     #[test]

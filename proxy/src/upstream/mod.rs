@@ -216,7 +216,7 @@ impl Upstream {
                 permit.record(Outcome::Failure)
             }
             Err(e) if e.is_upstream_failure() => {
-                self.activity.failed(&e.to_string());
+                self.activity.failed(&activity::describe(e));
                 permit.record(Outcome::Failure)
             }
             _ => {
