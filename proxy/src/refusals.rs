@@ -30,34 +30,7 @@ pub const MAX_KEPT: usize = 1000;
 tokio::task_local! {
     /// The id (`X-Request-Id`) of the request being answered, set by the server around its
     /// routing: an entry names its last request, to find in the access log (client, path).
-    pub static REQUEST_ID: RequestIdText;
-}
-
-/// A request id, copied (at most 24 bytes, the length sluice's ids have).
-#[derive(Clone, Copy)]
-pub struct RequestIdText {
-    buf: [u8; 24],
-    len: u8,
-}
-
-impl RequestIdText {
-    /// `id`, cut to 24 bytes on a character boundary.
-    pub fn new(id: &str) -> RequestIdText {
-        let mut len = id.len().min(24);
-        while !id.is_char_boundary(len) {
-            len -= 1;
-        }
-        let mut buf = [0; 24];
-        buf[..len].copy_from_slice(&id.as_bytes()[..len]);
-        RequestIdText {
-            buf,
-            len: len as u8,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
-    }
+    pub static REQUEST_ID: crate::server::RequestId;
 }
 
 /// `meta` key prefix of the persisted entries (`<prefix><sha256 of the entry's key>`).

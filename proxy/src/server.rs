@@ -66,7 +66,8 @@ impl HttpApp {
 
 /// A request id: `{prefix:08x}{seq:08x}` (random per-process prefix, sequence number),
 /// kept on the stack.
-struct RequestId {
+#[derive(Clone, Copy)]
+pub struct RequestId {
     buf: [u8; 24],
     len: usize,
 }
@@ -89,7 +90,8 @@ impl RequestId {
         id
     }
 
-    fn as_str(&self) -> &str {
+    /// The id as sent in `X-Request-Id`.
+    pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
@@ -189,8 +191,8 @@ impl HttpServerApp for HttpApp {
             }
         }
         let started = Instant::now();
-        let request_id = self.request_id();
-        let request_id = request_id.as_str();
+        let id = self.request_id();
+        let request_id = id.as_str();
         let method = session.req_header().method.clone();
         let client = client_text(session.client_addr());
 
@@ -248,7 +250,6 @@ impl HttpServerApp for HttpApp {
             // The only other bodies read are npm audits.
             (Some(e), _) => (Kind::Npm, Err(e)),
             (None, None) => {
-                let id = crate::refusals::RequestIdText::new(request_id);
                 crate::refusals::REQUEST_ID
                     .scope(id, self.route(incoming, body))
                     .await
