@@ -198,3 +198,208 @@ async fn a_bad_certificate_pair_stops_sluice_with_a_message() {
         "{err}"
     );
 }
+
+/// A self-signed certificate for localhost, valid until midnight UTC of `until` (y, m, d).
+fn self_signed_until(until: (i32, u8, u8)) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A client that trusts only `pem` and keeps no connection between requests.
+fn trusting(pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
+        .pool_max_idle_per_host(0)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// Whether a new connection to `url` is accepted by a client trusting only `pem`.
+async fn presents(pem: &str, url: &str) -> bool {
+    matches!(trusting(pem).get(url).send().await, Ok(r) if r.status() == 200)
+}
+
+/// The value of an unlabelled Prometheus sample, or of the sample with `labels`.
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let sim = Sim::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write_pair = |sub: &str, (cert, key): &(String, String)| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("cert.pem"), cert).expect("cert");
+        std::fs::write(d.join("key.pem"), key).expect("key");
+        (d.join("cert.pem"), d.join("key.pem"))
+    };
+    let a = self_signed_until((2031, 1, 2));
+    let b = self_signed_until((2032, 2, 3));
+    let c = self_signed_until((2033, 3, 4));
+    let (a_cert, a_key) = write_pair("a", &a);
+    let port = free_port();
+    let cfg = config(dir.path(), port, &a_cert, &a_key, &sim);
+    let log = dir.path().join("serve.log");
+    let serving = Serving(
+        sluice()
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn"),
+    );
+    let pid = serving.0.id().to_string();
+    let base = format!("https://localhost:{port}");
+    let health = format!("{base}/-/healthz");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Polls until `pem` is presented to new connections, for at most `secs`.
+    let until_presented = |pem: String, secs: u64, what: &'static str| {
+        let health = health.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while !presents(&pem, &health).await {
+                assert!(Instant::now() < deadline, "{what}: {}", log_text());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let metrics = |pem: String| {
+        let url = format!("{base}/-/metrics");
+        async move {
+            trusting(&pem)
+                .get(url)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    within(90, "certificate renewal", async {
+        until_presented(a.0.clone(), 20, "sluice never served the first certificate").await;
+        let m = metrics(a.0.clone()).await;
+        assert_eq!(
+            sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
+            Some(1_925_078_400.0),
+            "the expiry gauge is the certificate's notAfter"
+        );
+        // A connection opened before the renewal, kept open across it.
+        let kept = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(a.0.as_bytes()).expect("pem"))
+            .no_proxy()
+            .build()
+            .expect("client");
+        assert_eq!(kept.get(&health).send().await.expect("kept").status(), 200);
+
+        // 1. The renewal lands in other files and the config is changed to name them;
+        // SIGHUP. Only the signal can pick these up: the watch is on the old files.
+        let (b_cert, b_key) = write_pair("b", &b);
+        config(dir.path(), port, &b_cert, &b_key, &sim);
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        until_presented(
+            b.0.clone(),
+            10,
+            "SIGHUP did not serve the renewed certificate",
+        )
+        .await;
+        assert!(
+            !presents(&a.0, &health).await,
+            "new connections still get the old certificate"
+        );
+        assert_eq!(
+            kept.get(&health)
+                .send()
+                .await
+                .expect("kept connection")
+                .status(),
+            200,
+            "a connection opened before the renewal stops working"
+        );
+        let m = metrics(b.0.clone()).await;
+        assert_eq!(
+            sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
+            Some(1_959_379_200.0)
+        );
+        assert!(sample(&m, "sluice_tls_reloads_total{result=\"ok\"}").is_some_and(|n| n >= 1.0));
+
+        // 2. A renewal caught half-written (the new certificate, the old key): refused,
+        // the current pair stays in service, the dashboard says so. No signal: the files
+        // are watched.
+        std::fs::write(&b_cert, &c.0).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = metrics(b.0.clone()).await;
+            if sample(&m, "sluice_tls_reloads_total{result=\"error\"}").is_some_and(|n| n >= 1.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the mismatched pair was never tried: {}",
+                log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            presents(&b.0, &health).await,
+            "a mismatched pair replaced a good one"
+        );
+        assert!(
+            log_text().contains("still serving the previous certificate"),
+            "{}",
+            log_text()
+        );
+        let page = trusting(&b.0)
+            .get(format!("{base}/-/ui"))
+            .send()
+            .await
+            .expect("ui")
+            .text()
+            .await
+            .expect("text");
+        assert!(page.contains("the last reload failed"), "{page}");
+        assert!(
+            !page.contains("key.pem"),
+            "the failure's text (file paths) is for admins only: {page}"
+        );
+
+        // 3. The key follows: picked up from the files alone.
+        std::fs::write(&b_key, &c.1).expect("write");
+        until_presented(c.0.clone(), 15, "the completed renewal was not picked up").await;
+        let m = metrics(c.0.clone()).await;
+        assert_eq!(
+            sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
+            Some(1_993_507_200.0)
+        );
+        let page = trusting(&c.0)
+            .get(format!("{base}/-/ui"))
+            .send()
+            .await
+            .expect("ui")
+            .text()
+            .await
+            .expect("text");
+        assert!(page.contains("valid until 2033-03-04"), "{page}");
+        assert!(!page.contains("the last reload failed"), "{page}");
+    })
+    .await;
+    drop(serving);
+}

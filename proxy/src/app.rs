@@ -59,6 +59,9 @@ pub struct App {
     /// `[auth]` as last loaded: swapped on SIGHUP with the policy, so a token is revoked
     /// or added without a restart.
     pub auth: arc_swap::ArcSwap<sluice_config::AuthConfig>,
+    /// The certificate served over TLS (`server.tls_cert`), reloaded on SIGHUP and when its
+    /// files change.
+    pub tls: Option<Arc<crate::tls::ServingCert>>,
     /// Hosts whose rendered documents are cached, with when each was last used
     /// ([`App::link_base`]), at most [`MAX_LINK_HOSTS`].
     link_hosts: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
@@ -101,6 +104,10 @@ impl App {
                 tracing::warn!(error = %e, "persisted policy refusals unreadable; starting empty");
                 crate::refusals::Refusals::default()
             });
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::ServingCert::load(cert, key)?)),
+            _ => None,
+        };
         let shared = match &config.storage.s3 {
             Some(s3) => Some(Arc::new(crate::store::shared::Shared::new(
                 s3,
@@ -151,6 +158,7 @@ impl App {
                 .time_to_live(crate::formats::oci::links::UNCONFIRMED_FOR)
                 .build(),
             auth: arc_swap::ArcSwap::from_pointee(config.auth.clone()),
+            tls,
             link_hosts: Default::default(),
             config,
         })

@@ -31,6 +31,7 @@ pub mod sharded;
 pub mod stats;
 pub mod store;
 pub mod timefmt;
+pub mod tls;
 pub mod ui;
 mod upkeep;
 pub mod upstream;
@@ -78,7 +79,6 @@ pub fn serve(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // pingora takes whole seconds; "500ms" must not become no grace at all.
     let grace = config.server.shutdown_grace.as_secs_ceil();
-    let tls = tls_files(&config)?;
     let app = Arc::new(app::App::new(config, config_path, handle)?);
     tracing::info!(
         listen = %listen,
@@ -137,8 +137,11 @@ pub fn serve(
         // RSS 57 MiB with 1460 B, 88 MiB with 32 KiB).
         let mut endpoint =
             ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER));
-        if let Some((cert, key)) = &tls {
-            endpoint = endpoint.tls(TlsSettings::intermediate(cert, key)?);
+        if let Some(cert) = &app.tls {
+            // The paths given here are not read: the resolver hands out the pair it holds.
+            let mut settings = TlsSettings::intermediate("", "")?;
+            settings.set_cert_resolver(cert.clone());
+            endpoint = endpoint.tls(settings);
         }
         if per_thread {
             http.threads = Some(1);
@@ -170,30 +173,6 @@ pub fn serve(
     tracing::info!("sluice stopped");
     logsink::flush();
     std::process::exit(0);
-}
-
-/// The certificate and key files of `server.tls_cert` / `tls_key`, checked here (a file
-/// that is missing, not PEM, or whose key does not match its certificate stops sluice with
-/// a message: pingora would panic on it while starting its listeners).
-fn tls_files(config: &Config) -> anyhow::Result<Option<(String, String)>> {
-    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
-        return Ok(None);
-    };
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    pingora::tls::install_default_crypto_provider();
-    let (certs, private_key) = pingora::tls::load_certs_and_key_files(&cert, &key)
-        .map_err(|e| anyhow::anyhow!("tls_cert {cert:?} / tls_key {key:?}: {e}"))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "tls_cert {cert:?} / tls_key {key:?}: no PEM certificate in the first, or no \
-                 PEM private key (PKCS#8, PKCS#1, SEC1) in the second"
-            )
-        })?;
-    pingora::tls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, private_key)
-        .map_err(|e| anyhow::anyhow!("tls_cert {cert:?} / tls_key {key:?}: {e}"))?;
-    Ok(Some((cert, key)))
 }
 
 /// SIGTERM and SIGINT (and SIGQUIT) all stop sluice gracefully: stop accepting, let

@@ -210,23 +210,23 @@ impl Policy {
     }
 
     /// Re-reads the config file and swaps in a new engine; on error keeps the old one.
-    /// Returns the `[auth]` section of the file it loaded, for the caller to apply too.
-    pub async fn reload(self: &Arc<Self>) -> Result<sluice_config::AuthConfig, String> {
+    /// Returns the config it loaded, for the caller to apply its `[auth]` and TLS files too.
+    pub async fn reload(self: &Arc<Self>) -> Result<sluice_config::Config, String> {
         let path = self.config_path.clone();
         let built = tokio::task::spawn_blocking(
-            move || -> Result<(Live, sluice_config::AuthConfig), String> {
+            move || -> Result<(Live, sluice_config::Config), String> {
                 let cfg = match &path {
                     Some(p) => sluice_config::load_file(p).map_err(|e| e.to_string())?,
                     None => sluice_config::Config::embedded_default(),
                 };
                 let engine = Engine::new(&cfg.policy).map_err(|e| e.to_string())?;
-                Ok((Live::new(engine, &cfg.policy), cfg.auth))
+                Ok((Live::new(engine, &cfg.policy), cfg))
             },
         )
         .await
         .map_err(|e| e.to_string())?;
         match built {
-            Ok((live, auth)) => {
+            Ok((live, cfg)) => {
                 let (adv, pkgs) = live.engine.osv_stats();
                 self.live.store(Arc::new(live));
                 let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -237,7 +237,7 @@ impl Policy {
                     osv_packages = pkgs,
                     "policy reloaded"
                 );
-                Ok(auth)
+                Ok(cfg)
             }
             Err(e) => {
                 metrics::counter!("sluice_policy_reloads_total", "result" => "error").increment(1);

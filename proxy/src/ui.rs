@@ -180,6 +180,7 @@ fn render(app: &App, view: &View<'_>) -> String {
         "<title>sluice</title><style>{STYLE}</style></head><body>"
     );
     header(&mut h, app, &stats, view);
+    certificate(&mut h, app, view.admin, view.now);
     traffic(&mut h, &stats);
     days(&mut h, &stats);
     storage(&mut h, app, view.admin);
@@ -218,6 +219,53 @@ fn header(h: &mut String, app: &App, stats: &serde_json::Value, view: &View<'_>)
             ""
         },
     );
+}
+
+/// The TLS certificate being served: until when, amber in its last two weeks; to admins,
+/// why the last reload failed (the message names the files).
+fn certificate(h: &mut String, app: &App, admin: bool, now: u64) {
+    let Some(cert) = &app.tls else {
+        return;
+    };
+    let served = cert.current();
+    let _ = write!(
+        h,
+        "<p>TLS certificate <code>{}</code>, loaded {} ago",
+        esc(&served.subject),
+        span(now.saturating_sub(served.loaded_at).max(1))
+    );
+    if let Some(t) = served.expires {
+        let left = t - now as i64;
+        let class = match left {
+            l if l <= 0 => "bad",
+            l if l < 14 * 86_400 => "warn",
+            _ => "ok",
+        };
+        let until = crate::timefmt::datetime(t.max(0) as u64);
+        let _ = if left > 0 {
+            write!(
+                h,
+                ": <span class=\"{class}\">valid until {until} UTC, {} left</span>",
+                span(left as u64)
+            )
+        } else {
+            write!(h, ": <span class=\"{class}\">expired {until} UTC</span>")
+        };
+    }
+    match cert.last_error() {
+        Some(e) if admin => {
+            let _ = write!(
+                h,
+                " · <span class=\"bad\">the last reload failed</span>, still serving this one: {}",
+                esc(&e)
+            );
+        }
+        Some(_) => h.push_str(
+            " · <span class=\"bad\">the last reload failed</span>, still serving this one",
+        ),
+        None => {}
+    }
+    h.push_str("</p>\n");
 }
 
 fn traffic(h: &mut String, stats: &serde_json::Value) {

@@ -1,10 +1,11 @@
 //! Background upkeep: flushes batched last-access times to the index, closes idle kept
-//! file mappings, drains metric
-//! histograms, enforces the storage limits (a commit that takes the store over its high
-//! watermark wakes the eviction at once; the limit is also checked every second), runs a full garbage collection every
-//! `storage.gc_interval` (idle expiry, index records of content that is gone), persists
-//! the `/-/api/stats` figures and the recent policy refusals every few seconds when they changed, reloads the policy and the tokens on
-//! SIGHUP, and flushes everything once more on shutdown.
+//! file mappings, drains metric histograms, enforces the storage limits (a commit that
+//! takes the store over its high watermark wakes the eviction at once; the limit is also
+//! checked every second), runs a full garbage collection every `storage.gc_interval` (idle
+//! expiry, index records of content that is gone), persists the `/-/api/stats` figures and
+//! the recent policy refusals every few seconds when they changed, reloads the policy, the
+//! tokens and the TLS certificate on SIGHUP (the certificate also when its files change),
+//! and flushes everything once more on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the size limit is checked (one atomic load when under it).
 const LIMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often the TLS certificate's files are checked for a renewal (two small reads).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The upkeep service.
 pub struct Upkeep {
@@ -62,6 +65,27 @@ impl Upkeep {
         self.app.metrics.run_upkeep();
     }
 
+    /// SIGHUP: re-reads the TLS certificate, from the files the reloaded config names (the
+    /// ones in use when it did not load). Turning TLS on or off takes a restart: the
+    /// listener is set up once.
+    fn reload_certificate(&self, reloaded: Option<&sluice_config::Config>) {
+        let Some(cert) = &self.app.tls else {
+            if reloaded.is_some_and(|c| c.server.tls_cert.is_some()) {
+                tracing::warn!("server.tls_cert was added: serving TLS takes a restart");
+            }
+            return;
+        };
+        let paths = match reloaded.map(|c| (&c.server.tls_cert, &c.server.tls_key)) {
+            Some((Some(c), Some(k))) => Some((c.clone(), k.clone())),
+            Some(_) => {
+                tracing::warn!("server.tls_cert was removed: serving plain HTTP takes a restart; still serving TLS");
+                None
+            }
+            None => None,
+        };
+        let _ = cert.reload(paths);
+    }
+
     /// Writes the `/-/api/stats` figures and the recent policy refusals to the index when
     /// they changed.
     fn persist_stats(&self) {
@@ -81,6 +105,7 @@ impl BackgroundService for Upkeep {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         let mut limit = tokio::time::interval(LIMIT_EVERY);
         let mut stats = tokio::time::interval(crate::stats::PERSIST_EVERY);
+        let mut cert_check = tokio::time::interval(CERT_CHECK_EVERY);
         let gc_every = self.app.config.storage.gc_interval.get();
         let mut last_gc = Instant::now();
         // SIGHUP reloads the policy and the tokens (the default action would terminate the
@@ -109,11 +134,19 @@ impl BackgroundService for Upkeep {
                     }
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading policy and tokens");
-                    if let Ok(auth) = self.app.policy.reload().await {
+                    tracing::info!("SIGHUP: reloading policy, tokens and TLS certificate");
+                    let reloaded = self.app.policy.reload().await.ok();
+                    if let Some(cfg) = &reloaded {
+                        let auth = cfg.auth.clone();
                         tracing::info!(tokens = auth.tokens.len(), anonymous = ?auth.anonymous,
                             "tokens reloaded");
                         self.app.auth.store(std::sync::Arc::new(auth));
+                    }
+                    self.reload_certificate(reloaded.as_ref());
+                }
+                _ = cert_check.tick() => {
+                    if let Some(cert) = self.app.tls.clone() {
+                        let _ = tokio::task::spawn_blocking(move || cert.reload_if_changed()).await;
                     }
                 }
                 _ = shutdown.changed() => {
