@@ -657,3 +657,174 @@ async fn push_through_sluice_is_rejected_with_unsupported() {
     })
     .await;
 }
+
+/// One manifest answer, as compared between distribution and sluice.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    digest: String,
+    body: Vec<u8>,
+}
+
+/// `method` on `base/v2/repo/manifests/reference` with one `Accept` header per entry.
+async fn manifest_answer(
+    method: reqwest::Method,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    accept: &[&str],
+) -> Answer {
+    let mut req = http_client().request(method, format!("{base}/v2/{repo}/manifests/{reference}"));
+    for a in accept {
+        req = req.header("Accept", *a);
+    }
+    let r = req.send().await.expect("manifest request");
+    let status = r.status().as_u16();
+    let content_type = header(&r, "content-type");
+    let digest = header(&r, "docker-content-digest");
+    Answer {
+        status,
+        content_type,
+        digest,
+        body: r.bytes().await.expect("body").to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_accept_manifest_lists_gets_what_distribution_gives_it() {
+    use common::images::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX};
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A Docker manifest list (linux/amd64, linux/arm64) and an OCI index.
+    let (docker, _) = build_multi_arch(&tmp.path().join("docker"), "v1", 31);
+    push(&docker.dir, "v1", &reg.host(), "list:v1", PushFormat::V2s2);
+    let (oci, oci_idx) = build_multi_arch(&tmp.path().join("oci"), "v1", 32);
+    push(&oci.dir, "v1", &reg.host(), "index:v1", PushFormat::Oci);
+    let s = sluice_for(&reg);
+    let (direct, via) = (reg.url(), s.base_url());
+    common::within(120, "manifest negotiation", async {
+        let list = manifest_answer(
+            reqwest::Method::GET,
+            &direct,
+            "list",
+            "v1",
+            &[ACCEPT_ALL_MANIFESTS],
+        )
+        .await;
+        assert_eq!(
+            list.content_type, DOCKER_LIST,
+            "skopeo pushed a Docker manifest list"
+        );
+        // Through sluice as from distribution: the list when it is accepted (also named
+        // among others, one header per type as Docker's client sends them), the
+        // linux/amd64 image manifest when only image manifests are; GET and HEAD.
+        for accept in [
+            vec![ACCEPT_ALL_MANIFESTS],
+            vec![DOCKER_MANIFEST, DOCKER_LIST],
+            vec![DOCKER_MANIFEST],
+        ] {
+            for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                let want = manifest_answer(method.clone(), &direct, "list", "v1", &accept).await;
+                let got = manifest_answer(method.clone(), &via, "list", "v1", &accept).await;
+                assert_eq!(want.status, 200, "{method} {accept:?} from distribution");
+                assert_eq!(got, want, "{method} list:v1 with Accept {accept:?}");
+            }
+        }
+        let amd64 =
+            manifest_answer(reqwest::Method::GET, &via, "list", "v1", &[DOCKER_MANIFEST]).await;
+        // `q=0` refuses a type (RFC 9110 §12.4.2): honoured, where distribution, which
+        // ignores `q`, would send the list.
+        let refusing = manifest_answer(
+            reqwest::Method::GET,
+            &via,
+            "list",
+            "v1",
+            &[&format!("{DOCKER_MANIFEST}; q=0.9, {DOCKER_LIST}; q=0")],
+        )
+        .await;
+        assert_eq!(refusing, amd64, "q=0 on the list type");
+        assert_eq!(amd64.content_type, DOCKER_MANIFEST);
+        assert_ne!(amd64.digest, list.digest);
+        assert_eq!(sha256_digest(&amd64.body), amd64.digest);
+        let config: serde_json::Value = serde_json::from_slice(&amd64.body).expect("json");
+        let cfg = http_client()
+            .get(format!(
+                "{via}/v2/list/blobs/{}",
+                config["config"]["digest"].as_str().expect("config")
+            ))
+            .send()
+            .await
+            .expect("config blob");
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&cfg.bytes().await.expect("body")).expect("json");
+        assert_eq!(cfg["architecture"], "amd64", "the default platform's image");
+        // By digest the bytes are named: the list itself, whatever the Accept (as from
+        // distribution).
+        let by_digest = manifest_answer(
+            reqwest::Method::GET,
+            &via,
+            "list",
+            &list.digest,
+            &[DOCKER_MANIFEST],
+        )
+        .await;
+        assert_eq!(
+            by_digest,
+            manifest_answer(
+                reqwest::Method::GET,
+                &direct,
+                "list",
+                &list.digest,
+                &[DOCKER_MANIFEST]
+            )
+            .await
+        );
+        assert_eq!(by_digest.digest, list.digest);
+
+        // An OCI index whose images are OCI manifests, for a client that accepts only
+        // Docker's types: no manifest it accepts. distribution answers 404; sluice serves
+        // the index as it is and lets the client decide (README).
+        let refused = manifest_answer(
+            reqwest::Method::GET,
+            &direct,
+            "index",
+            "v1",
+            &[DOCKER_MANIFEST],
+        )
+        .await;
+        assert_eq!(
+            refused.status, 404,
+            "distribution's answer changed: {refused:?}"
+        );
+        let as_is = manifest_answer(
+            reqwest::Method::GET,
+            &via,
+            "index",
+            "v1",
+            &[DOCKER_MANIFEST],
+        )
+        .await;
+        assert_eq!(
+            (as_is.status, as_is.content_type.as_str()),
+            (200, OCI_INDEX)
+        );
+        assert_eq!(as_is.digest, oci_idx.digest);
+
+        let m = s.metrics().await;
+        let count = |outcome: &str| {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "sluice_oci_manifest_negotiations_total{{outcome=\"{outcome}\"}} "
+                    ))
+                })
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // GET and HEAD with only the image type, the two GETs after: 4 platform picks.
+        assert_eq!(count("platform"), 4, "{m}");
+        assert_eq!(count("as_is"), 1, "{m}");
+    })
+    .await;
+}

@@ -418,6 +418,7 @@ impl HttpApp {
                 ns: ns.as_deref(),
                 query,
                 range,
+                headers,
             };
             return (Kind::Oci, oci::handle(app, req).await);
         }

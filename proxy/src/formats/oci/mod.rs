@@ -27,6 +27,7 @@ use crate::upstream::{accept, Upstream};
 
 pub(crate) mod links;
 mod lists;
+mod negotiate;
 
 /// Every manifest media type sluice asks upstreams for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -115,6 +116,8 @@ pub struct OciRequest<'a> {
     pub query: Option<&'a str>,
     /// `Range` header.
     pub range: Option<&'a str>,
+    /// All request headers (a manifest's `Accept`).
+    pub headers: &'a HeaderMap,
 }
 
 /// A fetched manifest.
@@ -193,6 +196,29 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                     &first,
                 )?;
             }
+            // An index for a client that does not accept indexes: its default platform.
+            // (Accept is read only for an index.)
+            let refused = (tag.is_some() && negotiate::is_index(&m.media_type))
+                .then(|| negotiate::Accepted::of(req.headers))
+                .flatten()
+                .filter(|accepted| !accepted.allows(&m.media_type));
+            let (m, cache) = match refused {
+                Some(accepted) => match negotiate::default_platform(&m.bytes, accepted) {
+                    Some(child) => {
+                        metrics::counter!("sluice_oci_manifest_negotiations_total", "outcome" => "platform").increment(1);
+                        app.policy.check_again(
+                            &facts(&up, &repo, tag, Some(child.text().as_str())),
+                            &first,
+                        )?;
+                        manifest_by_digest(app, &up, &repo, child).await?
+                    }
+                    None => {
+                        metrics::counter!("sluice_oci_manifest_negotiations_total", "outcome" => "as_is").increment(1);
+                        (m, cache)
+                    }
+                },
+                None => (m, cache),
+            };
             app.store.touch(&m.digest);
             if let Some(key) = key {
                 // Batched in memory (cleanup policies rank tags by last pull).
