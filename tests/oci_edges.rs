@@ -193,3 +193,105 @@ async fn clients_without_a_token_are_refused_when_anonymous_is_none() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negotiated_platform_manifest_is_policed_reported_and_optional() {
+    use common::images::{ACCEPT_ALL_MANIFESTS, DOCKER_LIST, DOCKER_MANIFEST};
+    let sim = Sim::start().await;
+    // Docker manifest lists whose linux/amd64 image is a Docker v2 manifest.
+    let image = |label: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                       "digest": common::sha256_digest(label.as_bytes())},
+            "layers": [],
+        }))
+        .expect("json")
+    };
+    let list = |amd64: &str, arm64: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": DOCKER_LIST,
+            "manifests": [
+                {"mediaType": DOCKER_MANIFEST, "digest": arm64, "size": 1, "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": DOCKER_MANIFEST, "digest": amd64, "size": 1, "platform": {"architecture": "amd64", "os": "linux"}},
+            ],
+        }))
+        .expect("json")
+    };
+    let arm = sim.add_manifest(DOCKER_MANIFEST, image("arm"));
+    let amd = sim.add_manifest(DOCKER_MANIFEST, image("amd"));
+    let app_list = sim.add_manifest(DOCKER_LIST, list(&amd, &arm));
+    sim.tag("app", "v1", &app_list);
+    sim.tag("again", "v1", &app_list);
+    // A list whose amd64 manifest the upstream does not have.
+    let missing = common::sha256_digest(b"never stored");
+    let gone_list = sim.add_manifest(DOCKER_LIST, list(&missing, &arm));
+    sim.tag("gone", "v1", &gone_list);
+    // A list whose amd64 manifest the policy denies by digest.
+    let denied = sim.add_manifest(DOCKER_MANIFEST, image("denied"));
+    sim.tag(
+        "held",
+        "v1",
+        &sim.add_manifest(DOCKER_LIST, list(&denied, &arm)),
+    );
+    let s = Sluice::start(&upstream(
+        &sim,
+        &format!(
+            "\n[[policy.rule]]\nid = \"recalled-image\"\nkind = \"deny\"\nformat = \"oci\"\npackage = \"held\"\nversions = \"{denied}\"\nreason = \"recalled\"\n"
+        ),
+    ));
+    let c = http_client();
+    let base = s.base_url();
+    let get = |repo: &'static str, accept: &'static str| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let r = c
+                .get(format!("{base}/v2/{repo}/manifests/v1"))
+                .header("Accept", accept)
+                .send()
+                .await
+                .expect("GET manifest");
+            let digest = common::header(&r, "docker-content-digest");
+            (r.status().as_u16(), digest, sluice_cache_header(&r))
+        }
+    };
+    within(60, "negotiated platform manifest", async {
+        assert_eq!(
+            get("app", ACCEPT_ALL_MANIFESTS).await,
+            (200, app_list.clone(), "MISS".into())
+        );
+        // The list is cached, its amd64 manifest is not yet: the answer is a miss.
+        assert_eq!(
+            get("app", DOCKER_MANIFEST).await,
+            (200, amd.clone(), "MISS".into())
+        );
+        assert_eq!(
+            get("app", DOCKER_MANIFEST).await,
+            (200, amd.clone(), "HIT".into())
+        );
+        // A tag not cached yet whose amd64 manifest is: still a miss.
+        assert_eq!(
+            get("again", DOCKER_MANIFEST).await,
+            (200, amd.clone(), "MISS".into())
+        );
+        // Not to be had upstream: the list, as before negotiation, not an error.
+        let (status, digest, _) = get("gone", DOCKER_MANIFEST).await;
+        assert_eq!((status, digest), (200, gone_list.clone()));
+        // A denied platform manifest is refused, not swapped for the list.
+        let (status, _, _) = get("held", DOCKER_MANIFEST).await;
+        assert_eq!(status, 403, "a denied platform manifest was served");
+        assert!(
+            !sim.requests()
+                .iter()
+                .any(|r| r.path.contains(denied.as_str())),
+            "the denied manifest was fetched"
+        );
+        let m = s.metrics().await;
+        for (outcome, n) in [("platform", 3), ("as_is", 1)] {
+            let line =
+                format!("sluice_oci_manifest_negotiations_total{{outcome=\"{outcome}\"}} {n}");
+            assert!(m.lines().any(|l| l == line), "{line} in {m}");
+        }
+    })
+    .await;
+}

@@ -36,6 +36,22 @@ impl CacheStatus {
         }
     }
 
+    /// Of two documents served as one answer, the status of the less cached: a miss over
+    /// anything, then stale, then revalidated.
+    pub fn least_cached(self, other: CacheStatus) -> CacheStatus {
+        let rank = |c: CacheStatus| match c {
+            CacheStatus::Miss | CacheStatus::Bypass => 0,
+            CacheStatus::Stale => 1,
+            CacheStatus::Revalidated => 2,
+            CacheStatus::Hit => 3,
+        };
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -259,6 +275,17 @@ mod tests {
             Reply::new(StatusCode::OK, CacheStatus::Hit).content_type(),
             None
         );
+    }
+
+    #[test]
+    fn two_documents_report_the_less_cached() {
+        use CacheStatus::*;
+        assert_eq!(Hit.least_cached(Miss), Miss);
+        assert_eq!(Miss.least_cached(Hit), Miss);
+        assert_eq!(Hit.least_cached(Stale), Stale);
+        assert_eq!(Revalidated.least_cached(Stale), Stale);
+        assert_eq!(Hit.least_cached(Revalidated), Revalidated);
+        assert_eq!(Hit.least_cached(Hit), Hit);
     }
 
     #[test]

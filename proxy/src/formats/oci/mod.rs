@@ -190,33 +190,20 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                     (m, cache, Some(key))
                 }
             };
-            if tag.is_some() {
-                app.policy.check_again(
-                    &facts(&up, &repo, tag, Some(m.digest.text().as_str())),
-                    &first,
-                )?;
-            }
-            // An index for a client that does not accept indexes: its default platform.
-            // (Accept is read only for an index.)
-            let refused = (tag.is_some() && negotiate::is_index(&m.media_type))
-                .then(|| negotiate::Accepted::of(req.headers))
-                .flatten()
-                .filter(|accepted| !accepted.allows(&m.media_type));
-            let (m, cache) = match refused {
-                Some(accepted) => match negotiate::default_platform(&m.bytes, accepted) {
-                    Some(child) => {
-                        metrics::counter!("sluice_oci_manifest_negotiations_total", "outcome" => "platform").increment(1);
-                        app.policy.check_again(
-                            &facts(&up, &repo, tag, Some(child.text().as_str())),
-                            &first,
-                        )?;
-                        manifest_by_digest(app, &up, &repo, child).await?
-                    }
-                    None => {
-                        metrics::counter!("sluice_oci_manifest_negotiations_total", "outcome" => "as_is").increment(1);
-                        (m, cache)
-                    }
-                },
+            let (m, cache) = match tag {
+                Some(tag) => {
+                    let decided = app.policy.check_again(
+                        &facts(&up, &repo, Some(tag), Some(m.digest.text().as_str())),
+                        &first,
+                    )?;
+                    let asked = Asked {
+                        up: &up,
+                        repo: &repo,
+                        tag,
+                        decided: &decided,
+                    };
+                    for_client(app, asked, req.headers, m, cache).await?
+                }
                 None => (m, cache),
             };
             app.store.touch(&m.digest);
@@ -263,6 +250,76 @@ pub async fn handle(app: &Arc<App>, req: OciRequest<'_>) -> Result<Reply, ProxyE
                 req.rest.chars().take(200).collect::<String>()
             ),
         }),
+    }
+}
+
+/// A manifest request by tag, once the policy allowed the tag's digest.
+struct Asked<'a> {
+    up: &'a Arc<Upstream>,
+    repo: &'a RepoName,
+    tag: &'a str,
+    /// The policy's decision on the tag's digest.
+    decided: &'a sluice_policy::Decision,
+}
+
+/// What a client gets for tag manifest `m` (see [`negotiate`]): for a Docker manifest list
+/// its `Accept` does not name, the list's `linux/amd64` image manifest when the client
+/// named that manifest's type and the policy allows its digest; else `m`. The reply's
+/// cache status is the less cached of the two documents'.
+async fn for_client(
+    app: &Arc<App>,
+    asked: Asked<'_>,
+    headers: &HeaderMap,
+    m: Manifest,
+    cache: CacheStatus,
+) -> Result<(Manifest, CacheStatus), ProxyError> {
+    // Accept is read only for an index.
+    if !negotiate::is_index(&m.media_type) {
+        return Ok((m, cache));
+    }
+    let Some(accepted) = negotiate::Accepted::of(headers).filter(|a| !a.allows(&m.media_type))
+    else {
+        return Ok((m, cache));
+    };
+    let count = |outcome: &'static str| {
+        metrics::counter!("sluice_oci_manifest_negotiations_total", "outcome" => outcome)
+            .increment(1)
+    };
+    let child = negotiate::is_docker_list(&m.media_type)
+        .then(|| negotiate::default_platform(&m.bytes, accepted))
+        .flatten();
+    let Some(child) = child else {
+        count("as_is");
+        return Ok((m, cache));
+    };
+    let Asked {
+        up,
+        repo,
+        tag,
+        decided,
+    } = asked;
+    app.policy.check_again(
+        &facts(up, repo, Some(tag), Some(child.text().as_str())),
+        decided,
+    )?;
+    match manifest_by_digest(app, up, repo, child).await {
+        Ok((platform, platform_cache)) => {
+            count("platform");
+            // The list stays in use: the tag points to it.
+            app.store.touch(&m.digest);
+            Ok((platform, cache.least_cached(platform_cache)))
+        }
+        // Not to be had now: the list, as the client got it before negotiation.
+        Err(e)
+            if e.is_upstream_failure()
+                || matches!(e, ProxyError::NotFound { .. } | ProxyError::Offline(_)) =>
+        {
+            tracing::warn!(repository = %repo, tag, platform_manifest = %child, error = %e,
+                "the list's linux/amd64 manifest cannot be had now; serving the list");
+            count("as_is");
+            Ok((m, cache))
+        }
+        Err(e) => Err(e),
     }
 }
 

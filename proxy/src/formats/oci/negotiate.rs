@@ -1,15 +1,16 @@
 //! `Accept` negotiation for manifests asked for by tag.
 //!
 //! sluice fetches every tag with every manifest type accepted and stores what the upstream
-//! answered, so a multi-platform tag is stored as its index (or Docker manifest list). A
-//! client that names the manifest types it understands and not that one (a script asking
-//! for `application/vnd.docker.distribution.manifest.v2+json` to read an image's config
-//! digest, a tool comparing digests with `HEAD`) gets what CNCF distribution and Docker Hub
-//! give it: the index's `linux/amd64` image manifest, when that manifest's type is one it
-//! named. Otherwise the stored manifest is served as it is (distribution answers `404` for
-//! an OCI index or manifest not accepted; a cache in front of a registry has no better copy
-//! to offer and lets the client decide). Requests by digest are served as asked: the digest
-//! names the bytes.
+//! answered, so a multi-platform tag is stored as its index or Docker manifest list. A
+//! client whose `Accept` names manifest types but not the Docker manifest list it asked
+//! for (a script asking for `application/vnd.docker.distribution.manifest.v2+json` to read
+//! an image's config digest, a tool comparing digests with `HEAD`) gets what CNCF
+//! distribution gives it: the list's `linux/amd64` image manifest, when that manifest's
+//! type is one it named. An OCI index it did not name, a list without such a manifest,
+//! and a list whose platform manifest the upstream cannot give now are served as they are
+//! (distribution answers `404` to the first two; a cache has no better copy to offer and
+//! lets the client decide). Requests by digest are served as asked: the digest names the
+//! bytes.
 
 use http::HeaderMap;
 
@@ -42,10 +43,10 @@ impl Accepted {
                 let mut parts = item.split(';');
                 let media = parts.next().unwrap_or("").trim();
                 let refused = parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.trim().parse::<f32>().ok())
-                        .is_some_and(|q| q <= 0.0)
+                    p.split_once('=').is_some_and(|(k, q)| {
+                        k.trim().eq_ignore_ascii_case("q")
+                            && q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                    })
                 });
                 if refused {
                     continue;
@@ -59,6 +60,14 @@ impl Accepted {
             }
         }
         (bits != 0).then_some(Accepted(bits))
+    }
+
+    /// Whether `media_type`, one of the types sluice knows, was named.
+    pub fn names(self, media_type: &str) -> bool {
+        KNOWN
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(media_type))
+            .is_some_and(|i| self.0 & (1 << i) != 0)
     }
 
     /// Whether a manifest of `media_type` may be sent as it is.
@@ -76,11 +85,17 @@ impl Accepted {
 
 /// Whether `media_type` is an index or a Docker manifest list.
 pub fn is_index(media_type: &str) -> bool {
-    media_type.eq_ignore_ascii_case(KNOWN[0]) || media_type.eq_ignore_ascii_case(KNOWN[2])
+    media_type.eq_ignore_ascii_case(KNOWN[0]) || is_docker_list(media_type)
+}
+
+/// Whether `media_type` is a Docker manifest list: the only kind distribution answers with
+/// its default platform's manifest (an OCI index not accepted gets a `404` there).
+pub fn is_docker_list(media_type: &str) -> bool {
+    media_type.eq_ignore_ascii_case(KNOWN[2])
 }
 
 /// The digest of the default platform's manifest in index `bytes`, if the index has one
-/// of a type the client accepts.
+/// of a known type the client named.
 pub fn default_platform(bytes: &[u8], accepted: Accepted) -> Option<Digest> {
     let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     doc.get("manifests")?.as_array()?.iter().find_map(|m| {
@@ -90,7 +105,7 @@ pub fn default_platform(bytes: &[u8], accepted: Accepted) -> Option<Digest> {
             platform.get("architecture")?.as_str()?,
         );
         let media = m.get("mediaType")?.as_str()?;
-        ((os, arch) == DEFAULT_PLATFORM && accepted.allows(media))
+        ((os, arch) == DEFAULT_PLATFORM && accepted.names(media))
             .then(|| m.get("digest")?.as_str()?.parse().ok())
             .flatten()
     })
@@ -120,10 +135,11 @@ mod tests {
         assert!(!two.allows(KNOWN[0]) && !two.allows(KNOWN[1]));
         // One comma-separated header, parameters and case ignored, q=0 refused.
         let one = accept(&[&format!(
-            "{}; q=0.5, APPLICATION/VND.OCI.IMAGE.INDEX.V1+JSON;q=0",
-            KNOWN[1]
+            "{}; q=0.5, APPLICATION/VND.OCI.IMAGE.INDEX.V1+JSON;q=0, {}; Q = 0.0",
+            KNOWN[1], KNOWN[2]
         )])
         .expect("constrains");
+        assert!(!one.names(KNOWN[2]), "Q = 0.0 refuses too");
         assert!(one.allows(KNOWN[1]));
         assert!(!one.allows(KNOWN[0]), "q=0 is a refusal");
         assert!(one.allows("application/vnd.example.artifact+json"));
@@ -147,5 +163,11 @@ mod tests {
         assert_eq!(default_platform(index.as_bytes(), oci_only), None);
         assert_eq!(default_platform(b"not json", docker), None);
         assert!(is_index(KNOWN[0]) && is_index(KNOWN[2]) && !is_index(KNOWN[3]));
+        assert!(is_docker_list(KNOWN[2]) && !is_docker_list(KNOWN[0]));
+        // A child of a type sluice does not know is never picked.
+        let odd = serde_json::json!({"manifests": [{"mediaType": "application/vnd.example+json",
+            "digest": format!("sha256:{}", "c".repeat(64)), "platform": {"os": "linux", "architecture": "amd64"}}]})
+        .to_string();
+        assert_eq!(default_platform(odd.as_bytes(), docker), None);
     }
 }
