@@ -89,6 +89,11 @@ impl App {
         config_path: Option<std::path::PathBuf>,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<App> {
+        // First: a bad pair stops sluice before the policy and the store are loaded.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::ServingCert::load(cert, key)?)),
+            _ => None,
+        };
         let engine = sluice_policy::Engine::new(&config.policy)
             .map_err(|e| anyhow::anyhow!("[policy]: {e}"))?;
         let limits = crate::store::evict::Limits::from_config(&config.storage)?;
@@ -104,10 +109,6 @@ impl App {
                 tracing::warn!(error = %e, "persisted policy refusals unreadable; starting empty");
                 crate::refusals::Refusals::default()
             });
-        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::ServingCert::load(cert, key)?)),
-            _ => None,
-        };
         let shared = match &config.storage.s3 {
             Some(s3) => Some(Arc::new(crate::store::shared::Shared::new(
                 s3,

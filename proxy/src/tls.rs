@@ -51,9 +51,11 @@ impl Stamp {
 /// The served certificate: rustls asks it for the pair at each handshake.
 pub struct ServingCert {
     current: ArcSwap<Loaded>,
-    /// The files' stamp at the last attempt (good or bad), so a broken renewal is tried
-    /// once per change rather than on every check.
-    tried: Mutex<Stamp>,
+    /// The files last asked for (by SIGHUP, or those in service) and their stamp at that
+    /// attempt, good or bad: those files are the ones watched, so a broken pair named by a
+    /// reload is tried again once it changes, and tried once per change rather than on
+    /// every check.
+    tried: Mutex<((PathBuf, PathBuf), Stamp)>,
     /// Why the last attempt failed, until one succeeds.
     last_error: Mutex<Option<String>>,
 }
@@ -79,9 +81,21 @@ impl ServingCert {
         let stamp = Stamp::of(&paths);
         let loaded = read_pair(&paths).map_err(|e| anyhow::anyhow!(e))?;
         report(&loaded, "TLS certificate loaded");
+        metrics::describe_counter!(
+            "sluice_tls_reloads_total",
+            "TLS certificate reloads (SIGHUP, or its files changed) by result"
+        );
+        metrics::describe_gauge!(
+            "sluice_tls_certificate_expiry_timestamp_seconds",
+            "Unix time of the served certificate chain's earliest notAfter"
+        );
+        // Present from the start, so that the first failure is an increase.
+        for result in ["ok", "error"] {
+            metrics::counter!("sluice_tls_reloads_total", "result" => result).increment(0);
+        }
         Ok(ServingCert {
             current: ArcSwap::from_pointee(loaded),
-            tried: Mutex::new(stamp),
+            tried: Mutex::new((paths, stamp)),
             last_error: Mutex::new(None),
         })
     }
@@ -96,12 +110,24 @@ impl ServingCert {
         self.last_error.lock().clone()
     }
 
-    /// Re-reads the pair (from `paths`, or the files it was loaded from) and serves it if it
-    /// loads; otherwise keeps the one being served and returns why.
+    /// Re-reads the pair (from `paths`, or the files last asked for) and serves it if it
+    /// loads; otherwise keeps the one being served and returns why. A pair already expired
+    /// does not replace one still valid (an old secret restored by mistake).
     pub fn reload(&self, paths: Option<(PathBuf, PathBuf)>) -> Result<(), String> {
-        let paths = paths.unwrap_or_else(|| self.current.load().paths.clone());
-        *self.tried.lock() = Stamp::of(&paths);
-        match read_pair(&paths) {
+        let paths = paths.unwrap_or_else(|| self.tried.lock().0.clone());
+        *self.tried.lock() = (paths.clone(), Stamp::of(&paths));
+        let now = crate::store::unix_secs() as i64;
+        let serving = self.current.load();
+        let loaded = read_pair(&paths).and_then(|loaded| match (loaded.expires, serving.expires) {
+            (Some(new), Some(old)) if new <= now && old > now => Err(format!(
+                "{}: expired {} UTC, while the certificate in service is valid until {} UTC",
+                loaded.paths.0.display(),
+                crate::timefmt::datetime(new.max(0) as u64),
+                crate::timefmt::datetime(old as u64)
+            )),
+            _ => Ok(loaded),
+        });
+        match loaded {
             Ok(loaded) => {
                 metrics::counter!("sluice_tls_reloads_total", "result" => "ok").increment(1);
                 report(&loaded, "TLS certificate reloaded");
@@ -118,12 +144,23 @@ impl ServingCert {
         }
     }
 
-    /// Reloads if either file changed since the last attempt (cheap: two small reads).
-    pub fn reload_if_changed(&self) {
-        let paths = self.current.load().paths.clone();
-        if Stamp::of(&paths) != *self.tried.lock() {
-            let _ = self.reload(Some(paths));
+    /// Reloads if either watched file changed since the last attempt (cheap: two small
+    /// reads). A change still under way is left to the next check: after one, the files
+    /// must read the same again `settle` later (a renewal that swaps the certificate and
+    /// then the key is not caught in between).
+    pub fn reload_if_changed(&self, settle: std::time::Duration) {
+        let (paths, tried) = self.tried.lock().clone();
+        let now = Stamp::of(&paths);
+        if now == tried {
+            return;
         }
+        if !settle.is_zero() {
+            std::thread::sleep(settle);
+            if Stamp::of(&paths) != now {
+                return;
+            }
+        }
+        let _ = self.reload(Some(paths));
     }
 }
 
@@ -158,9 +195,9 @@ fn read_pair(paths: &(PathBuf, PathBuf)) -> Result<Loaded, String> {
     let chain: Vec<_> = chain.into_iter().map(|c| c.into_owned()).collect();
     let provider = CryptoProvider::get_default()
         .ok_or_else(|| format!("{}: no TLS crypto provider installed", which()))?;
-    let (expires, subject) = validity(&chain).map_err(|e| format!("{}: {e}", which()))?;
     let key = CertifiedKey::from_der(chain, private_key, provider)
         .map_err(|e| format!("{}: {e}", which()))?;
+    let (expires, subject) = validity(&key.cert);
     Ok(Loaded {
         key: Arc::new(key),
         expires,
@@ -170,23 +207,23 @@ fn read_pair(paths: &(PathBuf, PathBuf)) -> Result<Loaded, String> {
     })
 }
 
-/// The chain's earliest `notAfter` and the end-entity certificate's subject; an error for
-/// a certificate that is not X.509 DER.
-fn validity(
-    chain: &[pingora::tls::CertificateDer<'static>],
-) -> Result<(Option<i64>, String), String> {
+/// The chain's earliest `notAfter` and the end-entity certificate's subject, from the
+/// certificates x509-parser reads (rustls has accepted the chain; one it cannot read is
+/// left out of these figures, not refused).
+fn validity(chain: &[pingora::tls::CertificateDer<'static>]) -> (Option<i64>, String) {
     let mut earliest: Option<i64> = None;
     let mut subject = String::new();
     for (i, der) in chain.iter().enumerate() {
-        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("certificate {} of the chain does not parse: {e}", i + 1))?;
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            continue;
+        };
         let t = parsed.validity().not_after.timestamp();
         earliest = Some(earliest.map_or(t, |e| e.min(t)));
         if i == 0 {
             subject = parsed.subject().to_string();
         }
     }
-    Ok((earliest, subject))
+    (earliest, subject)
 }
 
 #[cfg(test)]
@@ -210,12 +247,12 @@ mod tests {
         assert!(first.expires.is_some_and(|t| t > 0));
         assert!(first.subject.contains("rcgen"), "{}", first.subject);
         // Unchanged files: nothing happens.
-        serving.reload_if_changed();
+        serving.reload_if_changed(std::time::Duration::ZERO);
         assert!(Arc::ptr_eq(&first, &serving.current()));
         // A new certificate with the old key (renewal caught half-written): refused.
         let other = rcgen::generate_simple_self_signed(vec!["two.test".into()]).expect("cert");
         std::fs::write(&cp, other.cert.pem()).expect("write");
-        serving.reload_if_changed();
+        serving.reload_if_changed(std::time::Duration::ZERO);
         assert!(
             Arc::ptr_eq(&first, &serving.current()),
             "a mismatched pair was served"
@@ -223,11 +260,11 @@ mod tests {
         let err = serving.last_error().expect("the failure is kept");
         assert!(err.contains("tls_cert"), "{err}");
         // Tried once per change, not on every check.
-        serving.reload_if_changed();
+        serving.reload_if_changed(std::time::Duration::ZERO);
         assert!(serving.last_error().is_some());
         // The key arrives: the pair is served.
         std::fs::write(&kp, other.key_pair.serialize_pem()).expect("write");
-        serving.reload_if_changed();
+        serving.reload_if_changed(std::time::Duration::ZERO);
         let second = serving.current();
         assert!(
             !Arc::ptr_eq(&first, &second),
@@ -239,6 +276,86 @@ mod tests {
             "the new certificate is the one presented"
         );
         assert!(serving.last_error().is_none());
+
+        // A reload naming other files that do not load (SIGHUP after a config change):
+        // the pair in service stays, and the named files are the ones watched from now on,
+        // not the old ones.
+        let other_dir = dir.path().join("next");
+        std::fs::create_dir(&other_dir).expect("mkdir");
+        let (ncp, nkp) = pair(&other_dir, "three.test");
+        std::fs::write(&nkp, "not a key").expect("write");
+        assert!(serving.reload(Some((ncp.clone(), nkp.clone()))).is_err());
+        serving.reload_if_changed(std::time::Duration::ZERO);
+        assert!(
+            Arc::ptr_eq(&second, &serving.current()),
+            "fell back to the old files"
+        );
+        assert!(serving.last_error().is_some(), "the failure was forgotten");
+        let fixed = rcgen::generate_simple_self_signed(vec!["three.test".into()]).expect("cert");
+        std::fs::write(&ncp, fixed.cert.pem()).expect("write");
+        std::fs::write(&nkp, fixed.key_pair.serialize_pem()).expect("write");
+        serving.reload_if_changed(std::time::Duration::ZERO);
+        assert_eq!(
+            serving.current().paths,
+            (ncp, nkp),
+            "the fixed files were not picked up"
+        );
+        assert!(serving.last_error().is_none());
+    }
+
+    #[test]
+    fn a_renewal_still_being_written_is_left_to_the_next_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cp, kp) = pair(dir.path(), "one.test");
+        let serving = ServingCert::load(&cp, &kp).expect("load");
+        let first = serving.current();
+        let next = rcgen::generate_simple_self_signed(vec!["two.test".into()]).expect("cert");
+        std::fs::write(&cp, next.cert.pem()).expect("write");
+        // The key follows 50 ms later, within the settle time: not read as a pair yet.
+        let key = next.key_pair.serialize_pem();
+        let writer = {
+            let kp = kp.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::fs::write(&kp, key).expect("write");
+            })
+        };
+        serving.reload_if_changed(std::time::Duration::from_millis(500));
+        writer.join().expect("writer");
+        assert!(Arc::ptr_eq(&first, &serving.current()));
+        assert!(
+            serving.last_error().is_none(),
+            "a half-written renewal was counted as a failure"
+        );
+        serving.reload_if_changed(std::time::Duration::from_millis(10));
+        assert_eq!(
+            serving.current().key.cert[0].as_ref(),
+            next.cert.der().as_ref()
+        );
+    }
+
+    #[test]
+    fn an_expired_pair_does_not_replace_a_valid_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cp, kp) = pair(dir.path(), "one.test");
+        let serving = ServingCert::load(&cp, &kp).expect("load");
+        let first = serving.current();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["one.test".to_string()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let old = params.self_signed(&key).expect("cert");
+        std::fs::write(&cp, old.pem()).expect("write");
+        std::fs::write(&kp, key.serialize_pem()).expect("write");
+        let err = serving
+            .reload(None)
+            .expect_err("an expired pair replaced a valid one");
+        assert!(err.contains("expired 2021-01-01"), "{err}");
+        assert!(Arc::ptr_eq(&first, &serving.current()));
+        // At start there is nothing better: it is served (and logged as expired).
+        let alone = ServingCert::load(&cp, &kp).expect("an expired pair alone loads");
+        assert_eq!(alone.current().expires, Some(1_609_459_200));
     }
 
     #[test]

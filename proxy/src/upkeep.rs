@@ -24,6 +24,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(10);
 const LIMIT_EVERY: Duration = Duration::from_secs(1);
 /// How often the TLS certificate's files are checked for a renewal (two small reads).
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// After a change, how long the files must stay the same before they are read as a pair.
+const CERT_SETTLE: Duration = Duration::from_secs(1);
 
 /// The upkeep service.
 pub struct Upkeep {
@@ -68,8 +70,9 @@ impl Upkeep {
     /// SIGHUP: re-reads the TLS certificate, from the files the reloaded config names (the
     /// ones in use when it did not load). Turning TLS on or off takes a restart: the
     /// listener is set up once.
-    fn reload_certificate(&self, reloaded: Option<&sluice_config::Config>) {
-        let Some(cert) = &self.app.tls else {
+    async fn reload_certificate(&self, reloaded: Option<sluice_config::Config>) {
+        let reloaded = reloaded.as_ref();
+        let Some(cert) = self.app.tls.clone() else {
             if reloaded.is_some_and(|c| c.server.tls_cert.is_some()) {
                 tracing::warn!("server.tls_cert was added: serving TLS takes a restart");
             }
@@ -83,7 +86,7 @@ impl Upkeep {
             }
             None => None,
         };
-        let _ = cert.reload(paths);
+        let _ = tokio::task::spawn_blocking(move || cert.reload(paths)).await;
     }
 
     /// Writes the `/-/api/stats` figures and the recent policy refusals to the index when
@@ -142,11 +145,11 @@ impl BackgroundService for Upkeep {
                             "tokens reloaded");
                         self.app.auth.store(std::sync::Arc::new(auth));
                     }
-                    self.reload_certificate(reloaded.as_ref());
+                    self.reload_certificate(reloaded).await;
                 }
                 _ = cert_check.tick() => {
                     if let Some(cert) = self.app.tls.clone() {
-                        let _ = tokio::task::spawn_blocking(move || cert.reload_if_changed()).await;
+                        let _ = tokio::task::spawn_blocking(move || cert.reload_if_changed(CERT_SETTLE)).await;
                     }
                 }
                 _ = shutdown.changed() => {
