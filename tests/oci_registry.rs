@@ -782,61 +782,25 @@ async fn a_client_that_does_not_accept_manifest_lists_gets_what_distribution_giv
         );
         assert_eq!(by_digest.digest, list.digest);
 
-        // An OCI index whose images are OCI manifests, for a client that accepts only
-        // Docker's types: no manifest it accepts. distribution answers 404; sluice serves
-        // the index as it is and lets the client decide (README).
-        let refused = manifest_answer(
-            reqwest::Method::GET,
-            &direct,
-            "index",
-            "v1",
-            &[DOCKER_MANIFEST],
-        )
-        .await;
-        assert_eq!(
-            refused.status, 404,
-            "distribution's answer changed: {refused:?}"
-        );
-        let as_is = manifest_answer(
-            reqwest::Method::GET,
-            &via,
-            "index",
-            "v1",
-            &[DOCKER_MANIFEST],
-        )
-        .await;
-        assert_eq!(
-            (as_is.status, as_is.content_type.as_str()),
-            (200, OCI_INDEX)
-        );
-        assert_eq!(as_is.digest, oci_idx.digest);
-        // The same for a client naming OCI image manifests but not the index: distribution
-        // picks a platform only from a Docker manifest list, and so does sluice.
-        let oci_manifest_only = [common::images::OCI_MANIFEST];
-        let refused = manifest_answer(
-            reqwest::Method::GET,
-            &direct,
-            "index",
-            "v1",
-            &oci_manifest_only,
-        )
-        .await;
-        assert_eq!(
-            refused.status, 404,
-            "distribution's answer changed: {refused:?}"
-        );
-        let as_is = manifest_answer(
-            reqwest::Method::GET,
-            &via,
-            "index",
-            "v1",
-            &oci_manifest_only,
-        )
-        .await;
-        assert_eq!(
-            (as_is.status, as_is.digest.as_str()),
-            (200, oci_idx.digest.as_str())
-        );
+        // An OCI index of OCI manifests, for a client naming only Docker's types (no
+        // manifest it accepts) or OCI image manifests but not the index (distribution picks
+        // a platform only from a Docker manifest list, and so does sluice): distribution
+        // answers 404; sluice serves the index as it is and lets the client decide.
+        for accept in [[DOCKER_MANIFEST], [common::images::OCI_MANIFEST]] {
+            let get = |base| manifest_answer(reqwest::Method::GET, base, "index", "v1", &accept);
+            let refused = get(&direct).await;
+            assert_eq!(
+                refused.status, 404,
+                "distribution's answer changed: {refused:?}"
+            );
+            let as_is = get(&via).await;
+            assert_eq!(
+                (as_is.status, as_is.content_type.as_str()),
+                (200, OCI_INDEX),
+                "{accept:?}"
+            );
+            assert_eq!(as_is.digest, oci_idx.digest);
+        }
 
         let m = s.metrics().await;
         let count = |outcome: &str| {

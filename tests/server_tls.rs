@@ -276,19 +276,21 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             }
         }
     };
-    let metrics = |pem: String| {
-        let url = format!("{base}/-/metrics");
+    // GET `path`'s text over a new connection trusting only `pem`.
+    let fetch = |pem: String, path: &'static str| {
+        let url = format!("{base}{path}");
         async move {
             trusting(&pem)
                 .get(url)
                 .send()
                 .await
-                .expect("metrics")
+                .expect(path)
                 .text()
                 .await
                 .expect("text")
         }
     };
+    let metrics = |pem: String| fetch(pem, "/-/metrics");
     within(90, "certificate renewal", async {
         until_presented(a.0.clone(), 20, "sluice never served the first certificate").await;
         let m = metrics(a.0.clone()).await;
@@ -367,14 +369,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             "{}",
             log_text()
         );
-        let page = trusting(&b.0)
-            .get(format!("{base}/-/ui"))
-            .send()
-            .await
-            .expect("ui")
-            .text()
-            .await
-            .expect("text");
+        let page = fetch(b.0.clone(), "/-/ui").await;
         assert!(page.contains("the last reload failed"), "{page}");
         assert!(
             !page.contains("key.pem"),
@@ -389,14 +384,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
             Some(1_993_507_200.0)
         );
-        let page = trusting(&c.0)
-            .get(format!("{base}/-/ui"))
-            .send()
-            .await
-            .expect("ui")
-            .text()
-            .await
-            .expect("text");
+        let page = fetch(c.0.clone(), "/-/ui").await;
         assert!(page.contains("valid until 2033-03-04"), "{page}");
         assert!(!page.contains("the last reload failed"), "{page}");
     })
