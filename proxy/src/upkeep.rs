@@ -111,8 +111,8 @@ impl BackgroundService for Upkeep {
         let mut cert_check = tokio::time::interval(CERT_CHECK_EVERY);
         let gc_every = self.app.config.storage.gc_interval.get();
         let mut last_gc = Instant::now();
-        // SIGHUP reloads the policy and the tokens (the default action would terminate the
-        // process).
+        // SIGHUP reloads the policy, the tokens and the TLS certificate (the default action
+        // would terminate the process).
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         if let Some(shared) = self.app.shared.clone() {
             tokio::spawn(async move {
