@@ -200,6 +200,9 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
         assert_eq!((r.status().as_u16(), sluice_cache_header(&r).as_str()), (200, "HIT"));
         assert_eq!(reg.count("HEAD", &config_path), heads, "the config was confirmed again");
 
+        // Reload counters exist before the first reload (a first failure is an increase).
+        let m = s.metrics().await;
+        assert!(m.contains("sluice_policy_reloads_total{result=\"error\"} 0"), "{m}");
         // Same config plus a deny rule, then SIGHUP.
         let path = s.config_path();
         let mut text = std::fs::read_to_string(path).unwrap();
@@ -230,6 +233,7 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
             common::metrics::sample(&m, "sluice_oci_repository_checks_total{result=\"refused\"}"),
             3.0
         );
+        assert_eq!(common::metrics::sample(&m, "sluice_policy_reloads_total{result=\"ok\"}"), 1.0);
         // Still running (SIGHUP must not terminate it).
         let h = c.get(format!("{}/-/healthz", s.base_url())).send().await.unwrap();
         assert_eq!(h.status(), 200);

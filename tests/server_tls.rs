@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::metrics::sample;
 use common::sim::Sim;
 use common::{free_port, no_proxy_env, random_bytes, within};
 
@@ -225,14 +226,6 @@ async fn presents(pem: &str, url: &str) -> bool {
     matches!(trusting(pem).get(url).send().await, Ok(r) if r.status() == 200)
 }
 
-/// The value of an unlabelled Prometheus sample, or of the sample with `labels`.
-fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_without_a_restart() {
     let sim = Sim::start().await;
@@ -296,8 +289,13 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         let m = metrics(a.0.clone()).await;
         assert_eq!(
             sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
-            Some(1_925_078_400.0),
+            1_925_078_400.0,
             "the expiry gauge is the certificate's notAfter"
+        );
+        // Present from the start, so that a first failure is an increase.
+        assert!(
+            m.contains("sluice_tls_reloads_total{result=\"error\"} 0"),
+            "{m}"
         );
         // A connection opened before the renewal, kept open across it.
         let kept = reqwest::Client::builder()
@@ -339,9 +337,9 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         let m = metrics(b.0.clone()).await;
         assert_eq!(
             sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
-            Some(1_959_379_200.0)
+            1_959_379_200.0
         );
-        assert!(sample(&m, "sluice_tls_reloads_total{result=\"ok\"}").is_some_and(|n| n >= 1.0));
+        assert!(sample(&m, "sluice_tls_reloads_total{result=\"ok\"}") >= 1.0);
 
         // 2. A renewal caught half-written (the new certificate, the old key): refused,
         // the current pair stays in service, the dashboard says so. No signal: the files
@@ -350,7 +348,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let m = metrics(b.0.clone()).await;
-            if sample(&m, "sluice_tls_reloads_total{result=\"error\"}").is_some_and(|n| n >= 1.0) {
+            if sample(&m, "sluice_tls_reloads_total{result=\"error\"}") >= 1.0 {
                 break;
             }
             assert!(
@@ -382,7 +380,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         let m = metrics(c.0.clone()).await;
         assert_eq!(
             sample(&m, "sluice_tls_certificate_expiry_timestamp_seconds"),
-            Some(1_993_507_200.0)
+            1_993_507_200.0
         );
         let page = fetch(c.0.clone(), "/-/ui").await;
         assert!(page.contains("valid until 2033-03-04"), "{page}");

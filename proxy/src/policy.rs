@@ -56,6 +56,10 @@ impl Policy {
         config_path: Option<PathBuf>,
         refusals: Refusals,
     ) -> Policy {
+        // Present from the start, so that the first failed reload is an increase.
+        for result in ["ok", "error"] {
+            metrics::counter!("sluice_policy_reloads_total", "result" => result).increment(0);
+        }
         Policy {
             live: ArcSwap::from_pointee(Live::new(engine, cfg)),
             generation: AtomicU64::new(1),
