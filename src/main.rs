@@ -515,6 +515,23 @@ fn main() -> ExitCode {
                         eprintln!("{}: [policy]: {e}", path.display());
                         return ExitCode::FAILURE;
                     }
+                    // The certificate files too: check a renewal before sending SIGHUP.
+                    if let (Some(cert), Some(key)) = (&c.server.tls_cert, &c.server.tls_key) {
+                        match sluice_proxy::tls::inspect(cert, key) {
+                            Ok(pair) => println!(
+                                "{}: TLS certificate {}, valid until {} UTC",
+                                cert.display(),
+                                pair.subject,
+                                pair.expires.map_or("(unknown)".into(), |t| {
+                                    sluice_proxy::timefmt::datetime(t.max(0) as u64)
+                                })
+                            ),
+                            Err(e) => {
+                                eprintln!("{}: [server]: {e}", path.display());
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    }
                     println!(
                         "{}: ok ({} upstream{}, listen {})",
                         path.display(),

@@ -144,7 +144,7 @@ async fn sluice_serves_https_with_the_configured_certificate() {
 async fn a_bad_certificate_pair_stops_sluice_with_a_message() {
     let sim = Sim::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, _) = self_signed();
+    let (cert, cert_key) = self_signed();
     let (_, other_key) = self_signed();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, &cert).expect("cert");
@@ -179,6 +179,35 @@ async fn a_bad_certificate_pair_stops_sluice_with_a_message() {
     assert!(!status.success(), "serve started with a mismatched key");
     assert!(err.contains("tls_cert") && err.contains("key.pem"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // `config check` reads the pair too (an operator checks a renewal before SIGHUP).
+    let out = sluice()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("config check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "config check passed a mismatched pair"
+    );
+    assert!(err.contains("tls_key") && err.contains("key.pem"), "{err}");
+    std::fs::write(&key_path, &cert_key).expect("key");
+    let out = sluice()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("config check");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("TLS certificate") && said.contains("valid until"),
+        "{said}"
+    );
 
     // Half a pair is refused by `config check`, at its line.
     let half = dir.path().join("half.toml");

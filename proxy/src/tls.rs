@@ -164,6 +164,12 @@ impl ServingCert {
     }
 }
 
+/// Reads and checks the pair `sluice serve` would serve (for `sluice config check`): what
+/// it is, or what is wrong with it.
+pub fn inspect(cert: &Path, key: &Path) -> Result<Loaded, String> {
+    read_pair(&(cert.to_path_buf(), key.to_path_buf()))
+}
+
 /// Logs a pair just put in service and publishes its expiry.
 fn report(loaded: &Loaded, what: &str) {
     if let Some(t) = loaded.expires {
