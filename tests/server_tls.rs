@@ -30,6 +30,20 @@ fn sluice() -> Command {
     c
 }
 
+/// `sluice serve --config cfg`, its stderr to `stderr`, killed when dropped.
+fn serve(cfg: &Path, stderr: Stdio) -> Serving {
+    Serving(
+        sluice()
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
 /// A config for `port` serving TLS with `cert` and `key`, the simulator as its upstream.
 fn config(dir: &Path, port: u16, cert: &Path, key: &Path, sim: &Sim) -> std::path::PathBuf {
     let path = dir.join("sluice.toml");
@@ -67,16 +81,7 @@ async fn sluice_serves_https_with_the_configured_certificate() {
     std::fs::write(&key_path, &key).expect("key");
     let port = free_port();
     let cfg = config(dir.path(), port, &cert_path, &key_path, &sim);
-    let _serving = Serving(
-        sluice()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    );
+    let _serving = serve(&cfg, Stdio::null());
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).expect("pem"))
         .no_proxy()
@@ -153,16 +158,7 @@ async fn a_bad_certificate_pair_stops_sluice_with_a_message() {
     // Bounded: given the pair as is, pingora panics in a listener thread and the process
     // stays up, serving nothing.
     let log = dir.path().join("serve.log");
-    let mut child = Serving(
-        sluice()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn"),
-    );
+    let mut child = serve(&cfg, std::fs::File::create(&log).expect("log").into());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.0.try_wait().expect("wait") {
@@ -273,16 +269,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let port = free_port();
     let cfg = config(dir.path(), port, &a_cert, &a_key, &sim);
     let log = dir.path().join("serve.log");
-    let serving = Serving(
-        sluice()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn"),
-    );
+    let serving = serve(&cfg, std::fs::File::create(&log).expect("log").into());
     let pid = serving.0.id().to_string();
     let base = format!("https://localhost:{port}");
     let health = format!("{base}/-/healthz");
