@@ -277,7 +277,7 @@ async fn for_client(
     if !negotiate::is_index(&m.media_type) {
         return Ok((m, cache));
     }
-    let Some(accepted) = negotiate::Accepted::of(headers).filter(|a| !a.allows(&m.media_type))
+    let Some(accepted) = negotiate::Accepted::of(headers).filter(|a| !a.names(&m.media_type))
     else {
         return Ok((m, cache));
     };

@@ -69,18 +69,6 @@ impl Accepted {
             .position(|k| k.eq_ignore_ascii_case(media_type))
             .is_some_and(|i| self.0 & (1 << i) != 0)
     }
-
-    /// Whether a manifest of `media_type` may be sent as it is.
-    pub fn allows(self, media_type: &str) -> bool {
-        match KNOWN
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(media_type))
-        {
-            Some(i) => self.0 & (1 << i) != 0,
-            // A type sluice does not know (an artifact's): not negotiated.
-            None => true,
-        }
-    }
 }
 
 /// Whether `media_type` is an index or a Docker manifest list.
@@ -131,8 +119,8 @@ mod tests {
         assert_eq!(accept(&[KNOWN[3], "*/*"]), None);
         // Docker's client sends one header per type.
         let two = accept(&[KNOWN[3], KNOWN[2]]).expect("constrains");
-        assert!(two.allows(KNOWN[3]) && two.allows(KNOWN[2]));
-        assert!(!two.allows(KNOWN[0]) && !two.allows(KNOWN[1]));
+        assert!(two.names(KNOWN[3]) && two.names(KNOWN[2]));
+        assert!(!two.names(KNOWN[0]) && !two.names(KNOWN[1]));
         // One comma-separated header, parameters and case ignored, q=0 refused.
         let one = accept(&[&format!(
             "{}; q=0.5, APPLICATION/VND.OCI.IMAGE.INDEX.V1+JSON;q=0, {}; Q = 0.0",
@@ -140,9 +128,9 @@ mod tests {
         )])
         .expect("constrains");
         assert!(!one.names(KNOWN[2]), "Q = 0.0 refuses too");
-        assert!(one.allows(KNOWN[1]));
-        assert!(!one.allows(KNOWN[0]), "q=0 is a refusal");
-        assert!(one.allows("application/vnd.example.artifact+json"));
+        assert!(one.names(KNOWN[1]));
+        assert!(!one.names(KNOWN[0]), "q=0 is a refusal");
+        assert!(!one.names("application/vnd.example.artifact+json"));
     }
 
     #[test]
