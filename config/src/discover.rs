@@ -17,7 +17,8 @@ pub fn fill_missing_urls(config: &mut Config) -> Vec<String> {
             continue;
         }
         let found = match up.format {
-            Format::Oci => None,
+            // Required in the configuration: no local client names them.
+            Format::Oci | Format::Cargo => None,
             Format::Npm => npm_registry(),
             Format::Pypi => pip_index(),
         };

@@ -17,7 +17,7 @@ pub use policy::{
     Ecosystem, PolicyConfig, RuleConfig, RuleKind, RuleMode, ScriptAction, Severity, WaiverConfig,
 };
 pub use schema::{
-    AuthConfig, CleanupConfig, CleanupMode, Config, Format, PinConfig, RateLimit, Role, S3Config,
-    ServerConfig, StorageConfig, TokenConfig, UpstreamConfig,
+    AuthConfig, CleanupConfig, CleanupMode, Config, Format, FormatsConfig, Maturity, PinConfig,
+    RateLimit, Role, S3Config, ServerConfig, StorageConfig, TokenConfig, UpstreamConfig,
 };
 pub use units::{ByteSize, Duration};

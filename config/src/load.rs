@@ -139,6 +139,7 @@ struct ServerSpans {
 #[derive(Deserialize)]
 struct UpstreamSpans {
     name: Spanned<String>,
+    format: Spanned<String>,
     url: Option<Spanned<String>>,
     default: Option<Spanned<bool>>,
 }
@@ -216,7 +217,21 @@ fn validate(
                 format!("upstream name {:?} is used twice", up.name),
             ));
         }
-        if up.url.is_empty() && up.format != Format::Oci {
+        if !config.formats.enabled(up.format) {
+            let f = up.format.as_str();
+            let message = match up.format.maturity() {
+                crate::schema::Maturity::Experiment => format!(
+                    "upstream {:?}: format \"{f}\" is an experiment, off unless enabled: add [formats] {f} = true",
+                    up.name
+                ),
+                _ => format!(
+                    "upstream {:?}: format \"{f}\" is turned off by [formats] {f} = false",
+                    up.name
+                ),
+            };
+            return Err(at(span.map(|s| s.format.span()), message));
+        }
+        if up.url.is_empty() && matches!(up.format, Format::Npm | Format::Pypi) {
             // npm / PyPI: discovered from the local client at start (crate::discover).
         } else if let Err(m) = check_http_url(&up.url) {
             return Err(at(
@@ -228,7 +243,7 @@ fn validate(
             return Err(at(
                 name_span,
                 format!(
-                    "upstream {:?}: only an OCI upstream can be the default (npm and PyPI upstreams are mounted at /{}/)",
+                    "upstream {:?}: only an OCI upstream can be the default (other upstreams are mounted at /{}/)",
                     up.name, up.name
                 ),
             ));
@@ -572,6 +587,26 @@ mod tests {
             .contains("only an OCI upstream"));
         let reserved = "[[upstream]]\nname = \"v2\"\nformat = \"npm\"\n";
         assert!(load(reserved).unwrap_err().to_string().contains("reserved"));
+    }
+
+    #[test]
+    fn experiment_formats_need_their_flag_and_ga_formats_can_be_turned_off() {
+        let cargo = "[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\nurl = \"https://index.example/\"\n";
+        let msg = load(cargo).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("test.toml:3:10:") && msg.contains("[formats] cargo = true"),
+            "{msg}"
+        );
+        let c = load(&format!("[formats]\ncargo = true\n{cargo}")).unwrap();
+        assert!(c.formats.enabled(crate::Format::Cargo));
+        assert!(c.formats.enabled(crate::Format::Npm));
+        // No discovery for Cargo: the index URL is required.
+        let no_url = "[formats]\ncargo = true\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\n";
+        assert!(load(no_url).unwrap_err().to_string().contains("not a valid URL"));
+        let npm = "[formats]\nnpm = false\n[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\n";
+        let msg = load(npm).unwrap_err().to_string();
+        assert!(msg.contains("turned off by [formats] npm = false"), "{msg}");
+        assert!(load("[formats]\nmaven = true\n").is_err());
     }
 
     #[test]

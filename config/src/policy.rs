@@ -86,6 +86,8 @@ pub enum Ecosystem {
     Npm,
     /// Python packages.
     Pypi,
+    /// Rust crates (Cargo registries).
+    Cargo,
 }
 
 /// What an `install_scripts` rule does.

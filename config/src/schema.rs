@@ -27,6 +27,9 @@ pub struct Config {
     /// `[[upstream]]`: the registries sluice proxies.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[formats]`: which formats are turned on.
+    #[serde(default)]
+    pub formats: FormatsConfig,
 }
 
 /// `[server]`.
@@ -275,16 +278,97 @@ pub enum Format {
     Npm,
     /// The Python package index (simple API, JSON API, files), mounted at `/<name>/`.
     Pypi,
+    /// A Cargo sparse registry (index files, `.crate` downloads), mounted at `/<name>/`.
+    /// An experiment: off unless `[formats] cargo = true`.
+    Cargo,
 }
 
 impl Format {
+    /// Every format this build implements.
+    pub const ALL: [Format; 4] = [Format::Oci, Format::Npm, Format::Pypi, Format::Cargo];
+
     /// The lowercase name used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Oci => "oci",
             Format::Npm => "npm",
             Format::Pypi => "pypi",
+            Format::Cargo => "cargo",
         }
+    }
+
+    /// The ecosystem whose policy rules apply to the format's artifacts.
+    pub fn ecosystem(self) -> crate::policy::Ecosystem {
+        use crate::policy::Ecosystem;
+        match self {
+            Format::Oci => Ecosystem::Oci,
+            Format::Npm => Ecosystem::Npm,
+            Format::Pypi => Ecosystem::Pypi,
+            Format::Cargo => Ecosystem::Cargo,
+        }
+    }
+
+    /// How far along this build's support of the format is.
+    pub fn maturity(self) -> Maturity {
+        match self {
+            Format::Oci | Format::Npm | Format::Pypi => Maturity::Ga,
+            Format::Cargo => Maturity::Experiment,
+        }
+    }
+}
+
+/// How far along a format's support is: `experiment` formats are off unless `[formats]`
+/// turns them on; `beta` and `ga` formats are on unless it turns them off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Maturity {
+    /// New, incomplete or little used: off by default.
+    Experiment,
+    /// Complete, still gathering field use: on by default.
+    Beta,
+    /// Generally available.
+    Ga,
+}
+
+impl Maturity {
+    /// The lowercase name used in metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Maturity::Experiment => "experiment",
+            Maturity::Beta => "beta",
+            Maturity::Ga => "ga",
+        }
+    }
+}
+
+/// `[formats]`: one flag per format (`cargo = true`). A format left out is on when its
+/// maturity is `beta` or `ga` and off when it is an `experiment`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatsConfig {
+    /// OCI / Docker (`ga`).
+    #[serde(default)]
+    pub oci: Option<bool>,
+    /// npm (`ga`).
+    #[serde(default)]
+    pub npm: Option<bool>,
+    /// PyPI (`ga`).
+    #[serde(default)]
+    pub pypi: Option<bool>,
+    /// Cargo sparse registries (`experiment`).
+    #[serde(default)]
+    pub cargo: Option<bool>,
+}
+
+impl FormatsConfig {
+    /// Whether upstreams of `format` may be configured and served.
+    pub fn enabled(&self, format: Format) -> bool {
+        let flag = match format {
+            Format::Oci => self.oci,
+            Format::Npm => self.npm,
+            Format::Pypi => self.pypi,
+            Format::Cargo => self.cargo,
+        };
+        flag.unwrap_or(format.maturity() != Maturity::Experiment)
     }
 }
 

@@ -20,13 +20,19 @@ use crate::spdx::{Expr, License, Lists};
 use crate::versions::{FactVersion, Parsed, VersionSet};
 use crate::{Decision, Facts, Finding, PolicyError, Verdict};
 
-const ECOSYSTEMS: [Ecosystem; 3] = [Ecosystem::Oci, Ecosystem::Npm, Ecosystem::Pypi];
+const ECOSYSTEMS: [Ecosystem; 4] = [
+    Ecosystem::Oci,
+    Ecosystem::Npm,
+    Ecosystem::Pypi,
+    Ecosystem::Cargo,
+];
 
 fn eco_index(e: Ecosystem) -> usize {
     match e {
         Ecosystem::Oci => 0,
         Ecosystem::Npm => 1,
         Ecosystem::Pypi => 2,
+        Ecosystem::Cargo => 3,
     }
 }
 
@@ -35,13 +41,14 @@ fn eco_name(e: Ecosystem) -> &'static str {
         Ecosystem::Oci => "oci",
         Ecosystem::Npm => "npm",
         Ecosystem::Pypi => "pypi",
+        Ecosystem::Cargo => "cargo",
     }
 }
 
 /// Globs compiled once per ecosystem (PyPI patterns are normalised differently).
 #[derive(Debug, Default)]
 struct NameSet {
-    globs: [Vec<Glob>; 3],
+    globs: [Vec<Glob>; 4],
 }
 
 impl NameSet {
@@ -61,7 +68,7 @@ impl NameSet {
 #[derive(Debug)]
 struct Versions {
     text: Box<str>,
-    sets: [Option<VersionSet>; 3],
+    sets: [Option<VersionSet>; 4],
 }
 
 impl Versions {
@@ -157,7 +164,7 @@ impl NameIndex {
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    index: [NameIndex; 3],
+    index: [NameIndex; 4],
     waivers: Vec<Waiver>,
     osv: Db,
     osv_audit: bool,
@@ -174,7 +181,7 @@ impl Engine {
     /// what is wrong with it.
     pub fn new(cfg: &PolicyConfig) -> Result<Engine, PolicyError> {
         let mut rules = Vec::with_capacity(cfg.rules.len());
-        let mut index: [NameIndex; 3] = Default::default();
+        let mut index: [NameIndex; 4] = Default::default();
         let mut seen = HashSet::new();
         for (n, rc) in cfg.rules.iter().enumerate() {
             let id = rc.id.trim();
@@ -556,7 +563,7 @@ fn kind_name(k: RuleKind) -> &'static str {
 
 /// Parses `versions` for the rule's ecosystem, or for every ecosystem when it has none.
 fn rule_versions(rc: &RuleConfig, text: &str) -> Result<Versions, PolicyError> {
-    let mut sets: [Option<VersionSet>; 3] = Default::default();
+    let mut sets: [Option<VersionSet>; 4] = Default::default();
     for e in ECOSYSTEMS {
         if rc.format.is_some_and(|f| f != e) {
             continue;
@@ -664,9 +671,9 @@ fn compile_waiver(n: usize, w: &sluice_config::WaiverConfig) -> Result<Waiver, P
     let versions = match &w.versions {
         None => None,
         Some(text) => {
-            let mut sets: [Option<VersionSet>; 3] = Default::default();
+            let mut sets: [Option<VersionSet>; 4] = Default::default();
             let mut errors = Vec::new();
-            for e in [Ecosystem::Npm, Ecosystem::Pypi] {
+            for e in [Ecosystem::Npm, Ecosystem::Pypi, Ecosystem::Cargo] {
                 match VersionSet::parse(e, text) {
                     Ok(s) => sets[eco_index(e)] = Some(s),
                     Err(x) => errors.push(x),

@@ -32,10 +32,21 @@ pub fn pep503(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A crate name as crates.io compares them: case-insensitive, `-` and `_` the same (so
+/// `myorg_tool` cannot slip past a rule on `myorg-*`).
+fn crate_name(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase() || b == b'_') {
+        Cow::Owned(name.to_ascii_lowercase().replace('_', "-"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 /// The form of `name` that rules and advisories are compared with in `eco`.
 pub fn normalise(eco: Ecosystem, name: &str) -> Cow<'_, str> {
     match eco {
         Ecosystem::Pypi => pep503(name),
+        Ecosystem::Cargo => crate_name(name),
         Ecosystem::Npm | Ecosystem::Oci => Cow::Borrowed(name),
     }
 }
@@ -148,6 +159,10 @@ mod tests {
     #[test]
     fn question_mark_matches_one_character() {
         assert!(m(Ecosystem::Npm, "left-pa?", "left-pad"));
+        // Crate names compare as crates.io does: case and `-`/`_` do not matter.
+        assert!(m(Ecosystem::Cargo, "myorg-*", "MyOrg_tool"));
+        assert!(m(Ecosystem::Cargo, "my_crate", "my-crate"));
+        assert!(!m(Ecosystem::Npm, "myorg-*", "myorg_tool"));
         assert!(!m(Ecosystem::Npm, "left-pa?", "left-pa"));
         assert!(m(Ecosystem::Npm, "caf?", "café"));
     }

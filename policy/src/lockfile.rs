@@ -1,6 +1,6 @@
 //! Lockfiles and image lists read by `sluice policy check` (and later `sluice warm`):
 //! `package-lock.json` (v1, v2, v3), `requirements.txt` (pinned), `pylock.toml` (PEP 751)
-//! and image lists (one reference per line). Parsing only: what each names, as entries the
+//! `Cargo.lock` (registry packages) and image lists (one reference per line). Parsing only: what each names, as entries the
 //! engine can evaluate offline.
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use crate::Ecosystem;
 /// One artifact a lockfile names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// npm, PyPI or OCI.
+    /// npm, PyPI, Cargo or OCI.
     pub ecosystem: Ecosystem,
     /// Package name or repository (OCI: without registry host).
     pub name: String,
@@ -80,6 +80,8 @@ pub fn read_with_warnings(path: &Path) -> Result<Read, String> {
     let at = |e: String| format!("{}: {e}", path.display());
     if name.ends_with(".json") {
         out.entries = parse_package_lock(&text).map_err(at)?;
+    } else if name == "Cargo.lock" {
+        out.entries = parse_cargo_lock(&text).map_err(at)?;
     } else if name.starts_with("pylock.") && name.ends_with(".toml") {
         out.entries = parse_pylock(&text).map_err(at)?;
     } else if is_requirements_name(path) || looks_like_requirements(&text) {
@@ -454,6 +456,34 @@ fn requirement(req: &str) -> Result<Option<(&str, Option<&str>)>, String> {
     Ok(Some((name, version)))
 }
 
+/// `Cargo.lock`: the `[[package]]` entries that come from a registry (`source =
+/// "registry+..."` or `"sparse+..."`); path and git dependencies are not fetched from one.
+pub fn parse_cargo_lock(text: &str) -> Result<Vec<Entry>, String> {
+    let v: toml::Value = toml::from_str(text).map_err(|e| format!("not TOML: {e}"))?;
+    let pkgs = v
+        .get("package")
+        .and_then(|p| p.as_array())
+        .ok_or("no [[package]]: not a Cargo.lock file")?;
+    Ok(pkgs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let source = p.get("source")?.as_str()?;
+            if !(source.starts_with("registry+") || source.starts_with("sparse+")) {
+                return None;
+            }
+            let name = p.get("name")?.as_str()?;
+            let version = p.get("version").and_then(|v| v.as_str());
+            Some(Entry::new(
+                Ecosystem::Cargo,
+                name,
+                version,
+                format!("package[{i}]"),
+            ))
+        })
+        .collect())
+}
+
 /// PEP 751 `pylock.toml`: `[[packages]]` with `name` and `version`.
 pub fn parse_pylock(text: &str) -> Result<Vec<Entry>, String> {
     let v: toml::Value = toml::from_str(text).map_err(|e| format!("not TOML: {e}"))?;
@@ -727,6 +757,50 @@ mod tests {
         let e = parse_pylock(t).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].name, "idna");
+    }
+
+    #[test]
+    fn cargo_lock_lists_registry_packages_only() {
+        let t = r#"version = 4
+
+[[package]]
+name = "itoa"
+version = "1.0.11"
+source = "registry+https://example.invalid/index"
+checksum = "49f1f14873335454500d59611f1cf4a4b0f786f9ac11f4312a78e4cf2566695b"
+
+[[package]]
+name = "mine"
+version = "0.1.0"
+
+[[package]]
+name = "forked"
+version = "0.2.0"
+source = "git+https://example.invalid/forked#abc"
+
+[[package]]
+name = "serde_json"
+version = "1.0.120"
+source = "sparse+https://example.invalid/index/"
+"#;
+        let e = parse_cargo_lock(t).unwrap();
+        let got: Vec<_> = e
+            .iter()
+            .map(|e| (e.ecosystem, e.name.as_str(), e.version.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Ecosystem::Cargo, "itoa", Some("1.0.11")),
+                (Ecosystem::Cargo, "serde_json", Some("1.0.120")),
+            ]
+        );
+        assert_eq!(e[1].location, "package[3]");
+        assert!(parse_cargo_lock("[[packages]]\nname = \"x\"\n").is_err());
+        // Chosen by file name.
+        let dir = tempfile::tempdir().unwrap();
+        let r = read_with_warnings(&write(dir.path(), "Cargo.lock", t)).unwrap();
+        assert_eq!(r.entries, e);
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

@@ -78,6 +78,7 @@ pub(crate) struct Db {
     pub(crate) advisories: Vec<Advisory>,
     npm: FastMap<Box<str>, Vec<Affected>>,
     pypi: FastMap<Box<str>, Vec<Affected>>,
+    cargo: FastMap<Box<str>, Vec<Affected>>,
 }
 
 impl Db {
@@ -91,7 +92,7 @@ impl Db {
     }
 
     pub(crate) fn packages(&self) -> usize {
-        self.npm.len() + self.pypi.len()
+        self.npm.len() + self.pypi.len() + self.cargo.len()
     }
 
     /// The affected entries of `name` (already normalised) in `eco`.
@@ -99,6 +100,7 @@ impl Db {
         let map = match eco {
             Ecosystem::Npm => &self.npm,
             Ecosystem::Pypi => &self.pypi,
+            Ecosystem::Cargo => &self.cargo,
             Ecosystem::Oci => return &[],
         };
         map.get(name).map_or(&[], Vec::as_slice)
@@ -197,6 +199,7 @@ impl Db {
             let eco = match pkg.ecosystem.as_str() {
                 "npm" => Ecosystem::Npm,
                 "PyPI" => Ecosystem::Pypi,
+                "crates.io" => Ecosystem::Cargo,
                 _ => continue,
             };
             let ranges = a
@@ -215,6 +218,7 @@ impl Db {
                 .collect();
             let map = match eco {
                 Ecosystem::Npm => &mut self.npm,
+                Ecosystem::Cargo => &mut self.cargo,
                 _ => &mut self.pypi,
             };
             let name: Box<str> = normalise(eco, &pkg.name).into();

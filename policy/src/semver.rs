@@ -263,6 +263,34 @@ impl Range {
         Ok(Range { sets })
     }
 
+    /// Parses a Cargo version requirement (`1.2`, `^1.2.3`, `>=1.0, <1.4`, `~0.3`, `=1.0.1`,
+    /// `1.*`): comma-separated comparators that must all hold, a bare version meaning
+    /// `^version` (unlike npm, where it means exactly that version). Read as the npm range
+    /// with the same meaning.
+    pub fn parse_cargo(s: &str) -> Result<Range, String> {
+        let bad = |m: &str| Err(format!("invalid Cargo version requirement {s:?}: {m}"));
+        if s.contains("||") {
+            return bad("`||` is not Cargo syntax; write one rule per range");
+        }
+        let mut npm = Vec::new();
+        for part in s.split(',') {
+            let p = part.trim();
+            // One comparator: an operator and a version, nothing else.
+            let words: Vec<&str> = p.split_whitespace().collect();
+            if words.len() > 2 || (words.len() == 2 && !OPS.contains(&words[0])) {
+                return bad("comparators are separated by commas");
+            }
+            match p.bytes().next() {
+                None => return bad("empty comparator"),
+                Some(b) if b.is_ascii_digit() => npm.push(format!("^{p}")),
+                Some(_) => npm.push(p.to_string()),
+            }
+        }
+        let set = parse_set(&npm.join(" "))
+            .map_err(|e| format!("invalid Cargo version requirement {s:?}: {e}"))?;
+        Ok(Range { sets: vec![set] })
+    }
+
     /// Whether `v` satisfies the range. Without `include_prerelease`, a prerelease only
     /// satisfies a comparator set in which some comparator names a prerelease of the same
     /// `major.minor.patch` (node-semver's rule: opting into `1.2.3-beta` does not opt into
@@ -502,6 +530,29 @@ mod tests {
     }
     fn sat_pre(ver: &str, range: &str) -> bool {
         Range::parse(range).unwrap().matches(&v(ver), true)
+    }
+
+    #[test]
+    fn cargo_requirements_read_as_cargo_means_them() {
+        let sat = |ver: &str, req: &str| Range::parse_cargo(req).unwrap().matches(&v(ver), false);
+        // A bare version is a caret requirement in Cargo (exact in npm).
+        assert!(sat("1.2.9", "1.2.3"));
+        assert!(!sat("2.0.0", "1.2.3"));
+        assert!(!sat("1.2.2", "1.2.3"));
+        assert!(sat("0.3.9", "0.3"));
+        assert!(!sat("0.4.0", "0.3"));
+        assert!(sat("1.2.3", "=1.2.3"));
+        assert!(!sat("1.2.4", "=1.2.3"));
+        // Commas join comparators that must all hold.
+        assert!(sat("1.3.0", ">=1.0, <1.4"));
+        assert!(!sat("1.4.0", ">=1.0, <1.4"));
+        assert!(sat("1.4.0", ">= 1.4.0"));
+        assert!(sat("0.3.5", "~0.3"));
+        assert!(sat("1.7.0", "1.*"));
+        assert!(!sat("2.0.0", "1.*"));
+        for bad in ["1.0 || 2.0", "", "1.0,", ">=1.0 <2.0", "banana"] {
+            assert!(Range::parse_cargo(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

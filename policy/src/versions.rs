@@ -19,7 +19,8 @@ impl Parsed {
     /// Parses `s` as a version of `eco`; OCI tags have no order, so they never parse.
     pub(crate) fn parse(eco: Ecosystem, s: &str) -> Option<Parsed> {
         match eco {
-            Ecosystem::Npm => semver::Version::parse(s).ok().map(Parsed::Npm),
+            // Cargo versions are SemVer 2.0, ordered as npm's.
+            Ecosystem::Npm | Ecosystem::Cargo => semver::Version::parse(s).ok().map(Parsed::Npm),
             Ecosystem::Pypi => pep440::Version::parse(s).ok().map(Parsed::Pypi),
             Ecosystem::Oci => None,
         }
@@ -57,6 +58,7 @@ impl VersionSet {
     pub(crate) fn parse(eco: Ecosystem, s: &str) -> Result<VersionSet, String> {
         match eco {
             Ecosystem::Npm => semver::Range::parse(s).map(VersionSet::Npm),
+            Ecosystem::Cargo => semver::Range::parse_cargo(s).map(VersionSet::Npm),
             Ecosystem::Pypi => pep440::Specifiers::parse(s).map(VersionSet::Pypi),
             Ecosystem::Oci => {
                 let t = s.trim();

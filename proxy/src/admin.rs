@@ -284,11 +284,7 @@ pub(crate) fn question<'a>(
     version: Option<&'a str>,
 ) -> sluice_policy::Facts<'a> {
     sluice_policy::Facts {
-        ecosystem: match format {
-            Format::Oci => sluice_policy::Ecosystem::Oci,
-            Format::Npm => sluice_policy::Ecosystem::Npm,
-            Format::Pypi => sluice_policy::Ecosystem::Pypi,
-        },
+        ecosystem: format.ecosystem(),
         upstream,
         public_upstream: true,
         name,
@@ -319,12 +315,10 @@ fn bad(m: &str) -> ProxyError {
 }
 
 fn parse_format(f: &str) -> Result<Format, ProxyError> {
-    match f {
-        "oci" => Ok(Format::Oci),
-        "npm" => Ok(Format::Npm),
-        "pypi" => Ok(Format::Pypi),
-        _ => Err(bad("format must be oci, npm or pypi")),
-    }
+    Format::ALL
+        .into_iter()
+        .find(|x| x.as_str() == f)
+        .ok_or_else(|| bad("format must be oci, npm, pypi or cargo"))
 }
 
 /// Query parameters, then the keys of a JSON object body (which win).

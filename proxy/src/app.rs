@@ -127,10 +127,10 @@ impl App {
                     }
                     oci.push(Arc::new(Upstream::new(up.clone(), config.server.offline)?));
                 }
-                Format::Npm | Format::Pypi if up.url.is_empty() => {
+                Format::Npm | Format::Pypi | Format::Cargo if up.url.is_empty() => {
                     tracing::warn!(upstream = %up.name, "upstream has no url; /{}/ is not served", up.name);
                 }
-                Format::Npm | Format::Pypi => {
+                Format::Npm | Format::Pypi | Format::Cargo => {
                     let u = Upstream::new(up.clone(), config.server.offline)?;
                     mounted.insert(up.name.clone(), Arc::new(u));
                 }

@@ -270,6 +270,15 @@ impl ProxyError {
         .unwrap_or_default()
     }
 
+    /// A Cargo registry's error body, as crates.io writes it: `{"errors": [{"detail":
+    /// "..."}]}` (cargo prints the body of a failed index or download request).
+    pub fn cargo_body(&self, request_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "errors": [{ "detail": format!("{self} (sluice request id {request_id})") }],
+        }))
+        .unwrap_or_default()
+    }
+
     /// A plain-text body for non-OCI routes.
     pub fn text_body(&self, request_id: &str) -> Vec<u8> {
         format!("{} (request id {request_id})\n", self).into_bytes()

@@ -123,7 +123,7 @@ fn requests_counter(format: &'static str, status: u16) -> Counter {
 }
 
 /// `format` labels with kept handles.
-const FORMATS: [&str; 6] = ["oci", "npm", "pypi", "ops", "admin", "other"];
+const FORMATS: [&str; 7] = ["oci", "npm", "pypi", "cargo", "ops", "admin", "other"];
 /// `result` labels of cache events.
 const RESULTS: [&str; 5] = ["hit", "miss", "stale", "revalidated", "bypass"];
 /// Status codes 100..=599.

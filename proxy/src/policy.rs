@@ -272,6 +272,7 @@ impl EcosystemLabel for Facts<'_> {
             sluice_policy::Ecosystem::Oci => "oci",
             sluice_policy::Ecosystem::Npm => "npm",
             sluice_policy::Ecosystem::Pypi => "pypi",
+            sluice_policy::Ecosystem::Cargo => "cargo",
         }
     }
 }

@@ -139,6 +139,7 @@ enum Kind {
     Oci,
     Npm,
     Pypi,
+    Cargo,
     Ops,
     Admin,
     Ui,
@@ -151,6 +152,7 @@ impl Kind {
             Kind::Oci => "oci",
             Kind::Npm => "npm",
             Kind::Pypi => "pypi",
+            Kind::Cargo => "cargo",
             Kind::Ops => "ops",
             Kind::Admin => "admin",
             Kind::Ui => "ui",
@@ -284,7 +286,7 @@ impl HttpServerApp for HttpApp {
         };
         // Cache events count artifact and metadata answers of the formats, not API probes
         // (`/v2/`), refused writes or errors.
-        let is_format = matches!(kind, Kind::Oci | Kind::Npm | Kind::Pypi);
+        let is_format = matches!(kind, Kind::Oci | Kind::Npm | Kind::Pypi | Kind::Cargo);
         let counted =
             (is_format && path != "/v2/" && status < 500 && status != 405).then(|| cache.label());
         crate::metrics::record_response(kind.label(), status, counted, cached_bytes);
@@ -394,6 +396,7 @@ impl HttpApp {
             };
             let result = match kind {
                 Kind::Npm => formats::npm::handle(app, &up, req).await,
+                Kind::Cargo => formats::cargo::handle(app, &up, req).await,
                 _ => formats::pypi::handle(app, &up, req).await,
             };
             return (kind, result);
@@ -547,6 +550,7 @@ impl HttpApp {
                 .map(std::borrow::Cow::Borrowed),
             Kind::Npm => formats::npm::log_name(method, self.mounted_name(path)?.1).map(Into::into),
             Kind::Pypi => formats::pypi::log_name(self.mounted_name(path)?.1).map(Into::into),
+            Kind::Cargo => formats::cargo::log_name(self.mounted_name(path)?.1).map(Into::into),
             _ => None,
         }
     }
@@ -569,6 +573,7 @@ impl HttpApp {
 fn kind_of(up: &crate::upstream::Upstream) -> Kind {
     match up.cfg.format {
         sluice_config::Format::Npm => Kind::Npm,
+        sluice_config::Format::Cargo => Kind::Cargo,
         _ => Kind::Pypi,
     }
 }
@@ -581,6 +586,7 @@ fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
     let (ct, body) = match kind {
         Kind::Oci => ("application/json", e.oci_body(request_id)),
         Kind::Npm | Kind::Admin => ("application/json", e.npm_body(request_id)),
+        Kind::Cargo => ("application/json", e.cargo_body(request_id)),
         _ => ("text/plain; charset=utf-8", e.text_body(request_id)),
     };
     let mut r = Reply::new(e.status(), CacheStatus::Bypass)

@@ -115,6 +115,8 @@ pub struct PerFormat {
     pub npm: u64,
     /// PyPI.
     pub pypi: u64,
+    /// Cargo.
+    pub cargo: u64,
 }
 
 /// Today: counters and the set of hashed client ids.
@@ -207,6 +209,7 @@ fn classify(format: &str, path: &str) -> Option<Artifact> {
         "pypi" if path.contains("/files/") && !path.ends_with(".metadata") => {
             Some(Artifact::Package)
         }
+        "cargo" if path.ends_with("/download") => Some(Artifact::Package),
         _ => None,
     }
 }
@@ -232,6 +235,7 @@ impl Counters {
         match s.format {
             "oci" => self.artifacts_served.oci += 1,
             "npm" => self.artifacts_served.npm += 1,
+            "cargo" => self.artifacts_served.cargo += 1,
             _ => self.artifacts_served.pypi += 1,
         }
         match a {
@@ -257,7 +261,7 @@ impl Counters {
 impl Stats {
     /// Counts one response.
     pub fn record(&self, s: &Served<'_>) {
-        let is_format = matches!(s.format, "oci" | "npm" | "pypi");
+        let is_format = matches!(s.format, "oci" | "npm" | "pypi" | "cargo");
         if !is_format {
             return;
         }

@@ -289,7 +289,7 @@ fn traffic(h: &mut String, stats: &serde_json::Value) {
             continue;
         }
         let a = &c["artifacts_served"];
-        let served = num(&a["oci"]) + num(&a["npm"]) + num(&a["pypi"]);
+        let served = served_total(a);
         let _ = writeln!(
             h,
             "<tr><th>{label}</th><td class=\"n\">{served}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
@@ -308,6 +308,14 @@ fn traffic(h: &mut String, stats: &serde_json::Value) {
     h.push_str("</table>\n");
 }
 
+/// Artifacts served in every format (the table's columns name the three GA formats).
+fn served_total(a: &serde_json::Value) -> u64 {
+    ["oci", "npm", "pypi", "cargo"]
+        .iter()
+        .map(|f| num(&a[*f]))
+        .sum()
+}
+
 fn days(h: &mut String, stats: &serde_json::Value) {
     let Some(days) = stats["days"].as_array().filter(|d| d.len() > 1) else {
         return;
@@ -321,7 +329,7 @@ fn days(h: &mut String, stats: &serde_json::Value) {
             h,
             "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(d["day"].as_str().unwrap_or("")),
-            num(&a["oci"]) + num(&a["npm"]) + num(&a["pypi"]),
+            served_total(a),
             ratio(&c["hit_ratio"]),
             human_bytes(num(&c["upstream_bytes_saved"])),
             num(&c["blocks"]),
@@ -511,7 +519,7 @@ fn policy_check(h: &mut String, app: &App, asked: &Asked) {
     h.push_str(
         "<h2>Policy check</h2><form method=\"get\" action=\"/-/ui\"><select name=\"format\">",
     );
-    for f in [Format::Npm, Format::Pypi, Format::Oci] {
+    for f in [Format::Npm, Format::Pypi, Format::Oci, Format::Cargo] {
         let _ = write!(
             h,
             "<option value=\"{0}\"{1}>{0}</option>",
@@ -533,13 +541,10 @@ fn policy_check(h: &mut String, app: &App, asked: &Asked) {
     if asked.name.is_empty() {
         return;
     }
-    let Some(format) = [Format::Npm, Format::Pypi, Format::Oci]
-        .into_iter()
-        .find(|f| f.as_str() == asked.format)
-    else {
+    let Some(format) = Format::ALL.into_iter().find(|f| f.as_str() == asked.format) else {
         let _ = writeln!(
             h,
-            "<p class=\"bad\">Unknown format <code>{}</code>: npm, pypi or oci.</p>",
+            "<p class=\"bad\">Unknown format <code>{}</code>: npm, pypi, oci or cargo.</p>",
             esc(&asked.format)
         );
         return;

@@ -141,6 +141,8 @@ struct Target {
     base: Url,
     npm: Option<String>,
     pypi: Option<String>,
+    /// The first `format = "cargo"` upstream's mount name.
+    cargo: Option<String>,
     /// OCI upstreams: (name, registry host as in `?ns=`, is Docker Hub).
     oci: Vec<(String, String, bool)>,
 }
@@ -163,6 +165,7 @@ impl Target {
             base,
             npm: opts.npm_upstream.clone().or_else(|| first(Format::Npm)),
             pypi: opts.pypi_upstream.clone().or_else(|| first(Format::Pypi)),
+            cargo: first(Format::Cargo),
             oci: cfg
                 .upstreams
                 .iter()
@@ -526,6 +529,31 @@ fn plan(target: &Target, e: &Entry) -> Result<Task, Done> {
                     project,
                     version: e.version.clone(),
                 },
+            })
+        }
+        Ecosystem::Cargo => {
+            let label = format!("cargo {}@{}", e.name, e.version.as_deref().unwrap_or("?"));
+            let Some(version) = e.version.clone() else {
+                return Err(early(
+                    label,
+                    Outcome::Skipped("no version in the lockfile".into()),
+                ));
+            };
+            let Some(up) = &target.cargo else {
+                return Err(early(
+                    label,
+                    Outcome::Failed("no cargo upstream is configured".into()),
+                ));
+            };
+            // sluice looks the crate up in its index and verifies it: one request.
+            Ok(Task {
+                url: target.url(&format!(
+                    "{up}/api/v1/crates/{}/{}/download",
+                    utf8_percent(&e.name),
+                    utf8_percent(&version)
+                )),
+                label,
+                kind: Kind::Artifact,
             })
         }
         Ecosystem::Oci => {
@@ -963,6 +991,7 @@ mod tests {
             base: Url::parse("http://s:5080").unwrap(),
             npm: None,
             pypi: None,
+            cargo: None,
             oci: vec![
                 ("dockerhub".into(), "docker.io".into(), true),
                 ("ghcr".into(), "ghcr.io".into(), false),

@@ -4,14 +4,19 @@
 //! OCI is served under `/v2/`; every other format is mounted under its upstream's name
 //! (`/<name>/...`) and gets a [`Request`] with the path below that mount point.
 
+pub mod cargo;
 pub mod npm;
 pub mod oci;
 pub mod pypi;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http::{HeaderMap, Method};
+use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::app::App;
+use crate::docs::{Fetched, Fetcher, Validators};
 use crate::error::ProxyError;
 use crate::response::{Body, CacheStatus, Reply};
 use crate::upstream::Upstream;
@@ -98,6 +103,100 @@ pub async fn read_limited(
     Ok(buf.freeze())
 }
 
+/// Fetcher of a document at `path` below the upstream's base URL (a packument, a Cargo
+/// index file): conditional when validators are given, gzip accepted and undone, bounded
+/// by `max_metadata_size`, and refused unless `check` accepts its bytes. Its bytes are
+/// counted in `sluice_bytes_total{format,source="upstream"}`.
+pub(crate) fn doc_fetcher(
+    app: &App,
+    up: &Arc<Upstream>,
+    path: String,
+    accept: &'static str,
+    format: &'static str,
+    check: fn(&[u8]) -> Result<(), String>,
+) -> Fetcher {
+    let up = up.clone();
+    let limit = app.config.server.max_metadata_size.0;
+    Arc::new(move |v: Option<Validators>| {
+        let (up, path) = (up.clone(), path.clone());
+        async move {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT, HeaderValue::from_static(accept));
+            h.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+            if let Some(v) = v {
+                let pairs = [
+                    (http::header::IF_NONE_MATCH, v.etag),
+                    (http::header::IF_MODIFIED_SINCE, v.last_modified),
+                ];
+                for (k, val) in pairs {
+                    if let Some(hv) = val.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                        h.insert(k, hv);
+                    }
+                }
+            }
+            let resp = up.send(Method::GET, &path, h, None, None).await?;
+            let status = resp.status();
+            if status == StatusCode::NOT_MODIFIED {
+                return Ok(Fetched::NotModified);
+            }
+            if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+                return Ok(Fetched::NotFound);
+            }
+            if !status.is_success() {
+                return Err(up.status_error(status, &path, ProxyError::internal("unreachable")));
+            }
+            let header = |n: http::header::HeaderName| {
+                resp.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let content_type =
+                header(http::header::CONTENT_TYPE).unwrap_or_else(|| "application/json".into());
+            let etag = header(http::header::ETAG);
+            let last_modified = header(http::header::LAST_MODIFIED);
+            let gzip = header(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
+            let mut bytes = read_limited(&up, resp, limit, &path).await?;
+            metrics::counter!("sluice_bytes_total", "format" => format, "source" => "upstream")
+                .increment(bytes.len() as u64);
+            let bad = |m: String| ProxyError::Upstream {
+                upstream: up.name().to_string(),
+                message: format!("{path}: {m}"),
+                status: None,
+            };
+            if gzip {
+                bytes = gunzip_limited(&bytes, limit).map_err(bad)?;
+            }
+            check(&bytes).map_err(bad)?;
+            Ok(Fetched::Doc {
+                bytes,
+                content_type,
+                etag,
+                last_modified,
+            })
+        }
+        .boxed()
+    })
+}
+
+fn gunzip_limited(gz: &[u8], limit: u64) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(gz).take(limit + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| format!("bad gzip body: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "document is larger than the {limit}-byte limit once decompressed"
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
 fn static_name(n: &str) -> &'static str {
     match n {
         "content-type" => "Content-Type",
@@ -106,5 +205,21 @@ fn static_name(n: &str) -> &'static str {
         "etag" => "ETag",
         "retry-after" => "Retry-After",
         _ => "Last-Modified",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gunzip_is_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&[b'x'; 10_000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip_limited(&gz, 10_000).unwrap().len(), 10_000);
+        assert!(gunzip_limited(&gz, 9_999).is_err());
+        assert!(gunzip_limited(b"not gzip", 100).is_err());
     }
 }

@@ -85,7 +85,7 @@ struct Filter<'a> {
 
 impl<'a> Filter<'a> {
     fn new(cfg: &'a CleanupConfig) -> Filter<'a> {
-        let names = [Format::Oci, Format::Npm, Format::Pypi]
+        let names = Format::ALL
             .into_iter()
             .map(|f| (f, Glob::new(ecosystem(f), &cfg.name)))
             .collect();

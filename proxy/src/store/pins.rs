@@ -28,11 +28,7 @@ pub struct Pin {
 }
 
 pub(super) fn ecosystem(f: Format) -> Ecosystem {
-    match f {
-        Format::Oci => Ecosystem::Oci,
-        Format::Npm => Ecosystem::Npm,
-        Format::Pypi => Ecosystem::Pypi,
-    }
+    f.ecosystem()
 }
 
 impl Pin {

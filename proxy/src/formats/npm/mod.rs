@@ -23,11 +23,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method};
 
 use crate::app::App;
-use crate::docs::{Doc, Fetched, Fetcher, Rendered, Validators};
+use crate::docs::{Doc, Fetcher, Rendered};
 use crate::error::ProxyError;
 use crate::response::{CacheStatus, Reply};
 use crate::upstream::Upstream;
@@ -209,92 +208,12 @@ fn packument_fetcher(app: &App, up: &Arc<Upstream>, name: &NpmName, abbrev: bool
     )
 }
 
-/// Fetcher of a JSON document at `path` below the upstream's base URL: conditional when
-/// validators are given, gzip accepted and undone, bounded by `max_metadata_size`.
+/// Fetcher of a JSON document at `path` below the upstream's base URL (see
+/// [`super::doc_fetcher`]): it must be a JSON object.
 fn doc_fetcher(app: &App, up: &Arc<Upstream>, path: String, accept: &'static str) -> Fetcher {
-    let up = up.clone();
-    let limit = app.config.server.max_metadata_size.0;
-    Arc::new(move |v: Option<Validators>| {
-        let (up, path) = (up.clone(), path.clone());
-        async move {
-            let mut h = HeaderMap::new();
-            h.insert(http::header::ACCEPT, HeaderValue::from_static(accept));
-            h.insert(
-                http::header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip"),
-            );
-            if let Some(v) = v {
-                let pairs = [
-                    (http::header::IF_NONE_MATCH, v.etag),
-                    (http::header::IF_MODIFIED_SINCE, v.last_modified),
-                ];
-                for (k, val) in pairs {
-                    if let Some(hv) = val.and_then(|s| HeaderValue::from_str(&s).ok()) {
-                        h.insert(k, hv);
-                    }
-                }
-            }
-            let resp = up.send(Method::GET, &path, h, None, None).await?;
-            let status = resp.status();
-            if status == StatusCode::NOT_MODIFIED {
-                return Ok(Fetched::NotModified);
-            }
-            if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-                return Ok(Fetched::NotFound);
-            }
-            if !status.is_success() {
-                return Err(up.status_error(status, &path, ProxyError::internal("unreachable")));
-            }
-            let header = |n: http::header::HeaderName| {
-                resp.headers()
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let content_type =
-                header(http::header::CONTENT_TYPE).unwrap_or_else(|| "application/json".into());
-            let etag = header(http::header::ETAG);
-            let last_modified = header(http::header::LAST_MODIFIED);
-            let gzip = header(http::header::CONTENT_ENCODING)
-                .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
-            let mut bytes = super::read_limited(&up, resp, limit, &path).await?;
-            metrics::counter!("sluice_bytes_total", "format" => "npm", "source" => "upstream")
-                .increment(bytes.len() as u64);
-            if gzip {
-                bytes = gunzip_limited(&bytes, limit).map_err(|m| ProxyError::Upstream {
-                    upstream: up.name().to_string(),
-                    message: format!("{path}: {m}"),
-                    status: None,
-                })?;
-            }
-            packument::check_object(&bytes).map_err(|m| ProxyError::Upstream {
-                upstream: up.name().to_string(),
-                message: format!("{path}: upstream document is {m}"),
-                status: None,
-            })?;
-            Ok(Fetched::Doc {
-                bytes,
-                content_type,
-                etag,
-                last_modified,
-            })
-        }
-        .boxed()
+    super::doc_fetcher(app, up, path, accept, "npm", |b| {
+        packument::check_object(b).map_err(|m| format!("upstream document is {m}"))
     })
-}
-
-fn gunzip_limited(gz: &[u8], limit: u64) -> Result<Bytes, String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(gz).take(limit + 1);
-    dec.read_to_end(&mut out)
-        .map_err(|e| format!("bad gzip body: {e}"))?;
-    if out.len() as u64 > limit {
-        return Err(format!(
-            "document is larger than the {limit}-byte limit once decompressed"
-        ));
-    }
-    Ok(Bytes::from(out))
 }
 
 /// The packument of `name` in the form the client asked for.
@@ -690,16 +609,5 @@ mod tests {
             "application/vnd.npm.install-v1+json;q=0, application/json"
         )));
         assert!(!wants_corgi(None));
-    }
-
-    #[test]
-    fn gunzip_is_bounded() {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&[b'x'; 10_000]).unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(gunzip_limited(&gz, 10_000).unwrap().len(), 10_000);
-        assert!(gunzip_limited(&gz, 9_999).is_err());
-        assert!(gunzip_limited(b"not gzip", 100).is_err());
     }
 }
