@@ -1,0 +1,404 @@
+//! The Cargo format (an experiment, behind `[formats] cargo = true`) against the in-process
+//! fake sparse registry (`common::cargo_sim`): the real `cargo` client resolving, fetching
+//! and building through sluice, a second machine served from the cache, the firewall
+//! (blocked versions yanked in the index, a locked blocked version refused naming the rule,
+//! internal names never asked for, a reload applying to cached crates), verification,
+//! single flight, revalidation of a release newer than the cached index, stale-if-error
+//! and the refusals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::cargo_sim::{index_path, CargoSim, SimCrate};
+use common::faults::BodyFault;
+use common::metrics::sample;
+use common::{blob_path, header, http_client, sluice_cache_header, within, Sluice};
+
+fn sluice_for(sim: &CargoSim, extra: &str) -> Sluice {
+    Sluice::start(&format!(
+        "[formats]\ncargo = true\n\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\nurl = \"{}\"\n{extra}\n",
+        sim.index_url()
+    ))
+}
+
+/// A cargo project depending on `deps` (`name = "req"` lines), whose crates.io source is
+/// replaced by sluice's `/crates/` mount, with its own empty `CARGO_HOME` (a fresh machine).
+fn project(root: &Path, s: &Sluice, deps: &str) -> PathBuf {
+    let dir = root.join("app");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join(".cargo")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"sluice\"\n\n[source.sluice]\nregistry = \"sparse+{}/crates/\"\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Runs `cargo <args>` in `dir` with `home` as `CARGO_HOME`; (success, stderr).
+fn cargo(dir: &Path, home: &Path, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("CARGO_HOME", home)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_NET_RETRY", "0")
+        .env("CARGO_TERM_COLOR", "never")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET_DIR");
+    common::no_proxy_env(&mut cmd);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(240));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn locked_version(dir: &Path, name: &str) -> String {
+    let lock = std::fs::read_to_string(dir.join("Cargo.lock")).unwrap();
+    let at = lock
+        .find(&format!("name = \"{name}\"\nversion = \""))
+        .unwrap_or_else(|| panic!("{name} not in Cargo.lock:\n{lock}"));
+    let rest = &lock[at..];
+    let v = rest.split("version = \"").nth(1).unwrap();
+    v[..v.find('"').unwrap()].to_string()
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = http_client().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    within(30, url, r.send())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+fn download_url(s: &Sluice, name: &str, version: &str) -> String {
+    format!(
+        "{}/crates/api/v1/crates/{name}/{version}/download",
+        s.base_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_from_the_cache() {
+    let sim = CargoSim::start().await;
+    for v in ["1.0.0", "1.1.0"] {
+        sim.publish(SimCrate::new("sluice-demo-a", v));
+    }
+    let b_sha = sim.publish(SimCrate::new("sd", "0.2.0"));
+    let s = sluice_for(&sim, "");
+    let deps = "sluice-demo-a = \"1\"\nsd = \"0.2\"";
+
+    let first = tempfile::tempdir().unwrap();
+    let dir = project(first.path(), &s, deps);
+    let (ok, err) = cargo(&dir, &first.path().join("home"), &["build"]);
+    assert!(
+        ok,
+        "cargo build through sluice failed:\n{err}\nsluice log:\n{}",
+        s.log()
+    );
+    assert_eq!(locked_version(&dir, "sluice-demo-a"), "1.1.0");
+    assert_eq!(sim.count("/download"), 2, "{:?}", sim.requests());
+    assert!(blob_path(&s.data_dir(), &format!("sha256:{b_sha}")).exists());
+
+    // Another machine (empty CARGO_HOME, same lockfile): every crate from sluice's store.
+    let second = tempfile::tempdir().unwrap();
+    let dir2 = project(second.path(), &s, deps);
+    std::fs::copy(dir.join("Cargo.lock"), dir2.join("Cargo.lock")).unwrap();
+    let (ok, err) = cargo(&dir2, &second.path().join("home"), &["build", "--locked"]);
+    assert!(ok, "second build failed:\n{err}");
+    assert_eq!(
+        sim.count("/download"),
+        2,
+        "a cached crate was fetched again"
+    );
+
+    let m = s.metrics().await;
+    let hits = sample(
+        &m,
+        "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}",
+    );
+    assert!(hits >= 2.0, "cargo cache hits: {hits}\n{m}");
+    assert!(sample(&m, "sluice_requests_total{format=\"cargo\",status=\"200\"}") >= 6.0);
+    let stats = common::json_body(get(&format!("{}/-/api/stats", s.base_url()), &[]).await).await;
+    assert_eq!(stats["total"]["artifacts_served"]["cargo"], 4, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_versions_are_yanked_for_resolution_and_refused_by_name_when_locked() {
+    let sim = CargoSim::start().await;
+    for v in ["1.0.0", "1.1.0"] {
+        sim.publish(SimCrate::new("sluice-demo-a", v));
+    }
+    let s = sluice_for(&sim, "");
+    let deps = "sluice-demo-a = \"1\"";
+    let locked = tempfile::tempdir().unwrap();
+    let dir = project(locked.path(), &s, deps);
+    let (ok, err) = cargo(&dir, &locked.path().join("home"), &["generate-lockfile"]);
+    assert!(ok, "{err}");
+    assert_eq!(locked_version(&dir, "sluice-demo-a"), "1.1.0");
+
+    // A deny rule in Cargo's own requirement syntax, applied by a reload.
+    let path = s.config_path();
+    let mut text = std::fs::read_to_string(path).unwrap();
+    text.push_str(
+        "\n[[policy.rule]]\nid = \"demo-a-recalled\"\nkind = \"deny\"\nformat = \"cargo\"\npackage = \"sluice_demo_a\"\nversions = \">=1.1.0, <2\"\nreason = \"recalled release\"\n",
+    );
+    std::fs::write(path, text).unwrap();
+    let pid = s.pid().expect("sluice runs").to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let reloaded = common::eventually_async(|| async {
+        sample(
+            &s.metrics().await,
+            "sluice_policy_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(reloaded, "the policy was not reloaded:\n{}", s.log());
+    let r = get(&download_url(&s, "sluice-demo-a", "1.1.0"), &[]).await;
+    assert_eq!(r.status(), 403);
+    let body = common::json_body(r).await;
+    let detail = body["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("demo-a-recalled") && detail.contains("recalled release"),
+        "{detail}"
+    );
+
+    // The index keeps the line, yanked: new resolutions take the newest allowed version.
+    let index = get(
+        &format!("{}/crates/{}", s.base_url(), index_path("sluice-demo-a")),
+        &[],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let lines: Vec<serde_json::Value> = index
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{index}");
+    for l in &lines {
+        assert_eq!(l["yanked"], l["vers"] == "1.1.0", "{l}");
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    let dir2 = project(fresh.path(), &s, deps);
+    let (ok, err) = cargo(&dir2, &fresh.path().join("home"), &["generate-lockfile"]);
+    assert!(ok, "{err}");
+    assert_eq!(locked_version(&dir2, "sluice-demo-a"), "1.0.0");
+
+    // A lockfile pinning the blocked version: cargo's error shows the rule and reason.
+    let (ok, err) = cargo(&dir, &locked.path().join("home2"), &["fetch", "--locked"]);
+    assert!(!ok, "a blocked locked version was fetched");
+    assert!(
+        err.contains("403") && err.contains("demo-a-recalled") && err.contains("recalled release"),
+        "cargo did not show why:\n{err}"
+    );
+    assert_eq!(sim.count("/sluice-demo-a/1.1.0/download"), 0);
+    let m = s.metrics().await;
+    assert!(
+        sample(
+            &m,
+            "sluice_cargo_withheld_versions_total{upstream=\"crates\"}"
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &m,
+            "sluice_policy_decisions_total{rule=\"demo-a-recalled\",decision=\"block\"}"
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_index_and_downloads_over_http() {
+    let sim = CargoSim::start().await;
+    let sha = sim.publish(SimCrate::new("Mixed_Case", "0.1.0"));
+    let s = sluice_for(
+        &sim,
+        "metadata_ttl = \"1s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n",
+    );
+    let base = s.base_url();
+
+    // config.json: downloads from sluice, no publish API.
+    let cfg = common::json_body(get(&format!("{base}/crates/config.json"), &[]).await).await;
+    assert_eq!(cfg["dl"], format!("{base}/crates/api/v1/crates"), "{cfg}");
+    assert!(cfg.get("api").is_none(), "{cfg}");
+
+    // Index file: lower-case path, MISS then HIT, ETag and 304.
+    let idx = format!("{base}/crates/{}", index_path("Mixed_Case"));
+    assert_eq!(index_path("Mixed_Case"), "mi/xe/mixed_case");
+    let r = get(&idx, &[]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "MISS")
+    );
+    let etag = header(&r, "etag");
+    assert!(r.text().await.unwrap().contains(&sha));
+    let r = get(&idx, &[("If-None-Match", &etag)]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (304, "HIT")
+    );
+
+    // Download: verified, stored by digest, then a HIT with an immutable ETag.
+    let dl = download_url(&s, "Mixed_Case", "0.1.0");
+    let r = get(&dl, &[]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "MISS")
+    );
+    assert_eq!(
+        common::sha256_digest(&r.bytes().await.unwrap()),
+        format!("sha256:{sha}")
+    );
+    let r = get(&dl, &[]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "HIT")
+    );
+    assert_eq!(header(&r, "etag"), format!("\"{sha}\""));
+    assert_eq!(sim.count("/download"), 1);
+
+    // A version the cached index lacks: the index is revalidated once, then it is served.
+    let newer = sim.publish(SimCrate::new("Mixed_Case", "0.2.0"));
+    let r = get(&download_url(&s, "Mixed_Case", "0.2.0"), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        common::sha256_digest(&r.bytes().await.unwrap()),
+        format!("sha256:{newer}")
+    );
+    // One that does not exist: 404 in Cargo's error format, remembered (no second refresh).
+    let before = sim.count(&index_path("Mixed_Case"));
+    for _ in 0..2 {
+        let r = get(&download_url(&s, "Mixed_Case", "9.9.9"), &[]).await;
+        assert_eq!(r.status(), 404);
+        let body = common::json_body(r).await;
+        assert!(body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("9.9.9"));
+    }
+    assert_eq!(sim.count(&index_path("Mixed_Case")), before + 1);
+
+    // Stale-if-error: the index upstream fails; the cached copy is served.
+    sim.fault(&index_path("Mixed_Case"), BodyFault::Status(503));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&idx, &[]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "STALE")
+    );
+    sim.clear_faults();
+
+    // Internal names never reach the upstream.
+    let r = get(
+        &format!("{base}/crates/{}", index_path("myorg-secret")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = get(&download_url(&s, "myorg-secret", "1.0.0"), &[]).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(sim.count("myorg"), 0);
+
+    // Writes and unknown endpoints.
+    let r = http_client()
+        .put(format!("{base}/crates/api/v1/crates/new"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "allow"), "GET, HEAD");
+    let body = common::json_body(r).await;
+    assert!(body["errors"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("read-only"));
+    for bad in [
+        "xx/yy/mixed_case",
+        "api/v1/crates?q=x",
+        "api/v1/crates/a%2fb/1.0.0/download",
+    ] {
+        assert_eq!(
+            get(&format!("{base}/crates/{bad}"), &[]).await.status(),
+            404,
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
+    let sim = CargoSim::start().await;
+    let good = SimCrate::new("shared", "1.0.0");
+    let sha = sim.publish(good.clone());
+    let s = sluice_for(&sim, "");
+    let dl = download_url(&s, "shared", "1.0.0");
+    let stored = blob_path(&s.data_dir(), &format!("sha256:{sha}"));
+
+    // Wrong bytes: the client does not get a complete good answer; nothing is stored.
+    sim.fault("/shared/1.0.0/download", BodyFault::WrongBytes);
+    let r = http_client().get(&dl).send().await.unwrap();
+    let complete = r.status() == 200 && r.bytes().await.is_ok_and(|b| b == good.bytes);
+    assert!(!complete, "wrong bytes were served as the crate");
+    assert!(
+        !stored.exists(),
+        "a crate that failed verification was stored"
+    );
+
+    // Twenty clients at once on a slow download: one upstream fetch, every body whole.
+    sim.clear_faults();
+    sim.fault(
+        "/shared/1.0.0/download",
+        BodyFault::Slow {
+            chunk: 64,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let before = sim.count("/shared/1.0.0/download");
+    let all = futures_util::future::join_all((0..20).map(|_| {
+        let dl = dl.clone();
+        async move {
+            let r = http_client().get(&dl).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }
+    }))
+    .await;
+    assert!(all.iter().all(|b| *b == good.bytes));
+    assert_eq!(sim.count("/shared/1.0.0/download"), before + 1);
+    assert!(stored.exists());
+
+    // A `dl` with markers (another registry's layout) is expanded as cargo would.
+    sim.clear_faults();
+    sim.set_dl("http://localhost:{port}/dl/{crate}-{version}.crate");
+    let other = sim.publish(SimCrate::new("templated", "2.0.0"));
+    let s2 = sluice_for(&sim, "");
+    let r = get(&download_url(&s2, "templated", "2.0.0"), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        common::sha256_digest(&r.bytes().await.unwrap()),
+        format!("sha256:{other}")
+    );
+    assert_eq!(sim.count("/dl/templated-2.0.0.crate"), 1);
+}
