@@ -1,0 +1,122 @@
+//! The Cargo format with the real `cargo` against the real crates registry: its sparse
+//! index is discovered at run time from cargo's own index cache on this machine
+//! (`$CARGO_HOME/registry/index/<host>-<hash>/`, which building sluice created; no index
+//! host is written here), or taken from `SLUICE_CARGO_UPSTREAM`. Two machines (two empty
+//! `CARGO_HOME`s) fetch and build the same lockfile through sluice; the second is served
+//! from sluice's store. Under `CI=true` an index that cannot be discovered fails the test
+//! instead of skipping it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::metrics::sample;
+use common::{http_client, json_body, run_with_timeout, Sluice};
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The sparse index URL cargo uses for its default registry on this machine.
+fn discover_index() -> Option<String> {
+    if let Ok(u) = std::env::var("SLUICE_CARGO_UPSTREAM") {
+        return Some(u);
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    // A sparse index's cache directory holds the registry's config.json (a git index's
+    // holds a checkout); its name is `<host>-<hash>`.
+    std::fs::read_dir(home.join("registry/index"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("config.json").is_file() && !e.path().join(".git").exists())
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (host, hash) = name.rsplit_once('-')?;
+            (hash.len() == 16 && host.contains('.')).then(|| format!("https://{host}/"))
+        })
+}
+
+fn project(root: &Path, s: &Sluice) -> PathBuf {
+    let dir = root.join("app");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join(".cargo")).unwrap();
+    // Two small crates without dependencies of their own, pinned.
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"=1.0.11\"\ncfg-if = \"=1.0.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        "fn main() { println!(\"{}\", itoa::Buffer::new().format(42)); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"sluice\"\n\n[source.sluice]\nregistry = \"sparse+{}/crates/\"\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn cargo(dir: &Path, home: &Path, args: &[&str]) {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("CARGO_HOME", home)
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TERM_COLOR", "never")
+        .env_remove("RUSTFLAGS");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "cargo {args:?} through sluice failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cargo_fetches_and_builds_real_crates_through_sluice_and_the_second_machine_hits() {
+    let Some(index) = discover_index() else {
+        assert!(
+            !ci(),
+            "CI=true and cargo's sparse index could not be found in its index cache \
+             (set SLUICE_CARGO_UPSTREAM)"
+        );
+        eprintln!("skipping: no sparse index in cargo's index cache");
+        return;
+    };
+    let s = Sluice::start(&format!(
+        "[formats]\ncargo = true\n\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\nurl = \"{index}\"\n"
+    ));
+    let first = tempfile::tempdir().unwrap();
+    let dir = project(first.path(), &s);
+    cargo(&dir, &first.path().join("home"), &["fetch"]);
+    let m = s.metrics().await;
+    let misses = sample(&m, "sluice_cache_events_total{format=\"cargo\",result=\"miss\"}");
+    assert!(misses >= 2.0, "{m}");
+
+    let second = tempfile::tempdir().unwrap();
+    let dir2 = project(second.path(), &s);
+    std::fs::copy(dir.join("Cargo.lock"), dir2.join("Cargo.lock")).unwrap();
+    cargo(&dir2, &second.path().join("home"), &["build", "--locked"]);
+    let m = s.metrics().await;
+    let hits = sample(&m, "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}");
+    assert!(hits >= 2.0, "the second machine's crates were not cache hits:\n{m}");
+    let stats = json_body(
+        http_client()
+            .get(format!("{}/-/api/stats", s.base_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stats["total"]["artifacts_served"]["cargo"], 4, "{stats}");
+}
