@@ -136,6 +136,24 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     assert!(sample(&m, "sluice_requests_total{format=\"cargo\",status=\"200\"}") >= 6.0);
     let stats = common::json_body(get(&format!("{}/-/api/stats", s.base_url()), &[]).await).await;
     assert_eq!(stats["total"]["artifacts_served"]["cargo"], 4, "{stats}");
+
+    // `sluice warm Cargo.lock` fills another sluice's store with the lockfile's crates.
+    let s2 = sluice_for(&sim, "");
+    let out = common::run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("warm")
+            .arg("--config")
+            .arg(s2.config_path())
+            .arg(dir.join("Cargo.lock")),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.count("/download"), 4, "warm did not fetch both crates");
+    assert!(blob_path(&s2.data_dir(), &format!("sha256:{b_sha}")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,6 +177,19 @@ async fn blocked_versions_are_yanked_for_resolution_and_refused_by_name_when_loc
         "\n[[policy.rule]]\nid = \"demo-a-recalled\"\nkind = \"deny\"\nformat = \"cargo\"\npackage = \"sluice_demo_a\"\nversions = \">=1.1.0, <2\"\nreason = \"recalled release\"\n",
     );
     std::fs::write(path, text).unwrap();
+    // Checked offline first: the lockfile pins the version the rule denies.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["policy", "check", "--config"])
+        .arg(path)
+        .arg(dir.join("Cargo.lock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("BLOCK sluice-demo-a@1.1.0 [demo-a-recalled] recalled release"),
+        "{text}"
+    );
     let pid = s.pid().expect("sluice runs").to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
