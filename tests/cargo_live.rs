@@ -100,7 +100,10 @@ async fn cargo_fetches_and_builds_real_crates_through_sluice_and_the_second_mach
     let dir = project(first.path(), &s);
     cargo(&dir, &first.path().join("home"), &["fetch"]);
     let m = s.metrics().await;
-    let misses = sample(&m, "sluice_cache_events_total{format=\"cargo\",result=\"miss\"}");
+    let misses = sample(
+        &m,
+        "sluice_cache_events_total{format=\"cargo\",result=\"miss\"}",
+    );
     assert!(misses >= 2.0, "{m}");
 
     let second = tempfile::tempdir().unwrap();
@@ -108,8 +111,14 @@ async fn cargo_fetches_and_builds_real_crates_through_sluice_and_the_second_mach
     std::fs::copy(dir.join("Cargo.lock"), dir2.join("Cargo.lock")).unwrap();
     cargo(&dir2, &second.path().join("home"), &["build", "--locked"]);
     let m = s.metrics().await;
-    let hits = sample(&m, "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}");
-    assert!(hits >= 2.0, "the second machine's crates were not cache hits:\n{m}");
+    let hits = sample(
+        &m,
+        "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}",
+    );
+    assert!(
+        hits >= 2.0,
+        "the second machine's crates were not cache hits:\n{m}"
+    );
     let stats = json_body(
         http_client()
             .get(format!("{}/-/api/stats", s.base_url()))

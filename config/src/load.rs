@@ -601,8 +601,12 @@ mod tests {
         assert!(c.formats.enabled(crate::Format::Cargo));
         assert!(c.formats.enabled(crate::Format::Npm));
         // No discovery for Cargo: the index URL is required.
-        let no_url = "[formats]\ncargo = true\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\n";
-        assert!(load(no_url).unwrap_err().to_string().contains("not a valid URL"));
+        let no_url =
+            "[formats]\ncargo = true\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\n";
+        assert!(load(no_url)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid URL"));
         let npm = "[formats]\nnpm = false\n[[upstream]]\nname = \"npmjs\"\nformat = \"npm\"\n";
         let msg = load(npm).unwrap_err().to_string();
         assert!(msg.contains("turned off by [formats] npm = false"), "{msg}");
