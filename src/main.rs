@@ -532,6 +532,21 @@ fn main() -> ExitCode {
                             }
                         }
                     }
+                    let experiments: Vec<&str> = sluice_config::Format::ALL
+                        .into_iter()
+                        .filter(|f| {
+                            f.maturity() == sluice_config::Maturity::Experiment
+                                && c.formats.enabled(*f)
+                        })
+                        .map(|f| f.as_str())
+                        .collect();
+                    if !experiments.is_empty() {
+                        println!(
+                            "{}: experiment formats turned on: {}",
+                            path.display(),
+                            experiments.join(", ")
+                        );
+                    }
                     println!(
                         "{}: ok ({} upstream{}, listen {})",
                         path.display(),

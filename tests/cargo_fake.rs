@@ -128,6 +128,11 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     );
 
     let m = s.metrics().await;
+    for (format, maturity) in [("cargo", "experiment"), ("npm", "ga")] {
+        let series =
+            format!("sluice_format_enabled{{format=\"{format}\",maturity=\"{maturity}\"}}");
+        assert_eq!(sample(&m, &series), 1.0, "{series}");
+    }
     let hits = sample(
         &m,
         "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}",
@@ -268,6 +273,30 @@ async fn config_index_and_downloads_over_http() {
         "metadata_ttl = \"1s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n",
     );
     let base = s.base_url();
+
+    // The flag: `config check` names the experiment; without the flag the upstream is refused.
+    let check = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["config", "check"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(s.config_path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("experiment formats turned on: cargo"),
+        "{text}"
+    );
+    let off = tempfile::tempdir().unwrap();
+    let off_path = off.path().join("off.toml");
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(&off_path, cfg.replace("cargo = true", "")).unwrap();
+    let out = check(&off_path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("add [formats] cargo = true"), "{err}");
 
     // config.json: downloads from sluice, no publish API.
     let cfg = common::json_body(get(&format!("{base}/crates/config.json"), &[]).await).await;

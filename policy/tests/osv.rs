@@ -121,7 +121,7 @@ fn withdrawn_advisories_and_other_ecosystems_are_ignored() {
         "b/deep/MAL-2026-3.json",
         json!({
             "id": "MAL-2026-3",
-            "affected": [{"package": {"ecosystem": "crates.io", "name": "oops"},
+            "affected": [{"package": {"ecosystem": "Go", "name": "oops"},
                           "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}]
         }),
     );
@@ -309,4 +309,31 @@ fn rules_come_before_advisories_in_findings() {
     let ids: Vec<_> = d.findings.iter().map(|f| f.rule.as_str()).collect();
     assert_eq!(ids, ["scripts", "osv"]);
     assert_eq!(d.rule.as_deref(), Some("osv"));
+}
+
+#[test]
+fn crates_io_advisories_apply_to_cargo_crates_under_either_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "crates.io/RUSTSEC-2026-0001.json",
+        json!({
+            "id": "RUSTSEC-2026-0001",
+            "aliases": ["MAL-2026-77"],
+            "summary": "Malicious build script in evil_crate",
+            "affected": [{
+                "package": {"ecosystem": "crates.io", "name": "evil_crate"},
+                "ranges": [{"type": "SEMVER", "events": [{"introduced": "0.0.0-0"}, {"fixed": "0.3.0"}]}]
+            }]
+        }),
+    );
+    let e = engine("", &[dir.path()]);
+    assert_eq!(e.osv_stats(), (1, 1));
+    let v = |name, ver| e.evaluate(&facts(Ecosystem::Cargo, name, ver), NOW).verdict;
+    assert_eq!(v("evil_crate", "0.2.9"), Verdict::Block);
+    // crates.io treats `-`/`_` and case as the same name.
+    assert_eq!(v("Evil-Crate", "0.2.9"), Verdict::Block);
+    assert_eq!(v("evil_crate", "0.3.0"), Verdict::Allow);
+    // Not an npm package.
+    assert_eq!(npm_verdict(&e, "evil_crate", "0.2.9"), Verdict::Allow);
 }

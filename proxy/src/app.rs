@@ -116,6 +116,11 @@ impl App {
             )?)),
             None => None,
         };
+        // Which formats this server speaks, with their maturity: whether an experiment is on.
+        for f in Format::ALL {
+            metrics::gauge!("sluice_format_enabled", "format" => f.as_str(), "maturity" => f.maturity().as_str())
+                .set(if config.formats.enabled(f) { 1.0 } else { 0.0 });
+        }
         let mut oci = Vec::new();
         let mut default_oci = None;
         let mut mounted = std::collections::HashMap::new();
