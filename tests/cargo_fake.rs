@@ -99,7 +99,8 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     for v in ["1.0.0", "1.1.0"] {
         sim.publish(SimCrate::new("sluice-demo-a", v));
     }
-    let b_sha = sim.publish(SimCrate::new("sd", "0.2.0"));
+    // Build metadata in a version: cargo sends the `+` as it is.
+    let b_sha = sim.publish(SimCrate::new("sd", "0.2.0+build.7"));
     let s = sluice_for(&sim, "");
     let deps = "sluice-demo-a = \"1\"\nsd = \"0.2\"";
 
@@ -270,7 +271,7 @@ async fn config_index_and_downloads_over_http() {
     let sha = sim.publish(SimCrate::new("Mixed_Case", "0.1.0"));
     let s = sluice_for(
         &sim,
-        "metadata_ttl = \"1s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n",
+        "metadata_ttl = \"3s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n",
     );
     let base = s.base_url();
 
@@ -339,13 +340,40 @@ async fn config_index_and_downloads_over_http() {
     assert_eq!(sim.count("/download"), 1);
 
     // A version the cached index lacks: the index is revalidated once, then it is served.
-    let newer = sim.publish(SimCrate::new("Mixed_Case", "0.2.0"));
-    let r = get(&download_url(&s, "Mixed_Case", "0.2.0"), &[]).await;
-    assert_eq!(r.status(), 200);
+    let index_fetches = sim.count(&index_path("Mixed_Case"));
+    let newer = sim.publish(SimCrate::new("Mixed_Case", "0.2.0+meta.1"));
+    // HEAD starts no fill: the origin is asked, nothing is stored.
+    let r = http_client()
+        .head(download_url(&s, "Mixed_Case", "0.2.0+meta.1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        common::sha256_digest(&r.bytes().await.unwrap()),
-        format!("sha256:{newer}")
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "BYPASS")
     );
+    assert_eq!(sim.count(&index_path("Mixed_Case")), index_fetches + 1);
+    assert!(!blob_path(&s.data_dir(), &format!("sha256:{newer}")).exists());
+    // `+` as cargo sends it, or percent-encoded.
+    for version in ["0.2.0+meta.1", "0.2.0%2Bmeta.1"] {
+        let r = get(&download_url(&s, "Mixed_Case", version), &[]).await;
+        assert_eq!(r.status(), 200, "{version}");
+        assert_eq!(
+            common::sha256_digest(&r.bytes().await.unwrap()),
+            format!("sha256:{newer}")
+        );
+    }
+    let m = s.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "sluice_cargo_forced_revalidations_total{upstream=\"crates\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    let r = http_client().head(&idx).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     // One that does not exist: 404 in Cargo's error format, remembered (no second refresh).
     let before = sim.count(&index_path("Mixed_Case"));
     for _ in 0..2 {
@@ -361,7 +389,7 @@ async fn config_index_and_downloads_over_http() {
 
     // Stale-if-error: the index upstream fails; the cached copy is served.
     sim.fault(&index_path("Mixed_Case"), BodyFault::Status(503));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = get(&idx, &[]).await;
     assert_eq!(
         (r.status().as_u16(), sluice_cache_header(&r).as_str()),
@@ -412,7 +440,10 @@ async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
     let sim = CargoSim::start().await;
     let good = SimCrate::new("shared", "1.0.0");
     let sha = sim.publish(good.clone());
-    let s = sluice_for(&sim, "");
+    let s = sluice_for(
+        &sim,
+        "\n[[auth.token]]\nname = \"ops\"\ntoken = \"cargo-admin-token\"\nrole = \"admin\"\n",
+    );
     let dl = download_url(&s, "shared", "1.0.0");
     let stored = blob_path(&s.data_dir(), &format!("sha256:{sha}"));
 
@@ -449,6 +480,49 @@ async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
     assert_eq!(sim.count("/shared/1.0.0/download"), before + 1);
     assert!(stored.exists());
 
+    // The admin listing knows the index file and the stored crate; a purge of the version
+    // removes the crate, and the next download fetches it again.
+    let admin = |req: reqwest::RequestBuilder| req.bearer_auth("cargo-admin-token").send();
+    let base = s.base_url();
+    let v = common::json_body(
+        admin(http_client().get(format!("{base}/-/api/cache?format=cargo")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let items = v["items"].as_array().expect("items");
+    let version = items
+        .iter()
+        .find(|i| i["tag"] == "1.0.0")
+        .unwrap_or_else(|| panic!("no crate version listed: {v}"));
+    assert_eq!(
+        (&version["name"], &version["files_stored"]),
+        (&"shared".into(), &1.into()),
+        "{v}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|i| i["name"] == "shared" && i["tag"].is_null()),
+        "{v}"
+    );
+    let r = admin(
+        http_client()
+            .post(format!("{base}/-/api/purge"))
+            .body(r#"{"format":"cargo","name":"shared","tag":"1.0.0"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!stored.exists(), "the purged crate is still stored");
+    sim.clear_faults();
+    let r = get(&dl, &[]).await;
+    assert_eq!(
+        (r.status().as_u16(), sluice_cache_header(&r).as_str()),
+        (200, "MISS")
+    );
+    assert_eq!(r.bytes().await.unwrap(), good.bytes);
+
     // A `dl` with markers (another registry's layout) is expanded as cargo would.
     sim.clear_faults();
     sim.set_dl("http://localhost:{port}/dl/{crate}-{version}.crate");
@@ -461,4 +535,49 @@ async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
         format!("sha256:{other}")
     );
     assert_eq!(sim.count("/dl/templated-2.0.0.crate"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sluice_that_requires_a_token_tells_cargo_to_send_it_for_downloads_too() {
+    let sim = CargoSim::start().await;
+    sim.publish(SimCrate::new("sluice-auth-demo", "0.1.0"));
+    let s = sluice_for(
+        &sim,
+        "\n[auth]\nanonymous = \"none\"\n[[auth.token]]\nname = \"ci\"\ntoken = \"cargo-test-token-1\"\nrole = \"read\"\n",
+    );
+    let cfg_url = format!("{}/crates/config.json", s.base_url());
+    assert_eq!(get(&cfg_url, &[]).await.status(), 401);
+    let cfg =
+        common::json_body(get(&cfg_url, &[("Authorization", "Bearer cargo-test-token-1")]).await)
+            .await;
+    assert_eq!(cfg["auth-required"], true, "{cfg}");
+
+    // cargo's authenticated-registry setup: a named registry replacing crates-io, the
+    // token (as it is sent) from the environment.
+    let root = tempfile::tempdir().unwrap();
+    let dir = project(root.path(), &s, "sluice-auth-demo = \"0.1\"");
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        format!(
+            "[registry]\nglobal-credential-providers = [\"cargo:token\"]\n\n[registries.sluice]\nindex = \"sparse+{}/crates/\"\n\n[source.crates-io]\nreplace-with = \"sluice\"\n",
+            s.base_url()
+        ),
+    )
+    .unwrap();
+    let home = root.path().join("home");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["fetch"])
+        .current_dir(&dir)
+        .env("CARGO_HOME", &home)
+        .env("CARGO_REGISTRIES_SLUICE_TOKEN", "Bearer cargo-test-token-1")
+        .env("CARGO_NET_RETRY", "0")
+        .env("CARGO_TERM_COLOR", "never");
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(240));
+    assert!(
+        out.status.success(),
+        "cargo fetch with a token failed:\n{}\nsluice log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    assert_eq!(sim.count("/sluice-auth-demo/0.1.0/download"), 1);
 }

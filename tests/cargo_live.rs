@@ -106,11 +106,24 @@ async fn cargo_fetches_and_builds_real_crates_through_sluice_and_the_second_mach
     );
     assert!(misses >= 2.0, "{m}");
 
+    let upstream = |m: &str| {
+        common::metrics::sum_labelled(
+            m,
+            "sluice_upstream_requests_total",
+            &["upstream=\"crates\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let asked = upstream(&m);
+    assert!(asked >= 2.0, "{m}");
+
     let second = tempfile::tempdir().unwrap();
     let dir2 = project(second.path(), &s);
     std::fs::copy(dir.join("Cargo.lock"), dir2.join("Cargo.lock")).unwrap();
     cargo(&dir2, &second.path().join("home"), &["build", "--locked"]);
     let m = s.metrics().await;
+    // Everything (config, index files, crates) from sluice: the upstream was not asked.
+    assert_eq!(upstream(&m), asked, "{m}");
     let hits = sample(
         &m,
         "sluice_cache_events_total{format=\"cargo\",result=\"hit\"}",

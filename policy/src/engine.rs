@@ -446,6 +446,8 @@ impl Engine {
                     )),
                 )
             }),
+            // The Cargo index states no license: the rule cannot say anything about a crate.
+            Check::License(_) if eco == Ecosystem::Cargo => None,
             Check::License(lists) => {
                 let Some(text) = facts.license.filter(|l| !l.trim().is_empty()) else {
                     return (facts.version.is_some() && !lists.allow.is_empty()).then(|| {
@@ -568,6 +570,12 @@ fn rule_versions(rc: &RuleConfig, text: &str) -> Result<Versions, PolicyError> {
         if rc.format.is_some_and(|f| f != e) {
             continue;
         }
+        if rc.format.is_none() && e == Ecosystem::Cargo {
+            // Crates are an experiment: a range that Cargo's syntax cannot read leaves them
+            // out of the rule rather than failing a configuration that loaded before.
+            sets[eco_index(e)] = VersionSet::parse_unformatted(e, text).ok();
+            continue;
+        }
         let set = VersionSet::parse(e, text).map_err(|err| match rc.format {
             Some(_) => rule_err(&rc.id, format!("`versions`: {err}")),
             None => rule_err(
@@ -674,7 +682,7 @@ fn compile_waiver(n: usize, w: &sluice_config::WaiverConfig) -> Result<Waiver, P
             let mut sets: [Option<VersionSet>; 4] = Default::default();
             let mut errors = Vec::new();
             for e in [Ecosystem::Npm, Ecosystem::Pypi, Ecosystem::Cargo] {
-                match VersionSet::parse(e, text) {
+                match VersionSet::parse_unformatted(e, text) {
                     Ok(s) => sets[eco_index(e)] = Some(s),
                     Err(x) => errors.push(x),
                 }

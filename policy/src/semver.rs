@@ -264,10 +264,21 @@ impl Range {
     }
 
     /// Parses a Cargo version requirement (`1.2`, `^1.2.3`, `>=1.0, <1.4`, `~0.3`, `=1.0.1`,
-    /// `1.*`): comma-separated comparators that must all hold, a bare version meaning
+    /// `1.2.*`): comma-separated comparators that must all hold, a bare version meaning
     /// `^version` (unlike npm, where it means exactly that version). Read as the npm range
     /// with the same meaning.
     pub fn parse_cargo(s: &str) -> Result<Range, String> {
+        Range::cargo(s, "^")
+    }
+
+    /// [`Range::parse_cargo`] with a bare version meaning exactly that version (`=`), as in
+    /// npm and PEP 440: for a rule or waiver that names no format, whose one `versions`
+    /// text must mean the same versions in every ecosystem.
+    pub fn parse_cargo_exact(s: &str) -> Result<Range, String> {
+        Range::cargo(s, "=")
+    }
+
+    fn cargo(s: &str, bare: &str) -> Result<Range, String> {
         let bad = |m: &str| Err(format!("invalid Cargo version requirement {s:?}: {m}"));
         if s.contains("||") {
             return bad("`||` is not Cargo syntax; write one rule per range");
@@ -280,9 +291,14 @@ impl Range {
             if words.len() > 2 || (words.len() == 2 && !OPS.contains(&words[0])) {
                 return bad("comparators are separated by commas");
             }
+            if p.starts_with("~>") {
+                return bad("`~>` is not Cargo syntax (use `~`)");
+            }
             match p.bytes().next() {
                 None => return bad("empty comparator"),
-                Some(b) if b.is_ascii_digit() => npm.push(format!("^{p}")),
+                // A wildcard (`1.2.*`) is its own range: `1.2.*` is `>=1.2.0, <1.3.0`.
+                Some(b'0'..=b'9') if p.contains(['*', 'x', 'X']) => npm.push(p.to_string()),
+                Some(b'0'..=b'9') => npm.push(format!("{bare}{p}")),
                 Some(_) => npm.push(p.to_string()),
             }
         }
@@ -550,7 +566,20 @@ mod tests {
         assert!(sat("0.3.5", "~0.3"));
         assert!(sat("1.7.0", "1.*"));
         assert!(!sat("2.0.0", "1.*"));
-        for bad in ["1.0 || 2.0", "", "1.0,", ">=1.0 <2.0", "banana"] {
+        assert!(sat("1.2.9", "1.2.*"));
+        assert!(!sat("1.3.0", "1.2.*"));
+        assert!(!sat("1.3.0", "1.2.x"));
+        // Without a format, a bare version is that version.
+        let exact = |ver: &str, req: &str| {
+            Range::parse_cargo_exact(req)
+                .unwrap()
+                .matches(&v(ver), false)
+        };
+        assert!(exact("1.2.3", "1.2.3"));
+        assert!(!exact("1.2.4", "1.2.3"));
+        assert!(exact("1.2.4", "^1.2.3"));
+        assert!(!exact("1.3.0", "1.2.*"));
+        for bad in ["1.0 || 2.0", "", "1.0,", ">=1.0 <2.0", "banana", "~>1.0"] {
             assert!(Range::parse_cargo(bad).is_err(), "{bad:?}");
         }
     }

@@ -83,6 +83,16 @@ impl VersionSet {
         }
     }
 
+    /// Parses `s` for `eco` in a rule or waiver that names no format: its one text must mean
+    /// the same versions in every ecosystem, so a bare Cargo version is that version
+    /// (`=1.2.3`, as in npm and PEP 440), not Cargo's `^1.2.3`.
+    pub(crate) fn parse_unformatted(eco: Ecosystem, s: &str) -> Result<VersionSet, String> {
+        match eco {
+            Ecosystem::Cargo => semver::Range::parse_cargo_exact(s).map(VersionSet::Npm),
+            _ => VersionSet::parse(eco, s),
+        }
+    }
+
     /// Whether this set can say anything about `v` (an OCI digest set needs the digest,
     /// everything else needs a version or tag).
     pub(crate) fn applicable(&self, v: &FactVersion) -> bool {

@@ -507,3 +507,63 @@ fn configuration_errors_name_the_rule_and_the_problem() {
         assert!(msg.contains(want), "{msg:?} should mention {want:?}");
     }
 }
+
+fn cargo<'a>(name: &'a str, version: &'a str) -> Facts<'a> {
+    Facts {
+        ecosystem: Ecosystem::Cargo,
+        upstream: "crates",
+        ..npm(name, version)
+    }
+}
+
+#[test]
+fn cargo_rules_read_cargo_syntax_and_unformatted_texts_mean_the_same_everywhere() {
+    // With `format = "cargo"`, Cargo's own syntax: a bare version is a caret requirement.
+    let e = engine(
+        r#"
+[[rule]]
+id = "caret"
+kind = "deny"
+format = "cargo"
+package = "serde_*"
+versions = "1.2"
+
+[[rule]]
+id = "plain"
+kind = "deny"
+package = "left-pad"
+versions = ">=1.3.0"
+
+[[rule]]
+id = "licenses"
+kind = "license"
+allow = ["MIT"]
+
+[[waiver]]
+rule = "caret"
+package = "serde_json"
+versions = "1.2.5"
+reason = "reviewed"
+expires = "2099-01-01"
+"#,
+    );
+    assert_eq!(verdict(&e, &cargo("serde_yaml", "1.9.0")), Verdict::Block);
+    assert_eq!(verdict(&e, &cargo("Serde-Yaml", "1.2.0")), Verdict::Block);
+    assert_eq!(verdict(&e, &cargo("serde_yaml", "2.0.0")), Verdict::Allow);
+    assert_eq!(verdict(&e, &cargo("serde_yaml", "1.1.9")), Verdict::Allow);
+    // No format: the range applies to crates too.
+    assert_eq!(verdict(&e, &cargo("left_pad", "1.3.0")), Verdict::Block);
+    assert_eq!(verdict(&e, &cargo("left-pad", "1.2.9")), Verdict::Allow);
+    assert_eq!(verdict(&e, &npm("left-pad", "1.3.1")), Verdict::Block);
+    // A waiver's bare version is exact: it does not waive the rest of 1.x.
+    assert_eq!(verdict(&e, &cargo("serde_json", "1.2.5")), Verdict::Allow);
+    assert_eq!(verdict(&e, &cargo("serde_json", "1.2.6")), Verdict::Block);
+    // The index states no license: a license allow list has nothing to say about crates
+    // (it still warns for an npm package without one).
+    assert!(e
+        .evaluate(&cargo("anyhow", "1.0.0"), NOW)
+        .findings
+        .is_empty());
+    assert_eq!(verdict(&e, &npm("nolicense", "1.0.0")), Verdict::Warn);
+    assert!(engine_err("[[rule]]\nid = \"r\"\nkind = \"deny\"\npackage = \"x\"\nversions = \">=1.0 <2.0\"\nformat = \"cargo\"\n").contains("Cargo"));
+}

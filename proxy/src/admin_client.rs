@@ -227,15 +227,15 @@ fn request_of(action: &Action) -> Result<Request, Failure> {
 
 fn check_format(f: &str) -> Result<String, Failure> {
     match f {
-        "oci" | "npm" | "pypi" => Ok(f.to_string()),
+        "oci" | "npm" | "pypi" | "cargo" => Ok(f.to_string()),
         _ => Err(Failure::usage(format!(
-            "--format {f:?}: expected oci, npm or pypi"
+            "--format {f:?}: expected oci, npm, pypi or cargo"
         ))),
     }
 }
 
 /// `NAME[:TAG]` → (name, tag). The tag separator is the last `:` after the last `/` (a
-/// registry port is not a tag); npm also takes `NAME@VERSION`, PyPI `NAME==VERSION`.
+/// registry port is not a tag); npm and Cargo also take `NAME@VERSION`, PyPI `NAME==VERSION`.
 fn split_reference(format: &str, s: &str) -> (String, Option<String>) {
     let last_segment = s.rfind('/').map_or(0, |i| i + 1);
     let split = |at: usize, sep: usize| (s[..at].to_string(), Some(s[at + sep..].to_string()));
@@ -243,7 +243,7 @@ fn split_reference(format: &str, s: &str) -> (String, Option<String>) {
         return split(last_segment + i, 1);
     }
     match format {
-        "npm" => match s[last_segment..].rfind('@') {
+        "npm" | "cargo" => match s[last_segment..].rfind('@') {
             Some(i) if last_segment + i > 0 => split(last_segment + i, 1),
             _ => (s.to_string(), None),
         },
@@ -413,7 +413,7 @@ pub fn stats_table(v: &Value, base: &str) -> String {
                 .collect(),
         );
     };
-    for fmt in ["oci", "npm", "pypi"] {
+    for fmt in ["oci", "npm", "pypi", "cargo"] {
         row(&format!("{fmt} artifacts served"), &|c, _| {
             num(&c["artifacts_served"][fmt]).to_string()
         });
@@ -636,7 +636,7 @@ fn reference(x: &Value) -> String {
         x["tag"].as_str().unwrap_or("?"),
     );
     let sep = match x["format"].as_str() {
-        Some("npm") => "@",
+        Some("npm" | "cargo") => "@",
         Some("pypi") => "==",
         _ => ":",
     };

@@ -545,12 +545,13 @@ fn plan(target: &Target, e: &Entry) -> Result<Task, Done> {
                     Outcome::Failed("no cargo upstream is configured".into()),
                 ));
             };
-            // sluice looks the crate up in its index and verifies it: one request.
+            // sluice looks the crate up in its index and verifies it: one request. The
+            // version's `+build` stays as it is, as cargo sends it.
             Ok(Task {
                 url: target.url(&format!(
                     "{up}/api/v1/crates/{}/{}/download",
                     utf8_percent(&e.name),
-                    utf8_percent(&version)
+                    percent_encoding::utf8_percent_encode(&version, VERSION_SEGMENT)
                 )),
                 label,
                 kind: Kind::Artifact,
@@ -904,6 +905,9 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// A Cargo version in a path: `+build` metadata kept as `+`, as cargo sends it.
+const VERSION_SEGMENT: &percent_encoding::AsciiSet = &PATH_SEGMENT.remove(b'+');
 
 fn utf8_percent(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()

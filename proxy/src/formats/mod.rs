@@ -113,12 +113,13 @@ pub(crate) fn doc_fetcher(
     path: String,
     accept: &'static str,
     format: &'static str,
-    check: fn(&[u8]) -> Result<(), String>,
+    check: impl Fn(&[u8]) -> Result<(), String> + Send + Sync + 'static,
 ) -> Fetcher {
     let up = up.clone();
+    let check = Arc::new(check);
     let limit = app.config.server.max_metadata_size.0;
     Arc::new(move |v: Option<Validators>| {
-        let (up, path) = (up.clone(), path.clone());
+        let (up, path, check) = (up.clone(), path.clone(), check.clone());
         async move {
             let mut h = HeaderMap::new();
             h.insert(http::header::ACCEPT, HeaderValue::from_static(accept));
@@ -142,7 +143,8 @@ pub(crate) fn doc_fetcher(
             if status == StatusCode::NOT_MODIFIED {
                 return Ok(Fetched::NotModified);
             }
-            if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            // 451: taken down for legal reasons, as gone as a 410 (cargo reads it so).
+            if matches!(status.as_u16(), 404 | 410 | 451) {
                 return Ok(Fetched::NotFound);
             }
             if !status.is_success() {

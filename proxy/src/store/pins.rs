@@ -179,8 +179,8 @@ impl Store {
                 });
             }
         }
-        let (npm, pypi) = (want(Format::Npm), want(Format::Pypi));
-        if npm || pypi {
+        let (npm, pypi, cargo) = (want(Format::Npm), want(Format::Pypi), want(Format::Cargo));
+        if npm || pypi || cargo {
             for (k, v) in self.index.scan(Tree::Meta)? {
                 let (Ok(key), Ok(rec)) = (
                     std::str::from_utf8(&k),
@@ -210,6 +210,39 @@ impl Store {
                             if let Some(d) = self.resolve(&expect) {
                                 out.push(Item {
                                     format: Format::Npm,
+                                    upstream: upstream.to_string(),
+                                    kind: ItemKind::Version,
+                                    name: name.to_string(),
+                                    tag: Some(version),
+                                    key: String::new(),
+                                    digests: vec![d],
+                                });
+                            }
+                        }
+                    }
+                } else if let Some(rest) = key.strip_prefix("cargo/").filter(|_| cargo) {
+                    // cargo/<upstream>/<index path>: the index file of the crate it ends in.
+                    let Some((upstream, path)) = rest.split_once('/') else {
+                        continue;
+                    };
+                    if path == "config.json" {
+                        continue;
+                    }
+                    let name = path.rsplit('/').next().unwrap_or(path);
+                    out.push(Item {
+                        format: Format::Cargo,
+                        upstream: upstream.to_string(),
+                        kind: ItemKind::Document,
+                        name: name.to_string(),
+                        tag: None,
+                        key: key.to_string(),
+                        digests: vec![rec.digest],
+                    });
+                    if let Some(doc) = self.read_untracked(&rec.digest) {
+                        for (version, d) in crate::formats::cargo::versions_of(&doc) {
+                            if self.contains(&d) {
+                                out.push(Item {
+                                    format: Format::Cargo,
                                     upstream: upstream.to_string(),
                                     kind: ItemKind::Version,
                                     name: name.to_string(),

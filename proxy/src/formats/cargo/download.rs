@@ -25,6 +25,15 @@ use crate::upstream::Upstream;
 
 use super::index::{self, CrateName, Release};
 
+/// How long a missing version is remembered: `negative_ttl`, at least a second (each
+/// miss revalidates the index file).
+fn negative_ttl(up: &Upstream) -> std::time::Duration {
+    up.cfg
+        .negative_ttl
+        .get()
+        .max(std::time::Duration::from_secs(1))
+}
+
 fn not_found(name: &CrateName, version: &str) -> ProxyError {
     ProxyError::NotFound {
         code: "NOT_FOUND",
@@ -75,7 +84,7 @@ pub async fn serve(
         Ok(r) => r,
         Err(e) => {
             if matches!(e, ProxyError::NotFound { .. }) {
-                app.remember_negative(neg_key, up.cfg.negative_ttl.get());
+                app.remember_negative(neg_key, negative_ttl(up));
             }
             return Err(e);
         }
@@ -131,7 +140,7 @@ pub async fn serve(
     };
     if let Err(e) = fill.started().await {
         if matches!(e, ProxyError::NotFound { .. }) {
-            app.remember_negative(neg_key, up.cfg.negative_ttl.get());
+            app.remember_negative(neg_key, negative_ttl(up));
         }
         return Err(e);
     }
@@ -169,7 +178,8 @@ fn expand(dl: &str, name: &str, version: &str, cksum: &Digest) -> String {
         "{sha256-checksum}",
     ];
     if !MARKERS.iter().any(|m| dl.contains(m)) {
-        return format!("{}/{name}/{version}/download", dl.trim_end_matches('/'));
+        // As cargo does: appended as it is, a trailing `/` included.
+        return format!("{dl}/{name}/{version}/download");
     }
     let prefix = match name.len() {
         1 => "1".to_string(),
@@ -214,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             expand("https://dl.example/crates/", "a", "0.1.0", &d),
-            "https://dl.example/crates/a/0.1.0/download"
+            "https://dl.example/crates//a/0.1.0/download"
         );
         assert_eq!(
             expand(

@@ -14,8 +14,8 @@ use crate::docs::Doc;
 use crate::policy::Policy;
 use crate::upstream::Upstream;
 
-/// A crate name as the request spelled it: 1 to 64 ASCII letters, digits, `-` or `_`
-/// (what crates.io accepts), so that it is safe in paths and keys.
+/// A crate name as the request spelled it: 1 to 128 ASCII letters, digits, `-` or `_`
+/// (crates.io allows 64; other registries more), so that it is safe in paths and keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrateName(String);
 
@@ -23,7 +23,7 @@ impl CrateName {
     /// Validates `s`.
     pub fn parse(s: &str) -> Option<CrateName> {
         let ok = !s.is_empty()
-            && s.len() <= 64
+            && s.len() <= 128
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| CrateName(s.to_string()))
@@ -72,9 +72,11 @@ pub struct Release {
 /// An index file's versions, by version string.
 pub type Releases = Arc<HashMap<String, Release>>;
 
-/// Checks what an upstream sent as an index file: UTF-8 lines, each empty or a JSON object
-/// with a string `name` and `vers` and a 64-hex-digit `cksum`.
-pub fn check(bytes: &[u8]) -> Result<(), String> {
+/// Checks what an upstream sent as the index file of `crate_name`: UTF-8 lines, each empty
+/// or a JSON object with a `name` that is this crate's (in any case), a string `vers` and a
+/// 64-hex-digit `cksum`.
+pub fn check(bytes: &[u8], crate_name: &CrateName) -> Result<(), String> {
+    let want = crate_name.as_str().to_ascii_lowercase();
     let text = std::str::from_utf8(bytes).map_err(|_| "index file is not UTF-8".to_string())?;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -85,6 +87,13 @@ pub fn check(bytes: &[u8]) -> Result<(), String> {
         let field = |k: &str| v.get(k).and_then(Value::as_str);
         if field("name").is_none() || field("vers").is_none() {
             return Err(format!("index file line {} has no name or vers", i + 1));
+        }
+        let named = field("name").and_then(CrateName::parse);
+        if named.is_none_or(|n| n.as_str().to_ascii_lowercase() != want) {
+            return Err(format!(
+                "index file line {} is not about crate {crate_name}",
+                i + 1
+            ));
         }
         if field("cksum").and_then(parse_cksum).is_none() {
             return Err(format!(
@@ -101,7 +110,7 @@ fn parse_cksum(hex: &str) -> Option<Digest> {
 }
 
 /// The versions of a (checked) index file.
-fn releases_of(bytes: &[u8]) -> HashMap<String, Release> {
+pub(crate) fn releases_of(bytes: &[u8]) -> HashMap<String, Release> {
     let text = std::str::from_utf8(bytes).unwrap_or("");
     text.lines()
         .filter_map(|line| {
@@ -165,6 +174,10 @@ pub fn facts<'a>(
 /// that pins a blocked version still finds it, asks for the `.crate`, and gets the `403`
 /// that names the rule (a removed line would fail with "failed to select a version",
 /// naming nothing).
+///
+/// Each line is evaluated quietly ([`Policy::what_if`]): a listing is not a request for
+/// the versions it lists, and most index lines have no `pubtime`, so a cooldown would log
+/// a warning per version per render. The download's own check is logged and counted.
 pub fn withhold(bytes: &[u8], policy: &Policy, up: &Upstream) -> Option<(Vec<u8>, usize)> {
     if policy.engine().is_empty() {
         return None;
@@ -188,7 +201,7 @@ pub fn withhold(bytes: &[u8], policy: &Policy, up: &Upstream) -> Option<(Vec<u8>
             continue;
         };
         let published = s("pubtime").and_then(crate::timefmt::parse_rfc3339);
-        let d = policy.decide(&facts(up, name, Some(vers), published));
+        let d = policy.what_if(&facts(up, name, Some(vers), published));
         if d.verdict == Verdict::Block && v.get("yanked") != Some(&Value::Bool(true)) {
             blocked += 1;
             v["yanked"] = Value::Bool(true);
@@ -219,9 +232,48 @@ mod tests {
         assert_eq!(from("se/re/serde"), None);
         assert_eq!(from("1/ab"), None);
         assert_eq!(from("../../etc/passwd"), None);
-        for bad in ["", "a/b", "a b", "ä", &"x".repeat(65)] {
+        for bad in ["", "a/b", "a b", "ä", &"x".repeat(129)] {
             assert!(CrateName::parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn withhold_yanks_newly_blocked_lines_and_keeps_the_others_byte_for_byte() {
+        let cfg = sluice_config::load_str(
+            "[formats]\ncargo = true\n[[upstream]]\nname = \"crates\"\nformat = \"cargo\"\nurl = \"http://127.0.0.1:9/\"\n\
+             [[policy.rule]]\nid = \"d\"\nkind = \"deny\"\nformat = \"cargo\"\npackage = \"x\"\nversions = \">=1.1.0\"\n",
+            "test.toml",
+            |_| None,
+        )
+        .unwrap();
+        let engine = sluice_policy::Engine::new(&cfg.policy).unwrap();
+        let policy = Policy::new(engine, &cfg.policy, None, Default::default());
+        let up = Upstream::new(cfg.upstreams[0].clone(), false).unwrap();
+        let ck = "a".repeat(64);
+        let line = |v: &str, yanked: bool| {
+            format!("{{\"name\":\"x\",\"vers\":\"{v}\",\"deps\":[],\"cksum\":\"{ck}\",\"features\":{{}},\"yanked\":{yanked}}}")
+        };
+        let text = format!(
+            "{}\r\n{}\n{}\nnot json\n",
+            line("1.0.0", false),
+            line("1.1.0", false),
+            line("1.2.0", true)
+        );
+        let (out, n) = withhold(text.as_bytes(), &policy, &up).unwrap();
+        assert_eq!(n, 1, "1.2.0 was yanked already");
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], line("1.0.0", false));
+        let yanked: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(
+            (&yanked["vers"], &yanked["yanked"]),
+            (&Value::from("1.1.0"), &Value::Bool(true))
+        );
+        assert_eq!(yanked["cksum"], Value::from(ck.clone()));
+        assert_eq!(lines[2], line("1.2.0", true));
+        assert_eq!(lines[3], "not json");
+        // Nothing blocked: the upstream's bytes are served as they are.
+        assert!(withhold(line("1.0.0", false).as_bytes(), &policy, &up).is_none());
     }
 
     #[test]
@@ -230,14 +282,22 @@ mod tests {
         let good = format!(
             "{{\"name\":\"x\",\"vers\":\"1.0.0\",\"cksum\":\"{ck}\"}}\n\n{{\"name\":\"x\",\"vers\":\"1.0.1\",\"cksum\":\"{ck}\",\"pubtime\":\"2025-01-02T03:04:05Z\"}}\n"
         );
-        check(good.as_bytes()).unwrap();
+        let x = CrateName::parse("x").unwrap();
+        check(good.as_bytes(), &x).unwrap();
+        // Another crate's line, or a name that is not a crate name, in x's file.
+        let other = format!("{{\"name\":\"y\",\"vers\":\"1.0.0\",\"cksum\":\"{ck}\"}}");
+        assert!(check(other.as_bytes(), &x).is_err());
+        let odd = format!("{{\"name\":\"\",\"vers\":\"1.0.0\",\"cksum\":\"{ck}\"}}");
+        assert!(check(odd.as_bytes(), &x).is_err());
+        let upper = format!("{{\"name\":\"X\",\"vers\":\"1.0.0\",\"cksum\":\"{ck}\"}}");
+        check(upper.as_bytes(), &x).unwrap();
         let r = releases_of(good.as_bytes());
         assert_eq!(r.len(), 2);
         assert_eq!(r["1.0.1"].published, Some(1_735_787_045));
         assert_eq!(r["1.0.0"].published, None);
-        assert!(check(b"<html>").is_err());
-        assert!(check(b"{\"name\":\"x\",\"vers\":\"1.0.0\",\"cksum\":\"abc\"}").is_err());
-        assert!(check(b"{\"name\":\"x\",\"cksum\":\"abc\"}").is_err());
-        assert!(check(&[0xff, 0xfe]).is_err());
+        assert!(check(b"<html>", &x).is_err());
+        assert!(check(b"{\"name\":\"x\",\"vers\":\"1.0.0\",\"cksum\":\"abc\"}", &x).is_err());
+        assert!(check(b"{\"name\":\"x\",\"cksum\":\"abc\"}", &x).is_err());
+        assert!(check(&[0xff, 0xfe], &x).is_err());
     }
 }

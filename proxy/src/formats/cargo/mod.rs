@@ -3,8 +3,9 @@
 //!
 //! - **`config.json`**: the upstream's, cached as a document, with `dl` pointing at sluice
 //!   (`<base>/<upstream>/api/v1/crates`, to which cargo appends
-//!   `/{crate}/{version}/download`) and without `api` and `auth-required`: sluice takes no
-//!   publishes, and its own clients authenticate to sluice.
+//!   `/{crate}/{version}/download`), without `api` (sluice takes no publishes), and with
+//!   `auth-required` set by sluice's own `[auth]`: when anonymous clients may not read,
+//!   cargo must send its token with every request, downloads included.
 //! - **Index files** (`1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd…`) go through the document
 //!   cache ([`crate::docs`]): TTL, stale-while-revalidate, stale-if-error, negative cache,
 //!   `ETag`/`304` and gzip. Versions a rule blocks are marked yanked ([`index::withhold`]).
@@ -15,6 +16,7 @@
 mod download;
 mod index;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,8 +39,8 @@ enum Route<'a> {
     Config,
     /// The index file of a crate.
     Index(CrateName),
-    /// `api/v1/crates/<name>/<version>/download`.
-    Download(CrateName, &'a str),
+    /// `api/v1/crates/<name>/<version>/download` (a `+` may come as `%2B`).
+    Download(CrateName, Cow<'a, str>),
     /// A registry write (publish, yank, unyank, owners).
     Write,
 }
@@ -51,8 +53,15 @@ fn parse<'a>(method: &Method, rest: &'a str) -> Option<Route<'a>> {
         }
         let parts: Vec<&str> = api.split('/').collect();
         return match parts.as_slice() {
-            ["", name, version, "download"] if valid_version(version) => {
-                Some(Route::Download(CrateName::parse(name)?, version))
+            ["", name, version, "download"] => {
+                let version = if version.contains('%') {
+                    Cow::Owned(version.replace("%2B", "+").replace("%2b", "+"))
+                } else {
+                    Cow::Borrowed(*version)
+                };
+                valid_version(&version)
+                    .then_some(())
+                    .and_then(|_| Some(Route::Download(CrateName::parse(name)?, version)))
             }
             _ => None,
         };
@@ -115,9 +124,18 @@ pub async fn handle(
         }
         Route::Download(name, version) => {
             check_name(app, up, &name)?;
-            download::serve(app, up, &name, version, *req.method == Method::HEAD).await
+            download::serve(app, up, &name, &version, *req.method == Method::HEAD).await
         }
     }
+}
+
+/// The versions an index file lists and what each `.crate` hashes to (for pins, cleanup
+/// and listings).
+pub(crate) fn versions_of(index: &[u8]) -> Vec<(String, crate::digest::Digest)> {
+    index::releases_of(index)
+        .into_iter()
+        .map(|(v, r)| (v, r.cksum))
+        .collect()
 }
 
 /// Crate-level policy (namespace protection, deny without versions) before anything is
@@ -132,7 +150,7 @@ fn doc_fetcher(
     app: &App,
     up: &Arc<Upstream>,
     path: String,
-    check: fn(&[u8]) -> Result<(), String>,
+    check: impl Fn(&[u8]) -> Result<(), String> + Send + Sync + 'static,
 ) -> Fetcher {
     super::doc_fetcher(
         app,
@@ -181,21 +199,27 @@ async fn config(
     let (doc, cache) = upstream_config(app, up).await?;
     let base = app.link_base(req.headers);
     let dl = format!("{}/{}/api/v1/crates", base.url, up.name());
-    let rendered = app
-        .docs
-        .render_kept(&doc, &format!("cargo-config#{dl}"), base.cached, |d| {
-            let mut v: Value = serde_json::from_slice(&d.bytes).map_err(ProxyError::internal)?;
-            let obj = v
-                .as_object_mut()
-                .ok_or_else(|| ProxyError::internal("config.json is not an object"))?;
-            obj.insert("dl".into(), Value::String(dl.clone()));
-            obj.remove("api");
+    // Without anonymous reads, cargo must be told to send its token on downloads too (it
+    // sends it for the index once a 401 asked for it, but for downloads only when told).
+    let auth_required = app.role_of(None) < sluice_config::Role::Read;
+    let variant = format!("cargo-config#{dl}#auth{auth_required}");
+    let rendered = app.docs.render_kept(&doc, &variant, base.cached, |d| {
+        let mut v: Value = serde_json::from_slice(&d.bytes).map_err(ProxyError::internal)?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| ProxyError::internal("config.json is not an object"))?;
+        obj.insert("dl".into(), Value::String(dl.clone()));
+        obj.remove("api");
+        if auth_required {
+            obj.insert("auth-required".into(), Value::Bool(true));
+        } else {
             obj.remove("auth-required");
-            Ok(Rendered::new(
-                Bytes::from(v.to_string()),
-                "application/json",
-            ))
-        })?;
+        }
+        Ok(Rendered::new(
+            Bytes::from(v.to_string()),
+            "application/json",
+        ))
+    })?;
     Ok(rendered.reply(
         req.header("if-none-match"),
         req.header("accept-encoding"),
@@ -222,7 +246,10 @@ async fn get_index(
             return Ok((doc, CacheStatus::Hit));
         }
     }
-    let fetcher = doc_fetcher(app, up, format!("/{}", name.index_path()), index::check);
+    let crate_name = name.clone();
+    let fetcher = doc_fetcher(app, up, format!("/{}", name.index_path()), move |b| {
+        index::check(b, &crate_name)
+    });
     let shown = name.to_string();
     app.docs
         .get(&key, app.freshness(up), force, fetcher, move || {
@@ -244,7 +271,8 @@ async fn index_file(
     let (doc, cache) = get_index(app, up, name, false).await?;
     // Re-rendered when the policy changes (generation) and hourly (cooldowns end).
     let variant = format!(
-        "cargo-index#g{}#h{}",
+        "cargo-index#{}#g{}#h{}",
+        up.name(),
         app.policy.generation(),
         crate::store::unix_secs() / 3600
     );
@@ -279,11 +307,15 @@ mod tests {
         assert_eq!(get("1/a"), Some(Route::Index(n("a"))));
         assert_eq!(
             get("api/v1/crates/serde/1.0.200/download"),
-            Some(Route::Download(n("serde"), "1.0.200"))
+            Some(Route::Download(n("serde"), "1.0.200".into()))
         );
         assert_eq!(
             get("api/v1/crates/x/1.0.0-rc.1+build.5/download"),
-            Some(Route::Download(n("x"), "1.0.0-rc.1+build.5"))
+            Some(Route::Download(n("x"), "1.0.0-rc.1+build.5".into()))
+        );
+        assert_eq!(
+            get("api/v1/crates/x/1.0.0%2Bbuild.5/download"),
+            Some(Route::Download(n("x"), "1.0.0+build.5".into()))
         );
         assert_eq!(get("api/v1/crates/serde/1.0.200"), None);
         assert_eq!(get("api/v1/crates/serde/1.0%2f/download"), None);
