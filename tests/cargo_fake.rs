@@ -271,7 +271,8 @@ async fn config_index_and_downloads_over_http() {
     let sha = sim.publish(SimCrate::new("Mixed_Case", "0.1.0"));
     let s = sluice_for(
         &sim,
-        "metadata_ttl = \"3s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n",
+        "metadata_ttl = \"3s\"\n\n[[policy.rule]]\nid = \"internal\"\nkind = \"namespace\"\nnames = [\"myorg-*\"]\n\n\
+         [[policy.rule]]\nid = \"cooldown\"\nkind = \"min_age\"\nformat = \"cargo\"\nage = \"7d\"\n",
     );
     let base = s.base_url();
 
@@ -407,6 +408,54 @@ async fn config_index_and_downloads_over_http() {
     let r = get(&download_url(&s, "myorg-secret", "1.0.0"), &[]).await;
     assert_eq!(r.status(), 404);
     assert_eq!(sim.count("myorg"), 0);
+
+    // A cooldown reads the index's `pubtime`: a release of today is yanked in the index and
+    // refused by name; one without `pubtime` is served (the cooldown cannot be enforced).
+    let now = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut fresh = SimCrate::new("cooling", "2.0.0");
+    fresh.pubtime = Some(now.trim().to_string());
+    let mut old = SimCrate::new("cooling", "1.0.0");
+    old.pubtime = Some("2020-01-01T00:00:00Z".into());
+    sim.publish(old);
+    sim.publish(fresh);
+    sim.publish(SimCrate::new("cooling", "1.5.0"));
+    let index = get(&format!("{base}/crates/{}", index_path("cooling")), &[])
+        .await
+        .text()
+        .await
+        .unwrap();
+    let yanked: Vec<(String, bool)> = index
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["vers"].as_str().unwrap().to_string(), v["yanked"] == true))
+        .collect();
+    assert_eq!(
+        yanked,
+        [
+            ("1.0.0".into(), false),
+            ("2.0.0".into(), true),
+            ("1.5.0".into(), false)
+        ]
+    );
+    let r = get(&download_url(&s, "cooling", "2.0.0"), &[]).await;
+    assert_eq!(r.status(), 403);
+    assert!(common::json_body(r).await["errors"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("cooldown"));
+    assert_eq!(
+        get(&download_url(&s, "cooling", "1.5.0"), &[])
+            .await
+            .status(),
+        200
+    );
 
     // Writes and unknown endpoints.
     let r = http_client()
