@@ -18,6 +18,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use crate::app::App;
 use crate::docs::{Fetched, Fetcher, Validators};
 use crate::error::ProxyError;
+use crate::fill::UpstreamBody;
+use crate::hashes::Expect;
 use crate::response::{Body, CacheStatus, Reply};
 use crate::upstream::Upstream;
 
@@ -101,6 +103,90 @@ pub async fn read_limited(
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// A package file that the upstream's own metadata names (an npm tarball, a `.crate`) and
+/// that is not stored yet.
+pub(crate) struct OriginFile<N> {
+    /// Where the metadata says it is.
+    pub url: url::Url,
+    /// What it must hash to.
+    pub expect: Expect,
+    /// Format label of the fill's metrics.
+    pub format: &'static str,
+    /// `Content-Type` of the answer.
+    pub content_type: &'static str,
+    /// The file, for error messages.
+    pub what: String,
+    /// The error for an origin `404`, which is also remembered under `negative_key` for
+    /// the upstream's `negative_ttl`.
+    pub not_found: N,
+    pub negative_key: String,
+}
+
+/// Answers a request for `file`: a HEAD asks the origin whether (and how big) it is and
+/// starts no fill; a GET joins or starts the single-flight fill of `file.expect`, streamed
+/// to this client as it arrives (`MISS`). `Ok(None)`: it was stored meanwhile, for the
+/// caller to serve from the store.
+pub(crate) async fn from_origin<N>(
+    app: &Arc<App>,
+    up: &Arc<Upstream>,
+    file: OriginFile<N>,
+    head: bool,
+) -> Result<Option<Reply>, ProxyError>
+where
+    N: Fn() -> ProxyError + Send + 'static,
+{
+    let OriginFile {
+        url,
+        expect,
+        format,
+        content_type,
+        what,
+        not_found,
+        negative_key,
+    } = file;
+    let reply = |cache| Reply::new(StatusCode::OK, cache).header("Content-Type", content_type);
+    if head {
+        let resp = up
+            .send_url(Method::HEAD, url, HeaderMap::new(), None, None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(up.status_error(resp.status(), &what, not_found()));
+        }
+        let mut r = reply(CacheStatus::Bypass);
+        r.head_length = crate::upstream::stated_length(&resp);
+        return Ok(Some(r));
+    }
+    let up2 = up.clone();
+    let opener = Box::new(move || {
+        async move {
+            let resp = up2
+                .send_url(Method::GET, url, HeaderMap::new(), None, None)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(up2.status_error(resp.status(), &what, not_found()));
+            }
+            Ok(UpstreamBody::from_response(up2.clone(), resp))
+        }
+        .boxed()
+    });
+    let Some(fill) = app
+        .fills
+        .join_or_start(expect, format, up.name(), opener)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if let Err(e) = fill.started().await {
+        if matches!(e, ProxyError::NotFound { .. }) {
+            app.remember_negative(negative_key, up.cfg.negative_ttl.get());
+        }
+        return Err(e);
+    }
+    Ok(Some(
+        reply(CacheStatus::Miss).body(Body::Follow(fill.follow(0, None))),
+    ))
 }
 
 /// Fetcher of a document at `path` below the upstream's base URL (a packument, a Cargo

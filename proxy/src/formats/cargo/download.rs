@@ -10,15 +10,13 @@
 
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use http::{HeaderMap, Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 use url::Url;
 
 use crate::app::App;
 use crate::digest::Digest;
 use crate::error::ProxyError;
-use crate::fill::UpstreamBody;
 use crate::hashes::Expect;
 use crate::response::{Body, CacheStatus, Reply};
 use crate::upstream::Upstream;
@@ -101,51 +99,21 @@ pub async fn serve(
         return Ok(reply);
     }
     let url = origin(app, up, &release, version).await?;
-    if head {
-        // A HEAD does not start a fill: ask the origin whether (and how big) it is.
-        let resp = up
-            .send_url(Method::HEAD, url, HeaderMap::new(), None, None)
-            .await?;
-        if !resp.status().is_success() {
-            return Err(up.status_error(resp.status(), version, not_found(name, version)));
-        }
-        let mut r = headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), None);
-        r.head_length = crate::upstream::stated_length(&resp);
-        return Ok(r);
-    }
-    let (up2, nf, what) = (
-        up.clone(),
-        not_found(name, version),
-        format!("{name} {version}"),
-    );
-    let opener = Box::new(move || {
-        async move {
-            let resp = up2
-                .send_url(Method::GET, url, HeaderMap::new(), None, None)
-                .await?;
-            if !resp.status().is_success() {
-                return Err(up2.status_error(resp.status(), &what, nf));
-            }
-            Ok(UpstreamBody::from_response(up2.clone(), resp))
-        }
-        .boxed()
-    });
-    let Some(fill) = app
-        .fills
-        .join_or_start(Expect::Sha256(d), "cargo", up.name(), opener)
-        .await?
-    else {
-        // Stored between our lookup and the fill registry check.
-        return stored(app, &d).ok_or_else(|| ProxyError::internal("stored crate vanished"));
+    let (n, v) = (name.clone(), version.to_string());
+    let file = super::super::OriginFile {
+        url,
+        expect: Expect::Sha256(d),
+        format: "cargo",
+        content_type: CONTENT_TYPE,
+        what: format!("{name} {version}"),
+        not_found: move || not_found(&n, &v),
+        negative_key: neg_key,
     };
-    if let Err(e) = fill.started().await {
-        if matches!(e, ProxyError::NotFound { .. }) {
-            app.remember_negative(neg_key, negative_ttl(up));
-        }
-        return Err(e);
+    match super::super::from_origin(app, up, file, head).await? {
+        Some(reply) => Ok(reply),
+        // Stored between our lookup and the fill registry check.
+        None => stored(app, &d).ok_or_else(|| ProxyError::internal("stored crate vanished")),
     }
-    Ok(headers(Reply::new(StatusCode::OK, CacheStatus::Miss), None)
-        .body(Body::Follow(fill.follow(0, None))))
 }
 
 /// Where the upstream serves `version` of the crate: its `config.json`'s `dl`, with the
@@ -194,21 +162,19 @@ fn expand(dl: &str, name: &str, version: &str, cksum: &Digest) -> String {
         .replace("{sha256-checksum}", &cksum.hex())
 }
 
-fn headers(r: Reply, d: Option<&Digest>) -> Reply {
-    let r = r.header("Content-Type", "application/gzip");
-    match d {
-        Some(d) => r
-            .header("ETag", format!("\"{}\"", d.hex()))
-            .header("Cache-Control", "public, max-age=31536000, immutable"),
-        None => r,
-    }
-}
+const CONTENT_TYPE: &str = "application/gzip";
 
 /// The stored crate `d`, if any.
 fn stored(app: &App, d: &Digest) -> Option<Reply> {
     let bytes = app.store.read(d)?;
     app.store.touch(d);
-    Some(headers(Reply::new(StatusCode::OK, CacheStatus::Hit), Some(d)).body(Body::Mapped(bytes)))
+    Some(
+        Reply::new(StatusCode::OK, CacheStatus::Hit)
+            .header("Content-Type", CONTENT_TYPE)
+            .header("ETag", format!("\"{}\"", d.hex()))
+            .header("Cache-Control", "public, max-age=31536000, immutable")
+            .body(Body::Mapped(bytes)),
+    )
 }
 
 #[cfg(test)]

@@ -13,14 +13,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use futures_util::FutureExt;
-use http::{HeaderMap, Method, StatusCode};
+use http::StatusCode;
 
 use crate::app::App;
 use crate::digest::Digest;
 use crate::docs::Doc;
 use crate::error::ProxyError;
-use crate::fill::UpstreamBody;
 use crate::hashes::Expect;
 use crate::response::{Body, CacheStatus, Reply};
 use crate::upstream::Upstream;
@@ -105,13 +103,7 @@ fn expect_of(e: &TarballEntry, name: &NpmName) -> Result<Expect, ProxyError> {
         })
 }
 
-fn headers(r: Reply, d: Option<&Digest>) -> Reply {
-    let r = r.header("Content-Type", "application/octet-stream");
-    match d {
-        Some(d) => r.header("ETag", format!("\"{d}\"")),
-        None => r,
-    }
-}
+const CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Answers `GET`/`HEAD /<name>/-/<file>`.
 pub async fn serve(
@@ -158,51 +150,21 @@ pub async fn serve(
             message: format!("{name}@{}: bad dist.tarball URL: {e}", entry.version),
             status: None,
         })?;
-    if head {
-        // A HEAD does not start a fill: ask the origin whether (and how big) it is.
-        let resp = up
-            .send_url(Method::HEAD, url, HeaderMap::new(), None, None)
-            .await?;
-        if !resp.status().is_success() {
-            return Err(up.status_error(resp.status(), file, not_found(name, file)));
-        }
-        let mut r = headers(Reply::new(StatusCode::OK, CacheStatus::Bypass), None);
-        r.head_length = crate::upstream::stated_length(&resp);
-        return Ok(r);
-    }
-    let (up2, nf, what) = (
-        up.clone(),
-        not_found(name, file),
-        format!("{name}/-/{file}"),
-    );
-    let opener = Box::new(move || {
-        async move {
-            let resp = up2
-                .send_url(Method::GET, url, HeaderMap::new(), None, None)
-                .await?;
-            if !resp.status().is_success() {
-                return Err(up2.status_error(resp.status(), &what, nf));
-            }
-            Ok(UpstreamBody::from_response(up2.clone(), resp))
-        }
-        .boxed()
-    });
-    let Some(fill) = app
-        .fills
-        .join_or_start(expect.clone(), "npm", up.name(), opener)
-        .await?
-    else {
-        // Stored between our lookup and the fill registry check.
-        return stored(app, &expect).ok_or_else(|| ProxyError::internal("stored tarball vanished"));
+    let (n, f) = (name.clone(), file.to_string());
+    let origin = super::super::OriginFile {
+        url,
+        expect: expect.clone(),
+        format: "npm",
+        content_type: CONTENT_TYPE,
+        what: format!("{name}/-/{file}"),
+        not_found: move || not_found(&n, &f),
+        negative_key: neg_key,
     };
-    if let Err(e) = fill.started().await {
-        if matches!(e, ProxyError::NotFound { .. }) {
-            app.remember_negative(neg_key, up.cfg.negative_ttl.get());
-        }
-        return Err(e);
+    match super::super::from_origin(app, up, origin, head).await? {
+        Some(reply) => Ok(reply),
+        // Stored between our lookup and the fill registry check.
+        None => stored(app, &expect).ok_or_else(|| ProxyError::internal("stored tarball vanished")),
     }
-    Ok(headers(Reply::new(StatusCode::OK, CacheStatus::Miss), None)
-        .body(Body::Follow(fill.follow(0, None))))
 }
 
 /// The stored tarball for `expect`, if any.
@@ -210,5 +172,10 @@ fn stored(app: &App, expect: &Expect) -> Option<Reply> {
     let d = app.store.resolve(expect)?;
     let bytes = app.store.read(&d)?;
     app.store.touch(&d);
-    Some(headers(Reply::new(StatusCode::OK, CacheStatus::Hit), Some(&d)).body(Body::Mapped(bytes)))
+    Some(
+        Reply::new(StatusCode::OK, CacheStatus::Hit)
+            .header("Content-Type", CONTENT_TYPE)
+            .header("ETag", format!("\"{d}\""))
+            .body(Body::Mapped(bytes)),
+    )
 }
