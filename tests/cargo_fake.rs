@@ -572,6 +572,16 @@ async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
     );
     assert_eq!(r.bytes().await.unwrap(), good.bytes);
 
+    // Listed in the index but missing on the download host: 404, and not asked again
+    // within negative_ttl.
+    sim.publish(SimCrate::new("vanished", "1.0.0"));
+    sim.fault("/vanished/1.0.0/download", BodyFault::Status(404));
+    for _ in 0..2 {
+        let r = get(&download_url(&s, "vanished", "1.0.0"), &[]).await;
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(sim.count("/vanished/1.0.0/download"), 1);
+
     // A `dl` with markers (another registry's layout) is expanded as cargo would.
     sim.clear_faults();
     sim.set_dl("http://localhost:{port}/dl/{crate}-{version}.crate");
