@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::cargo_client;
 use common::cargo_sim::{index_path, CargoSim, SimCrate};
 use common::faults::BodyFault;
 use common::metrics::sample;
@@ -24,42 +25,20 @@ fn sluice_for(sim: &CargoSim, extra: &str) -> Sluice {
     ))
 }
 
-/// A cargo project depending on `deps` (`name = "req"` lines), whose crates.io source is
-/// replaced by sluice's `/crates/` mount, with its own empty `CARGO_HOME` (a fresh machine).
+/// A cargo project depending on `deps`, its crates-io source replaced by sluice's
+/// `/crates/` mount.
 fn project(root: &Path, s: &Sluice, deps: &str) -> PathBuf {
-    let dir = root.join("app");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join(".cargo")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        format!("[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{deps}\n"),
+    cargo_client::project(
+        root,
+        &format!("{}/crates/", s.base_url()),
+        deps,
+        "fn main() {}\n",
     )
-    .unwrap();
-    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(
-        dir.join(".cargo/config.toml"),
-        format!(
-            "[source.crates-io]\nreplace-with = \"sluice\"\n\n[source.sluice]\nregistry = \"sparse+{}/crates/\"\n",
-            s.base_url()
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 /// Runs `cargo <args>` in `dir` with `home` as `CARGO_HOME`; (success, stderr).
 fn cargo(dir: &Path, home: &Path, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("CARGO_HOME", home)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env("CARGO_NET_RETRY", "0")
-        .env("CARGO_TERM_COLOR", "never")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET_DIR");
-    common::no_proxy_env(&mut cmd);
-    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(240));
+    let out = cargo_client::run(dir, home, args, &[]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -623,15 +602,8 @@ async fn a_sluice_that_requires_a_token_tells_cargo_to_send_it_for_downloads_too
         ),
     )
     .unwrap();
-    let home = root.path().join("home");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["fetch"])
-        .current_dir(&dir)
-        .env("CARGO_HOME", &home)
-        .env("CARGO_REGISTRIES_SLUICE_TOKEN", "Bearer cargo-test-token-1")
-        .env("CARGO_NET_RETRY", "0")
-        .env("CARGO_TERM_COLOR", "never");
-    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(240));
+    let token = [("CARGO_REGISTRIES_SLUICE_TOKEN", "Bearer cargo-test-token-1")];
+    let out = cargo_client::run(&dir, &root.path().join("home"), &["fetch"], &token);
     assert!(
         out.status.success(),
         "cargo fetch with a token failed:\n{}\nsluice log:\n{}",

@@ -9,11 +9,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use common::metrics::sample;
-use common::{http_client, json_body, run_with_timeout, Sluice};
+use common::{cargo_client, http_client, json_body, Sluice};
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -40,41 +38,18 @@ fn discover_index() -> Option<String> {
         })
 }
 
+/// Two small crates without dependencies of their own, pinned.
 fn project(root: &Path, s: &Sluice) -> PathBuf {
-    let dir = root.join("app");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join(".cargo")).unwrap();
-    // Two small crates without dependencies of their own, pinned.
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"=1.0.11\"\ncfg-if = \"=1.0.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("src/main.rs"),
+    cargo_client::project(
+        root,
+        &format!("{}/crates/", s.base_url()),
+        "itoa = \"=1.0.11\"\ncfg-if = \"=1.0.0\"",
         "fn main() { println!(\"{}\", itoa::Buffer::new().format(42)); }\n",
     )
-    .unwrap();
-    std::fs::write(
-        dir.join(".cargo/config.toml"),
-        format!(
-            "[source.crates-io]\nreplace-with = \"sluice\"\n\n[source.sluice]\nregistry = \"sparse+{}/crates/\"\n",
-            s.base_url()
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 fn cargo(dir: &Path, home: &Path, args: &[&str]) {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("CARGO_HOME", home)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env("CARGO_TERM_COLOR", "never")
-        .env_remove("RUSTFLAGS");
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(300));
+    let out = cargo_client::run(dir, home, args, &[]);
     assert!(
         out.status.success(),
         "cargo {args:?} through sluice failed:\n{}",

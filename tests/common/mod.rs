@@ -5,6 +5,7 @@
 //! Each test file includes this with `mod common;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod cargo_client;
 pub mod cargo_sim;
 pub mod faults;
 pub mod garage;
