@@ -1,6 +1,6 @@
 //! The Cargo format (an experiment, behind `[formats] cargo = true`) against the in-process
 //! fake sparse registry (`common::cargo_sim`): the real `cargo` client resolving, fetching
-//! and building through sluice, a second machine served from the cache, the firewall
+//! and building through sluice, a second machine served from the cache, a third offline, the firewall
 //! (blocked versions yanked in the index, a locked blocked version refused naming the rule,
 //! internal names never asked for, a reload applying to cached crates), verification,
 //! single flight, revalidation of a release newer than the cached index, stale-if-error
@@ -80,7 +80,7 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     }
     // Build metadata in a version: cargo sends the `+` as it is.
     let b_sha = sim.publish(SimCrate::new("sd", "0.2.0+build.7"));
-    let s = sluice_for(&sim, "");
+    let mut s = sluice_for(&sim, "");
     let deps = "sluice-demo-a = \"1\"\nsd = \"0.2\"";
 
     let first = tempfile::tempdir().unwrap();
@@ -139,6 +139,37 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     );
     assert_eq!(sim.count("/download"), 4, "warm did not fetch both crates");
     assert!(blob_path(&s2.data_dir(), &format!("sha256:{b_sha}")).exists());
+
+    // Offline (`[server] offline = true`): a third machine builds from sluice's cache alone;
+    // what was never cached is refused saying so.
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(
+        s.config_path(),
+        cfg.replacen("[server]\n", "[server]\noffline = true\n", 1),
+    )
+    .unwrap();
+    s.restart();
+    let asked = sim.requests().len();
+    let third = tempfile::tempdir().unwrap();
+    let dir3 = project(third.path(), &s, deps);
+    std::fs::copy(dir.join("Cargo.lock"), dir3.join("Cargo.lock")).unwrap();
+    let (ok, err) = cargo(&dir3, &third.path().join("home"), &["build", "--locked"]);
+    assert!(ok, "offline build failed:\n{err}");
+    assert_eq!(
+        sim.requests().len(),
+        asked,
+        "offline sluice asked the upstream"
+    );
+    let r = get(&download_url(&s, "sluice-demo-a", "1.0.0"), &[]).await;
+    assert_eq!(r.status(), 503);
+    let body = common::json_body(r).await;
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("offline"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
