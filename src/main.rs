@@ -163,8 +163,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Prefetch what lockfiles (package-lock.json, requirements.txt, pylock.toml) and image
-    /// lists name through a running sluice, so later builds are served from its cache.
+    /// Prefetch what lockfiles (package-lock.json, requirements.txt, pylock.toml,
+    /// Cargo.lock) and image lists name through a running sluice, so later builds are served from its cache.
     /// Exit 1 when anything could not be fetched.
     Warm {
         /// Config file (default: $SLUICE_CONFIG, else the embedded default); gives the URL
@@ -238,8 +238,8 @@ fn remote(r: Remote, action: sluice_proxy::admin_client::Action, json: bool) -> 
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Evaluate lockfiles (package-lock.json, requirements.txt, pylock.toml) and image lists
-    /// offline against the configured policy. Exit 1 when anything is blocked.
+    /// Evaluate lockfiles (package-lock.json, requirements.txt, pylock.toml, Cargo.lock) and
+    /// image lists offline against the configured policy. Exit 1 when anything is blocked.
     Check {
         /// Config file (default: $SLUICE_CONFIG, else the embedded default).
         #[arg(long, env = "SLUICE_CONFIG")]

@@ -93,7 +93,8 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
     );
     assert_eq!(locked_version(&dir, "sluice-demo-a"), "1.1.0");
     assert_eq!(sim.count("/download"), 2, "{:?}", sim.requests());
-    assert!(blob_path(&s.data_dir(), &format!("sha256:{b_sha}")).exists());
+    let b_path = blob_path(&s.data_dir(), &format!("sha256:{b_sha}"));
+    assert!(common::eventually(Duration::from_secs(10), || b_path.exists()).await);
 
     // Another machine (empty CARGO_HOME, same lockfile): every crate from sluice's store.
     let second = tempfile::tempdir().unwrap();
@@ -138,7 +139,8 @@ async fn the_real_cargo_builds_through_sluice_and_a_second_machine_is_served_fro
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sim.count("/download"), 4, "warm did not fetch both crates");
-    assert!(blob_path(&s2.data_dir(), &format!("sha256:{b_sha}")).exists());
+    let b_path = blob_path(&s2.data_dir(), &format!("sha256:{b_sha}"));
+    assert!(common::eventually(Duration::from_secs(10), || b_path.exists()).await);
 
     // Offline (`[server] offline = true`): a third machine builds from sluice's cache alone;
     // what was never cached is refused saying so.
@@ -537,7 +539,11 @@ async fn downloads_are_verified_single_flight_and_follow_dl_templates() {
     .await;
     assert!(all.iter().all(|b| *b == good.bytes));
     assert_eq!(sim.count("/shared/1.0.0/download"), before + 1);
-    assert!(stored.exists());
+    // Committed once verified, which may be just after the last byte reached the clients.
+    assert!(
+        common::eventually(Duration::from_secs(10), || stored.exists()).await,
+        "the verified crate was not stored"
+    );
 
     // The admin listing knows the index file and the stored crate; a purge of the version
     // removes the crate, and the next download fetches it again.

@@ -221,7 +221,11 @@ async fn cli_commands_drive_a_running_sluice() {
     )
     .await;
     assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("expected oci, npm or pypi"), "{}", err(&o));
+    assert!(
+        err(&o).contains("expected oci, npm, pypi or cargo"),
+        "{}",
+        err(&o)
+    );
     // Nothing was pinned or purged by the refused commands.
     assert_eq!(ok(&s, &["pins", "--token", ADMIN]).await, "no pins\n");
     assert_eq!(pull(&s, "team/other", "v2", &other).await, ["HIT"; 3]);

@@ -570,13 +570,13 @@ fn rule_versions(rc: &RuleConfig, text: &str) -> Result<Versions, PolicyError> {
         if rc.format.is_some_and(|f| f != e) {
             continue;
         }
-        if rc.format.is_none() && e == Ecosystem::Cargo {
-            // Crates are an experiment: a range that Cargo's syntax cannot read leaves them
-            // out of the rule rather than failing a configuration that loaded before.
-            sets[eco_index(e)] = VersionSet::parse_unformatted(e, text).ok();
-            continue;
-        }
-        let set = VersionSet::parse(e, text).map_err(|err| match rc.format {
+        // Without a format, one text must mean the same versions everywhere (a bare Cargo
+        // version is then exact, as in npm and PEP 440).
+        let parsed = match rc.format {
+            Some(_) => VersionSet::parse(e, text),
+            None => VersionSet::parse_unformatted(e, text),
+        };
+        let set = parsed.map_err(|err| match rc.format {
             Some(_) => rule_err(&rc.id, format!("`versions`: {err}")),
             None => rule_err(
                 &rc.id,
@@ -627,6 +627,12 @@ fn compile_check(rc: &RuleConfig) -> Result<Check, PolicyError> {
                 ));
             }
             Check::Namespace
+        }
+        RuleKind::License | RuleKind::InstallScripts if rc.format == Some(Ecosystem::Cargo) => {
+            return Err(rule_err(
+                id,
+                "the Cargo index states no license and no install scripts: this rule could never apply to crates",
+            ));
         }
         RuleKind::License => {
             if rc.allow.is_empty() && rc.deny.is_empty() {

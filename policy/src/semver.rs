@@ -279,6 +279,13 @@ impl Range {
     }
 
     fn cargo(s: &str, bare: &str) -> Result<Range, String> {
+        // `1.2.*`, `1.x`: a wildcard in the numbers (not an `x` of a prerelease or build).
+        let is_wildcard = |p: &str| {
+            p.split(['-', '+'])
+                .next()
+                .unwrap_or(p)
+                .contains(['*', 'x', 'X'])
+        };
         let bad = |m: &str| Err(format!("invalid Cargo version requirement {s:?}: {m}"));
         if s.contains("||") {
             return bad("`||` is not Cargo syntax; write one rule per range");
@@ -297,7 +304,7 @@ impl Range {
             match p.bytes().next() {
                 None => return bad("empty comparator"),
                 // A wildcard (`1.2.*`) is its own range: `1.2.*` is `>=1.2.0, <1.3.0`.
-                Some(b'0'..=b'9') if p.contains(['*', 'x', 'X']) => npm.push(p.to_string()),
+                Some(b'0'..=b'9') if is_wildcard(p) => npm.push(p.to_string()),
                 Some(b'0'..=b'9') => npm.push(format!("{bare}{p}")),
                 Some(_) => npm.push(p.to_string()),
             }
@@ -569,6 +576,9 @@ mod tests {
         assert!(sat("1.2.9", "1.2.*"));
         assert!(!sat("1.3.0", "1.2.*"));
         assert!(!sat("1.3.0", "1.2.x"));
+        // An `x` in a prerelease is no wildcard: still a caret requirement.
+        assert!(sat("1.2.0", "1.0.0-next.1"));
+        assert!(!sat("2.0.0", "1.0.0-next.1"));
         // Without a format, a bare version is that version.
         let exact = |ver: &str, req: &str| {
             Range::parse_cargo_exact(req)

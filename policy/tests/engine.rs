@@ -566,4 +566,14 @@ expires = "2099-01-01"
         .is_empty());
     assert_eq!(verdict(&e, &npm("nolicense", "1.0.0")), Verdict::Warn);
     assert!(engine_err("[[rule]]\nid = \"r\"\nkind = \"deny\"\npackage = \"x\"\nversions = \">=1.0 <2.0\"\nformat = \"cargo\"\n").contains("Cargo"));
+    // Rules that could never fire on a crate are refused, not silently inert.
+    for kind in [
+        "kind = \"license\"\nallow = [\"MIT\"]",
+        "kind = \"install_scripts\"",
+    ] {
+        let err = engine_err(&format!(
+            "[[rule]]\nid = \"r\"\n{kind}\nformat = \"cargo\"\n"
+        ));
+        assert!(err.contains("could never apply to crates"), "{err}");
+    }
 }

@@ -190,7 +190,7 @@ where
 }
 
 /// Fetcher of a document at `path` below the upstream's base URL (a packument, a Cargo
-/// index file): conditional when validators are given, gzip accepted and undone, bounded
+/// index file): the statuses in `gone` mean it does not exist; conditional when validators are given, gzip accepted and undone, bounded
 /// by `max_metadata_size`, and refused unless `check` accepts its bytes. Its bytes are
 /// counted in `sluice_bytes_total{format,source="upstream"}`.
 pub(crate) fn doc_fetcher(
@@ -199,6 +199,7 @@ pub(crate) fn doc_fetcher(
     path: String,
     accept: &'static str,
     format: &'static str,
+    gone: &'static [u16],
     check: impl Fn(&[u8]) -> Result<(), String> + Send + Sync + 'static,
 ) -> Fetcher {
     let up = up.clone();
@@ -229,8 +230,7 @@ pub(crate) fn doc_fetcher(
             if status == StatusCode::NOT_MODIFIED {
                 return Ok(Fetched::NotModified);
             }
-            // 451: taken down for legal reasons, as gone as a 410 (cargo reads it so).
-            if matches!(status.as_u16(), 404 | 410 | 451) {
+            if gone.contains(&status.as_u16()) {
                 return Ok(Fetched::NotFound);
             }
             if !status.is_success() {

@@ -90,7 +90,7 @@ pub async fn serve(
     // Cached is not the same as allowed: every download is checked.
     app.policy.check(&index::facts(
         up,
-        &release.name,
+        release.name.as_str(),
         Some(version),
         release.published,
     ))?;
@@ -128,7 +128,7 @@ async fn origin(
     let (doc, _) = super::upstream_config(app, up).await?;
     let dl: Value = serde_json::from_slice(&doc.bytes).map_err(ProxyError::internal)?;
     let dl = dl.get("dl").and_then(Value::as_str).unwrap_or_default();
-    let url = expand(dl, &release.name, version, &release.cksum);
+    let url = expand(dl, release.name.as_str(), version, &release.cksum);
     up.base().join(&url).map_err(|e| ProxyError::Upstream {
         upstream: up.name().to_string(),
         message: format!("config.json dl gives a bad URL {url:?}: {e}"),

@@ -62,7 +62,7 @@ impl fmt::Display for CrateName {
 #[derive(Clone, Debug)]
 pub struct Release {
     /// The crate's name as published (its case may differ from the request's).
-    pub name: String,
+    pub name: CrateName,
     /// Its sha256: what the `.crate` file must hash to.
     pub cksum: Digest,
     /// Publish time (`pubtime`, Unix seconds), when the registry records it.
@@ -119,7 +119,7 @@ pub(crate) fn releases_of(bytes: &[u8]) -> HashMap<String, Release> {
             Some((
                 s("vers")?.to_string(),
                 Release {
-                    name: s("name")?.to_string(),
+                    name: CrateName::parse(s("name")?)?,
                     cksum: parse_cksum(s("cksum")?)?,
                     published: s("pubtime").and_then(crate::timefmt::parse_rfc3339),
                 },

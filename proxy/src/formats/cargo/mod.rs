@@ -158,6 +158,8 @@ fn doc_fetcher(
         path,
         "application/json, text/plain, */*",
         "cargo",
+        // 451 (taken down for legal reasons) is gone too, as cargo reads it.
+        &[404, 410, 451],
         check,
     )
 }

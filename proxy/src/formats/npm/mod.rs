@@ -211,7 +211,7 @@ fn packument_fetcher(app: &App, up: &Arc<Upstream>, name: &NpmName, abbrev: bool
 /// Fetcher of a JSON document at `path` below the upstream's base URL (see
 /// [`super::doc_fetcher`]): it must be a JSON object.
 fn doc_fetcher(app: &App, up: &Arc<Upstream>, path: String, accept: &'static str) -> Fetcher {
-    super::doc_fetcher(app, up, path, accept, "npm", |b| {
+    super::doc_fetcher(app, up, path, accept, "npm", &[404, 410], |b| {
         packument::check_object(b).map_err(|m| format!("upstream document is {m}"))
     })
 }
