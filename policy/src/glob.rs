@@ -32,7 +32,7 @@ pub fn pep503(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A crate name as crates.io compares them: case-insensitive, `-` and `_` the same (so
+/// A crate name as Cargo registries compare them: case-insensitive, `-` and `_` the same (so
 /// `myorg_tool` cannot slip past a rule on `myorg-*`).
 fn crate_name(name: &str) -> Cow<'_, str> {
     if name.bytes().any(|b| b.is_ascii_uppercase() || b == b'_') {
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn question_mark_matches_one_character() {
         assert!(m(Ecosystem::Npm, "left-pa?", "left-pad"));
-        // Crate names compare as crates.io does: case and `-`/`_` do not matter.
+        // Crate names compare as Cargo registries do: case and `-`/`_` do not matter.
         assert!(m(Ecosystem::Cargo, "myorg-*", "MyOrg_tool"));
         assert!(m(Ecosystem::Cargo, "my_crate", "my-crate"));
         assert!(!m(Ecosystem::Npm, "myorg-*", "myorg_tool"));

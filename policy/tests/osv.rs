@@ -331,7 +331,7 @@ fn crates_io_advisories_apply_to_cargo_crates_under_either_spelling() {
     assert_eq!(e.osv_stats(), (1, 1));
     let v = |name, ver| e.evaluate(&facts(Ecosystem::Cargo, name, ver), NOW).verdict;
     assert_eq!(v("evil_crate", "0.2.9"), Verdict::Block);
-    // crates.io treats `-`/`_` and case as the same name.
+    // Cargo registries treat `-`/`_` and case as the same name.
     assert_eq!(v("Evil-Crate", "0.2.9"), Verdict::Block);
     assert_eq!(v("evil_crate", "0.3.0"), Verdict::Allow);
     // Not an npm package.

@@ -270,7 +270,7 @@ impl ProxyError {
         .unwrap_or_default()
     }
 
-    /// A Cargo registry's error body, as crates.io writes it: `{"errors": [{"detail":
+    /// A Cargo registry's error body, as the public registry writes it: `{"errors": [{"detail":
     /// "..."}]}` (cargo prints the body of a failed index or download request).
     pub fn cargo_body(&self, request_id: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({

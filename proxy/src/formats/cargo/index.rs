@@ -15,7 +15,7 @@ use crate::policy::Policy;
 use crate::upstream::Upstream;
 
 /// A crate name as the request spelled it: 1 to 128 ASCII letters, digits, `-` or `_`
-/// (crates.io allows 64; other registries more), so that it is safe in paths and keys.
+/// (the public registry allows 64; others more), so that it is safe in paths and keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrateName(String);
 
