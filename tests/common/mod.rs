@@ -353,11 +353,37 @@ impl Sluice {
             config_path,
             log_path,
         };
-        s.spawn();
-        s
+        // The port was free when picked, but another test may have bound it since: move
+        // to a new one (the config names it only as `127.0.0.1:<port>`) and start again.
+        for _ in 0..5 {
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(exited) if exited.contains("Address already in use") => {
+                    let new_port = free_port();
+                    let text = fs::read_to_string(&s.config_path).expect("read config");
+                    let moved = text.replace(
+                        &format!("127.0.0.1:{}", s.port),
+                        &format!("127.0.0.1:{new_port}"),
+                    );
+                    fs::write(&s.config_path, moved).expect("write config");
+                    fs::write(&s.log_path, "").expect("truncate log");
+                    s.port = new_port;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+        panic!("sluice found no free port in 5 attempts");
     }
 
     fn spawn(&mut self) {
+        if let Err(exited) = self.try_spawn() {
+            panic!("{exited}");
+        }
+    }
+
+    /// Starts the process and waits until it is healthy; `Err` (with the config and the
+    /// log) when it exited during startup.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -377,10 +403,10 @@ impl Sluice {
         }
         let child = cmd.spawn().expect("spawn sluice");
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20));
+        self.wait_healthy(Duration::from_secs(20))
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) {
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self
@@ -388,14 +414,15 @@ impl Sluice {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "sluice exited during startup ({st})\nconfig:\n{}\nlog:\n{}",
                     fs::read_to_string(&self.config_path).unwrap_or_default(),
                     self.log()
-                );
+                ));
             }
             if raw_get_status(self.addr(), "/-/healthz") == Some(200) {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let log = self.log();
