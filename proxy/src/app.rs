@@ -78,6 +78,32 @@ pub struct LinkBase {
 /// Request `Host`s whose rendered documents are cached at once (`public_url` unset).
 pub const MAX_LINK_HOSTS: usize = 64;
 
+/// Set by a TLS-terminating proxy in front of sluice.
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// How long a thread answers requests with the `Host` of its last admitted link base from
+/// that base alone (no validation, no lock on the shared host list); the host's last use
+/// there is then at most this much older than it really is.
+const LINK_BASE_REUSE: Duration = Duration::from_secs(1);
+
+/// The link base a thread last computed for an admitted host (see [`App::link_base`]).
+struct LastLinkBase {
+    /// Which `App` (the address of its host list): tests run several in one process.
+    app: usize,
+    /// The request's `Host` and `X-Forwarded-Proto` values, as received.
+    host: Vec<u8>,
+    proto: Option<Vec<u8>>,
+    /// Whether that `App` serves TLS itself.
+    tls: bool,
+    url: String,
+    at: Instant,
+}
+
+thread_local! {
+    static LAST_LINK_BASE: std::cell::RefCell<Option<LastLinkBase>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// How long a cached `Host` keeps its place without being used.
 pub const LINK_HOST_IDLE: Duration = Duration::from_secs(600);
 
@@ -260,6 +286,23 @@ impl App {
         if self.config.server.public_url.is_some() {
             return fallback();
         }
+        let raw_host = headers.get(http::header::HOST).map(|v| v.as_bytes());
+        let raw_proto = headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes());
+        let me = &self.link_hosts as *const _ as usize;
+        let now = Instant::now();
+        let recent = LAST_LINK_BASE.with(|last| {
+            let last = last.borrow();
+            let b = last.as_ref()?;
+            (b.app == me
+                && b.tls == self.config.server.tls_cert.is_some()
+                && Some(b.host.as_slice()) == raw_host
+                && b.proto.as_deref() == raw_proto
+                && now.duration_since(b.at) < LINK_BASE_REUSE)
+                .then(|| b.url.clone())
+        });
+        if let Some(url) = recent {
+            return LinkBase { url, cached: true };
+        }
         let host = headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -268,21 +311,31 @@ impl App {
             metrics::counter!("sluice_host_fallbacks_total").increment(1);
             return fallback();
         };
-        let cached = self.admit_host(&host);
+        let cached = self.admit_host(&host, now);
         if !cached {
             metrics::counter!("sluice_link_hosts_uncached_total").increment(1);
         }
         let https = headers
-            .get("x-forwarded-proto")
+            .get(X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
         // sluice's own TLS, or a TLS-terminating proxy in front that says so.
         let https = https || self.config.server.tls_cert.is_some();
-        LinkBase {
-            url: format!("{}://{host}", if https { "https" } else { "http" }),
-            cached,
+        let url = format!("{}://{host}", if https { "https" } else { "http" });
+        if cached {
+            LAST_LINK_BASE.with(|last| {
+                *last.borrow_mut() = Some(LastLinkBase {
+                    app: me,
+                    host: raw_host.unwrap_or_default().to_vec(),
+                    proto: raw_proto.map(<[u8]>::to_vec),
+                    tls: self.config.server.tls_cert.is_some(),
+                    url: url.clone(),
+                    at: now,
+                })
+            });
         }
+        LinkBase { url, cached }
     }
 
     /// Whether documents rendered with links on `host` may be cached: yes for the hosts in
@@ -290,8 +343,7 @@ impl App {
     /// place up). Each cached host holds its own rendered copy of every document, so a
     /// client cycling through made-up names must not fill the render cache: past the bound,
     /// a new host's answers are rendered for it and not kept (its links stay right).
-    fn admit_host(&self, host: &str) -> bool {
-        let now = Instant::now();
+    fn admit_host(&self, host: &str, now: Instant) -> bool {
         let mut seen = self.link_hosts.lock();
         if let Some(used) = seen.get_mut(host) {
             *used = now;

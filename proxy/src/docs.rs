@@ -50,7 +50,16 @@ pub struct Doc {
     pub last_modified: Option<String>,
     /// When it was fetched or last confirmed unchanged (Unix ms).
     pub fetched_at_ms: u64,
+    /// The variant of it last answered from [`Docs::render_kept`] and kept, by name, if its
+    /// body is at most [`MEMO_MAX`]: a cached hit on a small document finds its answer here
+    /// without asking the render cache.
+    pub memo: arc_swap::ArcSwapOption<(String, Arc<Rendered>)>,
 }
+
+/// Largest rendered body a [`Doc`] remembers as its last answer. Above it the render
+/// cache's lookup is small beside sending the body, and a remembered copy would be held as
+/// long as the document stays in memory, past the render cache's own bound.
+pub const MEMO_MAX: usize = 64 * 1024;
 
 /// Validators for a conditional request.
 #[derive(Clone, Debug, Default)]
@@ -269,6 +278,7 @@ impl Docs {
             etag: rec.etag,
             last_modified: rec.last_modified,
             fetched_at_ms: rec.fetched_at_ms,
+            memo: Default::default(),
         });
         self.hot.insert(key.to_string(), doc.clone());
         Some(doc)
@@ -408,7 +418,10 @@ impl Docs {
     /// Drops the in-memory copies of document `key` (stored as `digest`) and of its rendered
     /// variants, after a purge removed its record: the next request fetches it (`MISS`).
     pub fn invalidate(&self, key: &str, digest: &Digest) {
-        self.hot.invalidate(key);
+        if let Some(doc) = self.hot.remove(key) {
+            // A request holding it meanwhile renders again rather than reuse its answer.
+            doc.memo.store(None);
+        }
         let variants: Vec<_> = self
             .rendered
             .iter()
@@ -465,6 +478,7 @@ impl Docs {
                                 etag: old.etag.clone(),
                                 last_modified: old.last_modified.clone(),
                                 fetched_at_ms: unix_ms(),
+                                memo: Default::default(),
                             };
                             Ok((this.save(&key2, doc)?, CacheStatus::Revalidated))
                         }
@@ -491,6 +505,7 @@ impl Docs {
                                 etag,
                                 last_modified,
                                 fetched_at_ms: unix_ms(),
+                                memo: Default::default(),
                             };
                             let status = if unchanged {
                                 CacheStatus::Revalidated
@@ -525,13 +540,24 @@ impl Docs {
         keep: bool,
         render: impl FnOnce(&Doc) -> Result<Rendered, ProxyError>,
     ) -> Result<Arc<Rendered>, ProxyError> {
-        let key = (doc.digest, variant.to_string());
-        if let Some(r) = self.rendered.get(&key) {
-            return Ok(r);
+        if let Some((name, r)) = doc.memo.load().as_deref() {
+            if name == variant {
+                return Ok(r.clone());
+            }
         }
-        let r = Arc::new(render(doc)?);
-        if keep {
-            self.rendered.insert(key, r.clone());
+        let key = (doc.digest, variant.to_string());
+        let r = match self.rendered.get(&key) {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(render(doc)?);
+                if keep {
+                    self.rendered.insert(key.clone(), r.clone());
+                }
+                r
+            }
+        };
+        if keep && r.body.len() <= MEMO_MAX {
+            doc.memo.store(Some(Arc::new((key.1, r.clone()))));
         }
         Ok(r)
     }
@@ -812,6 +838,57 @@ mod tests {
             }
         }
         assert!(not_mod.prebuilt.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_small_kept_variant_is_remembered_by_its_document_until_a_purge() {
+        let (_dir, docs, _calls, _mode, f) = setup("v1");
+        let (d, _) = docs
+            .get("k", fresh(60_000), false, f.clone(), nf)
+            .await
+            .unwrap();
+        let renders = AtomicUsize::new(0);
+        let render = |body: &'static [u8]| {
+            let renders = &renders;
+            move |_: &Doc| {
+                renders.fetch_add(1, Ordering::SeqCst);
+                Ok(Rendered::new(Bytes::from_static(body), "text/plain"))
+            }
+        };
+        let a = docs.render_kept(&d, "a", true, render(b"a")).unwrap();
+        // The render cache no longer has it: the document's memo answers.
+        docs.rendered.invalidate_all();
+        let again = docs.render_kept(&d, "a", true, render(b"x")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(renders.load(Ordering::SeqCst), 1);
+        // Another variant is not the remembered one.
+        let b = docs.render_kept(&d, "b", true, render(b"b")).unwrap();
+        assert_eq!(&b.body[..], b"b");
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+        // A variant not kept (a Host past the bound) is neither cached nor remembered.
+        docs.render_kept(&d, "c", false, render(b"c")).unwrap();
+        let c = docs.render_kept(&d, "c", false, render(b"c2")).unwrap();
+        assert_eq!(&c.body[..], b"c2");
+        // Too large to remember: only the render cache has it.
+        let big: &'static [u8] = Box::leak(vec![b'z'; MEMO_MAX + 1].into_boxed_slice());
+        docs.render_kept(&d, "big", true, render(big)).unwrap();
+        assert!(doc_memo(&d).is_some_and(|n| n != "big"));
+        // A purge forgets the memo of the document in memory.
+        docs.render_kept(&d, "a", true, render(b"a")).unwrap();
+        assert_eq!(doc_memo(&d).as_deref(), Some("a"));
+        docs.invalidate("k", &d.digest);
+        assert!(doc_memo(&d).is_none());
+        let n = renders.load(Ordering::SeqCst);
+        docs.render_kept(&d, "a", true, render(b"a3")).unwrap();
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            n + 1,
+            "rendered again after the purge"
+        );
+    }
+
+    fn doc_memo(d: &Doc) -> Option<String> {
+        d.memo.load().as_deref().map(|(n, _)| n.clone())
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ pub mod server;
 pub mod sharded;
 pub mod stats;
 pub mod store;
+pub mod text;
 pub mod timefmt;
 pub mod tls;
 pub mod ui;

@@ -109,28 +109,14 @@ fn client_text(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> Str
                 if i > 0 {
                     s.push('.');
                 }
-                push_decimal(&mut s, u32::from(o));
+                crate::text::push_decimal(&mut s, u64::from(o));
             }
             s.push(':');
-            push_decimal(&mut s, u32::from(v4.port()));
+            crate::text::push_decimal(&mut s, u64::from(v4.port()));
             s
         }
         _ => addr.to_string(),
     }
-}
-
-fn push_decimal(s: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 /// Which client protocol a path belongs to (metrics label, error format).
@@ -236,13 +222,13 @@ impl HttpServerApp for HttpApp {
 
         // The request head is borrowed, not copied, while the handler runs.
         let req = session.req_header();
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let header = |n: http::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
         let incoming = Incoming {
             method: &method,
             path: req.uri.path(),
             query: req.uri.query(),
-            range: header("range"),
-            authorization: header("authorization"),
+            range: header(http::header::RANGE),
+            authorization: header(http::header::AUTHORIZATION),
             headers: &req.headers,
         };
         let throttled = self.throttled(session.client_addr(), incoming.path);
@@ -275,7 +261,9 @@ impl HttpServerApp for HttpApp {
             .flatten();
         let (ok, sent) = write_reply(&mut session, reply, request_id).await;
         let path = session.req_header().uri.path();
-        let name = self.log_name(kind, &method, path);
+        // Parsed again only for the access log, when it is on.
+        let log_on = crate::accesslog::enabled();
+        let name = log_on.then(|| self.log_name(kind, &method, path)).flatten();
         let cached_bytes = if matches!(
             cache,
             CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated
@@ -301,19 +289,21 @@ impl HttpServerApp for HttpApp {
             content_type: manifest_type.as_deref(),
             blocked,
         });
-        crate::accesslog::write(&crate::accesslog::Line {
-            request_id,
-            client: &client,
-            format: kind.label(),
-            method: method.as_str(),
-            path,
-            name: name.as_deref(),
-            status,
-            cache: cache.as_str(),
-            bytes: sent,
-            complete: ok,
-            ms: started.elapsed().as_millis() as u64,
-        });
+        if log_on {
+            crate::accesslog::write(&crate::accesslog::Line {
+                request_id,
+                client: &client,
+                format: kind.label(),
+                method: method.as_str(),
+                path,
+                name: name.as_deref(),
+                status,
+                cache: cache.as_str(),
+                bytes: sent,
+                complete: ok,
+                ms: started.elapsed().as_millis() as u64,
+            });
+        }
         if !ok {
             // Dropping the session closes the connection mid-body.
             return None;

@@ -39,7 +39,7 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     /// A client header as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }

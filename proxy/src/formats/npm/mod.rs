@@ -29,6 +29,7 @@ use crate::app::App;
 use crate::docs::{Doc, Fetcher, Rendered};
 use crate::error::ProxyError;
 use crate::response::{CacheStatus, Reply};
+use crate::text::{concat, Decimal};
 use crate::upstream::Upstream;
 
 use super::Request;
@@ -136,12 +137,13 @@ fn allowed_bytes(app: &App, up: &Upstream, name: &NpmName, doc: &Doc) -> Result<
 }
 
 fn doc_key(up: &Upstream, name: &NpmName, abbrev: bool) -> String {
-    format!(
-        "npm/{}/{}/{}",
+    concat(&[
+        "npm/",
         up.name(),
-        name,
-        if abbrev { "abbrev" } else { "full" }
-    )
+        "/",
+        name.as_str(),
+        if abbrev { "/abbrev" } else { "/full" },
+    ])
 }
 
 fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
@@ -158,10 +160,12 @@ fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
 /// [`crate::app::LinkBase::cached`]).
 fn tarball_base(app: &App, up: &Upstream, name: &NpmName, headers: &HeaderMap) -> (String, bool) {
     let base = app.link_base(headers);
-    (
-        format!("{}/{}/{}/-/", base.url, up.name(), name),
-        base.cached,
-    )
+    (tarball_url_base(&base.url, up, name), base.cached)
+}
+
+/// `<base>/<upstream>/<name>/-/`.
+fn tarball_url_base(base: &str, up: &Upstream, name: &NpmName) -> String {
+    format!("{base}/{}/{name}/-/", up.name())
 }
 
 /// Whether the client prefers the abbreviated form.
@@ -184,13 +188,13 @@ fn wants_corgi(accept: Option<&str>) -> bool {
 /// `Pragma: no-cache`): the cached packument is revalidated before answering.
 fn wants_revalidation(req: &Request<'_>) -> bool {
     let cc = req
-        .header("cache-control")
+        .header(http::header::CACHE_CONTROL)
         .unwrap_or("")
         .to_ascii_lowercase();
     cc.contains("no-cache")
         || cc.contains("max-age=0")
         || req
-            .header("pragma")
+            .header(http::header::PRAGMA)
             .is_some_and(|p| p.to_ascii_lowercase().contains("no-cache"))
 }
 
@@ -223,7 +227,7 @@ async fn packument(
     name: &NpmName,
     req: &Request<'_>,
 ) -> Result<Reply, ProxyError> {
-    let corgi = wants_corgi(req.header("accept"));
+    let corgi = wants_corgi(req.header(http::header::ACCEPT));
     let force = wants_revalidation(req);
     // With a policy, the full packument is the source even for abbreviated answers: its
     // `time` map (publish times, for cooldowns) and licenses are not in the abbreviated form.
@@ -231,17 +235,23 @@ async fn packument(
     let (doc, cache) = get_packument(app, up, name, corgi && !policy_on, force).await?;
     // Rendered forms drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire).
-    let gen = format!(
-        "#g{}#h{}",
-        app.policy.generation(),
-        crate::store::unix_secs() / 3600
-    );
-    let (base, keep) = tarball_base(app, up, name, req.headers);
-    let variant = format!(
-        "{}{gen}#{base}",
-        if corgi { "npm-corgi" } else { "npm-full" }
-    );
-    let rendered = app.docs.render_kept(&doc, &variant, keep, |d| {
+    let link = app.link_base(req.headers);
+    let variant = concat(&[
+        if corgi { "npm-corgi" } else { "npm-full" },
+        "#g",
+        Decimal::new(app.policy.generation()).as_str(),
+        "#h",
+        Decimal::new(crate::store::unix_secs() / 3600).as_str(),
+        "#",
+        &link.url,
+        "/",
+        up.name(),
+        "/",
+        name.as_str(),
+        "/-/",
+    ]);
+    let rendered = app.docs.render_kept(&doc, &variant, link.cached, |d| {
+        let base = tarball_url_base(&link.url, up, name);
         let (source, notice) =
             match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
                 Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),
@@ -272,8 +282,8 @@ async fn packument(
         })
     })?;
     Ok(rendered.reply(
-        req.header("if-none-match"),
-        req.header("accept-encoding"),
+        req.header(http::header::IF_NONE_MATCH),
+        req.header(http::header::ACCEPT_ENCODING),
         cache,
     ))
 }
@@ -331,6 +341,7 @@ async fn get_packument(
             // Changed upstream (or first fetched): the other form's copy, if older, is
             // revalidated on its next use. Not when this revalidation was itself caused by
             // such a mark (no ping-pong between the forms).
+            ANY_CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
             changed().insert(doc_key(up, name, !corgi), crate::store::unix_ms());
         }
     }
@@ -357,7 +368,13 @@ fn changed() -> &'static moka::sync::Cache<String, u64> {
     })
 }
 
+/// Whether anything was ever put in [`changed`]: until then a cache hit skips asking it.
+static ANY_CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn changed_at(key: &str) -> Option<u64> {
+    if !ANY_CHANGED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     changed().get(key)
 }
 
@@ -417,8 +434,8 @@ async fn version(
         match rendered {
             Ok(r) => {
                 return Ok(r.reply(
-                    req.header("if-none-match"),
-                    req.header("accept-encoding"),
+                    req.header(http::header::IF_NONE_MATCH),
+                    req.header(http::header::ACCEPT_ENCODING),
                     cache,
                 ))
             }
@@ -502,8 +519,8 @@ async fn dist_tags(
         Ok(Rendered::new(Bytes::from(tags), "application/json"))
     })?;
     Ok(rendered.reply(
-        req.header("if-none-match"),
-        req.header("accept-encoding"),
+        req.header(http::header::IF_NONE_MATCH),
+        req.header(http::header::ACCEPT_ENCODING),
         cache,
     ))
 }
@@ -542,8 +559,8 @@ async fn json_document(
         Ok(Rendered::new(d.bytes.clone(), "application/json"))
     })?;
     Ok(rendered.reply(
-        req.header("if-none-match"),
-        req.header("accept-encoding"),
+        req.header(http::header::IF_NONE_MATCH),
+        req.header(http::header::ACCEPT_ENCODING),
         cache,
     ))
 }

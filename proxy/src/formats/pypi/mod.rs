@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::docs::{Doc, Fetched, Fetcher, Rendered, Validators};
 use crate::error::ProxyError;
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
+use crate::text::{concat, Decimal};
 use crate::upstream::{accept, Upstream};
 
 use super::Request;
@@ -73,7 +74,7 @@ pub async fn handle(
         return project(app, up, &req, p).await;
     }
     if let Some(f) = rest.strip_prefix("files/") {
-        let range = req.header("range").and_then(ByteRange::parse);
+        let range = req.header(http::header::RANGE).and_then(ByteRange::parse);
         return files::serve(app, up, f, range, *req.method == Method::HEAD).await;
     }
     if let Some(j) = rest.strip_prefix("pypi/") {
@@ -354,14 +355,14 @@ async fn render(
 
 fn reply(req: &Request<'_>, r: &Rendered, cache: CacheStatus) -> Reply {
     r.reply(
-        req.header("if-none-match"),
-        req.header("accept-encoding"),
+        req.header(http::header::IF_NONE_MATCH),
+        req.header(http::header::ACCEPT_ENCODING),
         cache,
     )
 }
 
 async fn root(app: &Arc<App>, up: &Arc<Upstream>, req: &Request<'_>) -> Result<Reply, ProxyError> {
-    let Some(variant) = negotiate(req.header("accept"), req.query) else {
+    let Some(variant) = negotiate(req.header(http::header::ACCEPT), req.query) else {
         return Ok(not_acceptable());
     };
     let url = Url::parse(&format!("{}/", up.base().as_str().trim_end_matches('/')))
@@ -458,7 +459,7 @@ async fn project(
             req.query,
         ));
     }
-    let Some(variant) = negotiate(req.header("accept"), req.query) else {
+    let Some(variant) = negotiate(req.header(http::header::ACCEPT), req.query) else {
         return Ok(not_acceptable());
     };
     // A project the policy blocks as a whole (namespace, deny without versions) is never
@@ -469,34 +470,58 @@ async fn project(
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
     // the client reached sluice at (when `public_url` is unset, each Host has its own).
     let base = app.link_base(req.headers);
-    let mount = format!("{}/{}", base.url, up.name());
-    let variant_key = format!(
-        "{}#g{}#h{}#{mount}",
+    let mount = concat(&[&base.url, "/", up.name()]);
+    let variant_key = concat(&[
         variant.name(),
-        app.policy.generation(),
-        crate::store::unix_secs() / 3600
-    );
-    let (app2, up2) = (app.clone(), up.clone());
-    let rendered = render(app, doc, variant_key, base.cached, move |doc| {
-        let policy = &app2.policy;
-        let url = page_url(&up2, &norm)?;
-        let mut page = simple::parse_page(&doc.bytes, &doc.content_type, &url, &norm)
-            .map_err(ProxyError::internal)?;
-        if !policy.engine().is_empty() {
-            page.files.retain(|f| {
-                let v = files::version_of(&norm, &f.filename);
-                let facts = files::facts(&up2, &norm, v.as_deref(), files::upload_time(f));
-                policy.decide(&facts).verdict != sluice_policy::Verdict::Block
-            });
-        }
-        let body = match variant {
-            Variant::Json => simple::render_json(&page, |f| link(&mount, f)),
-            _ => simple::render_html(&page, |f| link(&mount, f)).into_bytes(),
-        };
-        Ok(Rendered::new(Bytes::from(body), variant.content_type()))
-    })
-    .await?;
+        "#g",
+        Decimal::new(app.policy.generation()).as_str(),
+        "#h",
+        Decimal::new(crate::store::unix_secs() / 3600).as_str(),
+        "#",
+        &mount,
+    ]);
+    let rendered = if doc.bytes.len() < BLOCKING_RENDER {
+        // Borrowing what a render needs: a hit clones nothing.
+        app.docs
+            .render_kept(&doc, &variant_key, base.cached, |doc| {
+                render_page(app, up, &norm, variant, &mount, doc)
+            })?
+    } else {
+        let (app2, up2) = (app.clone(), up.clone());
+        render(app, doc, variant_key, base.cached, move |doc| {
+            render_page(&app2, &up2, &norm, variant, &mount, doc)
+        })
+        .await?
+    };
     Ok(reply(req, &rendered, cache))
+}
+
+/// The simple page `doc` of project `norm` as `variant`, its links below `mount`, without
+/// the files the policy blocks.
+fn render_page(
+    app: &App,
+    up: &Upstream,
+    norm: &str,
+    variant: Variant,
+    mount: &str,
+    doc: &Doc,
+) -> Result<Rendered, ProxyError> {
+    let policy = &app.policy;
+    let url = page_url(up, norm)?;
+    let mut page = simple::parse_page(&doc.bytes, &doc.content_type, &url, norm)
+        .map_err(ProxyError::internal)?;
+    if !policy.engine().is_empty() {
+        page.files.retain(|f| {
+            let v = files::version_of(norm, &f.filename);
+            let facts = files::facts(up, norm, v.as_deref(), files::upload_time(f));
+            policy.decide(&facts).verdict != sluice_policy::Verdict::Block
+        });
+    }
+    let body = match variant {
+        Variant::Json => simple::render_json(&page, |f| link(mount, f)),
+        _ => simple::render_html(&page, |f| link(mount, f)).into_bytes(),
+    };
+    Ok(Rendered::new(Bytes::from(body), variant.content_type()))
 }
 
 /// The cached simple page of project `norm` (a valid normalised name the policy allows as
@@ -507,7 +532,7 @@ async fn project_page(
     norm: &str,
     force: bool,
 ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
-    let key = format!("pypi/{}/simple/{norm}", up.name());
+    let key = concat(&["pypi/", up.name(), "/simple/", norm]);
     // A hit builds no upstream URL and no fetcher.
     if !force {
         if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
