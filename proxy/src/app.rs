@@ -65,6 +65,8 @@ pub struct App {
     /// Hosts whose rendered documents are cached, with when each was last used
     /// ([`App::link_base`]), at most [`MAX_LINK_HOSTS`].
     link_hosts: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
+    /// This `App` among those of the process (tests run several), for [`LastLinkBase`].
+    id: u64,
 }
 
 /// The base of the links in an answer ([`App::link_base`]).
@@ -88,8 +90,8 @@ const LINK_BASE_REUSE: Duration = Duration::from_secs(1);
 
 /// The link base a thread last computed for an admitted host (see [`App::link_base`]).
 struct LastLinkBase {
-    /// Which `App` (the address of its host list): tests run several in one process.
-    app: usize,
+    /// Which `App` (its `id`).
+    app: u64,
     /// The request's `Host` and `X-Forwarded-Proto` values, as received.
     host: Vec<u8>,
     proto: Option<Vec<u8>>,
@@ -192,6 +194,10 @@ impl App {
             auth: arc_swap::ArcSwap::from_pointee(config.auth.clone()),
             tls,
             link_hosts: Default::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             config,
         })
     }
@@ -288,7 +294,7 @@ impl App {
         }
         let raw_host = headers.get(http::header::HOST).map(|v| v.as_bytes());
         let raw_proto = headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes());
-        let me = &self.link_hosts as *const _ as usize;
+        let me = self.id;
         let now = Instant::now();
         let recent = LAST_LINK_BASE.with(|last| {
             let last = last.borrow();
