@@ -1,15 +1,7 @@
-//! Building short strings on the request path without `format!`: a cached hit builds a few
-//! keys per request, and `core::fmt` costs several times what copying their parts does
-//! (measured with callgrind: a seven-part `format!` took ~2,200 instructions).
-
-/// The parts one after another, in a string allocated once at its final size.
-pub fn concat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        s.push_str(p);
-    }
-    s
-}
+//! Numbers in short strings on the request path without `format!`: a cached hit builds a
+//! few keys per request, and `core::fmt` costs several times what copying their parts does
+//! (measured with callgrind: a seven-part `format!` took ~2,200 instructions). The parts
+//! are joined with `[&str]::concat`, which allocates once at the final size.
 
 /// `n` in decimal, on the stack.
 pub struct Decimal {
@@ -50,14 +42,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decimals_and_concatenations_match_format() {
+    fn decimals_match_format() {
         for n in [0u64, 7, 10, 99, 100, 65_535, 1 << 32, u64::MAX] {
             assert_eq!(Decimal::new(n).as_str(), n.to_string());
             let mut s = String::from("x");
             push_decimal(&mut s, n);
             assert_eq!(s, format!("x{n}"));
         }
-        assert_eq!(concat(&[]), "");
-        assert_eq!(concat(&["npm/", "up", "/", "name"]), "npm/up/name");
     }
 }

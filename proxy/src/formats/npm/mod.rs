@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::docs::{Doc, Fetcher, Rendered};
 use crate::error::ProxyError;
 use crate::response::{CacheStatus, Reply};
-use crate::text::{concat, Decimal};
+use crate::text::Decimal;
 use crate::upstream::Upstream;
 
 use super::Request;
@@ -137,13 +137,14 @@ fn allowed_bytes(app: &App, up: &Upstream, name: &NpmName, doc: &Doc) -> Result<
 }
 
 fn doc_key(up: &Upstream, name: &NpmName, abbrev: bool) -> String {
-    concat(&[
+    [
         "npm/",
         up.name(),
         "/",
         name.as_str(),
         if abbrev { "/abbrev" } else { "/full" },
-    ])
+    ]
+    .concat()
 }
 
 fn not_found(name: &NpmName) -> impl Fn() -> ProxyError + '_ {
@@ -236,22 +237,23 @@ async fn packument(
     // Rendered forms drop blocked versions; they are re-rendered when the policy changes
     // (generation) and hourly (release-age cooldowns expire).
     let link = app.link_base(req.headers);
-    let variant = concat(&[
+    let variant = [
         if corgi { "npm-corgi" } else { "npm-full" },
         "#g",
         Decimal::new(app.policy.generation()).as_str(),
         "#h",
         Decimal::new(crate::store::unix_secs() / 3600).as_str(),
         "#",
-        &link.url,
+        link.url.as_str(),
         "/",
         up.name(),
         "/",
         name.as_str(),
         "/-/",
-    ]);
+    ]
+    .concat();
     let rendered = app.docs.render_kept(&doc, &variant, link.cached, |d| {
-        let base = tarball_url_base(&link.url, up, name);
+        let base = tarball_url_base(link.url.as_str(), up, name);
         let (source, notice) =
             match policy::filter(&d.bytes, &app.policy, up, name.as_str()).map_err(bad_doc)? {
                 Some((filtered, notice)) => (Bytes::from(filtered), Some(notice)),

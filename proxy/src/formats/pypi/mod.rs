@@ -31,7 +31,7 @@ use crate::app::App;
 use crate::docs::{Doc, Fetched, Fetcher, Rendered, Validators};
 use crate::error::ProxyError;
 use crate::response::{Body, ByteRange, CacheStatus, Reply};
-use crate::text::{concat, Decimal};
+use crate::text::Decimal;
 use crate::upstream::{accept, Upstream};
 
 use super::Request;
@@ -470,16 +470,17 @@ async fn project(
     // (generation) and hourly (release-age cooldowns expire). Their links are on the base
     // the client reached sluice at (when `public_url` is unset, each Host has its own).
     let base = app.link_base(req.headers);
-    let mount = concat(&[&base.url, "/", up.name()]);
-    let variant_key = concat(&[
+    let mount = [base.url.as_str(), "/", up.name()].concat();
+    let variant_key = [
         variant.name(),
         "#g",
         Decimal::new(app.policy.generation()).as_str(),
         "#h",
         Decimal::new(crate::store::unix_secs() / 3600).as_str(),
         "#",
-        &mount,
-    ]);
+        mount.as_str(),
+    ]
+    .concat();
     let rendered = if doc.bytes.len() < BLOCKING_RENDER {
         // Borrowing what a render needs: a hit clones nothing.
         app.docs
@@ -532,7 +533,7 @@ async fn project_page(
     norm: &str,
     force: bool,
 ) -> Result<(Arc<Doc>, CacheStatus), ProxyError> {
-    let key = concat(&["pypi/", up.name(), "/simple/", norm]);
+    let key = ["pypi/", up.name(), "/simple/", norm].concat();
     // A hit builds no upstream URL and no fetcher.
     if !force {
         if let Some(doc) = app.docs.fresh(&key, app.freshness(up)) {
