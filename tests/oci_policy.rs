@@ -131,6 +131,25 @@ async fn denied_repositories_and_tags_fail_with_denied_and_are_never_fetched() {
     .await;
 }
 
+/// GETs a blob through `repo` and waits until sluice has stored it. The last bytes reach the
+/// client before the fsync and rename, so a request right after the body may still join the
+/// fill (a MISS) rather than read the store.
+async fn fetch_until_stored(c: &reqwest::Client, s: &Sluice, repo: &str, digest: &str) {
+    let r = c
+        .get(format!("{}/v2/{repo}/blobs/{digest}", s.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let path = common::blob_path(&s.data_dir(), digest);
+    assert!(
+        common::eventually(Duration::from_secs(10), || path.exists()).await,
+        "{digest} not stored at {}",
+        path.display()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
     let reg = Registry::start();
@@ -155,12 +174,7 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
         let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(sluice_cache_header(&r), "HIT");
-        let r = c
-            .get(format!("{}/v2/team/tool/blobs/{layer}", s.base_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        fetch_until_stored(&c, &s, "team/tool", &layer).await;
 
         // The same content under a repository that also holds it upstream: served from
         // the cache once the upstream confirmed it (one HEAD), then without asking.
@@ -177,12 +191,7 @@ async fn sighup_reload_blocks_artifacts_that_are_already_cached() {
         // A manifest confirmed there vouches for what it refers to: its config, cached for
         // team/tool, is then served for team/copy without asking.
         let config = manifest["config"]["digest"].as_str().unwrap().to_string();
-        let r = c
-            .get(format!("{}/v2/team/tool/blobs/{config}", s.base_url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        fetch_until_stored(&c, &s, "team/tool", &config).await;
         let r = c
             .get(format!("{}/v2/team/copy/manifests/{digest}", s.base_url()))
             .header("Accept", common::images::OCI_MANIFEST)
