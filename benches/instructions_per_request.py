@@ -16,7 +16,8 @@ Requests: `/-/healthz` (the server's own floor), a cached small packument and si
 (the npm registry and the PyPI index are asked from npm and pip, as in compare.py), and a
 cached manifest by tag from a local docker-registry. N (env N, default 1000) requests of
 each over 4 keep-alive connections; counters are zeroed before and dumped after each kind.
-Everything started is stopped by pid at the end. Needs valgrind (it is on every machine
+Everything started is stopped by pid at the end. KEEP=1 keeps the dumps (named by request kind)
+for `callgrind_annotate --inclusive=yes`. Needs valgrind (it is on every machine
 of this kind) and what compare.py needs for these servers (docker-registry, skopeo).
 """
 
@@ -122,7 +123,10 @@ def main():
         try:
             results.append(counts(os.path.abspath(binary), work))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if os.environ.get("KEEP"):
+                print(f"callgrind dumps of {binary} kept in {work}/callgrind")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     print(f"instructions per request (callgrind, {N} requests each)")
     head = "".join(f"{os.path.basename(b)[:14]:>16}" for b in binaries)
     print(f"{'request':14}{head}" + (f"{'last / first':>14}" if len(binaries) > 1 else ""))

@@ -80,7 +80,8 @@ async fn offline_upstream_serves_cache_and_refuses_the_rest_clearly() {
         }
     })
     .await;
-    // Same store, now offline.
+    // Same store, now offline (once the layer is committed, just after its body went out).
+    s.settled().await;
     let data = s.data_dir();
     s.stop();
     let cfg = upstream(&sim, "offline = true");

@@ -257,6 +257,19 @@ fn served(v: &serde_json::Value) -> u64 {
     v["total"]["artifacts_served"]["oci"].as_u64().unwrap()
 }
 
+/// The stats once `n` artifacts were counted (or after 5 s): a request is counted after its
+/// body went out, so the client can ask before the last one is.
+async fn stats_once_served(s: &Sluice, n: u64) -> serde_json::Value {
+    let since = std::time::Instant::now();
+    loop {
+        let v = stats(s).await;
+        if served(&v) >= n || since.elapsed() > Duration::from_secs(5) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     let sim = Sim::start().await;
@@ -264,7 +277,7 @@ async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     let mut s = Sluice::start_with(|port, dir| config(port, dir, &sim, ""));
     pull(&s, "team/app", "v1", &img).await;
     pull(&s, "team/app", "v1", &img).await;
-    let before = stats(&s).await;
+    let before = stats_once_served(&s, 6).await;
     assert_eq!(served(&before), 6, "{before}");
 
     // Graceful restart: everything is kept.
@@ -277,7 +290,7 @@ async fn stats_survive_a_restart_and_a_crash_loses_at_most_the_last_persist() {
     assert_eq!(after["today"]["distinct_clients"], 1, "{after}");
     // The same client after the restart is not a new one.
     pull(&s, "team/app", "v1", &img).await;
-    let v = stats(&s).await;
+    let v = stats_once_served(&s, 9).await;
     assert_eq!(served(&v), 9);
     assert_eq!(v["today"]["distinct_clients"], 1, "{v}");
     assert_eq!(v["today"]["counters"]["hits"], 6, "{v}");
@@ -400,6 +413,7 @@ async fn cleanup_command_reports_runs_in_dry_run_and_offline_gc_prints_what_poli
     // Offline gc runs enforce policies too and says what each removed: t3 pulled last
     // (recorded at the graceful stop), so t2 goes.
     pull(&s, "app", "t3", &imgs[2]).await;
+    s.settled().await;
     assert!(s.stop().is_some_and(|st| st.success()));
     let o = cli(&["gc", "--config", &cfg], &[]).await;
     assert!(o.status.success(), "{}", err(&o));

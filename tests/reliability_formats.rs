@@ -96,7 +96,9 @@ fn assert_circuit_open_answer(g: &Got, took: Duration, cooldown_secs: u64, what:
         (1..=cooldown_secs).contains(&secs),
         "{what}: Retry-After {secs}"
     );
-    assert!(took < Duration::from_millis(500), "{what}: took {took:?}");
+    // Generous for a loaded machine; that the upstream was not asked is checked by
+    // counting its requests.
+    assert!(took < Duration::from_millis(2000), "{what}: took {took:?}");
     secs
 }
 
@@ -500,7 +502,7 @@ async fn open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_it(fmt
     let later = fmt.publish_another("cached", 10_000, 7005);
     fmt.publish("uncached", 1000, 7006);
     let s = fmt.sluice(
-        "retries = 0\ncircuit_failures = 3\ncircuit_cooldown = \"2s\"\nmetadata_ttl = \"1s\"",
+        "retries = 0\ncircuit_failures = 3\ncircuit_cooldown = \"5s\"\nmetadata_ttl = \"1s\"",
     );
     let c = http_client();
     let state = format!("sluice_circuit_state{{upstream=\"{}\"}}", fmt.upstream());
@@ -536,11 +538,11 @@ async fn open_circuit_serves_stale_fails_fast_with_503_and_a_probe_closes_it(fmt
         // body.
         let t = Instant::now();
         let g = fmt.get_doc(&c, &s, "uncached").await;
-        let wait = assert_circuit_open_answer(&g, t.elapsed(), 2, "uncached document");
+        let wait = assert_circuit_open_answer(&g, t.elapsed(), 5, "uncached document");
         fmt.assert_error_body(&g, Some("circuit open"), "uncached document");
         let t = Instant::now();
         let g = get(&c, &later.url(&s), None).await;
-        assert_circuit_open_answer(&g, t.elapsed(), 2, "uncached file of a cached document");
+        assert_circuit_open_answer(&g, t.elapsed(), 5, "uncached file of a cached document");
         assert!(!later.stored(&s));
         assert_eq!(
             fmt.requests(),

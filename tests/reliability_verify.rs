@@ -122,6 +122,7 @@ async fn a_truncated_blob_is_quarantined_at_start_and_fetched_afresh() {
     };
     within(30, "warm", async {
         assert!(get(&s).await == blob);
+        s.settled().await; // committed just after its body went out
     })
     .await;
     s.stop();

@@ -174,7 +174,15 @@ async fn a_replica_gets_from_the_bucket_what_another_fetched_from_the_upstream()
             "{page}"
         );
         // B keeps its own copy: its next request is a local hit.
-        assert!(blob_path(&b.data_dir(), &d).exists());
+        // (Its file appears at the commit, just after the body went out.)
+        assert!(
+            common::eventually(std::time::Duration::from_secs(10), || blob_path(
+                &b.data_dir(),
+                &d
+            )
+            .exists())
+            .await
+        );
         let r = http_client().get(blob_url(&b)).send().await.unwrap();
         assert_eq!(common::sluice_cache_header(&r), "HIT");
 
