@@ -911,11 +911,11 @@ async fn a_stale_tag_is_answered_at_once_and_revalidated_once_in_the_background(
         let url = format!("{}/v2/app/manifests/latest", s.base_url());
         let f = get(&c, &url, &[("Accept", OCI_MANIFEST)]).await;
         assert_eq!((f.status, f.cache.as_str()), (200, "MISS"));
+        // The upstream's HEAD is held until the gate opens below: a pull that waited for
+        // it would never finish.
         let gate = Gate::new();
         sim.fault("/manifests/latest", Fault::HoldHead(gate.clone()));
         tokio::time::sleep(Duration::from_millis(1600)).await; // tag_ttl = 1s
-                                                               // The upstream's HEAD is held until the gate opens below: a pull that waited for
-                                                               // it would never finish.
         let pulls = tokio::time::timeout(
             Duration::from_secs(15),
             futures_util::future::join_all(

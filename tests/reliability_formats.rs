@@ -695,8 +695,8 @@ scenario!(
 
 async fn rate_limit_paces_requests_to_the_upstream(fmt: Format) {
     // `n` document requests at once, at `rate`/s: a burst of `rate`, then one every
-    // 1/`rate` s, so (n - rate) / rate = 500 ms. Every other one is for a project the upstream does not
-    // have (one upstream request, answered 404).
+    // 1/`rate` s, so (n - rate) / rate = 500 ms. Every other one is for a project the
+    // upstream does not have (one upstream request, answered 404).
     let (rate, n, min_throttled) = fmt.pick((4, 6, 2.0), (20, 30, 5.0));
     for i in (0..n).step_by(2) {
         fmt.publish(&format!("paced{i}"), 1000, 7300 + i);
@@ -708,7 +708,8 @@ async fn rate_limit_paces_requests_to_the_upstream(fmt: Format) {
         // All at once: the limiter, not how long each fill takes, must do the pacing.
         let t = Instant::now();
         let names: Vec<String> = (0..n).map(|i| format!("paced{i}")).collect();
-        let gets = futures_util::future::join_all(names.iter().map(|n| fmt.get_doc(&c, &s, n)));
+        let gets =
+            futures_util::future::join_all(names.iter().map(|name| fmt.get_doc(&c, &s, name)));
         for (i, g) in gets.await.into_iter().enumerate() {
             assert_eq!(g.status, if i % 2 == 0 { 200 } else { 404 }, "paced{i}");
         }
