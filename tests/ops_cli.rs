@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::ops::{config, pull, stats, ADMIN, READER};
 use common::sim::{Sim, SimImage};
-use common::{blob_path, free_port, random_bytes, run_with_timeout, Sluice};
+use common::{blob_path, random_bytes, run_with_timeout, Sluice};
 
 /// Runs `sluice ARGS` (off the async threads: the simulator answers on them), with
 /// `SLUICE_*` variables only as `env` gives them.
@@ -231,7 +231,8 @@ async fn cli_commands_drive_a_running_sluice() {
     assert_eq!(pull(&s, "team/other", "v2", &other).await, ["HIT"; 3]);
 
     // No sluice there: a clear error, exit 2.
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let refusing = common::refusing_port();
+    let nobody = format!("http://127.0.0.1:{}", refusing.port);
     for args in [
         vec!["stats", "--url", &nobody],
         vec!["gc", "--now", "--url", &nobody],

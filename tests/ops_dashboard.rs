@@ -8,9 +8,7 @@ mod common;
 
 use common::ops::{config, pull, stats, ADMIN, READER};
 use common::sim::Sim;
-use common::{
-    base64, free_port, header, http_client, json_body, random_bytes, run_with_timeout, Sluice,
-};
+use common::{base64, header, http_client, json_body, random_bytes, run_with_timeout, Sluice};
 
 /// `Authorization` of basic auth with `token` as the password, as a browser sends it.
 fn basic(token: &str) -> String {
@@ -110,7 +108,8 @@ async fn each_role_sees_its_part_and_refusals_survive_a_restart() {
     sim.push_image("bad/thing", "1.0", &[random_bytes(1024, 32)]);
     sim.push_image("team/tool", "2.0", &[random_bytes(1024, 33)]);
     sim.push_image("team/toolbox", "3.0", &[random_bytes(1024, 34)]);
-    let down = free_port();
+    let refusing = common::refusing_port();
+    let down = refusing.port;
     let mut s = Sluice::start_with(|port, data| {
         config(port, data, &sim, "")
             + &format!(

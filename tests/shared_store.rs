@@ -317,7 +317,8 @@ async fn a_bucket_that_cannot_be_reached_leaves_requests_to_the_upstream() {
     let (one, two) = (random_bytes(200_000, 73), random_bytes(200_000, 74));
     let (d1, d2) = (sim.add_blob(one.clone()), sim.add_blob(two.clone()));
     // Nothing listens there.
-    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let refusing = common::refusing_port();
+    let endpoint = format!("http://127.0.0.1:{}", refusing.port);
     let s = Sluice::start(&format!(
         "[storage.s3]\nendpoint = \"{endpoint}\"\nbucket = \"nowhere\"\n\
          access_key_id = \"id\"\nsecret_access_key = \"secret\"\n\n{}",

@@ -53,6 +53,24 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// A loopback port where nothing listens and nothing can start to while this is held: the
+/// local end of a connected socket. Connecting to it is refused. (A `free_port()` left
+/// unused can be taken by a server of a test running alongside.)
+pub struct RefusingPort {
+    pub port: u16,
+    _held: (TcpStream, TcpStream),
+}
+
+pub fn refusing_port() -> RefusingPort {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let near = TcpStream::connect(l.local_addr().expect("local_addr")).expect("connect");
+    let (far, _) = l.accept().expect("accept");
+    RefusingPort {
+        port: near.local_addr().expect("local_addr").port(),
+        _held: (near, far),
+    }
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
