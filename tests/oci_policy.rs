@@ -131,9 +131,9 @@ async fn denied_repositories_and_tags_fail_with_denied_and_are_never_fetched() {
     .await;
 }
 
-/// GETs a blob through `repo` and waits until sluice has stored it. The last bytes reach the
-/// client before the fsync and rename, so a request right after the body may still join the
-/// fill (a MISS) rather than read the store.
+/// GETs a blob through `repo`, reads its body and waits until sluice has stored it: a request
+/// for the same digest while its fill is still downloading joins the fill (a MISS) instead
+/// of reading the store.
 async fn fetch_until_stored(c: &reqwest::Client, s: &Sluice, repo: &str, digest: &str) {
     let r = c
         .get(format!("{}/v2/{repo}/blobs/{digest}", s.base_url()))

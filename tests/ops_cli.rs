@@ -261,14 +261,8 @@ fn served(v: &serde_json::Value) -> u64 {
 /// The stats once `n` artifacts were counted (or after 5 s): a request is counted after its
 /// body went out, so the client can ask before the last one is.
 async fn stats_once_served(s: &Sluice, n: u64) -> serde_json::Value {
-    let since = std::time::Instant::now();
-    loop {
-        let v = stats(s).await;
-        if served(&v) >= n || since.elapsed() > Duration::from_secs(5) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(|| async { served(&stats(s).await) >= n }).await;
+    stats(s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
