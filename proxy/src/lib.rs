@@ -17,6 +17,7 @@ pub mod error;
 pub mod fill;
 pub mod flight;
 pub mod formats;
+pub mod h1;
 pub mod hashes;
 pub mod host;
 pub mod logsink;
@@ -53,7 +54,9 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use sluice_config::Config;
 
-/// Per-connection write buffer: bigger than a typical cached document plus its head.
+/// Per-connection write buffer of TLS listeners: bigger than a typical cached document plus
+/// its head. Plaintext listeners have none: [`h1`] writes head and body in one vectored
+/// write, and a buffer would only add a copy of the body.
 const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Sets up JSON logging to stderr (`RUST_LOG` filters; default `info`).
@@ -123,21 +126,25 @@ pub fn serve(
     }
     let first = server::HttpApp::new(app.clone());
     for i in 0..if per_thread { threads } else { 1 } {
-        let mut http = Service::new("sluice http".to_string(), first.sibling());
+        let mut http = Service::new("sluice http".to_string(), h1::Front::new(first.sibling()));
         let address = match listen {
             _ if i == 0 => listen.to_string(),
             std::net::SocketAddr::V4(a) => format!("{}:{}{}", a.ip(), "0".repeat(i), a.port()),
             std::net::SocketAddr::V6(a) => format!("[{}]:{}{}", a.ip(), "0".repeat(i), a.port()),
         };
-        // A 32 KiB write buffer (pingora's default is 1460 B): the head and a small
-        // known-length body (a cached packument or simple page) leave in one send instead
-        // of two; larger chunks still bypass the buffer. Cost: a connection that writes
-        // a smaller chunk (a follower reading a fill's latest bytes) keeps up to 32 KiB
-        // resident, and such a chunk waits in the buffer until more follows or the body
-        // ends (cargo bench --bench load_cold_blob -- --clients 1000 --blob-mb 100: peak
-        // RSS 57 MiB with 1460 B, 88 MiB with 32 KiB).
+        // Plaintext: no write buffer; h1 sends head and body in one vectored write, and
+        // what it hands to pingora (requests with bodies) is written unbuffered.
+        // TLS (all pingora's): a 32 KiB write buffer (pingora's default is 1460 B), so
+        // that the head and a small known-length body (a cached packument or simple page)
+        // leave in one record and one send instead of two; larger chunks still bypass the
+        // buffer. Cost: a connection that writes a smaller chunk (a follower reading a
+        // fill's latest bytes) keeps up to 32 KiB resident, and such a chunk waits in the
+        // buffer until more follows or the body ends (cargo bench --bench load_cold_blob
+        // -- --clients 1000 --blob-mb 100, before h1: peak RSS 57 MiB with 1460 B, 88 MiB
+        // with 32 KiB).
+        let write_buffer = if app.tls.is_some() { WRITE_BUFFER } else { 0 };
         let mut endpoint =
-            ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER));
+            ListenerConfig::tcp(address).l4_buffer(L4BufferSettings::default().write(write_buffer));
         if let Some(cert) = &app.tls {
             // The paths given here are not read: the resolver hands out the pair it holds.
             let mut settings = TlsSettings::intermediate("", "")?;

@@ -26,7 +26,7 @@ use crate::formats::oci::{self, OciRequest};
 use crate::response::{Body, CacheStatus, Reply};
 
 /// Slice size for memory-mapped bodies (measured at or above nginx's sendfile).
-const SEND_CHUNK: usize = 1 << 20;
+pub(crate) const SEND_CHUNK: usize = 1 << 20;
 
 /// The pingora application.
 pub struct HttpApp {
@@ -59,7 +59,12 @@ impl HttpApp {
         }
     }
 
-    fn request_id(&self) -> RequestId {
+    /// `server.header_timeout`.
+    pub(crate) fn header_timeout(&self) -> Duration {
+        self.app.config.server.header_timeout.get()
+    }
+
+    pub(crate) fn request_id(&self) -> RequestId {
         RequestId::new(self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
     }
 }
@@ -98,7 +103,7 @@ impl RequestId {
 
 /// `IP:port` of the client, as `SocketAddr`'s `Display` writes it (IPv4 without going
 /// through the formatter).
-fn client_text(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> String {
+pub(crate) fn client_text(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> String {
     let Some(addr) = addr else {
         return String::new();
     };
@@ -121,7 +126,7 @@ fn client_text(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> Str
 
 /// Which client protocol a path belongs to (metrics label, error format).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Oci,
     Npm,
     Pypi,
@@ -231,12 +236,57 @@ impl HttpServerApp for HttpApp {
             authorization: header(http::header::AUTHORIZATION),
             headers: &req.headers,
         };
-        let throttled = self.throttled(session.client_addr(), incoming.path);
+        let body_error = body_error.map(|e| (e, admin_post));
+        let (outcome, reply) = self
+            .answer(id, incoming, session.client_addr(), body, body_error)
+            .await;
+        let (ok, sent) = write_reply(&mut session, reply, request_id).await;
+        let path = session.req_header().uri.path();
+        self.account(
+            &outcome, &method, path, &client, request_id, sent, ok, started,
+        );
+        if !ok {
+            // Dropping the session closes the connection mid-body.
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// What the bookkeeping after a response needs to know of its answer.
+pub(crate) struct Outcome {
+    kind: Kind,
+    status: u16,
+    cache: CacheStatus,
+    blocked: bool,
+    /// Tells an image manifest from an index, for the images-served figure.
+    manifest_type: Option<String>,
+}
+
+impl HttpApp {
+    /// The reply to a request whose head (and any body) was read: throttled, refused for
+    /// its unreadable body (`body_error`, with whether it was an admin request), or routed;
+    /// HEAD replies lose their body. Shared by pingora's sessions and [`crate::h1`].
+    pub(crate) async fn answer(
+        &self,
+        id: RequestId,
+        incoming: Incoming<'_>,
+        addr: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        body: Option<Bytes>,
+        body_error: Option<(ProxyError, bool)>,
+    ) -> (Outcome, Reply) {
+        let method = incoming.method;
+        let path = incoming.path;
+        let throttled = self.throttled(addr, path);
         let (kind, result) = match (body_error, throttled) {
-            (_, Some(e)) => (self.kind_of_path(incoming.path), Err(e)),
-            (Some(e), _) if admin_post => (Kind::Admin, Err(e)),
+            (_, Some(e)) => (self.kind_of_path(path), Err(e)),
+            (Some((e, true)), _) => (Kind::Admin, Err(e)),
             // The only other bodies read are npm audits.
-            (Some(e), _) => (Kind::Npm, Err(e)),
+            (Some((e, false)), _) => (Kind::Npm, Err(e)),
             (None, None) => {
                 crate::refusals::REQUEST_ID
                     .scope(id, self.route(incoming, body))
@@ -246,24 +296,49 @@ impl HttpServerApp for HttpApp {
         let blocked = matches!(result, Err(ProxyError::Blocked { .. }));
         let reply = match result {
             Ok(r) => r,
-            Err(e) => error_reply(&e, kind, request_id),
+            Err(e) => error_reply(&e, kind, id.as_str()),
         };
-        let reply = if method == Method::HEAD {
+        let reply = if *method == Method::HEAD {
             reply.into_head()
         } else {
             reply
         };
-        let status = reply.status.as_u16();
-        let cache = reply.cache;
-        // Tells an image manifest from an index, for the images-served figure.
-        let manifest_type = (kind == Kind::Oci && req.uri.path().contains("/manifests/"))
+        let manifest_type = (kind == Kind::Oci && path.contains("/manifests/"))
             .then(|| reply.content_type().map(str::to_owned))
             .flatten();
-        let (ok, sent) = write_reply(&mut session, reply, request_id).await;
-        let path = session.req_header().uri.path();
+        let outcome = Outcome {
+            kind,
+            status: reply.status.as_u16(),
+            cache: reply.cache,
+            blocked,
+            manifest_type,
+        };
+        (outcome, reply)
+    }
+
+    /// Counts a written response (metrics, usage figures) and logs it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn account(
+        &self,
+        outcome: &Outcome,
+        method: &Method,
+        path: &str,
+        client: &str,
+        request_id: &str,
+        sent: u64,
+        ok: bool,
+        started: Instant,
+    ) {
+        let Outcome {
+            kind,
+            status,
+            cache,
+            blocked,
+            ref manifest_type,
+        } = *outcome;
         // Parsed again only for the access log, when it is on.
         let log_on = crate::accesslog::enabled();
-        let name = log_on.then(|| self.log_name(kind, &method, path)).flatten();
+        let name = log_on.then(|| self.log_name(kind, method, path)).flatten();
         let cached_bytes = if matches!(
             cache,
             CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated
@@ -280,12 +355,12 @@ impl HttpServerApp for HttpApp {
         crate::metrics::record_response(kind.label(), status, counted, cached_bytes);
         self.app.stats.record(&crate::stats::Served {
             format: kind.label(),
-            get: method == Method::GET,
+            get: *method == Method::GET,
             path,
             status,
             cache,
             cached_bytes,
-            client: &client,
+            client,
             content_type: manifest_type.as_deref(),
             blocked,
         });
@@ -303,15 +378,6 @@ impl HttpServerApp for HttpApp {
                 complete: ok,
                 ms: started.elapsed().as_millis() as u64,
             });
-        }
-        if !ok {
-            // Dropping the session closes the connection mid-body.
-            return None;
-        }
-        let persistent = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
-            Err(_) => None,
         }
     }
 }
@@ -476,13 +542,13 @@ fn is_ui(path: &str) -> bool {
 }
 
 /// The parts of a request that routing looks at.
-struct Incoming<'a> {
-    method: &'a Method,
-    path: &'a str,
-    query: Option<&'a str>,
-    range: Option<&'a str>,
-    authorization: Option<&'a str>,
-    headers: &'a http::HeaderMap,
+pub(crate) struct Incoming<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub range: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
 }
 
 /// Largest request body read (npm audit payloads).
@@ -599,6 +665,18 @@ fn error_reply(e: &ProxyError, kind: Kind, request_id: &str) -> Reply {
     r
 }
 
+/// The `Content-Length` a reply is sent with; `None`: unknown, sent chunked (so that an
+/// aborted body is distinguishable from a complete one, as a close-delimited body would
+/// not be).
+pub(crate) fn body_length(reply: &Reply) -> Option<u64> {
+    match &reply.body {
+        Body::Empty => reply.head_length.or(Some(0)),
+        Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
+        Body::Follow(f) => f.len(),
+        Body::Stream(_, len) => *len,
+    }
+}
+
 /// Writes the reply; returns whether it completed and how many body bytes were sent.
 async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str) -> (bool, u64) {
     let prebuilt = reply
@@ -615,18 +693,10 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, request_id: &str
     // Handlers never set these three (Reply's contract), so appending is enough.
     let _ = resp.append_header("X-Request-Id", request_id);
     let _ = resp.append_header("X-Sluice-Cache", reply.cache.as_str());
-    let length = match &reply.body {
-        Body::Empty => reply.head_length.or(Some(0)),
-        Body::Full(b) | Body::Mapped(b) => Some(b.len() as u64),
-        Body::Follow(f) => f.len(),
-        Body::Stream(_, len) => *len,
-    };
-    match length {
+    match body_length(&reply) {
         Some(l) => {
             let _ = resp.append_header("Content-Length", l.to_string());
         }
-        // Unknown length: chunked, so that an aborted body is distinguishable from a
-        // complete one (a close-delimited body would not be).
         None => {
             let _ = resp.append_header("Transfer-Encoding", "chunked");
         }
