@@ -1,5 +1,8 @@
 //! The HTTP server: a pingora `HttpServerApp` that reads a request, routes it (formats,
-//! health, metrics, admin API), streams the reply, and logs and counts it.
+//! health, metrics, admin API), streams the reply, and logs and counts it. On plaintext
+//! listeners it gets only what the HTTP/1 front ([`crate::h1`]) hands over (requests with
+//! bodies, HTTP/1.0, odd heads); the front answers bodyless `GET`/`HEAD` requests itself
+//! with the same routing and bookkeeping ([`HttpApp::answer`], [`HttpApp::account`]).
 //!
 //! Bodies are written as they come: a stored file in ~1 MiB slices of its memory map, a
 //! fill in progress chunk by chunk. When a fill fails mid-body the connection is dropped
